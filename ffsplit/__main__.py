@@ -1,0 +1,5 @@
+"""Entry point for ``python -m ffsplit``."""
+
+from ffsplit.cli import main
+
+raise SystemExit(main())

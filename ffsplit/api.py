@@ -1,0 +1,452 @@
+"""The CLI's verbs as functions: export, check, bench, inspect, targets.
+
+``cli.py`` only parses arguments and prints; everything a verb does is here,
+so the Python API and the command line cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ffsplit import __version__
+from ffsplit.artifact import (
+    FORMAT,
+    read_manifest,
+    sha256_files,
+    staged_output,
+    verify_files,
+    write_manifest,
+)
+from ffsplit.errors import CheckFailed, UsageError
+from ffsplit.runtimes.targets import Target, list_targets, load_target
+
+MODEL_FILE = "model.onnx"
+SPLIT_WEIGHTS = "split.safetensors"
+DEFAULT_LIGHT = "lowrank:256"
+# Limits a user may set on what a lossy recipe costs (original vs split and vs runtime).
+COMPRESSION_METRICS = ("cosine_mean", "cosine_min", "retrieval_at10")
+
+
+@dataclass
+class Stages:
+    """Wall time of each stage, in order."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str, log: Any = None) -> Iterator[None]:
+        if log:
+            log(f"{name} ...")
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
+        if log:
+            log(f"{name} done in {self.seconds[name]:.1f} s")
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnx_ir
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {
+        "ffsplit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnx_ir": onnx_ir.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _require_supported(target: Target) -> None:
+    reason = target.unavailable_reason()
+    if reason:
+        raise UsageError(f"target '{target.name}' cannot run on this machine: {reason}")
+    for branch in ("heavy", "light"):
+        precision = getattr(target, f"{branch}_precision")
+        if precision != "fp32":
+            raise UsageError(
+                f"target '{target.name}' asks for {branch} precision {precision}, which this ffsplit version "
+                "cannot build yet: use a fp32 target such as cpu"
+            )
+
+
+def _source_record(loaded: Any) -> dict[str, Any]:
+    from ffsplit.loading import model_files
+
+    files = model_files(loaded.path)
+    cfg = loaded.model.config
+    return {
+        "spec": loaded.spec,
+        "path": str(loaded.path),
+        "model_type": cfg.model_type,
+        "architecture": type(loaded.model).__name__,
+        "sha256": sha256_files(files, loaded.path),
+        "max_positions": getattr(cfg, "max_position_embeddings", None),
+    }
+
+
+def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: int) -> dict[str, Any]:
+    before = sum(p["ffn_params_before"] for p in plans)
+    after = sum(p["ffn_params_after"] for p in plans)
+    return {
+        "ffn_before": before,
+        "ffn_after": after,
+        "ffn_reduction": round(1 - after / before, 4),
+        "total_before": total_before,
+        "total_after": total_after,
+        "total_reduction": round(1 - total_after / total_before, 4),
+    }
+
+
+def _guard(optimized: Path, plans: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the separation guard on the graph the runtime runs; CheckFailed names the layers."""
+    import onnx_ir as ir
+
+    from ffsplit.graph_passes import BranchSeparationError, CheckBranchSeparationPass, expected_matmuls
+
+    guard = CheckBranchSeparationPass(expected=expected_matmuls(plans))
+    try:
+        guard(ir.load(optimized))
+    except BranchSeparationError as exc:
+        raise CheckFailed(f"branch separation failed in the runtime's optimised graph: {exc}") from None
+    return {"passed": True, "graph": optimized.name, "matmuls": {str(k): v for k, v in guard.found.items()}}
+
+
+def _parity(
+    original: Any, split: Any, runner: Any, tokenizer: Any, target: Target, *, exact: bool,
+    overrides: dict[str, float] | None, eval_size: int, max_length: int, batch_size: int = 16,
+) -> Any:
+    from ffsplit.parity.check import evaluate, limits_for, run_runner, run_torch
+    from ffsplit.split.calibration import evaluation_texts
+
+    texts = [t.text for t in evaluation_texts(eval_size)]
+    if len(texts) < 11:
+        raise UsageError(f"only {len(texts)} evaluation texts found; retrieval@10 needs at least 11")
+    outputs = {
+        "original": run_torch(original, tokenizer, texts, batch_size=batch_size, max_length=max_length),
+        "split": run_torch(split, tokenizer, texts, batch_size=batch_size, max_length=max_length),
+        "runtime": run_runner(runner, tokenizer, texts, batch_size=batch_size, max_length=max_length),
+    }
+    return evaluate(outputs, limits_for(target, exact=exact, overrides=overrides))
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+    report: Any
+
+
+def export(
+    model: str,
+    out: str | Path,
+    *,
+    target: str = "cpu",
+    heavy_ratio: float = 0.1,
+    light: str = DEFAULT_LIGHT,
+    calib: str | None = None,
+    calib_size: int = 256,
+    eval_size: int = 256,
+    max_length: int = 128,
+    min_cosine: float | None = None,
+    min_retrieval: float | None = None,
+    limits: dict[str, float] | None = None,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    task: str = "feature-extraction",
+    log: Any = None,
+    progress: bool = True,
+) -> ExportResult:
+    """Profile, split, export, build for ``target`` and check parity; write the output folder.
+
+    Raises UsageError (exit 2) for bad input before anything is written, and
+    CheckFailed (exit 1) when parity or the separation guard fails, in which
+    case no output folder is left behind.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from ffsplit.exporter import TASKS, export_program, save_model
+    from ffsplit.exporter.export import WRAPPER_PREFIX
+    from ffsplit.graph_passes import EmbedManifestPass, TagBranchesPass
+    from ffsplit.loading import load_model
+    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.split.adapters import find_adapter
+    from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
+    from ffsplit.split.calibration import calibration_texts, corpus_digest, evaluation_texts
+    from ffsplit.split.compress import parse_light
+    from ffsplit.split.modules import count_params
+    from ffsplit.split.profile import profile_model
+
+    # Everything that can be checked without loading the model, first.
+    tgt = load_target(target)
+    _require_supported(tgt)
+    if task not in TASKS:
+        raise UsageError(f"task '{task}' is not supported yet: use one of {', '.join(TASKS)}")
+    recipe = parse_light(light)
+    heavy_count(1 << 20, heavy_ratio)  # range check only
+    overrides = {"cosine_mean": min_cosine, "retrieval_at10": min_retrieval, **(limits or {})}
+    for name, v in overrides.items():
+        if name not in COMPRESSION_METRICS:
+            raise UsageError(f"unknown limit '{name}': use one of {', '.join(COMPRESSION_METRICS)}")
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise UsageError(f"limit {name}={v} is outside [0, 1]")
+    if max_length < 2:
+        raise UsageError(f"--max-length {max_length} is too short: pass at least 2")
+    texts = calibration_texts(calib, limit=calib_size)
+    out = Path(out)
+    stages = Stages()
+    torch.manual_seed(0)
+
+    with staged_output(out, force=force) as stage:
+        with stages.stage("load", log):
+            loaded = load_model(model, trust_remote_code=trust_remote_code)
+            adapter = find_adapter(loaded.model)
+            validate_recipe(adapter, loaded.model, heavy_ratio, recipe)
+            source = _source_record(loaded)
+            if source["max_positions"] and max_length > source["max_positions"]:
+                raise UsageError(
+                    f"--max-length {max_length} is longer than the model's {source['max_positions']} positions"
+                )
+        with stages.stage("profile", log):
+            profiles = profile_model(
+                loaded.model, adapter, loaded.tokenizer, texts,
+                max_length=max_length, moments=recipe.kind == "lowrank", progress=progress,
+            )
+        with stages.stage("split", log):
+            original = loaded.model
+            split = copy.deepcopy(original)
+            plan_objs, indices = split_model(
+                split, adapter, profiles, heavy_ratio=heavy_ratio, recipe=recipe,
+                heavy_precision=tgt.heavy_precision, light_precision=tgt.light_precision,
+            )
+            plans = [p.to_json() for p in plan_objs]
+            state = split_state(split, plan_objs)
+            state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "ffsplit_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": source,
+            "task": task,
+            "adapter": adapter.family,
+            "target": tgt.to_json(),
+            "recipe": {
+                "heavy_ratio": heavy_ratio,
+                "heavy_selection": "top mean|a_j| * ||W_out[:, j]||_2 over calibration tokens",
+                "light": {"recipe": str(recipe), **recipe.params()},
+                "heavy_precision": tgt.heavy_precision,
+                "light_precision": tgt.light_precision,
+            },
+            "calibration": {
+                "source": str(calib) if calib else "bundled: Python standard library docstrings",
+                "texts": len(texts),
+                "tokens": profiles[0].tokens,
+                "max_length": max_length,
+                "sha256": corpus_digest(texts),
+            },
+            "evaluation": {
+                "source": "bundled: Python standard library docstrings (disjoint from calibration)",
+                "texts": len(evaluation_texts(eval_size)),
+                "sha256": corpus_digest([t.text for t in evaluation_texts(eval_size)]),
+            },
+            "layers": plans,
+            "params": _param_counts(plans, count_params(original), count_params(split)),
+            "versions": _versions(),
+        }
+        with stages.stage("export", log):
+            from onnx_ir.passes import PassManager
+
+            program = export_program(split, loaded.tokenizer, task)
+            passes = PassManager(
+                [
+                    TagBranchesPass(split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX),
+                    EmbedManifestPass(manifest=manifest),
+                ]
+            )
+            passes(program)
+            manifest["exporter"] = {"name": "torch.onnx (dynamo)", "opset": program.opset_imports.get("", None)}
+            save_model(program, stage / MODEL_FILE)
+            save_file(state, str(stage / SPLIT_WEIGHTS))
+            loaded.tokenizer.save_pretrained(stage)
+            original.config.save_pretrained(stage)
+        runtime_dir = stage / "runtime" / tgt.name
+        runtime_dir.mkdir(parents=True)
+        optimized = runtime_dir / "optimized.onnx"
+        with stages.stage("build", log):
+            runner = OrtRunner(stage / MODEL_FILE, tgt, optimized_model_path=optimized).activate()
+            manifest["separation"] = _guard(optimized, plans)
+        with stages.stage("check", log):
+            report = _parity(
+                original, split, runner, loaded.tokenizer, tgt, exact=recipe.kind == "none",
+                overrides=overrides,
+                eval_size=eval_size, max_length=max_length,
+            )
+            runner.deactivate()
+        manifest["parity"] = report.to_json()
+        manifest["timings"] = stages.seconds
+        if not report.passed:
+            raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()))
+        manifest = write_manifest(stage, manifest)
+    return ExportResult(out=out, manifest=manifest, report=report)
+
+
+@dataclass
+class LoadedArtifact:
+    folder: Path
+    manifest: dict[str, Any]
+    target: Target
+
+
+def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if verify:
+        verify_files(folder, manifest)
+    tdata = manifest["target"]
+    target = Target(
+        name=tdata["name"], runtime=tdata["runtime"], providers=tuple(tdata["providers"]),
+        heavy_precision=tdata["heavy_precision"], light_precision=tdata["light_precision"],
+        graph_optimization=tdata.get("graph_optimization", "all"), shapes=tdata.get("shapes", {}),
+        parity=tdata.get("parity", {}),
+    )
+    return LoadedArtifact(folder, manifest, target)
+
+
+def _load_source(art: LoadedArtifact, trust_remote_code: bool = False) -> Any:
+    """The source model of an artifact, refused if it changed since the export."""
+    from ffsplit.loading import load_model
+
+    src = art.manifest["source"]
+    spec = src["spec"] if not Path(src["path"]).is_dir() else src["path"]
+    loaded = load_model(spec, trust_remote_code=trust_remote_code)
+    if _source_record(loaded)["sha256"] != src["sha256"]:
+        raise UsageError(
+            f"source model at '{loaded.path}' changed since the export (hash differs): re-run ffsplit export"
+        )
+    return loaded
+
+
+def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) -> Any:
+    """Re-run the separation guard and the three-way parity of an artifact; CheckFailed when either fails."""
+    from safetensors.torch import load_file
+
+    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.split.adapters import find_adapter
+    from ffsplit.split.apply import rebuild_split
+
+    art = open_artifact(folder)
+    _require_supported(art.target)
+    m = art.manifest
+    if log:
+        log("loading the source model and rebuilding the split ...")
+    loaded = _load_source(art)
+    adapter = find_adapter(loaded.model)
+    split = copy.deepcopy(loaded.model)
+    state = {k: v for k, v in load_file(str(art.folder / SPLIT_WEIGHTS)).items() if not k.startswith("heavy_index.")}
+    rebuild_split(split, adapter, m["layers"], state)
+    exact = m["recipe"]["light"]["recipe"] == "none"
+    overrides = {k: m["parity"]["comparisons"]["compression"]["limits"].get(k) for k in COMPRESSION_METRICS}
+    with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        if log:
+            log("building the runtime session and checking branch separation ...")
+        with OrtRunner(art.folder / MODEL_FILE, art.target, optimized_model_path=optimized) as runner:
+            _guard(optimized, m["layers"])
+            if log:
+                log("running parity ...")
+            report = _parity(
+                loaded.model, split, runner, loaded.tokenizer, art.target, exact=exact,
+                overrides=None if exact else overrides,
+                eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
+            )
+    return report
+
+
+def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
+    """The original model exported the same way as the split one, cached by source hash and versions."""
+    from ffsplit.exporter import export_program, save_model
+
+    v = _versions()
+    key = f"{art.manifest['source']['sha256'][:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
+    root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
+    path = root / MODEL_FILE
+    if path.is_file():
+        return path
+    if log:
+        log("exporting the original model once for comparison (cached) ...")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
+    try:
+        save_model(export_program(loaded.model, loaded.tokenizer, art.manifest["task"]), tmp / MODEL_FILE)
+        with contextlib.suppress(OSError):  # another process cached it first
+            os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def bench(
+    folder: str | Path,
+    *,
+    batches: tuple[int, ...] = (1, 8),
+    sequences: tuple[int, ...] = (128,),
+    warmup: int = 5,
+    runs: int = 30,
+    min_seconds: float = 2.0,
+    log: Any = None,
+) -> list[Any]:
+    """Time the original and the split ONNX side by side in the artifact's runtime."""
+    from ffsplit.bench.harness import check_shape, make_feed, summarise, time_interleaved
+    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.split.calibration import evaluation_texts
+
+    art = open_artifact(folder)
+    _require_supported(art.target)
+    max_pos = art.manifest["source"].get("max_positions")
+    for b in batches:
+        for s in sequences:
+            check_shape(b, s, max_pos)
+    if runs < 1 or warmup < 0:
+        raise UsageError("--runs must be at least 1 and --warmup at least 0")
+    loaded = _load_source(art)
+    baseline = _baseline_onnx(art, loaded, log)
+    texts = [t.text for t in evaluation_texts(64)]
+    rows = []
+    with OrtRunner(baseline, art.target) as orig, OrtRunner(art.folder / MODEL_FILE, art.target) as split:
+        names = list(split.input_signature())
+        for b in batches:
+            for s in sequences:
+                if log:
+                    log(f"timing batch {b} x sequence {s} ...")
+                feed = make_feed(loaded.tokenizer, texts, names, batch=b, sequence=s)
+                times = time_interleaved({"original": orig, "ffsplit": split}, feed, warmup=warmup, runs=runs, min_seconds=min_seconds)
+                rows.extend(summarise(times, batch=b, sequence=s, reference="original"))
+    return rows
+
+
+def inspect_artifact(folder: str | Path) -> dict[str, Any]:
+    """The manifest of an artifact (hashes are not verified: inspecting a broken folder is allowed)."""
+    return open_artifact(folder, verify=False).manifest
+
+
+def targets() -> list[tuple[Target, str | None]]:
+    """Every shipped target and why it cannot run here (None when it can)."""
+    return [(t, t.unavailable_reason()) for t in list_targets()]

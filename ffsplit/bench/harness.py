@@ -1,0 +1,110 @@
+"""Latency and throughput of several models, measured side by side.
+
+All models run in one process, in the same runtime, with the same session
+options, on the same inputs; runs are interleaved (the order flips every
+round) and warm-up runs are excluded, so the machine's drift hits every model
+alike and the ratios mean something even when the absolute numbers are noisy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ffsplit.errors import UsageError
+
+
+@dataclass
+class Timing:
+    model: str
+    batch: int
+    sequence: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    throughput: float  # sequences per second at p50
+    speedup: float | None = None  # reference p50 / this p50
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def make_feed(tokenizer, texts: list[str], input_names: list[str], *, batch: int, sequence: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Real token ids, every row padded or cut to exactly ``sequence`` tokens."""
+    rows = [texts[i % len(texts)] for i in range(batch)]
+    # Repeat text so rows are real tokens up to the full length, not mostly padding.
+    rows = [" ".join([r] * 64) for r in rows]
+    enc = tokenizer(rows, padding="max_length", truncation=True, max_length=sequence, return_tensors="np")
+    return {n: enc[n].astype(np.int64) for n in input_names}
+
+
+def time_interleaved(
+    runners: Mapping[str, object],
+    feed: dict[str, np.ndarray],
+    *,
+    warmup: int,
+    runs: int,
+    min_seconds: float = 0.0,
+) -> dict[str, list[float]]:
+    """Seconds per run of each runner, interleaved, after ``warmup`` untimed runs each."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name].infer(feed, check=False)  # type: ignore[attr-defined]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    i = 0
+    while i < runs or (time.perf_counter() - start) < min_seconds:
+        order = names if i % 2 == 0 else names[::-1]
+        for name in order:
+            t0 = time.perf_counter()
+            runners[name].infer(feed, check=False)  # type: ignore[attr-defined]
+            times[name].append(time.perf_counter() - t0)
+        i += 1
+    return times
+
+
+def summarise(times: dict[str, list[float]], *, batch: int, sequence: int, reference: str) -> list[Timing]:
+    ref_p50 = float(np.percentile(times[reference], 50))
+    out = []
+    for name, ts in times.items():
+        arr = np.asarray(ts) * 1000.0
+        p50 = float(np.percentile(arr, 50))
+        out.append(
+            Timing(
+                model=name,
+                batch=batch,
+                sequence=sequence,
+                runs=len(ts),
+                p50_ms=p50,
+                p90_ms=float(np.percentile(arr, 90)),
+                mean_ms=float(arr.mean()),
+                throughput=batch / (p50 / 1000.0),
+                speedup=(ref_p50 * 1000.0) / p50,
+            )
+        )
+    return out
+
+
+def check_shape(batch: int, sequence: int, max_positions: int | None) -> None:
+    if batch < 1 or sequence < 1:
+        raise UsageError(f"batch {batch} x sequence {sequence}: both must be at least 1")
+    if max_positions is not None and sequence > max_positions:
+        raise UsageError(
+            f"sequence {sequence} is longer than the model's maximum of {max_positions} positions: pass --seq <= {max_positions}"
+        )
+
+
+def format_table(rows: list[Timing]) -> str:
+    head = f"{'model':<10} {'batch':>5} {'seq':>5} {'runs':>5} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'speedup':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.model:<10} {r.batch:>5} {r.sequence:>5} {r.runs:>5} {r.p50_ms:>9.2f} {r.p90_ms:>9.2f} "
+            f"{r.throughput:>9.1f} {r.speedup:>7.2f}x"
+        )
+    return "\n".join(lines)

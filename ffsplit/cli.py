@@ -1,0 +1,234 @@
+"""Command line: ``ffsplit export | check | bench | inspect | targets``.
+
+This module parses arguments, calls ``ffsplit.api`` and prints. Exit codes:
+0 success, 1 a check failed, 2 bad input or usage (one line, no traceback),
+3 an internal error (a bug: the traceback is printed for the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ffsplit import __version__
+from ffsplit.errors import FFSplitError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"ffsplit: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _log(msg: str) -> None:
+    print(f"[ffsplit] {msg}", file=sys.stderr, flush=True)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' must list integers >= 1")
+    return values
+
+
+def _limits(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UsageError(f"--limit '{item}' is not METRIC=VALUE, e.g. --limit cosine_min=0.8")
+    return out
+
+
+def _write_json(path: str | None, data: Any) -> None:
+    if path:
+        p = Path(path)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ffsplit", description="Split transformer FFNs into heavy and light branches; export, build, check, bench.")
+    p.add_argument("--version", action="version", version=f"ffsplit {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("export", help="profile, split, export to ONNX, build for a target and check parity")
+    e.add_argument("model", help="a local Hugging Face model folder, or an alias: minilm")
+    e.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
+    e.add_argument("--target", default="cpu", help="shipped target name or a .toml path (default: cpu)")
+    e.add_argument("--heavy-ratio", type=float, default=0.1, help="fraction of FFN neurons kept heavy, in (0, 1) (default 0.1)")
+    e.add_argument("--light", default="lowrank:256", help="light-branch recipe: none | lowrank:R (default lowrank:256)")
+    e.add_argument("--calib", help="calibration text file, one text per line (default: bundled text)")
+    e.add_argument("--calib-size", type=int, default=256, help="calibration texts used (default 256)")
+    e.add_argument("--eval-size", type=int, default=256, help="evaluation texts for the parity check (default 256)")
+    e.add_argument("--max-length", type=int, default=128, help="token limit for calibration and evaluation (default 128)")
+    e.add_argument("--min-cosine", type=float, help="lowest mean embedding cosine accepted vs the original (lossy recipes)")
+    e.add_argument("--min-retrieval", type=float, help="lowest retrieval agreement@10 accepted vs the original (lossy recipes)")
+    e.add_argument(
+        "--limit", action="append", default=[], metavar="METRIC=VALUE",
+        help="floor on what compression may cost, repeatable: cosine_mean, cosine_min, retrieval_at10",
+    )
+    e.add_argument("--task", default="feature-extraction", help="export task (default feature-extraction)")
+    e.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    e.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code to run")
+    e.add_argument("--json", help="also write the manifest to this file")
+
+    c = sub.add_parser("check", help="re-run the separation guard and three-way parity of an output folder")
+    c.add_argument("dir")
+    c.add_argument("--eval-size", type=int, help="evaluation texts (default: as at export)")
+    c.add_argument("--json", help="write the parity report to this file")
+
+    b = sub.add_parser("bench", help="time the original and the split ONNX side by side")
+    b.add_argument("dir")
+    b.add_argument("--batch", type=_int_list, default=(1, 8), help="batch sizes, comma-separated (default 1,8)")
+    b.add_argument("--seq", type=_int_list, default=(128,), help="sequence lengths, comma-separated (default 128)")
+    b.add_argument("--runs", type=int, default=30, help="timed runs per model and shape (default 30)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    b.add_argument("--min-seconds", type=float, default=2.0, help="keep timing at least this long per shape (default 2)")
+    b.add_argument("--json", help="write the timings to this file")
+
+    i = sub.add_parser("inspect", help="print the per-layer table of an output folder")
+    i.add_argument("dir")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    sub.add_parser("targets", help="list the shipped targets and whether each can run here")
+    return p
+
+
+def _params_line(m: dict[str, Any]) -> str:
+    p = m["params"]
+    return (
+        f"FFN parameters {p['ffn_before']:,} -> {p['ffn_after']:,} ({p['ffn_reduction']:.1%} fewer); "
+        f"model {p['total_before']:,} -> {p['total_after']:,} ({p['total_reduction']:.1%} fewer)"
+    )
+
+
+def _layer_table(m: dict[str, Any]) -> str:
+    head = f"{'layer':>5} {'d_ff':>6} {'heavy':>6} {'light':>6} {'light params':>13} {'recipe':<12} {'precision (h/l)':<16} {'heavy score':>11}"
+    lines = [head, "-" * len(head)]
+    for r in m["layers"]:
+        lines.append(
+            f"{r['layer']:>5} {r['d_ff']:>6} {r['heavy']:>6} {r['light']:>6} {r['light_params']:>13,} "
+            f"{r['light_recipe']:<12} {r['heavy_precision'] + '/' + r['light_precision']:<16} {r['heavy_score_share']:>10.1%}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from ffsplit import api
+    from ffsplit.parity.check import format_table
+
+    res = api.export(
+        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, calib=a.calib,
+        calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
+        min_retrieval=a.min_retrieval, limits=_limits(a.limit), force=a.force, trust_remote_code=a.trust_remote_code, task=a.task,
+        log=_log, progress=sys.stderr.isatty(),
+    )
+    m = res.manifest
+    print(_layer_table(m))
+    print(_params_line(m))
+    print(f"branch separation in the runtime's optimised graph: pass ({m['separation']['graph']})")
+    print(format_table(res.report))
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))
+    print(f"wrote {res.out}")
+    _write_json(a.json, m)
+    return 0
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    from ffsplit import api
+    from ffsplit.parity.check import format_table
+
+    report = api.check(a.dir, eval_size=a.eval_size, log=_log)
+    print("branch separation in the runtime's optimised graph: pass")
+    print(format_table(report))
+    _write_json(a.json, report.to_json())
+    if not report.passed:
+        print("ffsplit: check failed: " + "; ".join(report.failures()), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from ffsplit import api
+    from ffsplit.bench.harness import format_table
+
+    rows = api.bench(
+        a.dir, batches=a.batch, sequences=a.seq, runs=a.runs, warmup=a.warmup, min_seconds=a.min_seconds, log=_log
+    )
+    print(format_table(rows))
+    _write_json(a.json, [r.to_json() for r in rows])
+    return 0
+
+
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    from ffsplit import api
+
+    m = api.inspect_artifact(a.dir)
+    if a.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    src = m["source"]
+    print(f"source: {src['spec']} ({src['architecture']}, {src['model_type']})  task: {m['task']}  target: {m['target']['name']}")
+    print(f"recipe: heavy ratio {m['recipe']['heavy_ratio']}, light {m['recipe']['light']['recipe']}")
+    print(_layer_table(m))
+    print(_params_line(m))
+    parity = m.get("parity", {})
+    print(f"parity at export: {'pass' if parity.get('passed') else 'FAIL'}")
+    return 0
+
+
+def _cmd_targets(_a: argparse.Namespace) -> int:
+    from ffsplit import api
+
+    for t, reason in api.targets():
+        status = "usable" if reason is None else f"not usable here: {reason}"
+        print(f"{t.name:<16} {t.heavy_precision}/{t.light_precision:<6} {status}  - {t.description}")
+    return 0
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    # Unwind like Ctrl-C so staged output folders are removed.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    handlers = {
+        "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,
+        "inspect": _cmd_inspect, "targets": _cmd_targets,
+    }
+    try:
+        return handlers[args.verb](args)
+    except FFSplitError as exc:
+        kind = "error" if isinstance(exc, UsageError) else "check failed"
+        print(f"ffsplit: {kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ffsplit: interrupted; nothing half-written was left", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: keep the traceback for the report
+        traceback.print_exc()
+        print("ffsplit: internal error (a bug): please report it with the traceback above", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

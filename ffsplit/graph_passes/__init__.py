@@ -1,0 +1,26 @@
+"""onnx_ir passes over exported graphs, one ``<Verb><Object>Pass`` per file.
+
+Order for the cpu target: TagBranchesPass, then EmbedManifestPass; the
+CheckBranchSeparationPass runs on the graph the runtime actually executes.
+"""
+
+from ffsplit.graph_passes.check_branch_separation_pass import (
+    MATMUL_OPS,
+    BranchSeparationError,
+    CheckBranchSeparationPass,
+    expected_matmuls,
+)
+from ffsplit.graph_passes.embed_manifest_pass import EmbedManifestPass
+from ffsplit.graph_passes.tag_branches_pass import BRANCH_KEY, LAYER_KEY, TagBranchesPass, node_tags
+
+__all__ = [
+    "BRANCH_KEY",
+    "LAYER_KEY",
+    "MATMUL_OPS",
+    "BranchSeparationError",
+    "CheckBranchSeparationPass",
+    "EmbedManifestPass",
+    "TagBranchesPass",
+    "expected_matmuls",
+    "node_tags",
+]

@@ -1,0 +1,86 @@
+"""CheckBranchSeparationPass: the guard that no runtime optimisation merged the branches.
+
+Run on the graph a runtime actually executes (ONNX Runtime's saved optimised
+model). Per layer it counts the matrix-multiply nodes tagged heavy and light
+and compares them with what the split put there: a horizontal fusion, a weight
+concat or a branch folded into another shows up as a missing or extra node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassError, PassResult
+
+from ffsplit.graph_passes.tag_branches_pass import node_tags
+
+# Every op that multiplies by a weight matrix in the runtimes we build for.
+MATMUL_OPS = frozenset(
+    {
+        "MatMul",
+        "Gemm",
+        "FusedMatMul",
+        "FusedGemm",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "MatMulNBits",
+        "QGemm",
+        "QLinearMatMul",
+    }
+)
+
+
+class BranchSeparationError(PassError):
+    """Heavy and light were merged (or lost) in the runtime's graph."""
+
+    def __init__(self, findings: list[str]) -> None:
+        super().__init__("; ".join(findings))
+        self.findings = findings
+
+
+def expected_matmuls(plans: list[Mapping[str, object]]) -> dict[int, dict[str, int]]:
+    """Matrix multiplies each branch of each layer must keep: 2 per dense branch, 4 per low-rank one."""
+    out: dict[int, dict[str, int]] = {}
+    for plan in plans:
+        light = 2 if str(plan["light_recipe"]) == "none" else 4
+        out[int(plan["layer"])] = {"heavy": 2, "light": light}  # type: ignore[call-overload]
+    return out
+
+
+class CheckBranchSeparationPass(InPlacePass):
+    """Fail if any layer's heavy and light matrix multiplies are not the separate nodes expected.
+
+    Args:
+        expected: layer -> branch -> number of matrix-multiply nodes.
+    """
+
+    def __init__(self, *, expected: Mapping[int, Mapping[str, int]]) -> None:
+        super().__init__()
+        self.expected = expected
+        self.found: dict[int, dict[str, int]] = {}
+
+    def call(self, model: ir.Model) -> PassResult:
+        found: dict[int, dict[str, int]] = {layer: {"heavy": 0, "light": 0} for layer in self.expected}
+        findings: list[str] = []
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.op_type not in MATMUL_OPS:
+                continue
+            tags = node_tags(node)
+            if tags is None:
+                continue
+            layer, branch = tags
+            if branch == "merge":
+                findings.append(f"layer {layer}: {node.op_type} '{node.name}' multiplies in the merge, outside both branches")
+                continue
+            found.setdefault(layer, {"heavy": 0, "light": 0})[branch] += 1
+        for layer, want in sorted(self.expected.items()):
+            for branch, n in want.items():
+                got = found.get(layer, {}).get(branch, 0)
+                if got != n:
+                    findings.append(f"layer {layer}: {got} {branch} matmul nodes, expected {n} (branches merged or lost)")
+        self.found = found
+        if findings:
+            raise BranchSeparationError(findings)
+        return PassResult(model, False)

@@ -1,0 +1,106 @@
+"""TagBranchesPass: mark every node of a SplitFFN with its layer and branch.
+
+The tags come from the module path the exporter recorded for each node
+(``pkg.torch.onnx.name_scopes`` with ``pkg.torch.onnx.class_hierarchy``),
+never from guessed node names. Each tagged node is also renamed
+``ffsplit/L<layer>/<branch>/<name>``: ONNX Runtime drops node metadata when it
+saves its optimised graph but keeps names, so the name is how the tags survive
+into the graph the runtime runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult, PostconditionError
+
+LAYER_KEY = "pkg.ffsplit.layer"
+BRANCH_KEY = "pkg.ffsplit.branch"
+BRANCHES = ("heavy", "light", "merge")
+NAME_PREFIX = "ffsplit/"
+SPLIT_CLASS = "ffsplit.split.modules.SplitFFN"
+
+
+def _scopes(node: ir.Node) -> tuple[list[str], list[str]] | None:
+    names = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    classes = node.metadata_props.get("pkg.torch.onnx.class_hierarchy")
+    if not names or not classes:
+        return None
+    try:
+        return list(ast.literal_eval(names)), list(ast.literal_eval(classes))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def node_tags(node: ir.Node) -> tuple[int, str] | None:
+    """(layer, branch) of a node: from metadata, else from a tagged name."""
+    layer = node.metadata_props.get(LAYER_KEY)
+    branch = node.metadata_props.get(BRANCH_KEY)
+    if layer is not None and branch is not None:
+        return int(layer), branch
+    name = node.name or ""
+    if name.startswith(NAME_PREFIX):
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[1].startswith("L") and parts[1][1:].isdigit() and parts[2] in BRANCHES:
+            return int(parts[1][1:]), parts[2]
+    return None
+
+
+class TagBranchesPass(InPlacePass):
+    """Tag SplitFFN nodes with ``pkg.ffsplit.layer`` and ``pkg.ffsplit.branch``.
+
+    Args:
+        split_modules: module path of each SplitFFN in the model (as the model
+            names it, e.g. ``encoder.layer.0.intermediate``) -> layer index.
+        prefix: what the export wrapper puts in front of those paths.
+    """
+
+    def __init__(self, *, split_modules: Mapping[str, int], prefix: str = "") -> None:
+        super().__init__()
+        self.split_modules = {prefix + path: layer for path, layer in split_modules.items()}
+
+    def call(self, model: ir.Model) -> PassResult:
+        modified = False
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            scoped = _scopes(node)
+            if scoped is None:
+                continue
+            names, classes = scoped
+            for i, cls in enumerate(classes):
+                if cls != SPLIT_CLASS or i >= len(names) or names[i] not in self.split_modules:
+                    continue
+                layer = self.split_modules[names[i]]
+                # The last scope is the op itself; a module scope after the
+                # SplitFFN's names the branch, none means the merge.
+                child = names[i + 1] if i + 1 < len(names) - 1 else ""
+                branch = child[len(names[i]) + 1 :].split(".")[0] if child else "merge"
+                if branch not in BRANCHES:
+                    continue
+                if node.metadata_props.get(LAYER_KEY) != str(layer) or node.metadata_props.get(BRANCH_KEY) != branch:
+                    node.metadata_props[LAYER_KEY] = str(layer)
+                    node.metadata_props[BRANCH_KEY] = branch
+                    modified = True
+                base = (node.name or node.op_type).split("/")[-1]
+                new_name = f"{NAME_PREFIX}L{layer}/{branch}/{base}"
+                if node.name != new_name:
+                    node.name = new_name
+                    modified = True
+                break
+        return PassResult(model, modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        found: dict[int, dict[str, int]] = {layer: dict.fromkeys(BRANCHES, 0) for layer in self.split_modules.values()}
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            tags = node_tags(node)
+            if tags and tags[0] in found and (node.op_type == "MatMul" or tags[1] == "merge"):
+                found[tags[0]][tags[1]] += 1
+        missing = [
+            f"layer {layer} has no {branch} {'node' if branch == 'merge' else 'MatMul'}"
+            for layer, counts in sorted(found.items())
+            for branch, n in counts.items()
+            if n == 0
+        ]
+        if missing:
+            raise PostconditionError("tagging incomplete: " + "; ".join(missing))

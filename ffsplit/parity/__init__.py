@@ -1,0 +1,1 @@
+"""Parity: metrics between two models' outputs, the three-way check and its report."""

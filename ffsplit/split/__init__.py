@@ -1,0 +1,1 @@
+"""The PyTorch side: FFN adapters, calibration text, heavy-hitter profiling, compression, SplitFFN."""

@@ -1,0 +1,161 @@
+"""Calibration and evaluation text.
+
+The bundled corpus is built at run time, deterministically, from text already
+on the machine: docstrings of the Python standard library, read with ``ast``
+(no module is imported, so nothing runs), split into paragraphs. Each
+paragraph goes to calibration or evaluation by a hash of its text, so the two
+sets are disjoint by construction. A user file (one text per line) replaces the
+calibration set; evaluation always stays the bundled, disjoint set.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+import sysconfig
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ffsplit.errors import UsageError
+
+# Modules spread over many topics; a fixed list keeps the corpus stable.
+STDLIB_MODULES: tuple[str, ...] = (
+    "argparse", "ast", "asyncio/base_events", "asyncio/streams", "asyncio/tasks", "base64", "bisect",
+    "calendar", "cmd", "codecs", "collections/__init__", "concurrent/futures/_base", "configparser",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "_pydecimal", "difflib", "dis",
+    "doctest", "email/message", "email/utils", "enum", "fileinput", "fnmatch", "fractions", "ftplib",
+    "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html/parser",
+    "http/client", "http/cookiejar", "http/server", "imaplib", "inspect", "io", "ipaddress", "json/__init__",
+    "json/decoder", "locale", "logging/__init__", "logging/handlers", "mailbox", "mimetypes",
+    "multiprocessing/pool", "multiprocessing/process", "netrc", "numbers", "operator", "optparse",
+    "os", "pathlib", "pdb", "pickle", "pkgutil", "platform", "plistlib", "poplib", "pprint", "pstats",
+    "pydoc", "queue", "random", "re/__init__", "sched", "secrets", "selectors", "shelve", "shlex",
+    "shutil", "smtplib", "socket", "socketserver", "sqlite3/__init__", "ssl", "statistics", "string",
+    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace",
+    "traceback", "turtle", "typing", "unittest/case", "unittest/mock", "urllib/parse", "urllib/request",
+    "uuid", "warnings", "wave", "weakref", "webbrowser", "xml/dom/minidom", "xml/etree/ElementTree",
+    "zipfile", "zoneinfo/_zoneinfo",
+)
+MIN_CHARS = 60
+MAX_CHARS = 600
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    source: str  # the standard-library module it came from, or the user file
+
+
+def _paragraphs(doc: str) -> list[str]:
+    out = []
+    for block in re.split(r"\n\s*\n", doc):
+        lines = [ln.strip() for ln in block.strip().splitlines()]
+        # Code samples and tables read nothing like prose.
+        if not lines or any(ln.startswith((">>>", "...", "|", "+-", "==")) for ln in lines):
+            continue
+        para = " ".join(lines)
+        if MIN_CHARS <= len(para) <= MAX_CHARS and sum(c.isalpha() for c in para) > 0.6 * len(para):
+            out.append(para)
+    return out
+
+
+def _docstrings(path: Path) -> list[str]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return []
+    docs = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc:
+                docs.append(doc)
+    return docs
+
+
+def _is_eval(text: str) -> bool:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 4 == 0
+
+
+@lru_cache(maxsize=1)
+def bundled_corpus() -> tuple[tuple[Text, ...], tuple[Text, ...]]:
+    """(calibration, evaluation): disjoint, deterministic, in a stable order."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    calib: list[Text] = []
+    evaluation: list[Text] = []
+    for name in STDLIB_MODULES:
+        path = stdlib / f"{name}.py"
+        source = name.replace("/__init__", "").replace("/", ".")
+        for doc in _docstrings(path):
+            for para in _paragraphs(doc):
+                if para in seen:
+                    continue
+                seen.add(para)
+                (evaluation if _is_eval(para) else calib).append(Text(para, source))
+    return tuple(_interleave(calib)), tuple(_interleave(evaluation))
+
+
+def _interleave(texts: list[Text]) -> list[Text]:
+    """Round-robin over sources so any prefix covers many topics."""
+    by_source: dict[str, list[Text]] = {}
+    for t in texts:
+        by_source.setdefault(t.source, []).append(t)
+    queues = [by_source[s] for s in sorted(by_source)]
+    out: list[Text] = []
+    i = 0
+    while any(queues):
+        for q in queues:
+            if i < len(q):
+                out.append(q[i])
+        i += 1
+        queues = [q for q in queues if i < len(q)]
+    return out
+
+
+def calibration_texts(calib_file: str | Path | None = None, *, limit: int = 512) -> list[str]:
+    """Calibration text: the bundled set, or one text per non-empty line of ``calib_file``."""
+    if calib_file is None:
+        texts = [t.text for t in bundled_corpus()[0][:limit]]
+        if not texts:
+            raise UsageError("no bundled calibration text was found on this machine: pass --calib FILE")
+        return texts
+    path = Path(calib_file)
+    if not path.is_file():
+        raise UsageError(f"calibration file '{calib_file}' not found: pass a text file with one text per line")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise UsageError(f"calibration file '{calib_file}' is binary: pass a UTF-8 text file, one text per line")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"calibration file '{calib_file}' is not UTF-8 (byte {exc.start}): re-encode it as UTF-8"
+        ) from None
+    texts = [line.strip() for line in content.splitlines() if line.strip()]
+    if not texts:
+        raise UsageError(f"calibration file '{calib_file}' is empty: give at least one line of text")
+    return texts[:limit]
+
+
+def evaluation_texts(limit: int = 256) -> list[Text]:
+    return list(bundled_corpus()[1][:limit])
+
+
+def corpus_digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def encode_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: int):  # noqa: ANN001, ANN201
+    """Yield padded batches (dict of int64 tensors) in the order of ``texts``."""
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        yield dict(
+            tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        )

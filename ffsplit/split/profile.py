@@ -1,0 +1,94 @@
+"""Heavy-hitter profiling over calibration tokens.
+
+The score of FFN neuron j is ``mean_t |a_tj| * ||W_out[:, j]||_2`` over the
+non-padding calibration tokens t, ``a`` being the activation. The same pass
+gathers the second moments of each FFN's input and activations, which the
+activation-aware low-rank compressor whitens with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ffsplit.split.adapters import FFNAdapter, get_submodule
+from ffsplit.split.calibration import encode_batches
+
+
+@dataclass
+class LayerProfile:
+    """What calibration saw in one layer's FFN (float64 accumulators, already divided by ``tokens``)."""
+
+    scores: torch.Tensor  # (d_ff,)
+    mean_abs_act: torch.Tensor  # (d_ff,)
+    input_moment: torch.Tensor | None  # E[x x^T], (d_model, d_model)
+    act_moment: torch.Tensor | None  # E[a a^T], (d_ff, d_ff)
+    tokens: int
+
+
+@torch.no_grad()
+def profile_model(
+    model: torch.nn.Module,
+    adapter: type[FFNAdapter],
+    tokenizer,  # noqa: ANN001
+    texts: list[str],
+    *,
+    batch_size: int = 16,
+    max_length: int = 128,
+    moments: bool = True,
+    progress: bool = True,
+) -> list[LayerProfile]:
+    layers = adapter.layer_modules(model)
+    n = len(layers)
+    sum_abs: list[torch.Tensor | None] = [None] * n
+    mom_x: list[torch.Tensor | None] = [None] * n
+    mom_a: list[torch.Tensor | None] = [None] * n
+    state: dict[str, torch.Tensor] = {}
+    tokens = 0
+
+    def make_hook(i: int, act: torch.nn.Module):  # noqa: ANN202
+        def hook(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            keep = state["mask"]
+            x = inputs[0].reshape(-1, inputs[0].shape[-1])[keep].float()
+            a = act(output).reshape(-1, output.shape[-1])[keep].float()
+            s = a.abs().sum(0).double()
+            sum_abs[i] = s if sum_abs[i] is None else sum_abs[i] + s
+            if moments:
+                # fp32 within a batch (fast), fp64 across batches (no drift over many tokens).
+                mx, ma = (x.T @ x).double(), (a.T @ a).double()
+                mom_x[i] = mx if mom_x[i] is None else mom_x[i] + mx
+                mom_a[i] = ma if mom_a[i] is None else mom_a[i] + ma
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        fc_in = get_submodule(layer, adapter.fc_in)
+        act = get_submodule(layer, adapter.act)
+        handles.append(fc_in.register_forward_hook(make_hook(i, act)))
+    try:
+        batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
+        for batch in tqdm(batches, desc="profiling", unit="batch", disable=not progress, leave=False):
+            state["mask"] = batch["attention_mask"].reshape(-1).bool()
+            tokens += int(state["mask"].sum())
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+
+    out = []
+    for i, layer in enumerate(layers):
+        w_out = get_submodule(layer, adapter.fc_out).weight.detach().double()
+        mean_abs = sum_abs[i] / tokens
+        out.append(
+            LayerProfile(
+                scores=mean_abs * w_out.norm(dim=0),
+                mean_abs_act=mean_abs,
+                input_moment=None if mom_x[i] is None else mom_x[i] / tokens,
+                act_moment=None if mom_a[i] is None else mom_a[i] / tokens,
+                tokens=tokens,
+            )
+        )
+    return out
