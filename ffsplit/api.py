@@ -186,7 +186,7 @@ def export(
     from ffsplit.exporter import TASKS, export_program, save_model
     from ffsplit.exporter.export import WRAPPER_PREFIX
     from ffsplit.graph_passes import EmbedManifestPass, TagBranchesPass
-    from ffsplit.loading import load_model
+    from ffsplit.loading import load_model, resolve_model
     from ffsplit.runtimes.onnxruntime import OrtRunner
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
@@ -211,6 +211,7 @@ def export(
     if max_length < 2:
         raise UsageError(f"--max-length {max_length} is too short: pass at least 2")
     texts = calibration_texts(calib, limit=calib_size)
+    resolve_model(model)
     out = Path(out)
     stages = Stages()
     torch.manual_seed(0)

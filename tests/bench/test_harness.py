@@ -1,0 +1,51 @@
+"""The timing harness: interleaving, warm-up exclusion and the summary (no timed assertions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ffsplit.bench.harness import check_shape, make_feed, summarise, time_interleaved
+from ffsplit.errors import UsageError
+
+
+class Recorder:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def infer(self, feed: dict, *, check: bool = True) -> dict:
+        self.log.append(self.name)
+        return {}
+
+
+def test_runs_are_interleaved_after_warmup() -> None:
+    log: list[str] = []
+    runners = {"a": Recorder("a", log), "b": Recorder("b", log)}
+    times = time_interleaved(runners, {}, warmup=2, runs=3)
+    assert log == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+
+
+def test_summary_ratios() -> None:
+    rows = summarise({"original": [0.2] * 5, "ffsplit": [0.1] * 5}, batch=8, sequence=128, reference="original")
+    by = {r.model: r for r in rows}
+    assert by["ffsplit"].speedup == pytest.approx(2.0)
+    assert by["original"].speedup == pytest.approx(1.0)
+    assert by["ffsplit"].throughput == pytest.approx(80.0)
+
+
+def test_feed_has_exact_shape() -> None:
+    from ffsplit.loading import load_model
+
+    tok = load_model("minilm").tokenizer
+    feed = make_feed(tok, ["short", "another text"], ["input_ids", "attention_mask"], batch=3, sequence=40)
+    assert feed["input_ids"].shape == (3, 40) and feed["input_ids"].dtype == np.int64
+    assert feed["attention_mask"].all()  # full-length real tokens, not padding
+
+
+def test_shape_checks() -> None:
+    with pytest.raises(UsageError, match="longer than the model's maximum of 512"):
+        check_shape(1, 513, 512)
+    with pytest.raises(UsageError):
+        check_shape(0, 128, 512)
+    check_shape(8, 512, 512)

@@ -1,0 +1,101 @@
+"""Shared fixtures: offline switches, tiny random models saved as HF folders, exported artifacts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+# Small enough to keep the suite fast, large enough for retrieval@10.
+FAST = {"calib_size": 32, "eval_size": 48, "max_length": 32}
+
+
+def minilm_dir() -> Path:
+    from ffsplit.loading import resolve_model
+
+    return resolve_model("minilm")
+
+
+def _save_tiny(path: Path, model_cls: str, config_cls: str, seed: int = 0) -> Path:
+    import torch
+    import transformers
+
+    cfg = getattr(transformers, config_cls)(vocab_size=30522, max_position_embeddings=128, **TINY)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    src = minilm_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (src / name).exists():
+            shutil.copy(src / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_tiny(tmp_path_factory.mktemp("models") / "tiny-bert", "BertModel", "BertConfig")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_tiny(tmp_path_factory.mktemp("models") / "tiny-roberta", "RobertaModel", "RobertaConfig", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
+    cfg = transformers.GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    torch.manual_seed(0)
+    transformers.GPT2Model(cfg).save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm_dir() / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["FFSPLIT_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_none_artifact(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    from ffsplit import api
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-none"
+    api.export(str(tiny_bert_dir), out, light="none", progress=False, **FAST)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lowrank_artifact(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """Exported through the CLI, so the export verb is exercised as a user runs it."""
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-lowrank"
+    r = run_cli(
+        "export", str(tiny_bert_dir), "--out", str(out), "--light", "lowrank:8",
+        "--calib-size", "32", "--eval-size", "48", "--max-length", "32",
+        "--limit", "cosine_mean=0.5", "--limit", "cosine_min=0.3", "--limit", "retrieval_at10=0.2",
+    )
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ffsplit", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )

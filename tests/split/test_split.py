@@ -1,0 +1,155 @@
+"""Profiling, heavy selection and SplitFFN: the split is exact under recipe none."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ffsplit.errors import UsageError
+from ffsplit.loading import load_model
+from ffsplit.split.adapters import find_adapter
+from ffsplit.split.apply import (
+    heavy_count,
+    rebuild_split,
+    split_layer,
+    split_model,
+    split_state,
+    validate_recipe,
+)
+from ffsplit.split.calibration import calibration_texts, encode_batches
+from ffsplit.split.compress import LightRecipe, parse_light
+from ffsplit.split.modules import SplitFFN
+from ffsplit.split.profile import LayerProfile, profile_model
+
+
+def _outputs(model: torch.nn.Module, tokenizer, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
+    with torch.no_grad():
+        batch = next(encode_batches(tokenizer, texts, batch_size=len(texts), max_length=64))
+        return model(**batch).last_hidden_state
+
+
+def _split(path: str, recipe: str, ratio: float = 0.1, n: int = 16) -> tuple:
+    loaded = load_model(path)
+    adapter = find_adapter(loaded.model)
+    texts = calibration_texts(limit=n)
+    profiles = profile_model(loaded.model, adapter, loaded.tokenizer, texts, max_length=64, progress=False)
+    split = copy.deepcopy(loaded.model)
+    plans, idx = split_model(split, adapter, profiles, heavy_ratio=ratio, recipe=parse_light(recipe))
+    return loaded, adapter, split, plans, idx, profiles
+
+
+def test_none_is_exact_on_tiny_bert(tiny_bert_dir: Path) -> None:
+    loaded, _, split, plans, _, _ = _split(str(tiny_bert_dir), "none")
+    texts = calibration_texts(limit=8)
+    ref, got = _outputs(loaded.model, loaded.tokenizer, texts), _outputs(split, loaded.tokenizer, texts)
+    assert all(isinstance(split.get_submodule(p.module), SplitFFN) for p in plans)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_none_is_exact_on_minilm() -> None:
+    loaded, _, split, plans, _, _ = _split("minilm", "none", n=16)
+    texts = calibration_texts(limit=8)
+    ref, got = _outputs(loaded.model, loaded.tokenizer, texts), _outputs(split, loaded.tokenizer, texts)
+    assert [p.heavy for p in plans] == [152] * 6
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
+
+
+def test_heavy_neurons_are_the_top_scores(tiny_bert_dir: Path) -> None:
+    _, _, _, plans, idx, profiles = _split(str(tiny_bert_dir), "none", ratio=0.25)
+    for plan, prof in zip(plans, profiles, strict=True):
+        chosen = idx[plan.module]
+        assert len(chosen) == plan.heavy == 16
+        others = torch.ones_like(prof.scores, dtype=torch.bool)
+        others[chosen] = False
+        assert prof.scores[chosen].min() >= prof.scores[others].max()
+
+
+def test_profile_ignores_padding(tiny_bert_dir: Path) -> None:
+    loaded = load_model(str(tiny_bert_dir))
+    adapter = find_adapter(loaded.model)
+    text = calibration_texts(limit=1)
+    long_text = calibration_texts(limit=2)[1] + " " + "padding forces the first text to be padded " * 4
+    alone = profile_model(loaded.model, adapter, loaded.tokenizer, text, batch_size=1, progress=False)
+    batched = profile_model(loaded.model, adapter, loaded.tokenizer, [text[0], long_text], batch_size=2, progress=False)
+    both_alone = profile_model(loaded.model, adapter, loaded.tokenizer, [text[0], long_text], batch_size=1, progress=False)
+    assert batched[0].tokens == both_alone[0].tokens > alone[0].tokens
+    torch.testing.assert_close(batched[0].scores, both_alone[0].scores, atol=1e-5, rtol=1e-4)
+
+
+def test_split_state_round_trips(tiny_bert_dir: Path) -> None:
+    loaded, adapter, split, plans, _, _ = _split(str(tiny_bert_dir), "lowrank:8")
+    state = split_state(split, plans)
+    rebuilt = copy.deepcopy(loaded.model)
+    rebuild_split(rebuilt, adapter, [p.to_json() for p in plans], state)
+    texts = calibration_texts(limit=4)
+    torch.testing.assert_close(_outputs(rebuilt, loaded.tokenizer, texts), _outputs(split, loaded.tokenizer, texts))
+
+
+@pytest.mark.parametrize(
+    ("ratio", "message"),
+    [(0.0, "outside"), (1.0, "outside"), (-0.5, "outside"), (0.99, "leaves no light neurons")],
+)
+def test_heavy_ratio_is_checked(ratio: float, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        heavy_count(64, ratio)
+
+
+def test_heavy_count_is_a_multiple_of_eight() -> None:
+    assert heavy_count(1536, 0.1) == 152
+    assert heavy_count(64, 0.1) == 8
+    assert heavy_count(3072, 0.25) == 768
+
+
+def test_rank_must_be_smaller_than_light_width(tiny_bert_dir: Path) -> None:
+    loaded = load_model(str(tiny_bert_dir))
+    adapter = find_adapter(loaded.model)
+    with pytest.raises(UsageError, match="not smaller than the light width 56"):
+        validate_recipe(adapter, loaded.model, 0.1, LightRecipe("lowrank", 56))
+    with pytest.raises(UsageError, match="larger than the dense one"):
+        validate_recipe(adapter, loaded.model, 0.1, LightRecipe("lowrank", 30))
+    validate_recipe(adapter, loaded.model, 0.1, LightRecipe("lowrank", 16))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    d_model=st.integers(4, 24),
+    d_ff=st.integers(16, 96),
+    ratio=st.floats(0.05, 0.6),
+    act=st.sampled_from(["gelu", "relu", "silu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_split_partitions_neurons_and_none_is_exact(d_model: int, d_ff: int, ratio: float, act: str, seed: int) -> None:
+    """For random FFN shapes and activations, heavy and light partition the neurons and none is exact."""
+    torch.manual_seed(seed)
+    try:
+        k = heavy_count(d_ff, ratio)
+    except UsageError:
+        return
+    acts = {"gelu": torch.nn.GELU(), "relu": torch.nn.ReLU(), "silu": torch.nn.SiLU()}
+    layer = torch.nn.Module()
+    layer.fc_in, layer.fc_out = torch.nn.Linear(d_model, d_ff), torch.nn.Linear(d_ff, d_model)
+    layer.act = acts[act]
+
+    class Adapter:
+        fc_in, fc_out, act = "fc_in", "fc_out", "act"
+
+        @staticmethod
+        def weights(lay: torch.nn.Module):  # noqa: ANN205
+            from ffsplit.split.adapters import FFNWeights
+
+            return FFNWeights(lay.fc_in.weight, lay.fc_in.bias, lay.fc_out.weight, lay.fc_out.bias, lay.act)
+
+    scores = torch.rand(d_ff, dtype=torch.float64)
+    prof = LayerProfile(scores=scores, mean_abs_act=scores, input_moment=None, act_moment=None, tokens=1)
+    split, heavy_idx, _ = split_layer(layer, Adapter, prof, k, LightRecipe("none"))  # type: ignore[arg-type]
+    light = sorted(set(range(d_ff)) - set(heavy_idx.tolist()))
+    assert len(heavy_idx) == k and len(light) == d_ff - k
+    assert set(heavy_idx.tolist()).isdisjoint(light)
+    x = torch.randn(5, d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(split(x), layer.fc_out(layer.act(layer.fc_in(x))), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,83 @@
+"""The output folder: atomic replace, no leftovers on failure, hash verification."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ffsplit.artifact import read_manifest, staged_output, verify_files, write_manifest
+from ffsplit.errors import UsageError
+
+
+def test_success_renames_into_place(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "out"
+    with staged_output(out, force=False) as stage:
+        (stage / "model.onnx").write_bytes(b"x")
+        write_manifest(stage, {"format": 1})
+    assert (out / "model.onnx").read_bytes() == b"x"
+    assert [p.name for p in out.parent.iterdir()] == ["out"]
+
+
+def test_failure_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError), staged_output(out, force=False) as stage:
+        (stage / "half").write_bytes(b"x")
+        raise RuntimeError("boom")
+    assert not (tmp_path / "new").exists()
+
+
+def test_failure_with_force_keeps_the_previous_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("previous")
+    with pytest.raises(KeyboardInterrupt), staged_output(out, force=True) as stage:
+        (stage / "new").write_text("half")
+        raise KeyboardInterrupt
+    assert [p.name for p in out.iterdir()] == ["old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UsageError, match="already exists: choose another --out or pass --force"), staged_output(tmp_path / "out", force=False):
+        pass
+    with staged_output(tmp_path / "out", force=True) as stage:
+        (stage / "f").write_text("new")
+    assert (tmp_path / "out" / "f").read_text() == "new"
+
+
+def test_hashes_are_verified(tmp_path: Path) -> None:
+    with staged_output(tmp_path / "out", force=False) as stage:
+        (stage / "model.onnx").write_bytes(b"model")
+        (stage / "sub").mkdir()
+        (stage / "sub" / "x.txt").write_text("x")
+        write_manifest(stage, {"format": 1})
+    folder = tmp_path / "out"
+    manifest = read_manifest(folder)
+    assert set(manifest["files"]) == {"model.onnx", "sub/x.txt"}
+    verify_files(folder, manifest)
+    (folder / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(UsageError, match="model.onnx was modified"):
+        verify_files(folder, manifest)
+    (folder / "sub" / "x.txt").unlink()
+    with pytest.raises(UsageError, match="sub/x.txt is missing"):
+        verify_files(folder, manifest)
+
+
+def test_manifest_path_traversal_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": {"../secret": "0" * 64}}))
+    with pytest.raises(UsageError, match="points outside the folder"):
+        verify_files(folder, read_manifest(folder))
+
+
+@pytest.mark.parametrize("content", [None, "not json", json.dumps({"format": 99, "files": {}})])
+def test_bad_manifest(tmp_path: Path, content: str | None) -> None:
+    if content is not None:
+        (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(UsageError):
+        read_manifest(tmp_path)

@@ -1,0 +1,170 @@
+"""Every CLI verb through a subprocess, and every bad input of the foundation: exit 2, one line, nothing left."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+FAST_ARGS = ["--calib-size", "16", "--eval-size", "24", "--max-length", "32"]
+
+
+def _assert_usage_error(r, out: Path | None, fragment: str) -> None:  # noqa: ANN001
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    # Progress lines ("[ffsplit] load ...") may precede it; the error itself is one line.
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[ffsplit] ")]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("ffsplit: error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+    if out is not None:
+        assert not out.exists()
+        assert not any(p.name.startswith(f".{out.name}.ffsplit-") for p in out.parent.iterdir())
+
+
+def _pickle_only(tmp_path: Path) -> Path:
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "bert"}')
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    return d
+
+
+def _empty_calib(tmp_path: Path) -> Path:
+    f = tmp_path / "empty.txt"
+    f.write_text("\n\n")
+    return f
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("missing-model", "not found: pass a local Hugging Face model folder"),
+        ("not-a-model", "is not a Hugging Face model folder"),
+        ("pickle-only", "loads safetensors only"),
+        ("unsupported", "unsupported architecture: model_type 'gpt2'"),
+        ("heavy-ratio", "outside (0, 1)"),
+        ("rank-too-large", "is not smaller than the light width 56"),
+        ("empty-calib", "is empty"),
+        ("out-exists", "already exists"),
+        ("unknown-target", "unknown target 'tpu'"),
+        ("unknown-recipe", "unknown light recipe 'svd:3'"),
+        ("bad-limit", "not METRIC=VALUE"),
+        ("bad-flag", "unrecognized arguments"),
+    ],
+)
+def test_export_bad_input(
+    case: str, fragment: str, tmp_path: Path, tiny_bert_dir: Path, tiny_gpt2_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    model, extra = str(tiny_bert_dir), []
+    if case == "missing-model":
+        model = str(tmp_path / "no-such-model")
+    elif case == "not-a-model":
+        (tmp_path / "empty").mkdir()
+        model = str(tmp_path / "empty")
+    elif case == "pickle-only":
+        model = str(_pickle_only(tmp_path))
+    elif case == "unsupported":
+        model = str(tiny_gpt2_dir)
+    elif case == "heavy-ratio":
+        extra = ["--heavy-ratio", "1.5"]
+    elif case == "rank-too-large":
+        extra = ["--light", "lowrank:56"]
+    elif case == "empty-calib":
+        extra = ["--calib", str(_empty_calib(tmp_path))]
+    elif case == "out-exists":
+        out.mkdir()
+        (out / "keep").write_text("mine")
+    elif case == "unknown-target":
+        extra = ["--target", "tpu"]
+    elif case == "unknown-recipe":
+        extra = ["--light", "svd:3"]
+    elif case == "bad-limit":
+        extra = ["--limit", "cosine_min"]
+    elif case == "bad-flag":
+        extra = ["--colour", "red"]
+    r = run_cli("export", model, "--out", str(out), *FAST_ARGS, *extra)
+    if case == "out-exists":
+        _assert_usage_error(r, None, fragment)
+        assert (out / "keep").read_text() == "mine"
+    else:
+        _assert_usage_error(r, out, fragment)
+
+
+def test_export_fails_closed_when_parity_misses(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    out = tmp_path / "out"
+    r = run_cli("export", str(tiny_bert_dir), "--out", str(out), "--light", "lowrank:1", *FAST_ARGS,
+                "--limit", "cosine_min=1.0")
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ffsplit: check failed: parity failed, nothing written: compression (original torch vs split torch) cosine_min")
+    assert "short by" in last and "Traceback" not in r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path) -> None:
+    manifest = json.loads((tiny_lowrank_artifact / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] and manifest["separation"]["passed"]
+    for name in ("model.onnx", "split.safetensors", "config.json", "tokenizer.json", "runtime/cpu/optimized.onnx"):
+        assert name in manifest["files"], name
+
+    r = run_cli("check", str(tiny_lowrank_artifact), "--json", str(tmp_path / "check.json"))
+    assert r.returncode == 0, r.stderr
+    assert "fidelity" in r.stdout and "FAIL" not in r.stdout
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["passed"] and report["comparisons"]["fidelity"]["metrics"]["max_abs"] < 1e-4
+
+    r = run_cli("inspect", str(tiny_lowrank_artifact))
+    assert r.returncode == 0, r.stderr
+    assert "lowrank:8" in r.stdout and "fp32/fp32" in r.stdout
+    r = run_cli("inspect", str(tiny_lowrank_artifact), "--json")
+    assert json.loads(r.stdout)["layers"][0]["light_recipe"] == "lowrank:8"
+
+    r = run_cli("bench", str(tiny_lowrank_artifact), "--batch", "1,2", "--seq", "16", "--runs", "3",
+                "--warmup", "1", "--min-seconds", "0", "--json", str(tmp_path / "bench.json"))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [(x["model"], x["batch"], x["sequence"], x["runs"]) for x in rows] == [
+        ("original", 1, 16, 3), ("ffsplit", 1, 16, 3), ("original", 2, 16, 3), ("ffsplit", 2, 16, 3)
+    ]
+    assert all(x["p50_ms"] > 0 and x["speedup"] > 0 for x in rows)
+    assert "speedup" in r.stdout
+
+
+def test_targets_verb() -> None:
+    r = run_cli("targets")
+    assert r.returncode == 0 and r.stdout.startswith("cpu ") and "usable" in r.stdout
+
+
+def test_check_exits_1_when_a_limit_is_missed(tiny_lowrank_artifact: Path, tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    shutil.copytree(tiny_lowrank_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["parity"]["comparisons"]["compression"]["limits"]["cosine_min"] = 1.0
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    r = run_cli("check", str(art))
+    assert r.returncode == 1
+    assert "ffsplit: check failed: compression (original torch vs split torch) cosine_min" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("verb", ["check", "bench", "inspect"])
+def test_verbs_refuse_a_folder_that_is_not_an_artifact(verb: str, tmp_path: Path) -> None:
+    _assert_usage_error(run_cli(verb, str(tmp_path)), None, "has no manifest.json")
+
+
+@pytest.mark.parametrize("verb", ["check", "bench"])
+def test_verbs_refuse_a_tampered_artifact(verb: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+    art = tmp_path / "art"
+    shutil.copytree(tiny_none_artifact, art)
+    with open(art / "split.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x00\x01")
+    _assert_usage_error(run_cli(verb, str(art)), None, "split.safetensors was modified")
+
+
+def test_bench_refuses_a_sequence_past_the_model_maximum(tiny_none_artifact: Path) -> None:
+    _assert_usage_error(run_cli("bench", str(tiny_none_artifact), "--seq", "4096"), None, "longer than the model's maximum")

@@ -1,0 +1,64 @@
+"""End to end on the real all-MiniLM-L6-v2: export with low rank, check, bench, and plain ORT use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm_artifact(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "minilm-lowrank"
+    r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128", "--eval-size", "128",
+                "--limit", "cosine_mean=0.8", "--limit", "cosine_min=0.6", "--limit", "retrieval_at10=0.4")
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout
+    return out
+
+
+def test_manifest_records_the_split(minilm_artifact: Path) -> None:
+    m = json.loads((minilm_artifact / "manifest.json").read_text())
+    assert m["source"]["architecture"] == "BertModel" and m["task"] == "feature-extraction"
+    assert [(x["d_ff"], x["heavy"], x["light"]) for x in m["layers"]] == [(1536, 152, 1384)] * 6
+    assert m["params"]["ffn_reduction"] > 0.45
+    assert m["separation"]["matmuls"] == {str(i): {"heavy": 2, "light": 4} for i in range(6)}
+    fid = m["parity"]["comparisons"]["fidelity"]["metrics"]
+    assert fid["max_abs"] < 1e-4 and fid["cosine_min"] > 0.99999
+    comp = m["parity"]["comparisons"]["compression"]["metrics"]
+    assert 0.6 < comp["cosine_mean"] < 0.999  # lossy, and measured
+    for key in ("torch", "transformers", "onnx", "onnxruntime"):
+        assert m["versions"][key]
+
+
+def test_check_reruns_parity(minilm_artifact: Path) -> None:
+    r = run_cli("check", str(minilm_artifact))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("pass") >= 3
+
+
+def test_bench_compares_with_the_original(minilm_artifact: Path, tmp_path: Path) -> None:
+    r = run_cli("bench", str(minilm_artifact), "--batch", "1", "--runs", "3", "--warmup", "1",
+                "--min-seconds", "0", "--json", str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert {x["model"] for x in rows} == {"original", "ffsplit"}
+
+
+def test_artifact_loads_in_plain_onnxruntime(minilm_artifact: Path) -> None:
+    """What a user does with the folder: tokenizer from it, model.onnx in ORT, no ffsplit involved."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_artifact, local_files_only=True)
+    enc = tok(["a cat sat on the mat", "a longer sentence about something else"], padding=True, return_tensors="np")
+    sess = ort.InferenceSession(str(minilm_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    (hidden,) = sess.run(None, {k: v for k, v in enc.items() if k in names})
+    assert hidden.shape[:2] == enc["input_ids"].shape and hidden.shape[2] == 384
+    assert np.isfinite(hidden).all()
