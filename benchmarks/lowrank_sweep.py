@@ -33,13 +33,13 @@ def main() -> None:
     adapter = find_adapter(lm.model)
     prof = profile_model(lm.model, adapter, lm.tokenizer, calibration_texts(limit=a.calib_size), progress=False)
     texts = [t.text for t in evaluation_texts(a.eval_size)]
-    ref = run_torch(lm.model, lm.tokenizer, texts, batch_size=32, max_length=128)
+    ref = run_torch(lm.model, lm.tokenizer, texts, lm.task, batch_size=32, max_length=128)
     print("| heavy ratio | light | FFN params kept | cosine mean | cosine min | retrieval@10 |")
     print("|---|---|---|---|---|---|")
     for ratio, spec in GRID:
         model = copy.deepcopy(lm.model)
         plans, _ = split_model(model, adapter, prof, heavy_ratio=ratio, recipe=parse_light(spec))
-        r = compare(ref, run_torch(model, lm.tokenizer, texts, batch_size=32, max_length=128))
+        r = compare(ref, run_torch(model, lm.tokenizer, texts, lm.task, batch_size=32, max_length=128))
         kept = sum(p.ffn_params_after for p in plans) / sum(p.ffn_params_before for p in plans)
         print(f"| {ratio} | {spec} | {kept:.1%} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['retrieval_at10']:.3f} |",
               flush=True)

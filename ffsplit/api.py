@@ -36,7 +36,10 @@ MODEL_FILE = "model.onnx"
 SPLIT_WEIGHTS = "split.safetensors"
 DEFAULT_LIGHT = "lowrank:256"
 # Limits a user may set on what a lossy recipe costs (original vs split and vs runtime).
-COMPRESSION_METRICS = ("cosine_mean", "cosine_min", "retrieval_at10")
+COMPRESSION_METRICS = (
+    "cosine_mean", "cosine_min", "retrieval_at10", "label_agreement", "top1_agreement", "top5_agreement",
+    "perplexity_ratio",
+)
 
 
 @dataclass
@@ -130,21 +133,20 @@ def _guard(optimized: Path, plans: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _parity(
-    original: Any, split: Any, runner: Any, tokenizer: Any, target: Target, *, exact: bool,
-    overrides: dict[str, float] | None, eval_size: int, max_length: int, batch_size: int = 16,
+    original: Any, split: Any, runner: Any, tokenizer: Any, target: Target, task: Any, *, exact: bool,
+    overrides: dict[str, float | None] | None, eval_size: int, max_length: int, batch_size: int = 16,
 ) -> Any:
-    from ffsplit.parity.check import evaluate, limits_for, run_runner, run_torch
+    from ffsplit.parity.check import compare_three, evaluate, limits_for
     from ffsplit.split.calibration import evaluation_texts
 
     texts = [t.text for t in evaluation_texts(eval_size)]
     if len(texts) < 11:
-        raise UsageError(f"only {len(texts)} evaluation texts found; retrieval@10 needs at least 11")
-    outputs = {
-        "original": run_torch(original, tokenizer, texts, batch_size=batch_size, max_length=max_length),
-        "split": run_torch(split, tokenizer, texts, batch_size=batch_size, max_length=max_length),
-        "runtime": run_runner(runner, tokenizer, texts, batch_size=batch_size, max_length=max_length),
-    }
-    return evaluate(outputs, limits_for(target, exact=exact, overrides=overrides))
+        raise UsageError(f"--eval-size {eval_size}: at least 11 evaluation texts are needed (retrieval@10)")
+    metrics = compare_three(
+        original, split, runner, tokenizer, texts, task, batch_size=batch_size, max_length=max_length
+    )
+    limits = limits_for(target, task.name, exact=exact, overrides=overrides)
+    return evaluate(metrics, limits, task=task, texts=len(texts))
 
 
 @dataclass
@@ -170,7 +172,7 @@ def export(
     limits: dict[str, float] | None = None,
     force: bool = False,
     trust_remote_code: bool = False,
-    task: str = "feature-extraction",
+    task: str = "auto",
     log: Any = None,
     progress: bool = True,
 ) -> ExportResult:
@@ -183,10 +185,10 @@ def export(
     import torch
     from safetensors.torch import save_file
 
-    from ffsplit.exporter import TASKS, export_program, save_model
+    from ffsplit.exporter import export_program, save_model
     from ffsplit.exporter.export import WRAPPER_PREFIX
     from ffsplit.graph_passes import EmbedManifestPass, TagBranchesPass
-    from ffsplit.loading import load_model, resolve_model
+    from ffsplit.loading import load_model, read_config, resolve_model
     from ffsplit.runtimes.onnxruntime import OrtRunner
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
@@ -194,32 +196,41 @@ def export(
     from ffsplit.split.compress import parse_light
     from ffsplit.split.modules import count_params
     from ffsplit.split.profile import profile_model
+    from ffsplit.tasks import get_task
 
     # Everything that can be checked without loading the model, first.
     tgt = load_target(target)
     _require_supported(tgt)
-    if task not in TASKS:
-        raise UsageError(f"task '{task}' is not supported yet: use one of {', '.join(TASKS)}")
     recipe = parse_light(light)
     heavy_count(1 << 20, heavy_ratio)  # range check only
     overrides = {"cosine_mean": min_cosine, "retrieval_at10": min_retrieval, **(limits or {})}
     for name, v in overrides.items():
         if name not in COMPRESSION_METRICS:
             raise UsageError(f"unknown limit '{name}': use one of {', '.join(COMPRESSION_METRICS)}")
-        if v is not None and not 0.0 <= v <= 1.0:
+        if v is None:
+            continue
+        if name == "perplexity_ratio" and not v >= 1.0:
+            raise UsageError(f"limit perplexity_ratio={v} must be at least 1.0 (a ceiling on ppl / original ppl)")
+        if name != "perplexity_ratio" and not 0.0 <= v <= 1.0:
             raise UsageError(f"limit {name}={v} is outside [0, 1]")
     if max_length < 2:
         raise UsageError(f"--max-length {max_length} is too short: pass at least 2")
     texts = calibration_texts(calib, limit=calib_size)
-    resolve_model(model)
+    get_task(task, read_config(resolve_model(model)))  # an unknown task fails before any work
     out = Path(out)
     stages = Stages()
     torch.manual_seed(0)
 
     with staged_output(out, force=force) as stage:
         with stages.stage("load", log):
-            loaded = load_model(model, trust_remote_code=trust_remote_code)
+            loaded = load_model(model, task=task, trust_remote_code=trust_remote_code)
+            spec = loaded.task
             adapter = find_adapter(loaded.model)
+            if spec.name not in adapter.tasks:
+                raise UsageError(
+                    f"task {spec.name} is not supported for the {adapter.family} family: use --task "
+                    f"{' or '.join(adapter.tasks)}"
+                )
             validate_recipe(adapter, loaded.model, heavy_ratio, recipe)
             source = _source_record(loaded)
             if source["max_positions"] and max_length > source["max_positions"]:
@@ -230,6 +241,7 @@ def export(
             profiles = profile_model(
                 loaded.model, adapter, loaded.tokenizer, texts,
                 max_length=max_length, moments=recipe.kind == "lowrank", progress=progress,
+                position_ids=spec.position_ids,
             )
         with stages.stage("split", log):
             original = loaded.model
@@ -246,7 +258,7 @@ def export(
             "ffsplit_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": source,
-            "task": task,
+            "task": spec.name,
             "adapter": adapter.family,
             "target": tgt.to_json(),
             "recipe": {
@@ -275,7 +287,7 @@ def export(
         with stages.stage("export", log):
             from onnx_ir.passes import PassManager
 
-            program = export_program(split, loaded.tokenizer, task)
+            program = export_program(split, loaded.tokenizer, spec)
             passes = PassManager(
                 [
                     TagBranchesPass(split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX),
@@ -296,7 +308,7 @@ def export(
             manifest["separation"] = _guard(optimized, plans)
         with stages.stage("check", log):
             report = _parity(
-                original, split, runner, loaded.tokenizer, tgt, exact=recipe.kind == "none",
+                original, split, runner, loaded.tokenizer, tgt, spec, exact=recipe.kind == "none",
                 overrides=overrides,
                 eval_size=eval_size, max_length=max_length,
             )
@@ -337,7 +349,7 @@ def _load_source(art: LoadedArtifact, trust_remote_code: bool = False) -> Any:
 
     src = art.manifest["source"]
     spec = src["spec"] if not Path(src["path"]).is_dir() else src["path"]
-    loaded = load_model(spec, trust_remote_code=trust_remote_code)
+    loaded = load_model(spec, task=art.manifest["task"], trust_remote_code=trust_remote_code)
     if _source_record(loaded)["sha256"] != src["sha256"]:
         raise UsageError(
             f"source model at '{loaded.path}' changed since the export (hash differs): re-run ffsplit export"
@@ -374,7 +386,7 @@ def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) 
             if log:
                 log("running parity ...")
             report = _parity(
-                loaded.model, split, runner, loaded.tokenizer, art.target, exact=exact,
+                loaded.model, split, runner, loaded.tokenizer, art.target, loaded.task, exact=exact,
                 overrides=None if exact else overrides,
                 eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
             )
@@ -396,7 +408,7 @@ def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
     try:
-        save_model(export_program(loaded.model, loaded.tokenizer, art.manifest["task"]), tmp / MODEL_FILE)
+        save_model(export_program(loaded.model, loaded.tokenizer, loaded.task), tmp / MODEL_FILE)
         with contextlib.suppress(OSError):  # another process cached it first
             os.replace(tmp, root)
     finally:

@@ -82,9 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-retrieval", type=float, help="lowest retrieval agreement@10 accepted vs the original (lossy recipes)")
     e.add_argument(
         "--limit", action="append", default=[], metavar="METRIC=VALUE",
-        help="floor on what compression may cost, repeatable: cosine_mean, cosine_min, retrieval_at10",
+        help="limit on what compression may cost, repeatable: cosine_mean, cosine_min, retrieval_at10, "
+        "label_agreement, top1_agreement, top5_agreement (floors), perplexity_ratio (ceiling)",
     )
-    e.add_argument("--task", default="feature-extraction", help="export task (default feature-extraction)")
+    e.add_argument(
+        "--task", default="auto",
+        help="auto (from the model's architectures) | feature-extraction | text-classification | causal-lm",
+    )
     e.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     e.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code to run")
     e.add_argument("--json", help="also write the manifest to this file")

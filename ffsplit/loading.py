@@ -74,19 +74,23 @@ def model_files(path: Path) -> list[Path]:
 
 @dataclass
 class LoadedModel:
-    """A base (headless) transformer model with its tokenizer and where it came from."""
+    """A transformer model for one task, with its tokenizer and where it came from."""
 
     model: Any
     tokenizer: Any
     path: Path
     spec: str
+    task: Any  # ffsplit.tasks.TaskSpec
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False) -> LoadedModel:
-    """Load the base model and tokenizer of MODEL in eval mode, offline, from safetensors."""
+def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code: bool = False) -> LoadedModel:
+    """Load MODEL for ``task`` (``auto`` picks one) and its tokenizer, in eval mode, offline, from safetensors."""
+    from ffsplit.tasks import get_task
+
     set_offline()
     path = resolve_model(spec)
     config = read_config(path)
+    task_spec = get_task(task, config)
     if config.get("auto_map") and not trust_remote_code:
         raise UsageError(
             f"'{spec}' asks to run its own Python code (auto_map in config.json); "
@@ -102,12 +106,23 @@ def load_model(spec: str, *, trust_remote_code: bool = False) -> LoadedModel:
         )
     except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
         raise UsageError(f"cannot load the tokenizer of '{spec}' ({type(exc).__name__}): add tokenizer files to the folder") from None
+    tokenizer.padding_side = task_spec.padding_side
+    if tokenizer.pad_token is None:
+        # Decoder tokenizers often have no pad token; padded positions are masked out anyway.
+        if tokenizer.eos_token is None:
+            raise UsageError(f"the tokenizer of '{spec}' has neither a pad nor an eos token: add a pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    import torch
+
+    torch.manual_seed(0)  # a head the checkpoint lacks is initialised the same way every run
     try:
-        model = transformers.AutoModel.from_pretrained(
+        model = getattr(transformers, task_spec.auto_class).from_pretrained(
             path, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
             dtype="float32",
         )
     except ValueError as exc:
-        raise UsageError(f"cannot load '{spec}': {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"cannot load '{spec}' for {task_spec.name}: {str(exc).splitlines()[0]}") from None
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, path=path, spec=spec)
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, spec=spec, task=task_spec)

@@ -51,15 +51,61 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("models") / "tiny-roberta", "RobertaModel", "RobertaConfig", seed=1)
 
 
+# family -> (model class saved, config class, config kwargs). Decoders are saved with their LM
+# head and DistilBERT with a classification head, so --task auto has something to pick.
+FAMILY_MODELS: dict[str, tuple[str, str, dict]] = {
+    "bert": ("BertModel", "BertConfig", dict(TINY, max_position_embeddings=128)),
+    "distilbert": (
+        "DistilBertForSequenceClassification", "DistilBertConfig",
+        {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 128},
+    ),
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}),
+    "opt": (
+        "OPTForCausalLM", "OPTConfig",
+        {"hidden_size": 32, "num_hidden_layers": 2, "ffn_dim": 64, "num_attention_heads": 2,
+         "max_position_embeddings": 128, "word_embed_proj_dim": 32},
+    ),
+    "llama": (
+        "LlamaForCausalLM", "LlamaConfig",
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "max_position_embeddings": 128},
+    ),
+}
+_family_dirs: dict[str, Path] = {}
+
+
+def save_family_model(family: str, root: Path) -> Path:
+    """A tiny random model of ``family`` saved as a Hugging Face folder (cached per session)."""
+    if family not in _family_dirs:
+        import torch
+        import transformers
+
+        model_cls, config_cls, kwargs = FAMILY_MODELS[family]
+        cfg = getattr(transformers, config_cls)(vocab_size=30522, pad_token_id=0, **kwargs)
+        torch.manual_seed(0)
+        path = root / f"tiny-{family}"
+        getattr(transformers, model_cls)(cfg).eval().save_pretrained(path, safe_serialization=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            shutil.copy(minilm_dir() / name, path / name)
+        _family_dirs[family] = path
+    return _family_dirs[family]
+
+
 @pytest.fixture(scope="session")
-def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def family_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("families")
+
+
+@pytest.fixture(scope="session")
+def tiny_unsupported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BLOOM: its FFN (mlp.dense_h_to_4h / dense_4h_to_h) matches no adapter."""
     import torch
     import transformers
 
-    path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
-    cfg = transformers.GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    path = tmp_path_factory.mktemp("models") / "tiny-bloom"
+    cfg = transformers.BloomConfig(vocab_size=30522, hidden_size=32, n_layer=2, n_head=2)
     torch.manual_seed(0)
-    transformers.GPT2Model(cfg).save_pretrained(path, safe_serialization=True)
+    transformers.BloomModel(cfg).save_pretrained(path, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy(minilm_dir() / name, path / name)
     return path

@@ -44,7 +44,7 @@ def _empty_calib(tmp_path: Path) -> Path:
         ("missing-model", "not found: pass a local Hugging Face model folder"),
         ("not-a-model", "is not a Hugging Face model folder"),
         ("pickle-only", "loads safetensors only"),
-        ("unsupported", "unsupported architecture: model_type 'gpt2'"),
+        ("unsupported", "unsupported architecture: model_type 'bloom'"),
         ("heavy-ratio", "outside (0, 1)"),
         ("rank-too-large", "is not smaller than the light width 56"),
         ("empty-calib", "is empty"),
@@ -56,7 +56,7 @@ def _empty_calib(tmp_path: Path) -> Path:
     ],
 )
 def test_export_bad_input(
-    case: str, fragment: str, tmp_path: Path, tiny_bert_dir: Path, tiny_gpt2_dir: Path
+    case: str, fragment: str, tmp_path: Path, tiny_bert_dir: Path, tiny_unsupported_dir: Path
 ) -> None:
     out = tmp_path / "out"
     model, extra = str(tiny_bert_dir), []
@@ -68,7 +68,7 @@ def test_export_bad_input(
     elif case == "pickle-only":
         model = str(_pickle_only(tmp_path))
     elif case == "unsupported":
-        model = str(tiny_gpt2_dir)
+        model = str(tiny_unsupported_dir)
     elif case == "heavy-ratio":
         extra = ["--heavy-ratio", "1.5"]
     elif case == "rank-too-large":

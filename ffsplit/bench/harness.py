@@ -38,7 +38,8 @@ def make_feed(tokenizer, texts: list[str], input_names: list[str], *, batch: int
     rows = [texts[i % len(texts)] for i in range(batch)]
     # Repeat text so rows are real tokens up to the full length, not mostly padding.
     rows = [" ".join([r] * 64) for r in rows]
-    enc = tokenizer(rows, padding="max_length", truncation=True, max_length=sequence, return_tensors="np")
+    enc = dict(tokenizer(rows, padding="max_length", truncation=True, max_length=sequence, return_tensors="np"))
+    enc["position_ids"] = np.maximum(enc["attention_mask"].cumsum(-1) - 1, 0)
     return {n: enc[n].astype(np.int64) for n in input_names}
 
 

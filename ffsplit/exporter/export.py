@@ -19,35 +19,45 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
+from ffsplit.tasks import TASKS, TaskSpec
 
-TASKS = ("feature-extraction",)
 # Module path prefix the wrapper adds in front of the model's own paths.
 WRAPPER_PREFIX = "model."
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf cannot hold 2 GiB
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
-class FeatureExtraction(nn.Module):
-    """Base model -> last_hidden_state, with inputs passed by name."""
+class TaskWrapper(nn.Module):
+    """Model -> the task's one output, taking exactly ``names`` as positional tensor inputs.
 
-    def __init__(self, model: nn.Module) -> None:
+    The forward signature is set per instance so torch.export binds each input by name.
+    """
+
+    def __init__(self, model: nn.Module, task: TaskSpec, names: list[str]) -> None:
         super().__init__()
         self.model = model
+        self.output = task.output
+        self.names = list(names)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        def forward(*args: torch.Tensor) -> torch.Tensor:
+            kwargs = dict(zip(self.names, args, strict=True))
+            if task.decoder:
+                kwargs["use_cache"] = False  # this graph has no KV cache outputs
+            return getattr(self.model(**kwargs), self.output)
+
+        forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in self.names]
+        )
+        self.forward = forward  # type: ignore[method-assign]
 
 
-def input_names_for(tokenizer, model: nn.Module) -> list[str]:  # noqa: ANN001
-    wanted = ["input_ids", "attention_mask", "token_type_ids"]
-    produced = set(tokenizer.model_input_names)
-    forward_args = set(inspect.signature(model.forward).parameters)
-    return [n for n in wanted if n in produced and n in forward_args]
+def input_names_for(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  # noqa: ANN001
+    produced = set(tokenizer.model_input_names) | ({"position_ids"} if task.position_ids else set())
+    accepted = set(inspect.signature(model.forward).parameters)
+    names = [n for n in INPUT_ORDER if n in produced and n in accepted]
+    if names[:2] != ["input_ids", "attention_mask"]:
+        raise UsageError(f"the tokenizer and model give inputs {names}; ffsplit needs input_ids and attention_mask")
+    return names
 
 
 @contextlib.contextmanager
@@ -69,23 +79,20 @@ def quiet_exporter() -> Iterator[None]:
 def sample_inputs(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:  # noqa: ANN001
     # Two rows of different length so the padded one exercises the mask; no
     # axis of size 0 or 1, which torch.export would specialise.
-    enc = tokenizer(
+    enc = dict(tokenizer(
         ["a short sample sentence", "a somewhat longer sample sentence used only to trace the export graph"],
         padding=True,
         return_tensors="pt",
-    )
+    ))
+    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
     return {n: enc[n] for n in names}
 
 
-def export_program(model: nn.Module, tokenizer, task: str = "feature-extraction") -> ir.Model:  # noqa: ANN001
+def export_program(model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction") -> ir.Model:  # noqa: ANN001
     """Export ``model`` for ``task``; returns the in-memory ONNX IR model."""
-    if task not in TASKS:
-        raise UsageError(f"task '{task}' is not supported yet: use one of {', '.join(TASKS)}")
-    names = input_names_for(tokenizer, model)
-    # Positional order must follow FeatureExtraction.forward.
-    if names[:2] != ["input_ids", "attention_mask"]:
-        raise UsageError(f"the tokenizer gives inputs {names}; ffsplit needs input_ids and attention_mask")
-    wrapper = FeatureExtraction(model).eval()
+    spec = TASKS[task] if isinstance(task, str) else task
+    names = input_names_for(tokenizer, model, spec)
+    wrapper = TaskWrapper(model, spec, names).eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
@@ -93,7 +100,7 @@ def export_program(model: nn.Module, tokenizer, task: str = "feature-extraction"
             tuple(sample_inputs(tokenizer, names).values()),
             dynamo=True,
             input_names=names,
-            output_names=["last_hidden_state"],
+            output_names=[spec.output],
             dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
             verbose=False,
         )

@@ -41,11 +41,15 @@ class BranchSeparationError(PassError):
 
 
 def expected_matmuls(plans: list[Mapping[str, object]]) -> dict[int, dict[str, int]]:
-    """Matrix multiplies each branch of each layer must keep: 2 per dense branch, 4 per low-rank one."""
+    """Matrix multiplies each branch of each layer must keep.
+
+    A dense branch has one per projection (2, or 3 when gated); a low-rank one two per projection.
+    """
     out: dict[int, dict[str, int]] = {}
     for plan in plans:
-        light = 2 if str(plan["light_recipe"]) == "none" else 4
-        out[int(plan["layer"])] = {"heavy": 2, "light": light}  # type: ignore[call-overload]
+        projections = 3 if plan.get("gated") else 2
+        light = projections if str(plan["light_recipe"]) == "none" else 2 * projections
+        out[int(plan["layer"])] = {"heavy": projections, "light": light}  # type: ignore[call-overload]
     return out
 
 

@@ -11,6 +11,7 @@ into the graph the runtime runs.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Mapping
 
 import onnx_ir as ir
@@ -23,29 +24,50 @@ NAME_PREFIX = "ffsplit/"
 SPLIT_CLASS = "ffsplit.split.modules.SplitFFN"
 
 
+_SLICE = re.compile(r"\.slice\((-?\d+|None), (-?\d+|None), (-?\d+|None)\)\.(\d+)")
+
+
+def normalize_scope(scope: str) -> str:
+    """``layers.slice(None, 2, None).1`` -> ``layers.1``.
+
+    A model that iterates ``self.layers[:n]`` gets its layers recorded under
+    the slice; the module path of item i of ``slice(a, b, c)`` is ``a + i*c``.
+    """
+
+    def real(m: re.Match[str]) -> str:
+        start = 0 if m.group(1) == "None" else int(m.group(1))
+        step = 1 if m.group(3) == "None" else int(m.group(3))
+        return f".{start + int(m.group(4)) * step}"
+
+    return _SLICE.sub(real, scope)
+
+
 def _scopes(node: ir.Node) -> tuple[list[str], list[str]] | None:
     names = node.metadata_props.get("pkg.torch.onnx.name_scopes")
     classes = node.metadata_props.get("pkg.torch.onnx.class_hierarchy")
     if not names or not classes:
         return None
     try:
-        return list(ast.literal_eval(names)), list(ast.literal_eval(classes))
+        return [normalize_scope(n) for n in ast.literal_eval(names)], list(ast.literal_eval(classes))
     except (ValueError, SyntaxError):
         return None
 
 
+_TAGGED_NAME = re.compile(r"(?:^|[\s/])ffsplit/L(\d+)/(heavy|light|merge)/")
+
+
 def node_tags(node: ir.Node) -> tuple[int, str] | None:
-    """(layer, branch) of a node: from metadata, else from a tagged name."""
+    """(layer, branch) of a node: from metadata, else from a tagged name.
+
+    Runtimes rename the nodes they fuse around the original name (ONNX Runtime
+    writes ``fused ffsplit/L0/heavy/...``), so the tag is looked for anywhere in it.
+    """
     layer = node.metadata_props.get(LAYER_KEY)
     branch = node.metadata_props.get(BRANCH_KEY)
     if layer is not None and branch is not None:
         return int(layer), branch
-    name = node.name or ""
-    if name.startswith(NAME_PREFIX):
-        parts = name.split("/")
-        if len(parts) >= 3 and parts[1].startswith("L") and parts[1][1:].isdigit() and parts[2] in BRANCHES:
-            return int(parts[1][1:]), parts[2]
-    return None
+    m = _TAGGED_NAME.search(node.name or "")
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 class TagBranchesPass(InPlacePass):
@@ -94,7 +116,7 @@ class TagBranchesPass(InPlacePass):
         found: dict[int, dict[str, int]] = {layer: dict.fromkeys(BRANCHES, 0) for layer in self.split_modules.values()}
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
             tags = node_tags(node)
-            if tags and tags[0] in found and (node.op_type == "MatMul" or tags[1] == "merge"):
+            if tags and tags[0] in found and (node.op_type in ("MatMul", "Gemm") or tags[1] == "merge"):
                 found[tags[0]][tags[1]] += 1
         missing = [
             f"layer {layer} has no {branch} {'node' if branch == 'merge' else 'MatMul'}"

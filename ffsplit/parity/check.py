@@ -4,8 +4,9 @@
 * fidelity: split torch vs runtime (the export and the runtime, always tight);
 * shipped: original torch vs runtime (what the user ships).
 
-Running the models and comparing their outputs are separate steps; the report
-is plain JSON with every value, its limit and whether it passed.
+The three models run batch by batch on the same padded inputs; comparing is a
+separate step (the task's accumulator). The report is plain JSON with every
+value, its limit and whether it passed.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from ffsplit.parity.metrics import Outputs, compare
+from ffsplit.parity.metrics import METRICS, Outputs
 from ffsplit.runtimes.targets import Target
-from ffsplit.split.calibration import encode_batches
+from ffsplit.split.calibration import encode_batches, model_inputs
+from ffsplit.tasks import TaskSpec
 
 COMPARISONS: dict[str, tuple[str, str, str]] = {
     # name -> (reference, compared, what it says)
@@ -27,44 +30,83 @@ COMPARISONS: dict[str, tuple[str, str, str]] = {
     "shipped": ("original", "runtime", "original torch vs runtime"),
 }
 # Metrics where smaller is better; every other limit is a floor.
-UPPER_BOUNDED = frozenset({"max_abs", "mean_abs"})
+UPPER_BOUNDED = frozenset({"max_abs", "mean_abs", "perplexity_ratio"})
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "feature-extraction": ("max_abs", "mean_abs", "cosine_min", "cosine_mean", "retrieval_at10"),
+    "text-classification": ("max_abs", "mean_abs", "label_agreement"),
+    "causal-lm": ("max_abs", "mean_abs", "top1_agreement", "top5_agreement", "perplexity", "perplexity_ratio"),
+}
+DEFAULT_LIMITS = {
+    "fidelity": {"max_abs": 1e-4, "cosine_min": 0.99999},
+    "exact": {"max_abs": 1e-4, "cosine_min": 0.99999},
+    "compression": {"cosine_mean": 0.95, "cosine_min": 0.85, "retrieval_at10": 0.8},
+}
 
 
-@torch.no_grad()
-def run_torch(model: torch.nn.Module, tokenizer, texts: list[str], *, batch_size: int, max_length: int) -> Outputs:  # noqa: ANN001
-    hidden, masks = [], []
+def torch_output(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: TaskSpec) -> np.ndarray:
+    extra = {"use_cache": False} if task.decoder else {}
+    with torch.no_grad():
+        out = model(**model_inputs(model, batch, position_ids=task.position_ids), **extra)
+    return getattr(out, task.output).float().numpy()
+
+
+def run_torch(model: torch.nn.Module, tokenizer, texts: list[str], task: TaskSpec, *, batch_size: int, max_length: int) -> Outputs:  # noqa: ANN001
+    """Keep every output (for scripts and tests on small data)."""
+    outs, batches = [], []
     for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
-        hidden.append(model(**batch).last_hidden_state.float().numpy())
-        masks.append(batch["attention_mask"].numpy())
-    return Outputs(hidden, masks)
+        outs.append(torch_output(model, batch, task))
+        batches.append({k: v.numpy() for k, v in batch.items()})
+    return Outputs(outs, batches)
 
 
-def run_runner(runner, tokenizer, texts: list[str], *, batch_size: int, max_length: int) -> Outputs:  # noqa: ANN001
+def compare_three(
+    original: torch.nn.Module, split: torch.nn.Module, runner, tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
+    *, batch_size: int, max_length: int,
+) -> dict[str, dict[str, float]]:
+    """Run the three models batch by batch and return each comparison's metrics."""
+    accs = {name: METRICS[task.name]() for name in COMPARISONS}
     names = set(runner.input_signature())
-    hidden, masks = [], []
     for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
-        feed = {k: v.numpy() for k, v in batch.items() if k in names}
-        hidden.append(runner.infer(feed)["last_hidden_state"])
-        masks.append(batch["attention_mask"].numpy())
-    return Outputs(hidden, masks)
+        np_batch = {k: v.numpy() for k, v in batch.items()}
+        outs = {
+            "original": torch_output(original, batch, task),
+            "split": torch_output(split, batch, task),
+            "runtime": runner.infer({k: v for k, v in np_batch.items() if k in names})[task.output],
+        }
+        for name, (ref, other, _) in COMPARISONS.items():
+            accs[name].update(outs[ref], outs[other], np_batch)
+    return {name: acc.result() for name, acc in accs.items()}
 
 
-def limits_for(target: Target, *, exact: bool, overrides: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
-    """Per comparison, metric -> limit. ``exact`` (recipe none) holds the split to fp32 rounding."""
-    parity = target.parity
-    fidelity = dict(parity.get("fidelity", {"max_abs": 1e-4, "cosine_min": 0.99999}))
+def limits_for(
+    target: Target, task: str, *, exact: bool, overrides: Mapping[str, float | None] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per comparison, metric -> limit, for the metrics ``task`` has.
+
+    ``exact`` (recipe none) holds the split to fp32 rounding; otherwise the
+    target's compression limits apply, with ``overrides`` on top. Fidelity is
+    never relaxed by overrides.
+    """
+    have = set(TASK_METRICS[task])
+
+    def pick(group: str) -> dict[str, float]:
+        values = target.parity.get(group, DEFAULT_LIMITS[group])
+        return {k: float(v) for k, v in values.items() if k in have}
+
+    fidelity = pick("fidelity")
     if exact:
-        lossy = dict(parity.get("exact", {"max_abs": 1e-4, "cosine_min": 0.99999}))
+        lossy = pick("exact")
         shipped = {k: (v * 2 if k in UPPER_BOUNDED else v) for k, v in lossy.items()}
     else:
-        lossy = dict(parity.get("compression", {"cosine_mean": 0.95, "cosine_min": 0.85, "retrieval_at10": 0.8}))
-        lossy.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        lossy = pick("compression")
+        lossy.update({k: float(v) for k, v in (overrides or {}).items() if v is not None and k in have})
         shipped = dict(lossy)
     return {"compression": lossy, "fidelity": fidelity, "shipped": shipped}
 
 
 @dataclass
 class ParityReport:
+    task: str = "feature-extraction"
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
     texts: int = 0
 
@@ -78,39 +120,44 @@ class ParityReport:
             for metric, lim in comp["limits"].items():
                 value = comp["metrics"][metric]
                 if metric in UPPER_BOUNDED and value > lim:
-                    out.append(f"{name} ({comp['what']}) last_hidden_state {metric} {value:.3g} > {lim:.3g} (over by {value - lim:.3g})")
+                    out.append(f"{name} ({comp['what']}) {comp['output']} {metric} {value:.3g} > {lim:.3g} (over by {value - lim:.3g})")
                 elif metric not in UPPER_BOUNDED and value < lim:
                     out.append(f"{name} ({comp['what']}) {metric} {value:.4f} < {lim:.4f} (short by {lim - value:.4f})")
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"passed": self.passed, "texts": self.texts, "comparisons": self.comparisons, "failures": self.failures()}
+        return {
+            "passed": self.passed, "task": self.task, "texts": self.texts,
+            "comparisons": self.comparisons, "failures": self.failures(),
+        }
 
 
-def evaluate(outputs: Mapping[str, Outputs], limits: Mapping[str, Mapping[str, float]]) -> ParityReport:
-    report = ParityReport(texts=sum(len(h) for h in next(iter(outputs.values())).hidden))
-    for name, (ref, other, what) in COMPARISONS.items():
-        metrics = compare(outputs[ref], outputs[other])
+def evaluate(
+    metrics: Mapping[str, Mapping[str, float]], limits: Mapping[str, Mapping[str, float]], *,
+    task: TaskSpec, texts: int,
+) -> ParityReport:
+    report = ParityReport(task=task.name, texts=texts)
+    for name, (_, _, what) in COMPARISONS.items():
+        m = dict(metrics[name])
         lim = dict(limits[name])
-        ok = all(
-            (metrics[m] <= v) if m in UPPER_BOUNDED else (metrics[m] >= v) for m, v in lim.items()
-        )
-        report.comparisons[name] = {"what": what, "metrics": metrics, "limits": lim, "passed": bool(ok)}
+        ok = all((m[k] <= v) if k in UPPER_BOUNDED else (m[k] >= v) for k, v in lim.items())
+        report.comparisons[name] = {"what": what, "output": task.output, "metrics": m, "limits": lim, "passed": bool(ok)}
     return report
 
 
 def format_table(report: ParityReport) -> str:
-    metrics = ["max_abs", "mean_abs", "cosine_min", "cosine_mean", "retrieval_at10"]
-    head = f"{'comparison':<13} {'what':<30} " + " ".join(f"{m:>14}" for m in metrics) + "  result"
+    metrics = list(TASK_METRICS[report.task])
+    width = max(14, *(len(m) + 1 for m in metrics))
+    head = f"{'comparison':<13} {'what':<30} " + " ".join(f"{m:>{width}}" for m in metrics) + "  result"
     lines = [head, "-" * len(head)]
     for name, comp in report.comparisons.items():
         cells = []
         for m in metrics:
             v = comp["metrics"][m]
-            cell = f"{v:.2e}" if m in UPPER_BOUNDED else f"{v:.4f}"
+            cell = f"{v:.2e}" if m in ("max_abs", "mean_abs") else f"{v:.4f}"
             if m in comp["limits"]:
                 cell += "*"
-            cells.append(f"{cell:>14}")
+            cells.append(f"{cell:>{width}}")
         lines.append(f"{name:<13} {comp['what']:<30} " + " ".join(cells) + ("  pass" if comp["passed"] else "  FAIL"))
     lines.append(f"(* checked against a limit; {report.texts} evaluation texts, padded batches)")
     return "\n".join(lines)

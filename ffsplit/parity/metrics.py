@@ -1,8 +1,13 @@
-"""Metrics comparing a reference model's outputs with another's on the same padded batches."""
+"""Metrics comparing a reference model's outputs with another's, batch by batch.
+
+Each task has an accumulator fed (reference output, compared output, batch)
+one padded batch at a time, so large outputs (LM logits) never sit in memory
+whole. Errors count real (non-padding) positions only.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,28 +42,131 @@ def retrieval_agreement(ref: np.ndarray, other: np.ndarray, k: int = 10) -> floa
 
 
 @dataclass
+class _AbsError:
+    max_abs: float = 0.0
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, ref: np.ndarray, other: np.ndarray) -> None:
+        d = np.abs(ref.astype(np.float64) - other.astype(np.float64))
+        if d.size:
+            self.max_abs = max(self.max_abs, float(d.max()))
+            self.total += float(d.sum())
+            self.count += d.size
+
+    def result(self) -> dict[str, float]:
+        return {"max_abs": self.max_abs, "mean_abs": self.total / max(self.count, 1)}
+
+
+@dataclass
+class HiddenStateMetrics:
+    """feature-extraction: errors of last_hidden_state, cosine of mean-pooled embeddings, retrieval@k."""
+
+    k: int = 10
+    err: _AbsError = field(default_factory=_AbsError)
+    ref_emb: list[np.ndarray] = field(default_factory=list)
+    other_emb: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, ref: np.ndarray, other: np.ndarray, batch: dict[str, np.ndarray]) -> None:
+        mask = batch["attention_mask"].astype(bool)
+        self.err.add(ref[mask], other[mask])
+        self.ref_emb.append(mean_pool(ref, mask))
+        self.other_emb.append(mean_pool(other, mask))
+
+    def result(self) -> dict[str, float]:
+        a, b = np.concatenate(self.ref_emb), np.concatenate(self.other_emb)
+        cos = cosine_rows(a, b)
+        return {
+            **self.err.result(),
+            "cosine_min": float(cos.min()),
+            "cosine_mean": float(cos.mean()),
+            f"retrieval_at{self.k}": retrieval_agreement(a, b, self.k),
+        }
+
+
+@dataclass
+class ClassificationMetrics:
+    """text-classification: logit errors and agreement of the predicted label."""
+
+    err: _AbsError = field(default_factory=_AbsError)
+    agree: int = 0
+    rows: int = 0
+
+    def update(self, ref: np.ndarray, other: np.ndarray, batch: dict[str, np.ndarray]) -> None:
+        self.err.add(ref, other)
+        self.agree += int((ref.argmax(-1) == other.argmax(-1)).sum())
+        self.rows += len(ref)
+
+    def result(self) -> dict[str, float]:
+        return {**self.err.result(), "label_agreement": self.agree / max(self.rows, 1)}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+@dataclass
+class CausalLMMetrics:
+    """causal-lm: logit errors, next-token agreement (top-1; reference top-1 within top-5), perplexities."""
+
+    err: _AbsError = field(default_factory=_AbsError)
+    top1: int = 0
+    top5: int = 0
+    positions: int = 0
+    nll_ref: float = 0.0
+    nll_other: float = 0.0
+
+    def update(self, ref: np.ndarray, other: np.ndarray, batch: dict[str, np.ndarray]) -> None:
+        mask = batch["attention_mask"].astype(bool)
+        self.err.add(ref[mask], other[mask])
+        # Position t predicts token t+1; both must be real tokens.
+        pred = mask[:, :-1] & mask[:, 1:]
+        r, o = ref[:, :-1][pred], other[:, :-1][pred]
+        target = batch["input_ids"][:, 1:][pred]
+        if not len(target):
+            return
+        best = r.argmax(-1)
+        top5 = np.argpartition(-o, min(5, o.shape[-1] - 1), axis=-1)[:, :5]
+        self.top1 += int((best == o.argmax(-1)).sum())
+        self.top5 += int((top5 == best[:, None]).any(-1).sum())
+        self.positions += len(target)
+        rows = np.arange(len(target))
+        self.nll_ref -= float(_log_softmax(r)[rows, target].sum())
+        self.nll_other -= float(_log_softmax(o)[rows, target].sum())
+
+    def result(self) -> dict[str, float]:
+        n = max(self.positions, 1)
+        ppl_ref, ppl = float(np.exp(self.nll_ref / n)), float(np.exp(self.nll_other / n))
+        return {
+            **self.err.result(),
+            "top1_agreement": self.top1 / n,
+            "top5_agreement": self.top5 / n,
+            "perplexity_reference": ppl_ref,
+            "perplexity": ppl,
+            "perplexity_ratio": ppl / ppl_ref,
+        }
+
+
+METRICS = {
+    "feature-extraction": HiddenStateMetrics,
+    "text-classification": ClassificationMetrics,
+    "causal-lm": CausalLMMetrics,
+}
+
+
+@dataclass
 class Outputs:
-    """last_hidden_state per batch (padded), with the masks, for one model over the evaluation text."""
+    """One model's outputs per padded batch, with the batches (for tests and scripts that keep them)."""
 
-    hidden: list[np.ndarray]
-    masks: list[np.ndarray]
-
-    def tokens(self) -> np.ndarray:
-        """All non-padding token vectors, concatenated."""
-        return np.concatenate([h[m.astype(bool)] for h, m in zip(self.hidden, self.masks, strict=True)])
-
-    def embeddings(self) -> np.ndarray:
-        return np.concatenate([mean_pool(h, m) for h, m in zip(self.hidden, self.masks, strict=True)])
+    outputs: list[np.ndarray]
+    batches: list[dict[str, np.ndarray]]
 
 
-def compare(ref: Outputs, other: Outputs, *, k: int = 10) -> dict[str, float]:
-    """Every metric of ``other`` against ``ref``; errors over non-padding tokens only."""
-    diff = np.abs(ref.tokens().astype(np.float64) - other.tokens().astype(np.float64))
-    cos = cosine_rows(ref.embeddings(), other.embeddings())
-    return {
-        "max_abs": float(diff.max()),
-        "mean_abs": float(diff.mean()),
-        "cosine_min": float(cos.min()),
-        "cosine_mean": float(cos.mean()),
-        f"retrieval_at{k}": retrieval_agreement(ref.embeddings(), other.embeddings(), k),
-    }
+def compare(ref: Outputs, other: Outputs, task: str = "feature-extraction") -> dict[str, float]:
+    """Every metric of ``other`` against ``ref`` for ``task``."""
+    acc = METRICS[task]()
+    for r, o, b in zip(ref.outputs, other.outputs, ref.batches, strict=True):
+        acc.update(r, o, b)
+    return acc.result()

@@ -34,7 +34,10 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
 _PARITY: dict[str, tuple[str, ...]] = {
     "fidelity": ("max_abs", "cosine_min"),
     "exact": ("max_abs", "cosine_min"),
-    "compression": ("cosine_mean", "cosine_min", "retrieval_at10"),
+    "compression": (
+        "cosine_mean", "cosine_min", "retrieval_at10", "label_agreement", "top1_agreement", "top5_agreement",
+        "perplexity_ratio",
+    ),
 }
 
 

@@ -1,12 +1,14 @@
 """FFN adapters: where each architecture family keeps its FFN, in a registry.
 
 An adapter is a small declarative class registered with ``@register``. It
-names, relative to the base (headless) model, the list of layers and, relative
-to one layer, the input projection, the activation and the output projection,
-plus which module is replaced by the ``SplitFFN`` and which become identities.
-A model is matched by ``config.model_type`` first and then by layout, so
-families that share a layout (RoBERTa and the other BERT descendants) work
-without an adapter of their own.
+names, relative to the backbone (``model.base_model``), the list of layers and,
+relative to one layer, the input projection, the optional gate projection, the
+activation and the output projection, plus which module is replaced by the
+``SplitFFN`` and which become identities so the layer's own forward still adds
+the residual. A model is matched by ``config.model_type`` first and then by
+layout, so families that share a layout (RoBERTa and the other BERT
+descendants; the many decoders with a Llama-style gated MLP) work without an
+adapter of their own.
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(get_submodule(root, parent_path), name, module)
 
 
+def backbone(model: nn.Module) -> nn.Module:
+    """The headless model inside a task model (BertForSequenceClassification -> BertModel)."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    # transformers' Conv1D (GPT-2): a Linear whose weight is stored (in, out).
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def projection(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight as (out, in), bias) of a Linear or Conv1D, else None."""
+    if isinstance(module, nn.Linear):
+        return module.weight.detach(), None if module.bias is None else module.bias.detach()
+    if _is_conv1d(module):
+        return module.weight.detach().T, None if module.bias is None else module.bias.detach()
+    return None
+
+
 @dataclass
 class FFNWeights:
     """One layer's FFN in the nn.Linear convention: ``w_in`` is (d_ff, d_model), ``w_out`` (d_model, d_ff)."""
@@ -47,6 +69,12 @@ class FFNWeights:
     w_out: torch.Tensor
     b_out: torch.Tensor | None
     act: nn.Module
+    w_gate: torch.Tensor | None = None
+    b_gate: torch.Tensor | None = None
+
+    @property
+    def gate(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        return None if self.w_gate is None else (self.w_gate, self.b_gate)
 
 
 class FFNAdapter:
@@ -56,21 +84,21 @@ class FFNAdapter:
     model_types: ClassVar[tuple[str, ...]]
     layers: ClassVar[str]
     fc_in: ClassVar[str]
+    fc_gate: ClassVar[str | None] = None
     act: ClassVar[str]
     fc_out: ClassVar[str]
-    # The module replaced by SplitFFN, and the modules that become identities so
-    # the layer's own forward still adds the residual and normalises.
     replace: ClassVar[str]
-    identities: ClassVar[tuple[str, ...]]
+    identities: ClassVar[tuple[str, ...]] = ()
     tasks: ClassVar[tuple[str, ...]] = ("feature-extraction",)
 
     @classmethod
-    def layer_modules(cls, model: nn.Module) -> list[nn.Module]:
-        return list(get_submodule(model, cls.layers))
+    def gated(cls) -> bool:
+        return cls.fc_gate is not None
 
     @classmethod
-    def layer_path(cls, index: int) -> str:
-        return f"{cls.layers}.{index}"
+    def layer_modules(cls, model: nn.Module) -> list[nn.Module]:
+        """The layers of ``model`` (a task model or its backbone)."""
+        return list(get_submodule(backbone(model), cls.layers))
 
     @classmethod
     def matches_layout(cls, model: nn.Module) -> bool:
@@ -82,28 +110,28 @@ class FFNAdapter:
             return False
         for layer in layers:
             try:
-                fc_in = get_submodule(layer, cls.fc_in)
-                fc_out = get_submodule(layer, cls.fc_out)
+                p_in = projection(get_submodule(layer, cls.fc_in))
+                p_out = projection(get_submodule(layer, cls.fc_out))
+                p_gate = projection(get_submodule(layer, cls.fc_gate)) if cls.fc_gate else None
                 get_submodule(layer, cls.act)
             except AttributeError:
                 return False
-            if not (isinstance(fc_in, nn.Linear) and isinstance(fc_out, nn.Linear)):
+            if p_in is None or p_out is None or (cls.fc_gate and p_gate is None):
                 return False
-            if fc_in.out_features != fc_out.in_features or fc_in.in_features != fc_out.out_features:
+            if p_in[0].shape != p_out[0].T.shape or (p_gate is not None and p_gate[0].shape != p_in[0].shape):
                 return False
         return True
 
     @classmethod
     def weights(cls, layer: nn.Module) -> FFNWeights:
-        fc_in = get_submodule(layer, cls.fc_in)
-        fc_out = get_submodule(layer, cls.fc_out)
-        assert isinstance(fc_in, nn.Linear) and isinstance(fc_out, nn.Linear)
+        p_in = projection(get_submodule(layer, cls.fc_in))
+        p_out = projection(get_submodule(layer, cls.fc_out))
+        assert p_in is not None and p_out is not None
+        p_gate = projection(get_submodule(layer, cls.fc_gate)) if cls.fc_gate else (None, None)
+        assert p_gate is not None
         return FFNWeights(
-            w_in=fc_in.weight.detach(),
-            b_in=None if fc_in.bias is None else fc_in.bias.detach(),
-            w_out=fc_out.weight.detach(),
-            b_out=None if fc_out.bias is None else fc_out.bias.detach(),
-            act=get_submodule(layer, cls.act),
+            w_in=p_in[0], b_in=p_in[1], w_out=p_out[0], b_out=p_out[1], act=get_submodule(layer, cls.act),
+            w_gate=p_gate[0], b_gate=p_gate[1],
         )
 
     @classmethod
@@ -125,6 +153,67 @@ class BertAdapter(FFNAdapter):
     fc_out = "output.dense"
     replace = "intermediate"
     identities = ("output.dense",)
+    tasks = ("feature-extraction", "text-classification")
+
+
+@register
+class DistilBertAdapter(FFNAdapter):
+    """DistilBERT: ``ffn.lin1 -> ffn.activation -> ffn.lin2``."""
+
+    family = "distilbert"
+    model_types = ("distilbert",)
+    layers = "transformer.layer"
+    fc_in = "ffn.lin1"
+    act = "ffn.activation"
+    fc_out = "ffn.lin2"
+    replace = "ffn.lin1"
+    identities = ("ffn.activation", "ffn.lin2")
+    tasks = ("feature-extraction", "text-classification")
+
+
+@register
+class GPT2Adapter(FFNAdapter):
+    """GPT-2: Conv1D projections (weights stored transposed) ``mlp.c_fc -> mlp.act -> mlp.c_proj``."""
+
+    family = "gpt2"
+    model_types = ("gpt2",)
+    layers = "h"
+    fc_in = "mlp.c_fc"
+    act = "mlp.act"
+    fc_out = "mlp.c_proj"
+    replace = "mlp.c_fc"
+    identities = ("mlp.act", "mlp.c_proj")
+    tasks = ("feature-extraction", "causal-lm")
+
+
+@register
+class OPTAdapter(FFNAdapter):
+    """OPT: ``fc1 -> activation_fn (ReLU) -> fc2`` directly on the decoder layer."""
+
+    family = "opt"
+    model_types = ("opt",)
+    layers = "decoder.layers"
+    fc_in = "fc1"
+    act = "activation_fn"
+    fc_out = "fc2"
+    replace = "fc1"
+    identities = ("activation_fn", "fc2")
+    tasks = ("feature-extraction", "causal-lm")
+
+
+@register
+class LlamaAdapter(FFNAdapter):
+    """Decoders with a Llama-style gated MLP: ``down(act(gate(x)) * up(x))``."""
+
+    family = "llama"
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "granite", "smollm3")
+    layers = "layers"
+    fc_in = "mlp.up_proj"
+    fc_gate = "mlp.gate_proj"
+    act = "mlp.act_fn"
+    fc_out = "mlp.down_proj"
+    replace = "mlp"
+    tasks = ("feature-extraction", "causal-lm")
 
 
 def supported_families() -> str:

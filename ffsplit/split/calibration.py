@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import inspect
 import re
 import sysconfig
 from dataclasses import dataclass
@@ -153,9 +154,19 @@ def corpus_digest(texts: list[str]) -> str:
 
 
 def encode_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: int):  # noqa: ANN001, ANN201
-    """Yield padded batches (dict of int64 tensors) in the order of ``texts``."""
+    """Yield padded batches (dict of int64 tensors) in the order of ``texts``, with position_ids.
+
+    Positions count real tokens only (``cumsum(mask) - 1``), so a left-padded
+    row gets the same positions as the unpadded text.
+    """
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        yield dict(
-            tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        )
+        batch = dict(tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        yield batch
+
+
+def model_inputs(model, batch: dict, *, position_ids: bool) -> dict:  # noqa: ANN001
+    """The entries of ``batch`` that ``model.forward`` takes (position_ids only when the task uses them)."""
+    accepted = set(inspect.signature(model.forward).parameters)
+    return {k: v for k, v in batch.items() if k in accepted and (k != "position_ids" or position_ids)}

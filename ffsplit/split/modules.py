@@ -24,16 +24,23 @@ class LowRankLinear(nn.Module):
 
 
 class Branch(nn.Module):
-    """``fc_out(act(fc_in(x)))`` over a subset of the FFN's neurons; no output bias."""
+    """``fc_out(act(fc_in(x)))`` over a subset of the FFN's neurons; no output bias.
 
-    def __init__(self, fc_in: nn.Module, act: nn.Module, fc_out: nn.Module) -> None:
+    Gated (Llama-style) branches compute ``fc_out(act(fc_gate(x)) * fc_in(x))``
+    with the same neurons selected from the gate and the up projection.
+    """
+
+    def __init__(self, fc_in: nn.Module, act: nn.Module, fc_out: nn.Module, fc_gate: nn.Module | None = None) -> None:
         super().__init__()
+        self.fc_gate = fc_gate
         self.fc_in = fc_in
         self.act = act
         self.fc_out = fc_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.act(self.fc_in(x)))
+        if self.fc_gate is None:
+            return self.fc_out(self.act(self.fc_in(x)))
+        return self.fc_out(self.act(self.fc_gate(x)) * self.fc_in(x))
 
 
 class SplitFFN(nn.Module):
@@ -56,17 +63,36 @@ class SplitFFN(nn.Module):
         return y
 
 
-def dense_branch(w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor, act: nn.Module) -> Branch:
-    """A branch holding the given weight rows/columns at full precision."""
-    width, d_model = w_in.shape
-    fc_in = nn.Linear(d_model, width, bias=b_in is not None)
-    fc_out = nn.Linear(width, w_out.shape[0], bias=False)
+def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
     with torch.no_grad():
-        fc_in.weight.copy_(w_in)
-        if b_in is not None:
-            fc_in.bias.copy_(b_in)
-        fc_out.weight.copy_(w_out)
-    return Branch(fc_in, act, fc_out)
+        lin.weight.copy_(w)
+        if b is not None:
+            lin.bias.copy_(b)
+    return lin
+
+
+def _lowrank(factors: tuple[torch.Tensor, torch.Tensor], b: torch.Tensor | None) -> LowRankLinear:
+    down, up = factors
+    lin = LowRankLinear(down.shape[1], up.shape[0], down.shape[0], bias=b is not None)
+    with torch.no_grad():
+        lin.down.weight.copy_(down)
+        lin.up.weight.copy_(up)
+        if b is not None:
+            lin.up.bias.copy_(b)
+    return lin
+
+
+def dense_branch(
+    w_in: torch.Tensor,
+    b_in: torch.Tensor | None,
+    w_out: torch.Tensor,
+    act: nn.Module,
+    gate: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> Branch:
+    """A branch holding the given weight rows/columns at full precision (``gate``: (w, b) of a gated MLP)."""
+    fc_gate = None if gate is None else _linear(*gate)
+    return Branch(_linear(w_in, b_in), act, _linear(w_out, None), fc_gate)
 
 
 def lowrank_branch(
@@ -74,20 +100,11 @@ def lowrank_branch(
     b_in: torch.Tensor | None,
     factors_out: tuple[torch.Tensor, torch.Tensor],
     act: nn.Module,
+    gate: tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> Branch:
-    """A branch whose two projections are factorised as ``up @ down``."""
-    down_in, up_in = factors_in
-    down_out, up_out = factors_out
-    fc_in = LowRankLinear(down_in.shape[1], up_in.shape[0], down_in.shape[0], bias=b_in is not None)
-    fc_out = LowRankLinear(down_out.shape[1], up_out.shape[0], down_out.shape[0], bias=False)
-    with torch.no_grad():
-        fc_in.down.weight.copy_(down_in)
-        fc_in.up.weight.copy_(up_in)
-        if b_in is not None:
-            fc_in.up.bias.copy_(b_in)
-        fc_out.down.weight.copy_(down_out)
-        fc_out.up.weight.copy_(up_out)
-    return Branch(fc_in, act, fc_out)
+    """A branch whose projections are factorised as ``up @ down`` (factors given as (down, up))."""
+    fc_gate = None if gate is None else _lowrank(*gate)
+    return Branch(_lowrank(factors_in, b_in), act, _lowrank(factors_out, None), fc_gate)
 
 
 def count_params(module: nn.Module) -> int:

@@ -1,7 +1,8 @@
 """Heavy-hitter profiling over calibration tokens.
 
 The score of FFN neuron j is ``mean_t |a_tj| * ||W_out[:, j]||_2`` over the
-non-padding calibration tokens t, ``a`` being the activation. The same pass
+non-padding calibration tokens t, ``a`` being the activation
+(``act(gate_j) * up_j`` for a gated MLP). The same pass
 gathers the second moments of each FFN's input and activations, which the
 activation-aware low-rank compressor whitens with.
 """
@@ -14,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ffsplit.split.adapters import FFNAdapter, get_submodule
-from ffsplit.split.calibration import encode_batches
+from ffsplit.split.calibration import encode_batches, model_inputs
 
 
 @dataclass
@@ -39,6 +40,7 @@ def profile_model(
     max_length: int = 128,
     moments: bool = True,
     progress: bool = True,
+    position_ids: bool = False,
 ) -> list[LayerProfile]:
     layers = adapter.layer_modules(model)
     n = len(layers)
@@ -48,11 +50,16 @@ def profile_model(
     state: dict[str, torch.Tensor] = {}
     tokens = 0
 
-    def make_hook(i: int, act: torch.nn.Module):  # noqa: ANN202
+    def make_hook(i: int, act: torch.nn.Module, gate: torch.nn.Module | None):  # noqa: ANN202
         def hook(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             keep = state["mask"]
-            x = inputs[0].reshape(-1, inputs[0].shape[-1])[keep].float()
-            a = act(output).reshape(-1, output.shape[-1])[keep].float()
+            x_all = inputs[0].reshape(-1, inputs[0].shape[-1])
+            # OPT flattens its tokens before fc1; others keep (batch, seq, d).
+            if x_all.shape[0] != keep.shape[0]:
+                raise AssertionError(f"FFN input has {x_all.shape[0]} tokens, the mask {keep.shape[0]}")
+            x = x_all[keep].float()
+            z = output.reshape(-1, output.shape[-1])[keep]
+            a = (act(gate(x_all[keep])) * z if gate is not None else act(z)).float()
             s = a.abs().sum(0).double()
             sum_abs[i] = s if sum_abs[i] is None else sum_abs[i] + s
             if moments:
@@ -67,20 +74,21 @@ def profile_model(
     for i, layer in enumerate(layers):
         fc_in = get_submodule(layer, adapter.fc_in)
         act = get_submodule(layer, adapter.act)
-        handles.append(fc_in.register_forward_hook(make_hook(i, act)))
+        gate = get_submodule(layer, adapter.fc_gate) if adapter.fc_gate else None
+        handles.append(fc_in.register_forward_hook(make_hook(i, act, gate)))
     try:
         batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
         for batch in tqdm(batches, desc="profiling", unit="batch", disable=not progress, leave=False):
             state["mask"] = batch["attention_mask"].reshape(-1).bool()
             tokens += int(state["mask"].sum())
-            model(**batch)
+            model(**model_inputs(model, batch, position_ids=position_ids))
     finally:
         for h in handles:
             h.remove()
 
     out = []
     for i, layer in enumerate(layers):
-        w_out = get_submodule(layer, adapter.fc_out).weight.detach().double()
+        w_out = adapter.weights(layer).w_out.double()
         mean_abs = sum_abs[i] / tokens
         out.append(
             LayerProfile(

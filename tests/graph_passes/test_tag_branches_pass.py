@@ -82,3 +82,32 @@ def test_ensures_fails_when_a_layer_has_no_branch_matmul() -> None:
     model = _graph_with_scopes([base + ["add"]], [["W", "M", "Layer", SPLIT, "aten"]])
     with pytest.raises(PostconditionError, match="layer 0 has no heavy MatMul"):
         TagBranchesPass(split_modules={"l.0.ffn": 0}, prefix="model.")(model)
+
+
+@pytest.mark.parametrize(
+    ("scope", "want"),
+    [
+        ("model.layers.slice(None, 2, None).1.mlp", "model.layers.1.mlp"),
+        ("model.layers.slice(2, 8, 2).1.mlp.heavy", "model.layers.4.mlp.heavy"),
+        ("model.encoder.layer.3.intermediate", "model.encoder.layer.3.intermediate"),
+    ],
+)
+def test_sliced_layer_scopes_map_to_module_paths(scope: str, want: str) -> None:
+    from ffsplit.graph_passes.tag_branches_pass import normalize_scope
+
+    assert normalize_scope(scope) == want
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("ffsplit/L3/heavy/node_linear_5", (3, "heavy")),
+        ("fused ffsplit/L0/light/node_Gemm_294", (0, "light")),
+        ("ffsplit/L12/merge/node_add/MatMulAddFusion/", (12, "merge")),
+        ("node_MatMul_104", None),
+        ("notffsplit/L1/heavy/x", None),
+    ],
+)
+def test_tags_survive_runtime_renames(name: str, want: tuple[int, str] | None) -> None:
+    node = ir.node("Relu", [ir.Value(name="x")], name=name)
+    assert node_tags(node) == want
