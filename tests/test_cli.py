@@ -12,6 +12,25 @@ from conftest import run_cli
 FAST_ARGS = ["--calib-size", "16", "--eval-size", "24", "--max-length", "32"]
 
 
+class _Result:
+    """What cli.main returned and printed, shaped like subprocess.CompletedProcess."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> _Result:
+    """The CLI in this process: same code path as the console script, without a new interpreter."""
+    from ffsplit.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return _Result(code, out.out, out.err)
+
+
 def _assert_usage_error(r, out: Path | None, fragment: str) -> None:  # noqa: ANN001
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     # Progress lines ("[ffsplit] load ...") may precede it; the error itself is one line.
@@ -56,7 +75,8 @@ def _empty_calib(tmp_path: Path) -> Path:
     ],
 )
 def test_export_bad_input(
-    case: str, fragment: str, tmp_path: Path, tiny_bert_dir: Path, tiny_unsupported_dir: Path
+    case: str, fragment: str, tmp_path: Path, tiny_bert_dir: Path, tiny_unsupported_dir: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
     model, extra = str(tiny_bert_dir), []
@@ -86,7 +106,7 @@ def test_export_bad_input(
         extra = ["--limit", "cosine_min"]
     elif case == "bad-flag":
         extra = ["--colour", "red"]
-    r = run_cli("export", model, "--out", str(out), *FAST_ARGS, *extra)
+    r = run_main(capsys, "export", model, "--out", str(out), *FAST_ARGS, *extra)
     if case == "out-exists":
         _assert_usage_error(r, None, fragment)
         assert (out / "keep").read_text() == "mine"
@@ -151,20 +171,28 @@ def test_check_exits_1_when_a_limit_is_missed(tiny_lowrank_artifact: Path, tmp_p
     assert "Traceback" not in r.stderr
 
 
+def test_console_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    """The real entry point (python -m ffsplit), not just main(): exit 2, one line, no traceback."""
+    _assert_usage_error(run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), tmp_path / "o", "not found")
+
+
 @pytest.mark.parametrize("verb", ["check", "bench", "inspect"])
-def test_verbs_refuse_a_folder_that_is_not_an_artifact(verb: str, tmp_path: Path) -> None:
-    _assert_usage_error(run_cli(verb, str(tmp_path)), None, "has no manifest.json")
+def test_verbs_refuse_a_folder_that_is_not_an_artifact(verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _assert_usage_error(run_main(capsys, verb, str(tmp_path)), None, "has no manifest.json")
 
 
 @pytest.mark.parametrize("verb", ["check", "bench"])
-def test_verbs_refuse_a_tampered_artifact(verb: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+def test_verbs_refuse_a_tampered_artifact(
+    verb: str, tiny_none_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     art = tmp_path / "art"
     shutil.copytree(tiny_none_artifact, art)
     with open(art / "split.safetensors", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x00\x00\x00\x01")
-    _assert_usage_error(run_cli(verb, str(art)), None, "split.safetensors was modified")
+    _assert_usage_error(run_main(capsys, verb, str(art)), None, "split.safetensors was modified")
 
 
-def test_bench_refuses_a_sequence_past_the_model_maximum(tiny_none_artifact: Path) -> None:
-    _assert_usage_error(run_cli("bench", str(tiny_none_artifact), "--seq", "4096"), None, "longer than the model's maximum")
+def test_bench_refuses_a_sequence_past_the_model_maximum(tiny_none_artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_main(capsys, "bench", str(tiny_none_artifact), "--seq", "4096")
+    _assert_usage_error(r, None, "longer than the model's maximum")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ffsplit.errors import UsageError
 from ffsplit.loading import load_model
-from ffsplit.split.adapters import find_adapter
+from ffsplit.split.adapters import FFNWeights, find_adapter
 from ffsplit.split.apply import (
     heavy_count,
     rebuild_split,
@@ -120,36 +120,30 @@ def test_rank_must_be_smaller_than_light_width(tiny_bert_dir: Path) -> None:
     d_model=st.integers(4, 24),
     d_ff=st.integers(16, 96),
     ratio=st.floats(0.05, 0.6),
-    act=st.sampled_from(["gelu", "relu", "silu"]),
+    act=st.sampled_from(["gelu", "relu", "silu", "gated-silu"]),
     seed=st.integers(0, 2**16),
 )
 def test_split_partitions_neurons_and_none_is_exact(d_model: int, d_ff: int, ratio: float, act: str, seed: int) -> None:
-    """For random FFN shapes and activations, heavy and light partition the neurons and none is exact."""
+    """For random FFN shapes and activations (gated too), heavy and light partition the neurons and none is exact."""
     torch.manual_seed(seed)
     try:
         k = heavy_count(d_ff, ratio)
     except UsageError:
         return
-    acts = {"gelu": torch.nn.GELU(), "relu": torch.nn.ReLU(), "silu": torch.nn.SiLU()}
-    layer = torch.nn.Module()
-    layer.fc_in, layer.fc_out = torch.nn.Linear(d_model, d_ff), torch.nn.Linear(d_ff, d_model)
-    layer.act = acts[act]
-
-    class Adapter:
-        fc_in, fc_out, act = "fc_in", "fc_out", "act"
-
-        @staticmethod
-        def weights(lay: torch.nn.Module):  # noqa: ANN205
-            from ffsplit.split.adapters import FFNWeights
-
-            return FFNWeights(lay.fc_in.weight, lay.fc_in.bias, lay.fc_out.weight, lay.fc_out.bias, lay.act)
-
+    fn = {"gelu": torch.nn.GELU(), "relu": torch.nn.ReLU(), "silu": torch.nn.SiLU(), "gated-silu": torch.nn.SiLU()}[act]
+    fc_in, fc_out = torch.nn.Linear(d_model, d_ff), torch.nn.Linear(d_ff, d_model)
+    gate = torch.nn.Linear(d_model, d_ff) if act.startswith("gated") else None
+    ffn = FFNWeights(
+        w_in=fc_in.weight.detach(), b_in=fc_in.bias.detach(), w_out=fc_out.weight.detach(), b_out=fc_out.bias.detach(),
+        act=fn, w_gate=None if gate is None else gate.weight.detach(), b_gate=None if gate is None else gate.bias.detach(),
+    )
     scores = torch.rand(d_ff, dtype=torch.float64)
     prof = LayerProfile(scores=scores, mean_abs_act=scores, input_moment=None, act_moment=None, tokens=1)
-    split, heavy_idx, _ = split_layer(layer, Adapter, prof, k, LightRecipe("none"))  # type: ignore[arg-type]
+    split, heavy_idx, _ = split_layer(ffn, prof, k, LightRecipe("none"))
     light = sorted(set(range(d_ff)) - set(heavy_idx.tolist()))
     assert len(heavy_idx) == k and len(light) == d_ff - k
     assert set(heavy_idx.tolist()).isdisjoint(light)
     x = torch.randn(5, d_model)
     with torch.no_grad():
-        torch.testing.assert_close(split(x), layer.fc_out(layer.act(layer.fc_in(x))), atol=1e-5, rtol=1e-5)
+        hidden = fn(gate(x)) * fc_in(x) if gate is not None else fn(fc_in(x))
+        torch.testing.assert_close(split(x), fc_out(hidden), atol=1e-5, rtol=1e-5)
