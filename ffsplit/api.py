@@ -142,8 +142,10 @@ def _parity(
     texts = [t.text for t in evaluation_texts(eval_size)]
     if len(texts) < 11:
         raise UsageError(f"--eval-size {eval_size}: at least 11 evaluation texts are needed (retrieval@10)")
+    max_positions = getattr(original.config, "max_position_embeddings", None)
     metrics = compare_three(
-        original, split, runner, tokenizer, texts, task, batch_size=batch_size, max_length=max_length
+        original, split, runner, tokenizer, texts, task, batch_size=batch_size, max_length=max_length,
+        max_positions=max_positions,
     )
     limits = limits_for(target, task.name, exact=exact, overrides=overrides)
     return evaluate(metrics, limits, task=task, texts=len(texts))
@@ -449,7 +451,8 @@ def bench(
             for s in sequences:
                 if log:
                     log(f"timing batch {b} x sequence {s} ...")
-                feed = make_feed(loaded.tokenizer, texts, names, batch=b, sequence=s)
+                # A KV-cache graph is timed on its prefill (empty past) over the full sequence.
+                feed = split.feed_from(make_feed(loaded.tokenizer, texts, names, batch=b, sequence=s))
                 times = time_interleaved({"original": orig, "ffsplit": split}, feed, warmup=warmup, runs=runs, min_seconds=min_seconds)
                 rows.extend(summarise(times, batch=b, sequence=s, reference="original"))
     return rows

@@ -19,6 +19,7 @@ class TaskSpec:
     padding_side: str  # decoders pad on the left so the last position is a real token
     position_ids: bool  # decoders take explicit positions so left padding does not shift them
     decoder: bool = False
+    past: bool = False  # KV cache inputs and outputs: one graph for prefill (past length 0) and decode
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -27,6 +28,9 @@ TASKS: dict[str, TaskSpec] = {
         "text-classification", "AutoModelForSequenceClassification", "logits", "right", False
     ),
     "causal-lm": TaskSpec("causal-lm", "AutoModelForCausalLM", "logits", "left", True, decoder=True),
+    "causal-lm-with-past": TaskSpec(
+        "causal-lm-with-past", "AutoModelForCausalLM", "logits", "left", True, decoder=True, past=True
+    ),
 }
 
 
@@ -36,7 +40,7 @@ def auto_task(config: dict[str, Any]) -> str:
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "text-classification"
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        return "causal-lm"
+        return "causal-lm-with-past"  # decoders are exported ready to generate
     return "feature-extraction"
 
 

@@ -40,7 +40,7 @@ def make_feed(tokenizer, texts: list[str], input_names: list[str], *, batch: int
     rows = [" ".join([r] * 64) for r in rows]
     enc = dict(tokenizer(rows, padding="max_length", truncation=True, max_length=sequence, return_tensors="np"))
     enc["position_ids"] = np.maximum(enc["attention_mask"].cumsum(-1) - 1, 0)
-    return {n: enc[n].astype(np.int64) for n in input_names}
+    return {n: enc[n].astype(np.int64) for n in input_names if n in enc}
 
 
 def time_interleaved(

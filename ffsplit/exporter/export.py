@@ -51,6 +51,76 @@ class TaskWrapper(nn.Module):
         self.forward = forward  # type: ignore[method-assign]
 
 
+class PastWrapper(nn.Module):
+    """Causal LM with a KV cache as flat tensors, for one graph that serves prefill and decode.
+
+    Inputs: input_ids, attention_mask (past + new tokens), position_ids, then
+    ``past_key_values.<i>.key`` / ``.value`` of shape (batch, kv_heads, past, head_dim),
+    empty (past 0) for the prefill. Outputs: logits, then ``present.<i>.key`` / ``.value``
+    holding past + new positions.
+    """
+
+    def __init__(self, model: nn.Module, layers: int) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = layers
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(
+            ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.layers)], config=self.model.config
+        )
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=cache, use_cache=True,
+        )
+        flat: list[torch.Tensor] = []
+        for layer in out.past_key_values.layers:
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def kv_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a causal LM's cache, read off one tiny forward."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[1, 2]]), use_cache=True)
+    layers = out.past_key_values.layers
+    return len(layers), int(layers[0].keys.shape[1]), int(layers[0].keys.shape[3])
+
+
+def past_names(layers: int) -> tuple[list[str], list[str]]:
+    inputs = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return inputs, [n.replace("past_key_values", "present") for n in inputs]
+
+
+def _export_with_past(model: nn.Module, tokenizer) -> ir.Model:  # noqa: ANN001
+    layers, heads, dim = kv_shape(model)
+    past_in, present_out = past_names(layers)
+    # Traced with past 4 and 3 new tokens (no axis of size 0 or 1, which torch.export
+    # would specialise); past 0 (prefill) and 1 new token (decode) run from the same graph.
+    batch, seq, past = 2, 3, 4
+    ids = torch.randint(0, max(2, tokenizer.vocab_size - 1), (batch, seq))
+    mask = torch.ones(batch, past + seq, dtype=torch.long)
+    mask[0, :2] = 0
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, past:]
+    past_kv = [torch.zeros(batch, heads, past, dim) for _ in past_in]
+    b, s, p = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
+    dynamic = (
+        {0: b, 1: s}, {0: b, 1: torch.export.Dim.AUTO}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in past_in),
+    )
+    with quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            PastWrapper(model, layers).eval(), (ids, mask, positions, *past_kv), dynamo=True,
+            input_names=["input_ids", "attention_mask", "position_ids", *past_in],
+            output_names=["logits", *present_out], dynamic_shapes=dynamic, verbose=False,
+        )
+    assert program is not None
+    return program.model
+
+
 def input_names_for(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  # noqa: ANN001
     produced = set(tokenizer.model_input_names) | ({"position_ids"} if task.position_ids else set())
     accepted = set(inspect.signature(model.forward).parameters)
@@ -91,6 +161,8 @@ def sample_inputs(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:  # no
 def export_program(model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction") -> ir.Model:  # noqa: ANN001
     """Export ``model`` for ``task``; returns the in-memory ONNX IR model."""
     spec = TASKS[task] if isinstance(task, str) else task
+    if spec.past:
+        return _export_with_past(model, tokenizer)
     names = input_names_for(tokenizer, model, spec)
     wrapper = TaskWrapper(model, spec, names).eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")

@@ -35,18 +35,28 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "feature-extraction": ("max_abs", "mean_abs", "cosine_min", "cosine_mean", "retrieval_at10"),
     "text-classification": ("max_abs", "mean_abs", "label_agreement"),
     "causal-lm": ("max_abs", "mean_abs", "top1_agreement", "top5_agreement", "perplexity", "perplexity_ratio"),
+    "causal-lm-with-past": (
+        "max_abs", "mean_abs", "top1_agreement", "top5_agreement", "perplexity", "perplexity_ratio",
+        "generation_agreement",
+    ),
 }
 DEFAULT_LIMITS = {
-    "fidelity": {"max_abs": 1e-4, "cosine_min": 0.99999},
-    "exact": {"max_abs": 1e-4, "cosine_min": 0.99999},
+    "fidelity": {"max_abs": 1e-4, "cosine_min": 0.99999, "generation_agreement": 1.0},
+    "exact": {"max_abs": 1e-4, "cosine_min": 0.99999, "generation_agreement": 1.0},
     "compression": {"cosine_mean": 0.95, "cosine_min": 0.85, "retrieval_at10": 0.8},
 }
 
 
-def torch_output(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: TaskSpec) -> np.ndarray:
+def torch_output(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], task: TaskSpec, only: set[str] | None = None
+) -> np.ndarray:
+    """The task output of a torch model; ``only`` restricts it to the inputs the exported graph takes."""
     extra = {"use_cache": False} if task.decoder else {}
+    feed = model_inputs(model, batch, position_ids=task.position_ids)
+    if only is not None:
+        feed = {k: v for k, v in feed.items() if k in only}
     with torch.no_grad():
-        out = model(**model_inputs(model, batch, position_ids=task.position_ids), **extra)
+        out = model(**feed, **extra)
     return getattr(out, task.output).float().numpy()
 
 
@@ -59,23 +69,66 @@ def run_torch(model: torch.nn.Module, tokenizer, texts: list[str], task: TaskSpe
     return Outputs(outs, batches)
 
 
+def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
+    """Inputs at the ends of the range: sequence length 1, and the longest length the model allows."""
+    first = [tokenizer(t)["input_ids"] for t in texts[:2]]
+    ones = torch.ones(2, 1, dtype=torch.long)
+    short = {
+        "input_ids": torch.tensor([[ids[0]] for ids in first]), "attention_mask": ones,
+        "token_type_ids": torch.zeros_like(ones), "position_ids": torch.zeros_like(ones),
+    }
+    batches = [short]
+    if max_positions:
+        longest = min(max_positions, 2048)  # bounded so huge context windows stay affordable on a CPU
+        long_text = " ".join(texts * (1 + 8 * longest // max(1, sum(len(t) for t in texts))))
+        enc = dict(tokenizer(
+            [long_text, long_text[: len(long_text) // 3]], padding=True, truncation=True, max_length=longest,
+            return_tensors="pt",
+        ))
+        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        batches.append(enc)
+    return batches
+
+
 def compare_three(
     original: torch.nn.Module, split: torch.nn.Module, runner, tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
-    *, batch_size: int, max_length: int,
+    *, batch_size: int, max_length: int, max_positions: int | None = None, generate_tokens: int = 32,
 ) -> dict[str, dict[str, float]]:
-    """Run the three models batch by batch and return each comparison's metrics."""
+    """Run the three models batch by batch and return each comparison's metrics.
+
+    Besides the evaluation text in padded batches, every task also sees a batch
+    of sequence length 1 and one at the model's longest length; a KV-cache task
+    additionally generates ``generate_tokens`` greedy tokens per prompt with each
+    model (the runtime through its own prefill + decode loop).
+    """
     accs = {name: METRICS[task.name]() for name in COMPARISONS}
-    names = set(runner.input_signature())
-    for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
+    batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
+    batches += edge_batches(tokenizer, texts, max_positions=max_positions)
+    # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
+    graph_inputs = set(runner.input_signature())
+    for batch in batches:
         np_batch = {k: v.numpy() for k, v in batch.items()}
         outs = {
-            "original": torch_output(original, batch, task),
-            "split": torch_output(split, batch, task),
-            "runtime": runner.infer({k: v for k, v in np_batch.items() if k in names})[task.output],
+            "original": torch_output(original, batch, task, graph_inputs),
+            "split": torch_output(split, batch, task, graph_inputs),
+            "runtime": runner.infer(runner.feed_from(np_batch))[task.output],
         }
         for name, (ref, other, _) in COMPARISONS.items():
             accs[name].update(outs[ref], outs[other], np_batch)
-    return {name: acc.result() for name, acc in accs.items()}
+    results = {name: acc.result() for name, acc in accs.items()}
+    if task.past:
+        from ffsplit.parity.generation import agreement, greedy_runtime, greedy_torch
+
+        prompts = next(encode_batches(tokenizer, texts[:4], batch_size=4, max_length=16))
+        ids, mask = prompts["input_ids"].numpy(), prompts["attention_mask"].numpy()
+        generated = {
+            "original": greedy_torch(original, ids, mask, generate_tokens),
+            "split": greedy_torch(split, ids, mask, generate_tokens),
+            "runtime": greedy_runtime(runner, ids, mask, generate_tokens),
+        }
+        for name, (ref, other, _) in COMPARISONS.items():
+            results[name]["generation_agreement"] = agreement(generated[ref], generated[other])
+    return results
 
 
 def limits_for(

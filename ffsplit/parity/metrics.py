@@ -153,6 +153,7 @@ METRICS = {
     "feature-extraction": HiddenStateMetrics,
     "text-classification": ClassificationMetrics,
     "causal-lm": CausalLMMetrics,
+    "causal-lm-with-past": CausalLMMetrics,
 }
 
 

@@ -70,6 +70,24 @@ class OrtRunner:
         assert self.session is not None, "activate() the runner first"
         return {i.name: (i.type, len(i.shape)) for i in self.session.get_inputs()}
 
+    def input_shapes(self) -> dict[str, list[int | str | None]]:
+        assert self.session is not None, "activate() the runner first"
+        return {i.name: list(i.shape) for i in self.session.get_inputs()}
+
+    def feed_from(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs from a tokenised batch; a KV-cache graph gets an empty past (prefill)."""
+        feed = {}
+        rows = len(batch["input_ids"])
+        for name, shape in self.input_shapes().items():
+            if name.startswith("past_key_values."):
+                heads, dim = shape[1], shape[3]
+                if not isinstance(heads, int) or not isinstance(dim, int):
+                    raise UsageError(f"input '{name}' has no static head shape ({shape}); re-export the model")
+                feed[name] = np.zeros((rows, heads, 0, dim), dtype=np.float32)
+            elif name in batch:
+                feed[name] = batch[name]
+        return feed
+
     def validate(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sig = self.input_signature()
         missing = sorted(set(sig) - set(feed))

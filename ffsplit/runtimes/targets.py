@@ -32,8 +32,8 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "parity": (dict, False),
 }
 _PARITY: dict[str, tuple[str, ...]] = {
-    "fidelity": ("max_abs", "cosine_min"),
-    "exact": ("max_abs", "cosine_min"),
+    "fidelity": ("max_abs", "cosine_min", "generation_agreement"),
+    "exact": ("max_abs", "cosine_min", "generation_agreement"),
     "compression": (
         "cosine_mean", "cosine_min", "retrieval_at10", "label_agreement", "top1_agreement", "top5_agreement",
         "perplexity_ratio",

@@ -183,7 +183,7 @@ class GPT2Adapter(FFNAdapter):
     fc_out = "mlp.c_proj"
     replace = "mlp.c_fc"
     identities = ("mlp.act", "mlp.c_proj")
-    tasks = ("feature-extraction", "causal-lm")
+    tasks = ("feature-extraction", "causal-lm", "causal-lm-with-past")
 
 
 @register
@@ -198,7 +198,7 @@ class OPTAdapter(FFNAdapter):
     fc_out = "fc2"
     replace = "fc1"
     identities = ("activation_fn", "fc2")
-    tasks = ("feature-extraction", "causal-lm")
+    tasks = ("feature-extraction", "causal-lm", "causal-lm-with-past")
 
 
 @register
@@ -213,7 +213,7 @@ class LlamaAdapter(FFNAdapter):
     act = "mlp.act_fn"
     fc_out = "mlp.down_proj"
     replace = "mlp"
-    tasks = ("feature-extraction", "causal-lm")
+    tasks = ("feature-extraction", "causal-lm", "causal-lm-with-past")
 
 
 def supported_families() -> str:

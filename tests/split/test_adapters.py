@@ -53,6 +53,26 @@ def test_none_export_equals_torch(family: str, task: str, family_root: Path, tmp
         assert m["parity"]["comparisons"][name]["metrics"]["max_abs"] < 1e-4, name
     per_layer = 3 if REGISTRY[family].gated() else 2
     assert m["separation"]["matmuls"] == {"0": {"heavy": per_layer, "light": per_layer}, "1": {"heavy": per_layer, "light": per_layer}}
+    if task == "causal-lm-with-past":
+        fidelity = m["parity"]["comparisons"]["fidelity"]
+        assert fidelity["metrics"]["generation_agreement"] == 1.0 == fidelity["limits"]["generation_agreement"]
+        import onnx
+
+        outputs = [o.name for o in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.output]
+        assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+
+
+def test_gated_lowrank_with_kv_cache(family_root: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """Lossy light branch on a gated decoder: 6 light matmuls per layer survive ORT, and generation matches."""
+    out = tmp_path / "out"
+    res = api.export(str(save_family_model("llama", family_root)), out, light="lowrank:8", heavy_ratio=0.25,
+                     calib_size=16, eval_size=24, max_length=32, progress=False,
+                     limits={"top1_agreement": 0.0, "top5_agreement": 0.0, "perplexity_ratio": 100.0})
+    m = res.manifest
+    assert m["task"] == "causal-lm-with-past"  # --task auto on a *ForCausalLM checkpoint
+    assert m["separation"]["matmuls"]["0"] == {"heavy": 3, "light": 6}
+    assert m["parity"]["comparisons"]["fidelity"]["metrics"]["generation_agreement"] == 1.0
+    assert m["parity"]["comparisons"]["compression"]["metrics"]["max_abs"] > 1e-4  # lossy, measured
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
