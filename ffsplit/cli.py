@@ -1,4 +1,4 @@
-"""Command line: ``ffsplit export | check | bench | inspect | targets``.
+"""Command line: ``ffsplit export | check | bench | inspect | targets | support``.
 
 This module parses arguments, calls ``ffsplit.api`` and prints. Exit codes:
 0 success, 1 a check failed, 2 bad input or usage (one line, no traceback),
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     sub.add_parser("targets", help="list the shipped targets and whether each can run here")
+    sub.add_parser("support", help="print the support matrix (family x task) as markdown")
     return p
 
 
@@ -207,6 +208,13 @@ def _cmd_targets(_a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_support(_a: argparse.Namespace) -> int:
+    from ffsplit.split.adapters import support_matrix
+
+    print(support_matrix())
+    return 0
+
+
 def _on_sigterm(_signum: int, _frame: object) -> None:
     # Unwind like Ctrl-C so staged output folders are removed.
     raise KeyboardInterrupt
@@ -217,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     handlers = {
         "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,
-        "inspect": _cmd_inspect, "targets": _cmd_targets,
+        "inspect": _cmd_inspect, "targets": _cmd_targets, "support": _cmd_support,
     }
     try:
         return handlers[args.verb](args)

@@ -206,7 +206,7 @@ class LlamaAdapter(FFNAdapter):
     """Decoders with a Llama-style gated MLP: ``down(act(gate(x)) * up(x))``."""
 
     family = "llama"
-    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "granite", "smollm3")
+    model_types = ("llama", "mistral", "qwen2")
     layers = "layers"
     fc_in = "mlp.up_proj"
     fc_gate = "mlp.gate_proj"
@@ -214,6 +214,21 @@ class LlamaAdapter(FFNAdapter):
     fc_out = "mlp.down_proj"
     replace = "mlp"
     tasks = ("feature-extraction", "causal-lm", "causal-lm-with-past")
+
+
+def support_matrix() -> str:
+    """The family x task table of README, generated from the registry (README is checked against it)."""
+    from ffsplit.tasks import TASKS
+
+    tasks = list(TASKS)
+    lines = [
+        "| family | model types (plus any model with the same FFN layout) | " + " | ".join(tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    for name, a in sorted(REGISTRY.items()):
+        marks = " | ".join("yes" if t in a.tasks else "-" for t in tasks)
+        lines.append(f"| {name} | {', '.join(a.model_types)} | {marks} |")
+    return "\n".join(lines)
 
 
 def supported_families() -> str:

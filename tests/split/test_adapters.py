@@ -140,3 +140,35 @@ def test_layout_mismatch_is_not_matched() -> None:
     model = torch.nn.Module()
     model.encoder = torch.nn.Module()  # no layers inside
     assert not REGISTRY["bert"].matches_layout(model)
+
+
+@pytest.mark.parametrize(
+    ("config_cls", "model_cls", "family"),
+    [("MistralConfig", "MistralForCausalLM", "llama"), ("Qwen2Config", "Qwen2ForCausalLM", "llama"),
+     ("RobertaConfig", "RobertaModel", "bert")],
+)
+def test_model_types_named_in_the_registry_split_exactly(config_cls: str, model_cls: str, family: str) -> None:
+    """The extra model types an adapter claims: recognised, and the exact split equals the original."""
+    import transformers
+
+    cfg = getattr(transformers, config_cls)(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    adapter = find_adapter(model)
+    assert adapter.family == family and cfg.model_type in adapter.model_types
+    ids = torch.randint(3, 100, (2, 12))
+    with torch.no_grad():
+        ref = model(input_ids=ids).__getitem__(0)
+    from ffsplit.split.profile import LayerProfile
+
+    profiles = [
+        LayerProfile(scores=torch.rand(64, dtype=torch.float64), mean_abs_act=torch.ones(64), input_moment=None,
+                     act_moment=None, tokens=1)
+        for _ in range(2)
+    ]
+    split_model(model, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("none"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).__getitem__(0), ref, atol=1e-5, rtol=1e-5)
