@@ -175,6 +175,7 @@ def export(
     force: bool = False,
     trust_remote_code: bool = False,
     task: str = "auto",
+    exporter: str = "auto",
     log: Any = None,
     progress: bool = True,
 ) -> ExportResult:
@@ -185,10 +186,11 @@ def export(
     case no output folder is left behind.
     """
     import torch
+    from onnx_ir.passes import PassManager
     from safetensors.torch import save_file
 
     from ffsplit.exporter import export_program, save_model
-    from ffsplit.exporter.export import WRAPPER_PREFIX
+    from ffsplit.exporter.export import EXPORTERS, WRAPPER_PREFIX
     from ffsplit.graph_passes import EmbedManifestPass, TagBranchesPass
     from ffsplit.loading import load_model, read_config, resolve_model
     from ffsplit.runtimes.onnxruntime import OrtRunner
@@ -215,6 +217,8 @@ def export(
             raise UsageError(f"limit perplexity_ratio={v} must be at least 1.0 (a ceiling on ppl / original ppl)")
         if name != "perplexity_ratio" and not 0.0 <= v <= 1.0:
             raise UsageError(f"limit {name}={v} is outside [0, 1]")
+    if exporter not in ("auto", *EXPORTERS):
+        raise UsageError(f"unknown exporter '{exporter}': use auto, {' or '.join(EXPORTERS)}")
     if max_length < 2:
         raise UsageError(f"--max-length {max_length} is too short: pass at least 2")
     texts = calibration_texts(calib, limit=calib_size)
@@ -286,35 +290,55 @@ def export(
             "params": _param_counts(plans, count_params(original), count_params(split)),
             "versions": _versions(),
         }
-        with stages.stage("export", log):
-            from onnx_ir.passes import PassManager
-
-            program = export_program(split, loaded.tokenizer, spec)
-            passes = PassManager(
-                [
-                    TagBranchesPass(split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX),
-                    EmbedManifestPass(manifest=manifest),
-                ]
-            )
-            passes(program)
-            manifest["exporter"] = {"name": "torch.onnx (dynamo)", "opset": program.opset_imports.get("", None)}
-            save_model(program, stage / MODEL_FILE)
-            save_file(state, str(stage / SPLIT_WEIGHTS))
-            loaded.tokenizer.save_pretrained(stage)
-            original.config.save_pretrained(stage)
+        save_file(state, str(stage / SPLIT_WEIGHTS))
+        loaded.tokenizer.save_pretrained(stage)
+        original.config.save_pretrained(stage)
         runtime_dir = stage / "runtime" / tgt.name
         runtime_dir.mkdir(parents=True)
         optimized = runtime_dir / "optimized.onnx"
-        with stages.stage("build", log):
-            runner = OrtRunner(stage / MODEL_FILE, tgt, optimized_model_path=optimized).activate()
-            manifest["separation"] = _guard(optimized, plans)
-        with stages.stage("check", log):
-            report = _parity(
-                original, split, runner, loaded.tokenizer, tgt, spec, exact=recipe.kind == "none",
-                overrides=overrides,
-                eval_size=eval_size, max_length=max_length,
-            )
-            runner.deactivate()
+        # dynamo first; the TorchScript exporter only when dynamo fails to export or misses
+        # export fidelity, and only behind the very same parity check.
+        order = EXPORTERS if exporter == "auto" else (exporter,)
+        if spec.past and exporter == "auto":
+            order = ("dynamo",)  # no TorchScript path for a KV cache: dynamo's own error is the useful one
+        attempts: list[dict[str, str]] = []
+        report = None
+        for name in order:
+            try:
+                with stages.stage(f"export ({name})", log):
+                    program = export_program(split, loaded.tokenizer, spec, exporter=name)
+                    PassManager(
+                        [
+                            TagBranchesPass(split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX),
+                            EmbedManifestPass(manifest=manifest),
+                        ]
+                    )(program)
+                    opset = program.opset_imports.get("", None)
+                    save_model(program, stage / MODEL_FILE)
+            except UsageError:
+                raise
+            except Exception as exc:  # an exporter failure is a reason to try the next one
+                attempts.append({"exporter": name, "failed": f"export: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"})
+                if log:
+                    log(f"the {name} exporter failed: {attempts[-1]['failed']}")
+                continue
+            with stages.stage("build", log):
+                runner = OrtRunner(stage / MODEL_FILE, tgt, optimized_model_path=optimized).activate()
+                manifest["separation"] = _guard(optimized, plans)
+            with stages.stage("check", log):
+                report = _parity(
+                    original, split, runner, loaded.tokenizer, tgt, spec, exact=recipe.kind == "none",
+                    overrides=overrides, eval_size=eval_size, max_length=max_length,
+                )
+                runner.deactivate()
+            manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
+            if report.comparisons["fidelity"]["passed"]:
+                break
+            attempts.append({"exporter": name, "failed": "parity: " + "; ".join(report.failures())})
+            if log and name != order[-1]:
+                log(f"the {name} export missed fidelity; trying the next exporter")
+        if report is None:
+            raise CheckFailed("every exporter failed, nothing written: " + "; ".join(a["failed"] for a in attempts))
         manifest["parity"] = report.to_json()
         manifest["timings"] = stages.seconds
         if not report.passed:

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", default="auto",
         help="auto (from the model's architectures) | feature-extraction | text-classification | causal-lm",
     )
+    e.add_argument(
+        "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+        help="auto: dynamo, falling back to TorchScript only if dynamo fails or misses fidelity",
+    )
     e.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     e.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code to run")
     e.add_argument("--json", help="also write the manifest to this file")
@@ -143,6 +147,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
         a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, calib=a.calib,
         calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
         min_retrieval=a.min_retrieval, limits=_limits(a.limit), force=a.force, trust_remote_code=a.trust_remote_code, task=a.task,
+        exporter=a.exporter,
         log=_log, progress=sys.stderr.isatty(),
     )
     m = res.manifest

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,13 +159,37 @@ def sample_inputs(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:  # no
     return {n: enc[n] for n in names}
 
 
-def export_program(model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction") -> ir.Model:  # noqa: ANN001
-    """Export ``model`` for ``task``; returns the in-memory ONNX IR model."""
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def _export_torchscript(wrapper: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output: str) -> ir.Model:
+    """The legacy TorchScript exporter (fallback only). Its node names carry the module scope
+    (``/model/encoder/layer.0/intermediate/heavy/fc_in/MatMul``), which the tag pass reads
+    when there is no metadata."""
+    with tempfile.TemporaryDirectory(prefix="ffsplit-ts-") as tmp, quiet_exporter(), torch.no_grad():
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            wrapper, args, str(path), dynamo=False, input_names=names, output_names=[output],
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=18,
+        )
+        return ir.load(path)
+
+
+def export_program(
+    model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo"  # noqa: ANN001
+) -> ir.Model:
+    """Export ``model`` for ``task`` with ``exporter``; returns the in-memory ONNX IR model."""
     spec = TASKS[task] if isinstance(task, str) else task
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown exporter '{exporter}': use auto, {' or '.join(EXPORTERS)}")
     if spec.past:
+        if exporter != "dynamo":
+            raise UsageError("the TorchScript exporter cannot export a KV cache here: use --exporter dynamo")
         return _export_with_past(model, tokenizer)
     names = input_names_for(tokenizer, model, spec)
     wrapper = TaskWrapper(model, spec, names).eval()
+    if exporter == "torchscript":
+        return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, spec.output)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(

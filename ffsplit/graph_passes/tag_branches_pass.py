@@ -1,8 +1,9 @@
 """TagBranchesPass: mark every node of a SplitFFN with its layer and branch.
 
 The tags come from the module path the exporter recorded for each node
-(``pkg.torch.onnx.name_scopes`` with ``pkg.torch.onnx.class_hierarchy``),
-never from guessed node names. Each tagged node is also renamed
+(``pkg.torch.onnx.name_scopes`` with ``pkg.torch.onnx.class_hierarchy``);
+only a graph without that metadata (the TorchScript exporter's) is read from
+its module-scoped node names (``/model/encoder/layer.0/intermediate/heavy/...``). Each tagged node is also renamed
 ``ffsplit/L<layer>/<branch>/<name>``: ONNX Runtime drops node metadata when it
 saves its optimised graph but keeps names, so the name is how the tags survive
 into the graph the runtime runs.
@@ -83,11 +84,43 @@ class TagBranchesPass(InPlacePass):
         super().__init__()
         self.split_modules = {prefix + path: layer for path, layer in split_modules.items()}
 
+    def _from_name(self, node: ir.Node) -> tuple[int, str] | None:
+        """TorchScript-exported graphs have no metadata; their names are ``/scope/path/Op``."""
+        name = node.name or ""
+        if not name.startswith("/"):
+            return None
+        path = normalize_scope(".".join(name.split("/")[1:-1]))
+        for module, layer in self.split_modules.items():
+            if path == module:
+                return layer, "merge"
+            if path.startswith(module + "."):
+                branch = path[len(module) + 1 :].split(".")[0]
+                return (layer, branch) if branch in BRANCHES else None
+        return None
+
+    def _tag(self, node: ir.Node, layer: int, branch: str) -> bool:
+        changed = False
+        if node.metadata_props.get(LAYER_KEY) != str(layer) or node.metadata_props.get(BRANCH_KEY) != branch:
+            node.metadata_props[LAYER_KEY] = str(layer)
+            node.metadata_props[BRANCH_KEY] = branch
+            changed = True
+        # Keep the whole original name behind the tag: names stay unique (TorchScript's
+        # end in a bare op type), and a second run does not prefix again.
+        base = re.sub(r"^ffsplit/L\d+/(?:heavy|light|merge)/", "", node.name or "").lstrip("/") or node.op_type
+        new_name = f"{NAME_PREFIX}L{layer}/{branch}/{base}"
+        if node.name != new_name:
+            node.name = new_name
+            changed = True
+        return changed
+
     def call(self, model: ir.Model) -> PassResult:
         modified = False
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
             scoped = _scopes(node)
             if scoped is None:
+                tags = None if node_tags(node) else self._from_name(node)
+                if tags is not None:
+                    modified = self._tag(node, *tags) or modified
                 continue
             names, classes = scoped
             for i, cls in enumerate(classes):
@@ -98,17 +131,8 @@ class TagBranchesPass(InPlacePass):
                 # SplitFFN's names the branch, none means the merge.
                 child = names[i + 1] if i + 1 < len(names) - 1 else ""
                 branch = child[len(names[i]) + 1 :].split(".")[0] if child else "merge"
-                if branch not in BRANCHES:
-                    continue
-                if node.metadata_props.get(LAYER_KEY) != str(layer) or node.metadata_props.get(BRANCH_KEY) != branch:
-                    node.metadata_props[LAYER_KEY] = str(layer)
-                    node.metadata_props[BRANCH_KEY] = branch
-                    modified = True
-                base = (node.name or node.op_type).split("/")[-1]
-                new_name = f"{NAME_PREFIX}L{layer}/{branch}/{base}"
-                if node.name != new_name:
-                    node.name = new_name
-                    modified = True
+                if branch in BRANCHES:
+                    modified = self._tag(node, layer, branch) or modified
                 break
         return PassResult(model, modified)
 
