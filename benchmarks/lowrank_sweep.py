@@ -38,7 +38,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for ratio, spec in GRID:
         model = copy.deepcopy(lm.model)
-        plans, _ = split_model(model, adapter, prof, heavy_ratio=ratio, recipe=parse_light(spec))
+        plans, _, _ = split_model(model, adapter, prof, heavy_ratio=ratio, recipe=parse_light(spec))
         r = compare(ref, run_torch(model, lm.tokenizer, texts, lm.task, batch_size=32, max_length=128))
         kept = sum(p.ffn_params_after for p in plans) / sum(p.ffn_params_before for p in plans)
         print(f"| {ratio} | {spec} | {kept:.1%} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | {r['retrieval_at10']:.3f} |",

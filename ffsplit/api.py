@@ -108,7 +108,12 @@ def _source_record(loaded: Any) -> dict[str, Any]:
 def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: int) -> dict[str, Any]:
     before = sum(p["ffn_params_before"] for p in plans)
     after = sum(p["ffn_params_after"] for p in plans)
+    bytes_before = sum(p["ffn_bytes_before"] for p in plans)
+    bytes_after = sum(p["ffn_bytes_after"] for p in plans)
     return {
+        "ffn_bytes_before": bytes_before,
+        "ffn_bytes_after": bytes_after,
+        "ffn_bytes_reduction": round(1 - bytes_after / bytes_before, 4),
         "ffn_before": before,
         "ffn_after": after,
         "ffn_reduction": round(1 - after / before, 4),
@@ -165,6 +170,7 @@ def export(
     target: str = "cpu",
     heavy_ratio: float = 0.1,
     light: str = DEFAULT_LIGHT,
+    heavy: str = "fp32",
     calib: str | None = None,
     calib_size: int = 256,
     eval_size: int = 256,
@@ -197,7 +203,7 @@ def export(
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
     from ffsplit.split.calibration import calibration_texts, corpus_digest, evaluation_texts
-    from ffsplit.split.compress import parse_light
+    from ffsplit.split.compress import parse_heavy, parse_light
     from ffsplit.split.modules import count_params
     from ffsplit.split.profile import profile_model
     from ffsplit.tasks import get_task
@@ -206,6 +212,8 @@ def export(
     tgt = load_target(target)
     _require_supported(tgt)
     recipe = parse_light(light)
+    heavy = parse_heavy(heavy)
+    exact = recipe.exact and heavy == "fp32"
     heavy_count(1 << 20, heavy_ratio)  # range check only
     overrides = {"cosine_mean": min_cosine, "retrieval_at10": min_retrieval, **(limits or {})}
     for name, v in overrides.items():
@@ -246,19 +254,25 @@ def export(
         with stages.stage("profile", log):
             profiles = profile_model(
                 loaded.model, adapter, loaded.tokenizer, texts,
-                max_length=max_length, moments=recipe.kind == "lowrank", progress=progress,
+                max_length=max_length, moments=not exact, progress=progress,
                 position_ids=spec.position_ids,
             )
         with stages.stage("split", log):
             original = loaded.model
             split = copy.deepcopy(original)
-            plan_objs, indices = split_model(
+            plan_objs, indices, quantized = split_model(
                 split, adapter, profiles, heavy_ratio=heavy_ratio, recipe=recipe,
-                heavy_precision=tgt.heavy_precision, light_precision=tgt.light_precision,
+                heavy_precision=heavy, light_precision=recipe.quant or "fp32",
             )
             plans = [p.to_json() for p in plan_objs]
             state = split_state(split, plan_objs)
             state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
+            # The grid of every quantised weight, for the per-branch precision pass to store exactly.
+            for path, qw in quantized.items():
+                state[f"quant.{path}.q"] = qw.q
+                state[f"quant.{path}.scale"] = qw.scale.contiguous()
+                if qw.zero_point is not None:
+                    state[f"quant.{path}.zero_point"] = qw.zero_point.contiguous()
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "ffsplit_version": __version__,
@@ -271,8 +285,11 @@ def export(
                 "heavy_ratio": heavy_ratio,
                 "heavy_selection": "top mean|a_j| * ||W_out[:, j]||_2 over calibration tokens",
                 "light": {"recipe": str(recipe), **recipe.params()},
-                "heavy_precision": tgt.heavy_precision,
-                "light_precision": tgt.light_precision,
+                "heavy_precision": heavy,
+                "light_precision": recipe.quant or "fp32",
+                # The graph holds the quantised values as fp32 until the per-branch precision
+                # pass stores them as int8 / int4 (the grids are in split.safetensors).
+                "graph_storage": "fp32",
             },
             "calibration": {
                 "source": str(calib) if calib else "bundled: Python standard library docstrings",
@@ -327,7 +344,7 @@ def export(
                 manifest["separation"] = _guard(optimized, plans)
             with stages.stage("check", log):
                 report = _parity(
-                    original, split, runner, loaded.tokenizer, tgt, spec, exact=recipe.kind == "none",
+                    original, split, runner, loaded.tokenizer, tgt, spec, exact=exact,
                     overrides=overrides, eval_size=eval_size, max_length=max_length,
                 )
                 runner.deactivate()
@@ -399,9 +416,11 @@ def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) 
     loaded = _load_source(art)
     adapter = find_adapter(loaded.model)
     split = copy.deepcopy(loaded.model)
-    state = {k: v for k, v in load_file(str(art.folder / SPLIT_WEIGHTS)).items() if not k.startswith("heavy_index.")}
+    state = {
+        k: v for k, v in load_file(str(art.folder / SPLIT_WEIGHTS)).items() if not k.startswith(("heavy_index.", "quant."))
+    }
     rebuild_split(split, adapter, m["layers"], state)
-    exact = m["recipe"]["light"]["recipe"] == "none"
+    exact = m["recipe"]["light"]["recipe"] == "none" and m["recipe"].get("heavy_precision", "fp32") == "fp32"
     overrides = {k: m["parity"]["comparisons"]["compression"]["limits"].get(k) for k in COMPRESSION_METRICS}
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"

@@ -73,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
     e.add_argument("--target", default="cpu", help="shipped target name or a .toml path (default: cpu)")
     e.add_argument("--heavy-ratio", type=float, default=0.1, help="fraction of FFN neurons kept heavy, in (0, 1) (default 0.1)")
-    e.add_argument("--light", default="lowrank:256", help="light-branch recipe: none | lowrank:R (default lowrank:256)")
+    e.add_argument(
+        "--light", default="lowrank:256",
+        help="light-branch recipe: none | lowrank:R | prune:P | int8 | int4[:B][:sym|asym] | structure+quantiser, "
+        "e.g. lowrank:128+int8 (default lowrank:256)",
+    )
+    e.add_argument("--heavy", default="fp32", help="heavy-branch precision: fp32 | fp16 | int8 (default fp32)")
     e.add_argument("--calib", help="calibration text file, one text per line (default: bundled text)")
     e.add_argument("--calib-size", type=int, default=256, help="calibration texts used (default 256)")
     e.add_argument("--eval-size", type=int, default=256, help="evaluation texts for the parity check (default 256)")
@@ -123,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _params_line(m: dict[str, Any]) -> str:
     p = m["params"]
     return (
-        f"FFN parameters {p['ffn_before']:,} -> {p['ffn_after']:,} ({p['ffn_reduction']:.1%} fewer); "
+        f"FFN parameters {p['ffn_before']:,} -> {p['ffn_after']:,} ({p['ffn_reduction']:.1%} fewer), "
+        f"FFN bytes at recipe precision {p.get('ffn_bytes_before', 0):,} -> {p.get('ffn_bytes_after', 0):,} "
+        f"({p.get('ffn_bytes_reduction', 0):.1%} fewer); "
         f"model {p['total_before']:,} -> {p['total_after']:,} ({p['total_reduction']:.1%} fewer)"
     )
 
@@ -144,7 +151,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from ffsplit.parity.check import format_table
 
     res = api.export(
-        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, calib=a.calib,
+        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, calib=a.calib,
         calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
         min_retrieval=a.min_retrieval, limits=_limits(a.limit), force=a.force, trust_remote_code=a.trust_remote_code, task=a.task,
         exporter=a.exporter,

@@ -43,12 +43,12 @@ class BranchSeparationError(PassError):
 def expected_matmuls(plans: list[Mapping[str, object]]) -> dict[int, dict[str, int]]:
     """Matrix multiplies each branch of each layer must keep.
 
-    A dense branch has one per projection (2, or 3 when gated); a low-rank one two per projection.
+    A dense (or pruned) branch has one per projection (2, or 3 when gated); a low-rank one two per projection.
     """
     out: dict[int, dict[str, int]] = {}
     for plan in plans:
         projections = 3 if plan.get("gated") else 2
-        light = projections if str(plan["light_recipe"]) == "none" else 2 * projections
+        light = 2 * projections if "lowrank" in str(plan["light_recipe"]) else projections
         out[int(plan["layer"])] = {"heavy": projections, "light": light}  # type: ignore[call-overload]
     return out
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
 from ffsplit.split.adapters import FFNAdapter, FFNWeights
-from ffsplit.split.compress import LightRecipe, activation_error, lowrank_factors, parse_light
-from ffsplit.split.modules import SplitFFN, count_params, dense_branch, lowrank_branch
+from ffsplit.split.compress import (
+    LightRecipe,
+    Quantized,
+    activation_error,
+    heavy_weight,
+    lowrank_factors,
+    parse_light,
+    quantize,
+)
+from ffsplit.split.modules import Branch, SplitFFN, count_params, dense_branch, lowrank_branch
 from ffsplit.split.profile import LayerProfile
 
 
@@ -31,6 +40,8 @@ def validate_recipe(adapter: type[FFNAdapter], model: nn.Module, ratio: float, r
     for i, layer in enumerate(adapter.layer_modules(model)):
         d_ff, d_model = adapter.weights(layer).w_in.shape
         light = d_ff - heavy_count(d_ff, ratio)
+        if recipe.structure == "prune" and light - math.ceil(recipe.prune * light) < 1:  # type: ignore[operator]
+            raise UsageError(f"prune:{recipe.prune:g} removes every light neuron of layer {i}: choose a smaller P")
         if recipe.rank is None:
             continue
         if recipe.rank >= light:
@@ -64,6 +75,11 @@ class LayerPlan:
     ffn_params_after: int
     heavy_score_share: float
     gated: bool = False
+    light_kept: int | None = None  # light neurons left after pruning
+    ffn_bytes_before: int = 0
+    heavy_bytes: int = 0
+    light_bytes: int = 0
+    ffn_bytes_after: int = 0
     light_in_error: float | None = None
     light_out_error: float | None = None
 
@@ -75,13 +91,45 @@ def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
     return None if t is None else t[idx]
 
 
+@dataclass
+class SplitResult:
+    split: SplitFFN
+    heavy_idx: torch.Tensor
+    errors: dict[str, float | None]
+    # parameter path inside the SplitFFN -> quantisation (for bytes, and the precision pass)
+    quantized: dict[str, Quantized] = field(default_factory=dict)
+
+    def nbytes(self, branch: str) -> int:
+        total = 0
+        for name, p in getattr(self.split, branch).named_parameters():
+            qw = self.quantized.get(f"{branch}.{name}")
+            total += qw.nbytes() if qw is not None else p.numel() * 4
+        return total
+
+
+def _weights(branch: Branch) -> dict[str, nn.Linear]:
+    """The Linear layers of a branch by path (fc_in, fc_gate, fc_out, or their down/up factors)."""
+    return {name: m for name, m in branch.named_modules() if isinstance(m, nn.Linear)}
+
+
 def split_layer(
-    ffn: FFNWeights, profile: LayerProfile, k: int, recipe: LightRecipe
-) -> tuple[SplitFFN, torch.Tensor, dict[str, float | None]]:
-    """Build the SplitFFN for one layer's FFN; return it, the heavy index set and the light errors."""
+    ffn: FFNWeights, profile: LayerProfile, k: int, recipe: LightRecipe, heavy_precision: str = "fp32"
+) -> SplitResult:
+    """Build the SplitFFN for one layer's FFN: structure, then quantiser, then heavy precision."""
     order = torch.argsort(profile.scores, descending=True)
     heavy_idx = torch.sort(order[:k]).values
     light_idx = torch.sort(order[k:]).values
+    b_out = ffn.b_out
+    dropped = order[:0]
+    if recipe.structure == "prune":
+        # The light neurons by score, best first; the lowest fraction P goes, and its
+        # average contribution is folded into the output bias.
+        ranked = order[k:]
+        keep = len(ranked) - math.ceil(recipe.prune * len(ranked))  # type: ignore[operator]
+        light_idx, dropped = torch.sort(ranked[:keep]).values, ranked[keep:]
+        if profile.act_mean is not None:
+            shift = (ffn.w_out[:, dropped].double() @ profile.act_mean[dropped]).to(ffn.w_out.dtype)
+            b_out = shift if b_out is None else b_out + shift
 
     def gate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         return None if ffn.w_gate is None else (ffn.w_gate[idx], _rows(ffn.b_gate, idx))
@@ -89,9 +137,9 @@ def split_layer(
     heavy = dense_branch(ffn.w_in[heavy_idx], _rows(ffn.b_in, heavy_idx), ffn.w_out[:, heavy_idx], ffn.act, gate(heavy_idx))
     w_in_l, w_out_l = ffn.w_in[light_idx], ffn.w_out[:, light_idx]
     errors: dict[str, float | None] = {"light_in_error": None, "light_out_error": None}
-    if recipe.kind == "none":
+    if recipe.structure in ("dense", "prune"):
         light = dense_branch(w_in_l, _rows(ffn.b_in, light_idx), w_out_l, ffn.act, gate(light_idx))
-    elif recipe.kind == "lowrank":
+    else:
         assert recipe.rank is not None and profile.input_moment is not None and profile.act_moment is not None
         mom_a = profile.act_moment[light_idx][:, light_idx]
         f_in = lowrank_factors(w_in_l, recipe.rank, profile.input_moment)
@@ -99,13 +147,40 @@ def split_layer(
         g = gate(light_idx)
         f_gate = None if g is None else (lowrank_factors(g[0], recipe.rank, profile.input_moment), g[1])
         light = lowrank_branch(f_in, _rows(ffn.b_in, light_idx), f_out, ffn.act, f_gate)
+    quantized: dict[str, Quantized] = {}
+    with torch.no_grad():
+        for name, lin in _weights(light).items():
+            qw = quantize(lin.weight.detach(), recipe)
+            if qw is not None:
+                lin.weight.copy_(qw.weight)
+                quantized[f"light.{name}.weight"] = qw
+        for name, lin in _weights(heavy).items():
+            w, qw = heavy_weight(lin.weight.detach(), heavy_precision)
+            lin.weight.copy_(w)
+            if qw is not None:
+                quantized[f"heavy.{name}.weight"] = qw
+    if profile.input_moment is not None and profile.act_moment is not None and not recipe.exact:
+        # What the light projections cost on real activations, after every step of the recipe.
+        lights = _weights(light)
+        mom_a = profile.act_moment[light_idx][:, light_idx]
+
+        def effective(prefix: str) -> torch.Tensor:
+            if prefix in lights:
+                return lights[prefix].weight.detach()
+            return lights[f"{prefix}.up"].weight.detach() @ lights[f"{prefix}.down"].weight.detach()
+
         errors = {
-            "light_in_error": activation_error(w_in_l, f_in[1] @ f_in[0], profile.input_moment),
-            "light_out_error": activation_error(w_out_l, f_out[1] @ f_out[0], mom_a),
+            "light_in_error": activation_error(w_in_l, effective("fc_in"), profile.input_moment),
+            "light_out_error": activation_error(w_out_l, effective("fc_out"), mom_a),
         }
-    else:  # parse_light admits nothing else
-        raise AssertionError(recipe)
-    return SplitFFN(heavy, light, ffn.b_out), heavy_idx, errors
+        if recipe.structure == "prune" and len(dropped):
+            # Dropped neurons cost their centred contribution (their mean went into the bias).
+            mu = profile.act_mean[dropped] if profile.act_mean is not None else torch.zeros(len(dropped))
+            cov = profile.act_moment[dropped][:, dropped] - torch.outer(mu, mu)
+            w_d = ffn.w_out[:, dropped]
+            pruned = activation_error(w_d, torch.zeros_like(w_d), cov)
+            errors["light_out_error"] = float((errors["light_out_error"] or 0.0) ** 2 + pruned**2) ** 0.5
+    return SplitResult(SplitFFN(heavy, light, b_out), heavy_idx, errors, quantized)
 
 
 def _module_path(model: nn.Module, module: nn.Module) -> str:
@@ -125,13 +200,15 @@ def split_model(
     recipe: LightRecipe,
     heavy_precision: str = "fp32",
     light_precision: str = "fp32",
-) -> tuple[list[LayerPlan], dict[str, torch.Tensor]]:
-    """Replace every FFN of ``model`` in place; return the per-layer plan and the heavy index sets.
+) -> tuple[list[LayerPlan], dict[str, torch.Tensor], dict[str, Quantized]]:
+    """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
+    every quantised weight (by full parameter path).
 
     Module paths in the plan are relative to ``model`` (a task model or a backbone).
     """
     plans: list[LayerPlan] = []
     indices: dict[str, torch.Tensor] = {}
+    quantized: dict[str, Quantized] = {}
     for i, (layer, prof) in enumerate(zip(adapter.layer_modules(model), profiles, strict=True)):
         ffn = adapter.weights(layer)
         d_ff, d_model = ffn.w_in.shape
@@ -139,21 +216,28 @@ def split_model(
             t.numel() for t in (ffn.w_in, ffn.b_in, ffn.w_out, ffn.b_out, ffn.w_gate, ffn.b_gate) if t is not None
         )
         k = heavy_count(d_ff, heavy_ratio)
-        split, heavy_idx, errors = split_layer(ffn, prof, k, recipe)
+        res = split_layer(ffn, prof, k, recipe, heavy_precision)
+        split = res.split
         adapter.install(layer, split)
         module = _module_path(model, split)
-        indices[module] = heavy_idx
+        indices[module] = res.heavy_idx
+        quantized.update({f"{module}.{name}": q for name, q in res.quantized.items()})
+        bias_bytes = 0 if split.bias is None else split.bias.numel() * 4
+        heavy_bytes, light_bytes = res.nbytes("heavy"), res.nbytes("light")
         plans.append(
             LayerPlan(
                 layer=i, module=module, d_model=d_model, d_ff=d_ff, heavy=k, light=d_ff - k,
                 light_recipe=str(recipe), heavy_precision=heavy_precision, light_precision=light_precision,
                 ffn_params_before=before, heavy_params=count_params(split.heavy),
                 light_params=count_params(split.light), ffn_params_after=count_params(split),
-                heavy_score_share=float(prof.scores[heavy_idx].sum() / prof.scores.sum()),
-                gated=ffn.w_gate is not None, **errors,
+                heavy_score_share=float(prof.scores[res.heavy_idx].sum() / prof.scores.sum()),
+                gated=ffn.w_gate is not None,
+                light_kept=split.light.fc_out.in_features if recipe.structure != "lowrank" else d_ff - k,
+                ffn_bytes_before=4 * before, heavy_bytes=heavy_bytes, light_bytes=light_bytes,
+                ffn_bytes_after=heavy_bytes + light_bytes + bias_bytes, **res.errors,
             )
         )
-    return plans, indices
+    return plans, indices, quantized
 
 
 def split_state(model: nn.Module, plans: list[LayerPlan]) -> dict[str, torch.Tensor]:
@@ -182,7 +266,7 @@ def rebuild_split(
             input_moment=torch.eye(d_model, dtype=torch.float64), act_moment=torch.eye(d_ff, dtype=torch.float64),
             tokens=1,
         )
-        split, _, _ = split_layer(ffn, placeholder, plan["heavy"], parse_light(plan["light_recipe"]))
+        split = split_layer(ffn, placeholder, plan["heavy"], parse_light(plan["light_recipe"])).split
         prefix = f"{plan['module']}."
         split.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
         adapter.install(layer, split)

@@ -1,42 +1,197 @@
-"""Light-branch compressors and the recipe strings that name them.
+"""Light-branch compressors, heavy-branch precision, and the recipe strings that name them.
 
-A recipe is ``none`` (the light branch kept exact) or ``lowrank:R``
-(activation-aware truncated SVD of each light projection).
+A light recipe is ``none`` or a ``+``-joined combination of at most one
+structural step and at most one quantiser:
+
+* ``lowrank:R``: activation-aware truncated SVD of each light projection;
+* ``prune:P``: drop the lowest-scoring fraction P of the light neurons;
+* ``int8``: per-output-channel symmetric int8 weights;
+* ``int4[:B][:sym|asym]``: blockwise int4 along the input dimension (block B, default 32).
+
+Quantisers return the dequantised weights computed exactly as a runtime's
+DequantizeLinear does (``(q - zero_point) * scale`` in fp32), together with
+``q``, scales and zero points, so the torch model runs on the same grid the
+runtime will, and the per-branch precision pass can store the same numbers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ffsplit.errors import UsageError
 
-RECIPES_HELP = "none, lowrank:R (e.g. lowrank:128)"
+RECIPES_HELP = "none, lowrank:R, prune:P, int8, int4[:B][:sym|asym], or a structure+quantiser such as lowrank:128+int8"
+HEAVY_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
 class LightRecipe:
-    kind: str
+    structure: str = "dense"  # dense | lowrank | prune
     rank: int | None = None
+    prune: float | None = None
+    quant: str | None = None  # None | int8 | int4
+    block: int = 32
+    symmetric: bool = True
+
+    @property
+    def kind(self) -> str:
+        """``none`` for the exact recipe, else the structure (dense, lowrank, prune)."""
+        return "none" if self.exact else self.structure
+
+    @property
+    def exact(self) -> bool:
+        return self.structure == "dense" and self.quant is None
 
     def __str__(self) -> str:
-        return self.kind if self.rank is None else f"{self.kind}:{self.rank}"
+        parts = []
+        if self.structure == "lowrank":
+            parts.append(f"lowrank:{self.rank}")
+        elif self.structure == "prune":
+            parts.append(f"prune:{self.prune:g}")
+        if self.quant == "int8":
+            parts.append("int8")
+        elif self.quant == "int4":
+            parts.append("int4" + (f":{self.block}" if self.block != 32 else "") + ("" if self.symmetric else ":asym"))
+        return "+".join(parts) or "none"
 
     def params(self) -> dict[str, object]:
-        return {"compressor": self.kind, **({"rank": self.rank} if self.rank is not None else {})}
+        out: dict[str, object] = {"structure": self.structure}
+        if self.rank is not None:
+            out["rank"] = self.rank
+        if self.prune is not None:
+            out["prune"] = self.prune
+        if self.quant:
+            out.update({"quant": self.quant, "symmetric": self.symmetric})
+            if self.quant == "int4":
+                out["block"] = self.block
+        return out
 
 
 def parse_light(spec: str) -> LightRecipe:
     spec = spec.strip().lower()
     if spec == "none":
-        return LightRecipe("none")
-    kind, _, arg = spec.partition(":")
-    if kind == "lowrank":
-        if not arg.isdigit() or int(arg) < 1:
-            raise UsageError(f"light recipe '{spec}' needs a positive rank: write lowrank:R, e.g. lowrank:128")
-        return LightRecipe("lowrank", int(arg))
-    raise UsageError(f"unknown light recipe '{spec}': use one of {RECIPES_HELP}")
+        return LightRecipe()
+    fields: dict[str, object] = {}
+    for part in spec.split("+"):
+        kind, _, arg = part.partition(":")
+        if kind in ("lowrank", "prune") and "structure" in fields:
+            raise UsageError(f"light recipe '{spec}' has two structural steps: use one of lowrank or prune")
+        if kind in ("int8", "int4") and "quant" in fields:
+            raise UsageError(f"light recipe '{spec}' has two quantisers: use one of int8 or int4")
+        if kind == "lowrank":
+            if not arg.isdigit() or int(arg) < 1:
+                raise UsageError(f"light recipe '{spec}' needs a positive rank: write lowrank:R, e.g. lowrank:128")
+            fields.update(structure="lowrank", rank=int(arg))
+        elif kind == "prune":
+            try:
+                p = float(arg)
+            except ValueError:
+                p = -1.0
+            if not 0.0 < p < 1.0:
+                raise UsageError(f"light recipe '{spec}': prune needs a fraction in (0, 1), e.g. prune:0.5")
+            fields.update(structure="prune", prune=p)
+        elif kind == "int8" and not arg:
+            fields["quant"] = "int8"
+        elif kind == "int4":
+            fields["quant"] = "int4"
+            for opt in filter(None, arg.split(":")):
+                if opt.isdigit() and int(opt) >= 2 and int(opt) % 2 == 0:
+                    fields["block"] = int(opt)
+                elif opt in ("sym", "asym"):
+                    fields["symmetric"] = opt == "sym"
+                else:
+                    raise UsageError(f"light recipe '{spec}': int4 takes an even block size and sym|asym, e.g. int4:32:asym")
+        else:
+            raise UsageError(f"unknown light recipe '{spec}': use one of {RECIPES_HELP}")
+    return LightRecipe(**fields)  # type: ignore[arg-type]
+
+
+def parse_heavy(spec: str) -> str:
+    spec = spec.strip().lower()
+    if spec not in HEAVY_PRECISIONS:
+        raise UsageError(f"unknown heavy precision '{spec}': use one of {', '.join(HEAVY_PRECISIONS)}")
+    return spec
+
+
+@dataclass
+class Quantized:
+    """A weight on a quantisation grid: ``weight == (q - zero_point) * scale`` in fp32."""
+
+    weight: torch.Tensor  # (out, in) fp32, dequantised
+    q: torch.Tensor  # (out, in) int8 (int4 values held in int8)
+    scale: torch.Tensor  # (out,) or (out, blocks) fp32
+    zero_point: torch.Tensor | None  # like scale, int8, asymmetric only
+    bits: int
+    block: int | None = None
+
+    def nbytes(self) -> int:
+        n = self.q.numel()
+        data = n if self.bits == 8 else math.ceil(n / 2)
+        zp = 0 if self.zero_point is None else (self.zero_point.numel() if self.bits == 8 else math.ceil(self.zero_point.numel() / 2))
+        return data + 4 * self.scale.numel() + zp
+
+
+def quantize_int8(w: torch.Tensor) -> Quantized:
+    """Per-output-channel symmetric int8: scale = max|w_row| / 127, round half to even."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    return Quantized(q.float() * scale[:, None], q, scale, None, 8)
+
+
+def quantize_int4(w: torch.Tensor, block: int = 32, symmetric: bool = True) -> Quantized:
+    """Blockwise int4 along the input dimension.
+
+    Symmetric: scale = max|w| / 7, q in [-8, 7]. Asymmetric: the block's range
+    (widened to include 0) over 15 steps, zero point in [0, 15], q in [0, 15].
+    """
+    w = w.float()
+    out, n_in = w.shape
+    blocks = math.ceil(n_in / block)
+    padded = torch.zeros(out, blocks * block)
+    padded[:, :n_in] = w
+    b = padded.view(out, blocks, block)
+    tiny = torch.finfo(torch.float32).tiny
+    if symmetric:
+        scale = (b.abs().amax(dim=2) / 7.0).clamp_min(tiny)
+        q = torch.clamp(torch.round(b / scale[..., None]), -8, 7)
+        deq, zp = q * scale[..., None], None
+    else:
+        lo = b.amin(dim=2).clamp_max(0.0)
+        hi = b.amax(dim=2).clamp_min(0.0)
+        scale = ((hi - lo) / 15.0).clamp_min(tiny)
+        zp = torch.clamp(torch.round(-lo / scale), 0, 15)
+        q = torch.clamp(torch.round(b / scale[..., None]) + zp[..., None], 0, 15)
+        deq = (q - zp[..., None]) * scale[..., None]
+    return Quantized(
+        deq.reshape(out, -1)[:, :n_in].contiguous(),
+        q.reshape(out, -1)[:, :n_in].to(torch.int8).contiguous(),
+        scale,
+        None if zp is None else zp.to(torch.int8),
+        4,
+        block,
+    )
+
+
+def quantize(w: torch.Tensor, recipe: LightRecipe) -> Quantized | None:
+    if recipe.quant == "int8":
+        return quantize_int8(w)
+    if recipe.quant == "int4":
+        return quantize_int4(w, recipe.block, recipe.symmetric)
+    return None
+
+
+def heavy_weight(w: torch.Tensor, precision: str) -> tuple[torch.Tensor, Quantized | None]:
+    """The heavy branch's weight on its precision's grid (fp16 values held in fp32)."""
+    if precision == "fp16":
+        return w.half().float(), None
+    if precision == "int8":
+        qw = quantize_int8(w)
+        return qw.weight, qw
+    return w, None
 
 
 def _whitener(moment: torch.Tensor, damp: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:

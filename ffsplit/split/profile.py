@@ -27,6 +27,7 @@ class LayerProfile:
     input_moment: torch.Tensor | None  # E[x x^T], (d_model, d_model)
     act_moment: torch.Tensor | None  # E[a a^T], (d_ff, d_ff)
     tokens: int
+    act_mean: torch.Tensor | None = None  # E[a], (d_ff,): what a pruned neuron contributed on average
 
 
 @torch.no_grad()
@@ -45,6 +46,7 @@ def profile_model(
     layers = adapter.layer_modules(model)
     n = len(layers)
     sum_abs: list[torch.Tensor | None] = [None] * n
+    sum_a: list[torch.Tensor | None] = [None] * n
     mom_x: list[torch.Tensor | None] = [None] * n
     mom_a: list[torch.Tensor | None] = [None] * n
     state: dict[str, torch.Tensor] = {}
@@ -62,6 +64,8 @@ def profile_model(
             a = (act(gate(x_all[keep])) * z if gate is not None else act(z)).float()
             s = a.abs().sum(0).double()
             sum_abs[i] = s if sum_abs[i] is None else sum_abs[i] + s
+            sa = a.sum(0).double()
+            sum_a[i] = sa if sum_a[i] is None else sum_a[i] + sa
             if moments:
                 # fp32 within a batch (fast), fp64 across batches (no drift over many tokens).
                 mx, ma = (x.T @ x).double(), (a.T @ a).double()
@@ -97,6 +101,7 @@ def profile_model(
                 input_moment=None if mom_x[i] is None else mom_x[i] / tokens,
                 act_moment=None if mom_a[i] is None else mom_a[i] / tokens,
                 tokens=tokens,
+                act_mean=sum_a[i] / tokens,
             )
         )
     return out

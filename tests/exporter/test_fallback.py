@@ -27,7 +27,7 @@ def test_torchscript_graph_is_tagged_from_node_names(tiny_bert_dir: Path) -> Non
     adapter = find_adapter(loaded.model)
     profiles = profile_model(loaded.model, adapter, loaded.tokenizer, calibration_texts(limit=4), progress=False)
     split = copy.deepcopy(loaded.model)
-    plans, _ = split_model(split, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("none"))
+    plans, _, _ = split_model(split, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("none"))
     program = ffsplit.exporter.export_program(split, loaded.tokenizer, loaded.task, exporter="torchscript")
     assert not any("pkg.torch.onnx.name_scopes" in n.metadata_props for n in program.graph)
     tag = TagBranchesPass(split_modules={p.module: p.layer for p in plans}, prefix=WRAPPER_PREFIX)

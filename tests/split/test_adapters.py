@@ -83,7 +83,7 @@ def test_lowrank_changes_the_output_but_keeps_shapes(family: str, family_root: P
     profiles = profile_model(loaded.model, adapter, loaded.tokenizer, texts, max_length=32, progress=False,
                              position_ids=True)
     split = copy.deepcopy(loaded.model)
-    plans, _ = split_model(split, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("lowrank:8"))
+    plans, _, _ = split_model(split, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("lowrank:8"))
     assert all(p.ffn_params_after < p.ffn_params_before for p in plans)
     batch = next(encode_batches(loaded.tokenizer, texts, batch_size=8, max_length=32))
     ref, got = torch_output(loaded.model, batch, loaded.task), torch_output(split, batch, loaded.task)

@@ -11,19 +11,37 @@ from ffsplit.errors import UsageError
 from ffsplit.loading import load_model
 from ffsplit.split.adapters import find_adapter
 from ffsplit.split.calibration import calibration_texts, evaluation_texts
-from ffsplit.split.compress import LightRecipe, activation_error, lowrank_factors, parse_light
+from ffsplit.split.compress import (
+    LightRecipe,
+    Quantized,
+    activation_error,
+    heavy_weight,
+    lowrank_factors,
+    parse_light,
+    quantize_int4,
+    quantize_int8,
+)
 from ffsplit.split.profile import profile_model
 
 
 @pytest.mark.parametrize(
     ("spec", "want"),
-    [("none", LightRecipe("none")), ("lowrank:128", LightRecipe("lowrank", 128)), (" LowRank:4 ", LightRecipe("lowrank", 4))],
+    [("none", LightRecipe()), ("lowrank:128", LightRecipe("lowrank", 128)), (" LowRank:4 ", LightRecipe("lowrank", 4)),
+     ("int8", LightRecipe(quant="int8")), ("int4", LightRecipe(quant="int4")),
+     ("int4:64:asym", LightRecipe(quant="int4", block=64, symmetric=False)),
+     ("prune:0.5+int8", LightRecipe("prune", prune=0.5, quant="int8")),
+     ("lowrank:64+int4:16", LightRecipe("lowrank", 64, quant="int4", block=16))],
 )
 def test_parse_light(spec: str, want: LightRecipe) -> None:
     assert parse_light(spec) == want
+    assert parse_light(str(want)) == want  # the canonical name parses back
 
 
-@pytest.mark.parametrize("spec", ["lowrank", "lowrank:0", "lowrank:-3", "lowrank:x", "svd:4", ""])
+@pytest.mark.parametrize(
+    "spec",
+    ["lowrank", "lowrank:0", "lowrank:-3", "lowrank:x", "svd:4", "", "prune:1.5", "prune:0", "int8+int4",
+     "lowrank:8+prune:0.5", "int4:7", "int4:32:odd", "int8:3", "none+int8"],
+)
 def test_parse_light_rejects(spec: str) -> None:
     with pytest.raises(UsageError):
         parse_light(spec)
@@ -83,3 +101,61 @@ def test_activation_aware_never_loses_on_its_own_weighting(out: int, inp: int, r
     x = torch.randn(200, inp, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, inp, dtype=torch.float64)
     moment = x.T @ x / 200
     assert _err(w, rank, moment, moment) <= _err(w, rank, None, moment) * (1 + 1e-6) + 1e-9
+
+
+def _w(seed: int, out: int = 48, n_in: int = 80) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out, n_in, generator=g) * torch.linspace(0.1, 2.0, n_in)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_int8_is_within_half_a_step_and_on_its_grid(seed: int) -> None:
+    w = _w(seed)
+    qw = quantize_int8(w)
+    assert qw.q.dtype == torch.int8 and int(qw.q.abs().max()) <= 127
+    assert (w - qw.weight).abs().max(dim=1).values.le(qw.scale / 2 * (1 + 1e-6)).all()
+    torch.testing.assert_close(qw.weight, qw.q.float() * qw.scale[:, None], rtol=0, atol=0)
+    assert qw.nbytes() == 48 * 80 + 4 * 48
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("block", [16, 32])
+def test_int4_blocks_are_within_half_a_step(symmetric: bool, block: int) -> None:
+    w = _w(3)
+    qw = quantize_int4(w, block, symmetric)
+    lo, hi = (-8, 7) if symmetric else (0, 15)
+    assert int(qw.q.min()) >= lo and int(qw.q.max()) <= hi
+    blocks = -(-80 // block)
+    assert qw.scale.shape == (48, blocks)
+    step = qw.scale.repeat_interleave(block, dim=1)[:, :80]
+    assert ((w - qw.weight).abs() <= step / 2 * (1 + 1e-5) + 1e-7).all()
+    zp = 0 if qw.zero_point is None else qw.zero_point.float().repeat_interleave(block, dim=1)[:, :80]
+    torch.testing.assert_close(qw.weight, (qw.q.float() - zp) * step, rtol=0, atol=0)
+
+
+def test_quantisation_error_falls_with_bits_and_smaller_blocks() -> None:
+    w = _w(4)
+
+    def err(qw: Quantized) -> float:
+        return float((w - qw.weight).norm())
+
+    e8, e4_16, e4_64 = err(quantize_int8(w)), err(quantize_int4(w, 16)), err(quantize_int4(w, 64))
+    assert e8 < e4_16 < e4_64
+
+
+def test_quantisers_on_minilm_weights(minilm_moments: dict) -> None:
+    """Measured relative errors on a real light weight; the bounds are these measurements rounded up."""
+    w = minilm_moments["w_in"].float()
+    rel = {name: float((w - q.weight).norm() / w.norm()) for name, q in (
+        ("int8", quantize_int8(w)), ("int4", quantize_int4(w, 32)), ("int4-asym", quantize_int4(w, 32, False)))}
+    assert rel["int8"] < 0.01 and rel["int4"] < 0.15 and rel["int4-asym"] < 0.15, rel
+    assert rel["int8"] < rel["int4"]
+
+
+def test_heavy_precisions() -> None:
+    w = _w(5)
+    assert heavy_weight(w, "fp32")[0] is w
+    fp16, none = heavy_weight(w, "fp16")
+    assert none is None and torch.equal(fp16, w.half().float())
+    i8, qw = heavy_weight(w, "int8")
+    assert qw is not None and torch.equal(i8, qw.weight)

@@ -39,7 +39,7 @@ def _split(path: str, recipe: str, ratio: float = 0.1, n: int = 16) -> tuple:
     texts = calibration_texts(limit=n)
     profiles = profile_model(loaded.model, adapter, loaded.tokenizer, texts, max_length=64, progress=False)
     split = copy.deepcopy(loaded.model)
-    plans, idx = split_model(split, adapter, profiles, heavy_ratio=ratio, recipe=parse_light(recipe))
+    plans, idx, _ = split_model(split, adapter, profiles, heavy_ratio=ratio, recipe=parse_light(recipe))
     return loaded, adapter, split, plans, idx, profiles
 
 
@@ -139,7 +139,8 @@ def test_split_partitions_neurons_and_none_is_exact(d_model: int, d_ff: int, rat
     )
     scores = torch.rand(d_ff, dtype=torch.float64)
     prof = LayerProfile(scores=scores, mean_abs_act=scores, input_moment=None, act_moment=None, tokens=1)
-    split, heavy_idx, _ = split_layer(ffn, prof, k, LightRecipe("none"))
+    res = split_layer(ffn, prof, k, LightRecipe())
+    split, heavy_idx = res.split, res.heavy_idx
     light = sorted(set(range(d_ff)) - set(heavy_idx.tolist()))
     assert len(heavy_idx) == k and len(light) == d_ff - k
     assert set(heavy_idx.tolist()).isdisjoint(light)
@@ -147,3 +148,25 @@ def test_split_partitions_neurons_and_none_is_exact(d_model: int, d_ff: int, rat
     with torch.no_grad():
         hidden = fn(gate(x)) * fc_in(x) if gate is not None else fn(fc_in(x))
         torch.testing.assert_close(split(x), fc_out(hidden), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["int8", "int4:16:asym", "prune:0.5", "prune:0.25+int8", "lowrank:8+int4"])
+def test_lossy_recipes_shrink_bytes_and_cost_some_accuracy(tiny_bert_dir: Path, recipe: str) -> None:
+    loaded, _, split, plans, _, _ = _split(str(tiny_bert_dir), recipe, ratio=0.25)
+    texts = calibration_texts(limit=8)
+    ref, got = _outputs(loaded.model, loaded.tokenizer, texts), _outputs(split, loaded.tokenizer, texts)
+    assert 0 < float((ref - got).abs().max()) < 1.0
+    for p in plans:
+        assert p.ffn_bytes_after < p.ffn_bytes_before
+        # pruning keeps its rows exact: its cost is on the output side
+        assert p.light_out_error is not None and p.light_out_error > 0
+        assert p.light_in_error is not None and (p.light_in_error > 0 or recipe.startswith("prune:0.5"))
+
+
+def test_prune_error_falls_as_fewer_neurons_go(tiny_bert_dir: Path) -> None:
+    errors = []
+    for p in ("prune:0.75", "prune:0.5", "prune:0.25"):
+        loaded, _, split, _, _, _ = _split(str(tiny_bert_dir), p, ratio=0.25)
+        texts = calibration_texts(limit=8)
+        errors.append(float((_outputs(loaded.model, loaded.tokenizer, texts) - _outputs(split, loaded.tokenizer, texts)).abs().mean()))
+    assert errors[0] > errors[1] > errors[2], errors
