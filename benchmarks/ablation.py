@@ -103,18 +103,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--calib-size", type=int, default=256)
-    ap.add_argument("--eval-size", type=int, default=600)
+    ap.add_argument("--min-per-class", type=int, default=10, help="probe classes: modules with at least this many texts")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
     torch.manual_seed(0)
     lm = load_model(a.model)
     adapter = find_adapter(lm.model)
     profiles = profile_model(lm.model, adapter, lm.tokenizer, calibration_texts(limit=a.calib_size), progress=False)
-    evals = evaluation_texts(a.eval_size)
+    # Every evaluation text of the modules with enough texts for a probe; all metrics use these texts.
+    every = evaluation_texts(10**6)
+    counts = Counter(t.source for t in every)
+    classes = sorted(s for s, n in counts.items() if n >= a.min_per_class)
+    evals = [t for t in every if t.source in classes]
     texts = [t.text for t in evals]
-    counts = Counter(t.source for t in evals)
-    classes = sorted(s for s, n in counts.items() if n >= 10)
-    in_probe = np.array([t.source in classes for t in evals])
+    in_probe = np.ones(len(evals), bool)
     labels = np.array([t.source for t in evals])[in_probe]
     rng = np.random.default_rng(0)
     train = np.zeros(len(labels), bool)
@@ -151,7 +153,7 @@ def write(out: Path, rows: list[dict], base_probe: float, n_classes: int, n_prob
     import transformers
 
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": a.model, "calib_texts": a.calib_size, "eval_texts": a.eval_size, "probe_classes": n_classes,
+    meta = {"model": a.model, "calib_texts": a.calib_size, "eval_texts": n_probe, "probe_classes": n_classes,
             "probe_texts": n_probe, "original_probe_accuracy": base_probe, "heavy_ratio": HEAVY,
             "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",
             "torch": torch.__version__, "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__}

@@ -136,12 +136,17 @@ def _params_line(m: dict[str, Any]) -> str:
 
 
 def _layer_table(m: dict[str, Any]) -> str:
-    head = f"{'layer':>5} {'d_ff':>6} {'heavy':>6} {'light':>6} {'light params':>13} {'recipe':<12} {'precision (h/l)':<16} {'heavy score':>11}"
+    head = (
+        f"{'layer':>5} {'d_ff':>6} {'heavy':>6} {'light':>6} {'light params':>13} {'FFN bytes':>10} {'recipe':<22} "
+        f"{'precision (h/l)':<16} {'heavy score':>11} {'light err in/out':>17}"
+    )
     lines = [head, "-" * len(head)]
     for r in m["layers"]:
+        err = "-" if r.get("light_in_error") is None else f"{r['light_in_error']:.3g}/{r['light_out_error']:.3g}"
         lines.append(
             f"{r['layer']:>5} {r['d_ff']:>6} {r['heavy']:>6} {r['light']:>6} {r['light_params']:>13,} "
-            f"{r['light_recipe']:<12} {r['heavy_precision'] + '/' + r['light_precision']:<16} {r['heavy_score_share']:>10.1%}"
+            f"{r.get('ffn_bytes_after', 0):>10,} {r['light_recipe']:<22} "
+            f"{r['heavy_precision'] + '/' + r['light_precision']:<16} {r['heavy_score_share']:>10.1%} {err:>17}"
         )
     return "\n".join(lines)
 
