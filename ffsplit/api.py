@@ -168,9 +168,10 @@ def export(
     out: str | Path,
     *,
     target: str = "cpu",
-    heavy_ratio: float = 0.1,
-    light: str = DEFAULT_LIGHT,
+    heavy_ratio: float | None = None,
+    light: str | None = None,
     heavy: str = "fp32",
+    budget: str | None = None,
     calib: str | None = None,
     calib_size: int = 256,
     eval_size: int = 256,
@@ -202,6 +203,7 @@ def export(
     from ffsplit.runtimes.onnxruntime import OrtRunner
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
+    from ffsplit.split.budget import parse_budget, plan_budget
     from ffsplit.split.calibration import calibration_texts, corpus_digest, evaluation_texts
     from ffsplit.split.compress import parse_heavy, parse_light
     from ffsplit.split.modules import count_params
@@ -211,9 +213,15 @@ def export(
     # Everything that can be checked without loading the model, first.
     tgt = load_target(target)
     _require_supported(tgt)
+    if budget is not None:
+        if light is not None or heavy_ratio is not None:
+            raise UsageError("--budget chooses the light recipe and heavy ratio per layer: drop --light and --heavy-ratio")
+        budget_kind, budget_value = parse_budget(budget)
+    light = DEFAULT_LIGHT if light is None else light
+    heavy_ratio = 0.1 if heavy_ratio is None else heavy_ratio
     recipe = parse_light(light)
     heavy = parse_heavy(heavy)
-    exact = recipe.exact and heavy == "fp32"
+    exact = recipe.exact and heavy == "fp32" and budget is None
     heavy_count(1 << 20, heavy_ratio)  # range check only
     overrides = {"cosine_mean": min_cosine, "retrieval_at10": min_retrieval, **(limits or {})}
     for name, v in overrides.items():
@@ -245,7 +253,8 @@ def export(
                     f"task {spec.name} is not supported for the {adapter.family} family: use --task "
                     f"{' or '.join(adapter.tasks)}"
                 )
-            validate_recipe(adapter, loaded.model, heavy_ratio, recipe)
+            if budget is None:
+                validate_recipe(adapter, loaded.model, heavy_ratio, recipe)
             source = _source_record(loaded)
             if source["max_positions"] and max_length > source["max_positions"]:
                 raise UsageError(
@@ -255,15 +264,30 @@ def export(
             profiles = profile_model(
                 loaded.model, adapter, loaded.tokenizer, texts,
                 max_length=max_length, moments=not exact, progress=progress,
-                position_ids=spec.position_ids,
+                position_ids=spec.position_ids, samples=512 if budget else 0,
             )
+        budget_summary = None
+        per_layer = None
+        if budget is not None:
+            with stages.stage("budget", log):
+                ffns = [adapter.weights(layer) for layer in adapter.layer_modules(loaded.model)]
+                ffn_params = sum(
+                    sum(t.numel() for t in (f.w_in, f.b_in, f.w_out, f.b_out, f.w_gate, f.b_gate) if t is not None)
+                    for f in ffns
+                )
+                other_bytes = 4 * (count_params(loaded.model) - ffn_params)
+                chosen, budget_summary = plan_budget(ffns, profiles, budget_kind, budget_value, other_bytes=other_bytes)
+                per_layer = [(c.heavy, parse_light(c.recipe)) for c in chosen]
         with stages.stage("split", log):
             original = loaded.model
             split = copy.deepcopy(original)
             plan_objs, indices, quantized = split_model(
                 split, adapter, profiles, heavy_ratio=heavy_ratio, recipe=recipe,
-                heavy_precision=heavy, light_precision=recipe.quant or "fp32",
+                heavy_precision=heavy, light_precision=recipe.quant or "fp32", per_layer=per_layer,
             )
+            if budget_summary is not None:
+                for plan_obj, row in zip(plan_objs, budget_summary["plan"], strict=True):  # type: ignore[arg-type]
+                    plan_obj.calib_error = row["error"]
             plans = [p.to_json() for p in plan_objs]
             state = split_state(split, plan_objs)
             state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
@@ -281,10 +305,11 @@ def export(
             "task": spec.name,
             "adapter": adapter.family,
             "target": tgt.to_json(),
+            "budget": budget_summary,
             "recipe": {
-                "heavy_ratio": heavy_ratio,
+                "heavy_ratio": heavy_ratio if budget is None else "per layer (budget)",
                 "heavy_selection": "top mean|a_j| * ||W_out[:, j]||_2 over calibration tokens",
-                "light": {"recipe": str(recipe), **recipe.params()},
+                "light": {"recipe": str(recipe), **recipe.params()} if budget is None else {"recipe": "per layer (budget)"},
                 "heavy_precision": heavy,
                 "light_precision": recipe.quant or "fp32",
                 # The graph holds the quantised values as fp32 until the per-branch precision

@@ -72,13 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="a local Hugging Face model folder, or an alias: minilm")
     e.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
     e.add_argument("--target", default="cpu", help="shipped target name or a .toml path (default: cpu)")
-    e.add_argument("--heavy-ratio", type=float, default=0.1, help="fraction of FFN neurons kept heavy, in (0, 1) (default 0.1)")
+    e.add_argument("--heavy-ratio", type=float, default=None, help="fraction of FFN neurons kept heavy, in (0, 1) (default 0.1)")
     e.add_argument(
-        "--light", default="lowrank:256",
+        "--light", default=None,
         help="light-branch recipe: none | lowrank:R | prune:P | int8 | int4[:B][:sym|asym] | structure+quantiser, "
         "e.g. lowrank:128+int8 (default lowrank:256)",
     )
     e.add_argument("--heavy", default="fp32", help="heavy-branch precision: fp32 | fp16 | int8 (default fp32)")
+    e.add_argument(
+        "--budget", help="choose heavy ratio and light recipe per layer to minimise calibration error under "
+        "ffn-params=FRACTION | flops=FRACTION | size-mb=MB (instead of --light / --heavy-ratio)",
+    )
     e.add_argument("--calib", help="calibration text file, one text per line (default: bundled text)")
     e.add_argument("--calib-size", type=int, default=256, help="calibration texts used (default 256)")
     e.add_argument("--eval-size", type=int, default=256, help="evaluation texts for the parity check (default 256)")
@@ -156,7 +160,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from ffsplit.parity.check import format_table
 
     res = api.export(
-        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, calib=a.calib,
+        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, budget=a.budget, calib=a.calib,
         calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
         min_retrieval=a.min_retrieval, limits=_limits(a.limit), force=a.force, trust_remote_code=a.trust_remote_code, task=a.task,
         exporter=a.exporter,
@@ -165,6 +169,10 @@ def _cmd_export(a: argparse.Namespace) -> int:
     m = res.manifest
     print(_layer_table(m))
     print(_params_line(m))
+    if m.get("budget"):
+        b = m["budget"]
+        print(f"budget {b['kind']}={b['value']:g}: used {b['used']:,} of {b['limit']:,.0f} "
+              f"({b['used_fraction_of_limit']:.1%}); summed calibration error {b['total_error']:.4f}")
     print(f"branch separation in the runtime's optimised graph: pass ({m['separation']['graph']})")
     print(format_table(res.report))
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))

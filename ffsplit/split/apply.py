@@ -82,6 +82,7 @@ class LayerPlan:
     ffn_bytes_after: int = 0
     light_in_error: float | None = None
     light_out_error: float | None = None
+    calib_error: float | None = None  # budget mode: relative FFN output error on calibration inputs
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -200,9 +201,11 @@ def split_model(
     recipe: LightRecipe,
     heavy_precision: str = "fp32",
     light_precision: str = "fp32",
+    per_layer: list[tuple[int, LightRecipe]] | None = None,
 ) -> tuple[list[LayerPlan], dict[str, torch.Tensor], dict[str, Quantized]]:
     """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
-    every quantised weight (by full parameter path).
+    every quantised weight (by full parameter path). ``per_layer`` (budget mode) gives each layer
+    its own heavy count and recipe instead of ``heavy_ratio`` and ``recipe``.
 
     Module paths in the plan are relative to ``model`` (a task model or a backbone).
     """
@@ -215,7 +218,10 @@ def split_model(
         before = sum(
             t.numel() for t in (ffn.w_in, ffn.b_in, ffn.w_out, ffn.b_out, ffn.w_gate, ffn.b_gate) if t is not None
         )
-        k = heavy_count(d_ff, heavy_ratio)
+        if per_layer is not None:
+            k, recipe = per_layer[i]
+        else:
+            k = heavy_count(d_ff, heavy_ratio)
         res = split_layer(ffn, prof, k, recipe, heavy_precision)
         split = res.split
         adapter.install(layer, split)
@@ -227,7 +233,8 @@ def split_model(
         plans.append(
             LayerPlan(
                 layer=i, module=module, d_model=d_model, d_ff=d_ff, heavy=k, light=d_ff - k,
-                light_recipe=str(recipe), heavy_precision=heavy_precision, light_precision=light_precision,
+                light_recipe=str(recipe), heavy_precision=heavy_precision,
+                light_precision=recipe.quant or light_precision,
                 ffn_params_before=before, heavy_params=count_params(split.heavy),
                 light_params=count_params(split.light), ffn_params_after=count_params(split),
                 heavy_score_share=float(prof.scores[res.heavy_idx].sum() / prof.scores.sum()),

@@ -28,6 +28,7 @@ class LayerProfile:
     act_moment: torch.Tensor | None  # E[a a^T], (d_ff, d_ff)
     tokens: int
     act_mean: torch.Tensor | None = None  # E[a], (d_ff,): what a pruned neuron contributed on average
+    samples: torch.Tensor | None = None  # (n, d_model) real FFN inputs, for measuring a candidate's output error
 
 
 @torch.no_grad()
@@ -42,11 +43,13 @@ def profile_model(
     moments: bool = True,
     progress: bool = True,
     position_ids: bool = False,
+    samples: int = 0,
 ) -> list[LayerProfile]:
     layers = adapter.layer_modules(model)
     n = len(layers)
     sum_abs: list[torch.Tensor | None] = [None] * n
     sum_a: list[torch.Tensor | None] = [None] * n
+    kept: list[list[torch.Tensor]] = [[] for _ in range(n)]
     mom_x: list[torch.Tensor | None] = [None] * n
     mom_a: list[torch.Tensor | None] = [None] * n
     state: dict[str, torch.Tensor] = {}
@@ -64,6 +67,9 @@ def profile_model(
             a = (act(gate(x_all[keep])) * z if gate is not None else act(z)).float()
             s = a.abs().sum(0).double()
             sum_abs[i] = s if sum_abs[i] is None else sum_abs[i] + s
+            have = sum(len(t) for t in kept[i])
+            if have < samples:  # the first real tokens, in calibration order: deterministic
+                kept[i].append(x[: samples - have].detach().clone())
             sa = a.sum(0).double()
             sum_a[i] = sa if sum_a[i] is None else sum_a[i] + sa
             if moments:
@@ -102,6 +108,7 @@ def profile_model(
                 act_moment=None if mom_a[i] is None else mom_a[i] / tokens,
                 tokens=tokens,
                 act_mean=sum_a[i] / tokens,
+                samples=torch.cat(kept[i]) if kept[i] else None,
             )
         )
     return out
