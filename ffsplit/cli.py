@@ -216,7 +216,14 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
         return 0
     src = m["source"]
     print(f"source: {src['spec']} ({src['architecture']}, {src['model_type']})  task: {m['task']}  target: {m['target']['name']}")
-    print(f"recipe: heavy ratio {m['recipe']['heavy_ratio']}, light {m['recipe']['light']['recipe']}")
+    print(f"recipe: heavy ratio {m['recipe']['heavy_ratio']}, light {m['recipe']['light']['recipe']}, "
+          f"heavy precision {m['recipe'].get('heavy_precision', 'fp32')}")
+    if m.get("budget"):
+        b = m["budget"]
+        print(f"budget {b['kind']}={b['value']:g}: used {b['used']:,} of {b['limit']:,.0f}")
+        for row in b["plan"]:
+            print(f"  layer {row['layer']}: heavy {row['heavy']} ({row['heavy_ratio']}), light {row['recipe']}, "
+                  f"calibration error {row['error']:.4f}")
     print(_layer_table(m))
     print(_params_line(m))
     parity = m.get("parity", {})
