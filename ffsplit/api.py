@@ -311,7 +311,7 @@ def export(
                 "heavy_selection": "top mean|a_j| * ||W_out[:, j]||_2 over calibration tokens",
                 "light": {"recipe": str(recipe), **recipe.params()} if budget is None else {"recipe": "per layer (budget)"},
                 "heavy_precision": heavy,
-                "light_precision": recipe.quant or "fp32",
+                "light_precision": (recipe.quant or "fp32") if budget is None else "per layer (budget)",
                 # The graph holds the quantised values as fp32 until the per-branch precision
                 # pass stores them as int8 / int4 (the grids are in split.safetensors).
                 "graph_storage": "fp32",
