@@ -57,7 +57,7 @@ def apply(model, adapter, profiles: list[LayerProfile], *, heavy: int, recipe: s
         adapter.install(layer, res.split)
         params += sum(p.numel() for p in res.split.parameters())
         bytes_ += res.nbytes("heavy") + res.nbytes("light") + (0 if res.split.bias is None else 4 * res.split.bias.numel())
-        before += sum(t.numel() for t in (ffn.w_in, ffn.b_in, ffn.w_out, ffn.b_out) if t is not None)
+        before += ffn.params()
     return {"ffn_params": params, "ffn_bytes": bytes_, "ffn_params_before": before, "ffn_bytes_before": 4 * before}
 
 

@@ -271,10 +271,7 @@ def export(
         if budget is not None:
             with stages.stage("budget", log):
                 ffns = [adapter.weights(layer) for layer in adapter.layer_modules(loaded.model)]
-                ffn_params = sum(
-                    sum(t.numel() for t in (f.w_in, f.b_in, f.w_out, f.b_out, f.w_gate, f.b_gate) if t is not None)
-                    for f in ffns
-                )
+                ffn_params = sum(f.params() for f in ffns)
                 other_bytes = 4 * (count_params(loaded.model) - ffn_params)
                 chosen, budget_summary = plan_budget(ffns, profiles, budget_kind, budget_value, other_bytes=other_bytes)
                 per_layer = [(c.heavy, parse_light(c.recipe)) for c in chosen]

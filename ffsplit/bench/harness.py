@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ffsplit.errors import UsageError
+from ffsplit.split.calibration import positions_from_mask
 
 
 @dataclass
@@ -39,7 +40,7 @@ def make_feed(tokenizer, texts: list[str], input_names: list[str], *, batch: int
     # Repeat text so rows are real tokens up to the full length, not mostly padding.
     rows = [" ".join([r] * 64) for r in rows]
     enc = dict(tokenizer(rows, padding="max_length", truncation=True, max_length=sequence, return_tensors="np"))
-    enc["position_ids"] = np.maximum(enc["attention_mask"].cumsum(-1) - 1, 0)
+    enc["position_ids"] = positions_from_mask(enc["attention_mask"])
     return {n: enc[n].astype(np.int64) for n in input_names if n in enc}
 
 

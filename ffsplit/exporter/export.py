@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
+from ffsplit.split.calibration import positions_from_mask
 from ffsplit.tasks import TASKS, TaskSpec
 
 # Module path prefix the wrapper adds in front of the model's own paths.
@@ -106,7 +107,7 @@ def _export_with_past(model: nn.Module, tokenizer) -> ir.Model:  # noqa: ANN001
     ids = torch.randint(0, max(2, tokenizer.vocab_size - 1), (batch, seq))
     mask = torch.ones(batch, past + seq, dtype=torch.long)
     mask[0, :2] = 0
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, past:]
+    positions = positions_from_mask(mask)[:, past:]
     past_kv = [torch.zeros(batch, heads, past, dim) for _ in past_in]
     b, s, p = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
     dynamic = (
@@ -155,7 +156,7 @@ def sample_inputs(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:  # no
         padding=True,
         return_tensors="pt",
     ))
-    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    enc["position_ids"] = positions_from_mask(enc["attention_mask"])
     return {n: enc[n] for n in names}
 
 

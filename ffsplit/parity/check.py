@@ -20,7 +20,7 @@ import torch
 
 from ffsplit.parity.metrics import METRICS, Outputs
 from ffsplit.runtimes.targets import Target
-from ffsplit.split.calibration import encode_batches, model_inputs
+from ffsplit.split.calibration import encode_batches, model_inputs, positions_from_mask
 from ffsplit.tasks import TaskSpec
 
 COMPARISONS: dict[str, tuple[str, str, str]] = {
@@ -85,7 +85,7 @@ def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> l
             [long_text, long_text[: len(long_text) // 3]], padding=True, truncation=True, max_length=longest,
             return_tensors="pt",
         ))
-        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        enc["position_ids"] = positions_from_mask(enc["attention_mask"])
         batches.append(enc)
     return batches
 

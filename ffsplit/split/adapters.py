@@ -72,6 +72,14 @@ class FFNWeights:
     w_gate: torch.Tensor | None = None
     b_gate: torch.Tensor | None = None
 
+    def params(self) -> int:
+        """Parameters of this FFN, biases included."""
+        return sum(t.numel() for t in (self.w_in, self.b_in, self.w_out, self.b_out, self.w_gate, self.b_gate) if t is not None)
+
+    def macs(self) -> int:
+        """Weight multiply-adds per token."""
+        return sum(t.numel() for t in (self.w_in, self.w_out, self.w_gate) if t is not None)
+
     @property
     def gate(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         return None if self.w_gate is None else (self.w_gate, self.b_gate)

@@ -215,9 +215,7 @@ def split_model(
     for i, (layer, prof) in enumerate(zip(adapter.layer_modules(model), profiles, strict=True)):
         ffn = adapter.weights(layer)
         d_ff, d_model = ffn.w_in.shape
-        before = sum(
-            t.numel() for t in (ffn.w_in, ffn.b_in, ffn.w_out, ffn.b_out, ffn.w_gate, ffn.b_gate) if t is not None
-        )
+        before = ffn.params()
         if per_layer is not None:
             k, recipe = per_layer[i]
         else:

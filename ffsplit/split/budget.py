@@ -141,8 +141,8 @@ def plan_budget(
 ) -> tuple[list[Candidate], dict[str, object]]:
     """The chosen candidate per layer and a summary for the manifest. ``other_bytes``: the model outside the FFNs."""
     candidates = [layer_candidates(f, p) for f, p in zip(ffns, profiles, strict=True)]
-    base_params = sum(sum(t.numel() for t in (f.w_in, f.b_in, f.w_out, f.b_out, f.w_gate, f.b_gate) if t is not None) for f in ffns)
-    base_flops = sum(sum(t.numel() for t in (f.w_in, f.w_out, f.w_gate) if t is not None) for f in ffns)
+    base_params = sum(f.params() for f in ffns)
+    base_flops = sum(f.macs() for f in ffns)
     if kind == "ffn-params":
         limit = value * base_params
     elif kind == "flops":

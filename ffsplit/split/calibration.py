@@ -162,8 +162,17 @@ def encode_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: 
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         batch = dict(tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
-        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        batch["position_ids"] = positions_from_mask(batch["attention_mask"])
         yield batch
+
+
+def positions_from_mask(mask):  # noqa: ANN001, ANN201
+    """Position ids counting real tokens only, ``cumsum(mask) - 1`` floored at 0 (torch or numpy).
+
+    The one rule torch references, exported graphs, the runtime's generation loop
+    and bench all share, so a left-padded row gets the positions of its unpadded text.
+    """
+    return (mask.cumsum(-1) - 1).clip(min=0)
 
 
 def model_inputs(model, batch: dict, *, position_ids: bool) -> dict:  # noqa: ANN001
