@@ -81,13 +81,37 @@ def _require_supported(target: Target) -> None:
     reason = target.unavailable_reason()
     if reason:
         raise UsageError(f"target '{target.name}' cannot run on this machine: {reason}")
-    for branch in ("heavy", "light"):
-        precision = getattr(target, f"{branch}_precision")
-        if precision != "fp32":
+
+
+def _require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
+    """Refuse, before any work, a precision the target's runtime would not realise."""
+    from ffsplit.graph_passes.quantize_branch_weights_pass import matmulnbits_block_ok
+
+    cpu_only = all(p == "CPUExecutionProvider" for p in target.providers)
+    if heavy in ("fp16", "bf16") and cpu_only:
+        raise UsageError(
+            f"--heavy {heavy}: ONNX Runtime's CPU provider has no {heavy} MatMul and would compute the heavy branch "
+            "in fp32; use fp32 or int8 on CPU targets, or a GPU target such as cuda-fp16"
+        )
+    for recipe in recipes:
+        if recipe.quant == "int4" and target.int4_compute == "matmulnbits" and not matmulnbits_block_ok(recipe.block):
             raise UsageError(
-                f"target '{target.name}' asks for {branch} precision {precision}, which this ffsplit version "
-                "cannot build yet: use a fp32 target such as cpu"
+                f"light recipe '{recipe}': int4 block {recipe.block} cannot be stored as MatMulNBits; "
+                "use a power of two from 16, e.g. int4:32"
             )
+
+
+def _grids(quantized: dict[str, Any]) -> dict[str, Any]:
+    """The split's quantised weights as the numpy grids the precision pass stores."""
+    from ffsplit.graph_passes.precision import WeightGrid
+
+    return {
+        path: WeightGrid(
+            name=path, weight=qw.weight.detach().numpy(), q=qw.q.numpy(), scale=qw.scale.numpy(),
+            zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=qw.bits, block=qw.block,
+        )
+        for path, qw in quantized.items()
+    }
 
 
 def _source_record(loaded: Any) -> dict[str, Any]:
@@ -127,14 +151,22 @@ def _guard(optimized: Path, plans: list[dict[str, Any]]) -> dict[str, Any]:
     """Run the separation guard on the graph the runtime runs; CheckFailed names the layers."""
     import onnx_ir as ir
 
-    from ffsplit.graph_passes import BranchSeparationError, CheckBranchSeparationPass, expected_matmuls
+    from ffsplit.graph_passes import (
+        BranchSeparationError,
+        CheckBranchSeparationPass,
+        expected_matmuls,
+        expected_precisions,
+    )
 
-    guard = CheckBranchSeparationPass(expected=expected_matmuls(plans))
+    guard = CheckBranchSeparationPass(expected=expected_matmuls(plans), precisions=expected_precisions(plans))
     try:
         guard(ir.load(optimized))
     except BranchSeparationError as exc:
         raise CheckFailed(f"branch separation failed in the runtime's optimised graph: {exc}") from None
-    return {"passed": True, "graph": optimized.name, "matmuls": {str(k): v for k, v in guard.found.items()}}
+    return {
+        "passed": True, "graph": optimized.name, "matmuls": {str(k): v for k, v in guard.found.items()},
+        "precisions": {str(k): {b: sorted(set(v)) for b, v in br.items()} for k, br in guard.realized.items()},
+    }
 
 
 def _parity(
@@ -170,7 +202,7 @@ def export(
     target: str = "cpu",
     heavy_ratio: float | None = None,
     light: str | None = None,
-    heavy: str = "fp32",
+    heavy: str | None = None,
     budget: str | None = None,
     calib: str | None = None,
     calib_size: int = 256,
@@ -193,12 +225,12 @@ def export(
     case no output folder is left behind.
     """
     import torch
-    from onnx_ir.passes import PassManager
     from safetensors.torch import save_file
 
     from ffsplit.exporter import export_program, save_model
     from ffsplit.exporter.export import EXPORTERS, WRAPPER_PREFIX
-    from ffsplit.graph_passes import EmbedManifestPass, TagBranchesPass
+    from ffsplit.graph_passes import EmbedManifestPass
+    from ffsplit.graph_passes.pipeline import target_passes
     from ffsplit.loading import load_model, read_config, resolve_model
     from ffsplit.runtimes.onnxruntime import OrtRunner
     from ffsplit.split.adapters import find_adapter
@@ -217,10 +249,12 @@ def export(
         if light is not None or heavy_ratio is not None:
             raise UsageError("--budget chooses the light recipe and heavy ratio per layer: drop --light and --heavy-ratio")
         budget_kind, budget_value = parse_budget(budget)
-    light = DEFAULT_LIGHT if light is None else light
+    if light is None:  # a target that asks for an integer light branch makes it the default recipe
+        light = tgt.light_precision if tgt.light_precision in ("int8", "int4") else DEFAULT_LIGHT
     heavy_ratio = 0.1 if heavy_ratio is None else heavy_ratio
     recipe = parse_light(light)
-    heavy = parse_heavy(heavy)
+    heavy = parse_heavy(heavy or tgt.heavy_precision)
+    _require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
     exact = recipe.exact and heavy == "fp32" and budget is None
     heavy_count(1 << 20, heavy_ratio)  # range check only
     overrides = {"cosine_mean": min_cosine, "retrieval_at10": min_retrieval, **(limits or {})}
@@ -286,6 +320,7 @@ def export(
                 for plan_obj, row in zip(plan_objs, budget_summary["plan"], strict=True):  # type: ignore[arg-type]
                     plan_obj.calib_error = row["error"]
             plans = [p.to_json() for p in plan_objs]
+            grids = _grids(quantized)
             state = split_state(split, plan_objs)
             state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
             # The grid of every quantised weight, for the per-branch precision pass to store exactly.
@@ -309,9 +344,8 @@ def export(
                 "light": {"recipe": str(recipe), **recipe.params()} if budget is None else {"recipe": "per layer (budget)"},
                 "heavy_precision": heavy,
                 "light_precision": (recipe.quant or "fp32") if budget is None else "per layer (budget)",
-                # The graph holds the quantised values as fp32 until the per-branch precision
-                # pass stores them as int8 / int4 (the grids are in split.safetensors).
-                "graph_storage": "fp32",
+                # How integer grids are stored and computed in the graph (QuantizeBranchWeightsPass).
+                "graph_storage": {"int8": tgt.int8_compute, "int4": tgt.int4_compute} if quantized else "fp32",
             },
             "calibration": {
                 "source": str(calib) if calib else "bundled: Python standard library docstrings",
@@ -346,12 +380,14 @@ def export(
             try:
                 with stages.stage(f"export ({name})", log):
                     program = export_program(split, loaded.tokenizer, spec, exporter=name)
-                    PassManager(
-                        [
-                            TagBranchesPass(split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX),
-                            EmbedManifestPass(manifest=manifest),
-                        ]
-                    )(program)
+                    passes = target_passes(
+                        split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX,
+                        grids=grids, int8_form=tgt.int8_compute, int4_form=tgt.int4_compute, heavy_precision=heavy,
+                    )
+                    manifest["graph_passes"] = [
+                        {"pass": type(p).__name__, "modified": p(program).modified} for p in passes
+                    ]
+                    EmbedManifestPass(manifest=manifest)(program)
                     opset = program.opset_imports.get("", None)
                     save_model(program, stage / MODEL_FILE)
             except UsageError:
@@ -402,7 +438,9 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     target = Target(
         name=tdata["name"], runtime=tdata["runtime"], providers=tuple(tdata["providers"]),
         heavy_precision=tdata["heavy_precision"], light_precision=tdata["light_precision"],
-        graph_optimization=tdata.get("graph_optimization", "all"), shapes=tdata.get("shapes", {}),
+        graph_optimization=tdata.get("graph_optimization", "all"),
+        int8_compute=tdata.get("int8_compute", "weight-only"), int4_compute=tdata.get("int4_compute", "matmulnbits"),
+        session_config=tdata.get("session_config", {}), shapes=tdata.get("shapes", {}),
         parity=tdata.get("parity", {}),
     )
     return LoadedArtifact(folder, manifest, target)

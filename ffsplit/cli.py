@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="light-branch recipe: none | lowrank:R | prune:P | int8 | int4[:B][:sym|asym] | structure+quantiser, "
         "e.g. lowrank:128+int8 (default lowrank:256)",
     )
-    e.add_argument("--heavy", default="fp32", help="heavy-branch precision: fp32 | fp16 | int8 (default fp32)")
+    e.add_argument("--heavy", default=None, help="heavy-branch precision: fp32 | fp16 | bf16 | int8 (default: the target's)")
     e.add_argument(
         "--budget", help="choose heavy ratio and light recipe per layer to minimise calibration error under "
         "ffn-params=FRACTION | flops=FRACTION | size-mb=MB (instead of --light / --heavy-ratio)",

@@ -1,7 +1,7 @@
 """onnx_ir passes over exported graphs, one ``<Verb><Object>Pass`` per file.
 
-Order for the cpu target: TagBranchesPass, then EmbedManifestPass; the
-CheckBranchSeparationPass runs on the graph the runtime actually executes.
+The order they run in is ``pipeline.py``'s; the CheckBranchSeparationPass
+runs on the graph the runtime actually executes.
 """
 
 from ffsplit.graph_passes.check_branch_separation_pass import (
@@ -9,6 +9,7 @@ from ffsplit.graph_passes.check_branch_separation_pass import (
     BranchSeparationError,
     CheckBranchSeparationPass,
     expected_matmuls,
+    expected_precisions,
 )
 from ffsplit.graph_passes.embed_manifest_pass import EmbedManifestPass
 from ffsplit.graph_passes.tag_branches_pass import BRANCH_KEY, LAYER_KEY, TagBranchesPass, node_tags
@@ -22,5 +23,6 @@ __all__ = [
     "EmbedManifestPass",
     "TagBranchesPass",
     "expected_matmuls",
+    "expected_precisions",
     "node_tags",
 ]

@@ -4,6 +4,9 @@ Run on the graph a runtime actually executes (ONNX Runtime's saved optimised
 model). Per layer it counts the matrix-multiply nodes tagged heavy and light
 and compares them with what the split put there: a horizontal fusion, a weight
 concat or a branch folded into another shows up as a missing or extra node.
+It also reads the precision each multiply realises (an int8 light branch that
+the runtime dequantised back to fp32, or fp16 weights cast up to fp32, is a
+failure) when given the precisions the target asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Mapping
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassError, PassResult
 
+from ffsplit.graph_passes.precision import realized_precision
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 
 # Every op that multiplies by a weight matrix in the runtimes we build for.
@@ -40,6 +44,14 @@ class BranchSeparationError(PassError):
         self.findings = findings
 
 
+def expected_precisions(plans: list[Mapping[str, object]]) -> dict[int, dict[str, str]]:
+    """The precision each branch of each layer must run at, as the split planned it."""
+    return {
+        int(p["layer"]): {"heavy": str(p.get("heavy_precision", "fp32")), "light": str(p.get("light_precision", "fp32"))}  # type: ignore[call-overload]
+        for p in plans
+    }
+
+
 def expected_matmuls(plans: list[Mapping[str, object]]) -> dict[int, dict[str, int]]:
     """Matrix multiplies each branch of each layer must keep.
 
@@ -58,12 +70,18 @@ class CheckBranchSeparationPass(InPlacePass):
 
     Args:
         expected: layer -> branch -> number of matrix-multiply nodes.
+        precisions: layer -> branch -> the precision every multiply of that
+            branch must realise (see ``realized_precision``); None skips the check.
     """
 
-    def __init__(self, *, expected: Mapping[int, Mapping[str, int]]) -> None:
+    def __init__(
+        self, *, expected: Mapping[int, Mapping[str, int]], precisions: Mapping[int, Mapping[str, str]] | None = None
+    ) -> None:
         super().__init__()
         self.expected = expected
+        self.precisions = precisions
         self.found: dict[int, dict[str, int]] = {}
+        self.realized: dict[int, dict[str, list[str]]] = {}
 
     def call(self, model: ir.Model) -> PassResult:
         found: dict[int, dict[str, int]] = {layer: {"heavy": 0, "light": 0} for layer in self.expected}
@@ -79,6 +97,13 @@ class CheckBranchSeparationPass(InPlacePass):
                 findings.append(f"layer {layer}: {node.op_type} '{node.name}' multiplies in the merge, outside both branches")
                 continue
             found.setdefault(layer, {"heavy": 0, "light": 0})[branch] += 1
+            precision = realized_precision(node)
+            self.realized.setdefault(layer, {"heavy": [], "light": []})[branch].append(precision)
+            want = (self.precisions or {}).get(layer, {}).get(branch)
+            if want is not None and precision != want:
+                findings.append(
+                    f"layer {layer}: {branch} {node.op_type} '{node.name}' runs at {precision}, the target asked for {want}"
+                )
         for layer, want in sorted(self.expected.items()):
             for branch, n in want.items():
                 got = found.get(layer, {}).get(branch, 0)

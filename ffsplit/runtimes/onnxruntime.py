@@ -29,6 +29,8 @@ def session_options(target: Target, *, optimized_model_path: Path | None = None)
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[target.graph_optimization]
     so.log_severity_level = 3
+    for key, value in target.session_config.items():
+        so.add_session_config_entry(key, value)
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
     return so

@@ -1,8 +1,9 @@
 """The target registry: TOML files shipped in ``runtimes/targets`` or given by path.
 
 A target names the runtime, its providers and optimisation level, the
-precision of each branch, the shape ranges (min / opt / max) and the parity
-tolerances. Loading validates every key and lists every problem at once.
+precision of each branch (the defaults for ``--heavy`` and ``--light``), how
+int8 and int4 weights are computed in the graph, ONNX Runtime session config
+entries, the shape ranges (min / opt / max) and the parity tolerances. Loading validates every key and lists every problem at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tomllib
 from ffsplit.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+HEAVY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 RUNTIMES = ("onnxruntime",)
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -28,9 +30,14 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "graph_optimization": (str, False),
     "heavy_precision": (str, True),
     "light_precision": (str, True),
+    "int8_compute": (str, False),
+    "int4_compute": (str, False),
+    "session_config": (dict, False),
     "shapes": (dict, False),
     "parity": (dict, False),
 }
+INT8_COMPUTE = ("weight-only", "dynamic")
+INT4_COMPUTE = ("matmulnbits",)
 _PARITY: dict[str, tuple[str, ...]] = {
     "fidelity": ("max_abs", "cosine_min", "generation_agreement"),
     "exact": ("max_abs", "cosine_min", "generation_agreement"),
@@ -49,6 +56,9 @@ class Target:
     heavy_precision: str
     light_precision: str
     graph_optimization: str = "all"
+    int8_compute: str = "weight-only"
+    int4_compute: str = "matmulnbits"
+    session_config: dict[str, str] = field(default_factory=dict)
     description: str = ""
     shapes: dict[str, list[int]] = field(default_factory=dict)
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -62,6 +72,9 @@ class Target:
             "graph_optimization": self.graph_optimization,
             "heavy_precision": self.heavy_precision,
             "light_precision": self.light_precision,
+            "int8_compute": self.int8_compute,
+            "int4_compute": self.int4_compute,
+            "session_config": self.session_config,
             "shapes": self.shapes,
             "parity": self.parity,
         }
@@ -92,11 +105,18 @@ def _validate(data: dict[str, Any], where: str) -> list[str]:
             errors.append(f"'{key}' must be a {typ.__name__ if isinstance(typ, type) else typ}")
     if isinstance(data.get("runtime"), str) and data["runtime"] not in RUNTIMES:
         errors.append(f"runtime '{data['runtime']}' is not one of {', '.join(RUNTIMES)}")
-    for key in ("heavy_precision", "light_precision"):
-        if isinstance(data.get(key), str) and data[key] not in PRECISIONS:
-            errors.append(f"{key} '{data[key]}' is not one of {', '.join(PRECISIONS)}")
+    for key, allowed in (("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS)):
+        if isinstance(data.get(key), str) and data[key] not in allowed:
+            errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
     if isinstance(data.get("graph_optimization"), str) and data["graph_optimization"] not in OPT_LEVELS:
         errors.append(f"graph_optimization '{data['graph_optimization']}' is not one of {', '.join(OPT_LEVELS)}")
+    for key, allowed in (("int8_compute", INT8_COMPUTE), ("int4_compute", INT4_COMPUTE)):
+        if isinstance(data.get(key), str) and data[key] not in allowed:
+            errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
+    if isinstance(data.get("session_config"), dict):
+        for k, v in data["session_config"].items():
+            if not isinstance(v, str):
+                errors.append(f"'session_config.{k}' must be a string (ONNX Runtime session config values are strings)")
     if isinstance(data.get("providers"), list) and not all(isinstance(p, str) for p in data["providers"]):
         errors.append("'providers' must be a list of strings")
     for axis, rng in (data.get("shapes") or {}).items() if isinstance(data.get("shapes"), dict) else ():
@@ -158,6 +178,9 @@ def load_target(spec: str) -> Target:
         heavy_precision=data["heavy_precision"],
         light_precision=data["light_precision"],
         graph_optimization=data.get("graph_optimization", "all"),
+        int8_compute=data.get("int8_compute", "weight-only"),
+        int4_compute=data.get("int4_compute", "matmulnbits"),
+        session_config=data.get("session_config", {}),
         description=data.get("description", ""),
         shapes=data.get("shapes", {}),
         parity=data.get("parity", {}),

@@ -24,7 +24,7 @@ import torch
 from ffsplit.errors import UsageError
 
 RECIPES_HELP = "none, lowrank:R, prune:P, int8, int4[:B][:sym|asym], or a structure+quantiser such as lowrank:128+int8"
-HEAVY_PRECISIONS = ("fp32", "fp16", "int8")
+HEAVY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -185,9 +185,11 @@ def quantize(w: torch.Tensor, recipe: LightRecipe) -> Quantized | None:
 
 
 def heavy_weight(w: torch.Tensor, precision: str) -> tuple[torch.Tensor, Quantized | None]:
-    """The heavy branch's weight on its precision's grid (fp16 values held in fp32)."""
+    """The heavy branch's weight on its precision's grid (fp16 / bf16 values held in fp32)."""
     if precision == "fp16":
         return w.half().float(), None
+    if precision == "bf16":
+        return w.bfloat16().float(), None
     if precision == "int8":
         qw = quantize_int8(w)
         return qw.weight, qw

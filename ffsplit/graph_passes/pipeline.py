@@ -1,0 +1,52 @@
+"""The pass pipeline for a target, in its one documented order.
+
+1. ``TagBranchesPass``: every node of a SplitFFN gets its layer and branch
+   (metadata and name), before anything can move or merge nodes.
+2. ``CleanupGraphPass``: fold constants, drop dead nodes, shape inference.
+   Before precision, so folding sees plain fp32 weights and cannot undo the
+   integers written next (it never folds DequantizeLinear either).
+3. ``QuantizeBranchWeightsPass``: int8 / int4 grids stored as integers, in
+   the target's compute form. Precision comes before any fusion: a fused
+   contrib op (ONNX Runtime's, at session build) hides weights from it.
+4. ``ConvertBranchPrecisionPass``: the heavy branch in fp16 / bf16 when asked.
+5. ``EmbedManifestPass``: the manifest into the model's metadata, last, so it
+   records the passes that ran.
+
+Fusions are left to the runtime, and the separation guard checks afterwards
+that none crossed a branch boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from onnx_ir.passes import PassBase
+
+from ffsplit.graph_passes.cleanup_graph_pass import CleanupGraphPass
+from ffsplit.graph_passes.convert_branch_precision_pass import ConvertBranchPrecisionPass
+from ffsplit.graph_passes.precision import WeightGrid
+from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeightsPass
+from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
+
+
+def precision_passes(
+    *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
+) -> list[PassBase]:
+    """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
+    passes: list[PassBase] = [CleanupGraphPass()]
+    if grids:
+        passes.append(QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form))
+    if heavy_precision in ("fp16", "bf16"):
+        passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
+    return passes
+
+
+def target_passes(
+    *, split_modules: Mapping[str, int], prefix: str, grids: Mapping[str, WeightGrid], int8_form: str,
+    int4_form: str, heavy_precision: str,
+) -> list[PassBase]:
+    """Steps 1-4 for one export; the caller runs EmbedManifestPass once it knows what these did."""
+    return [
+        TagBranchesPass(split_modules=split_modules, prefix=prefix),
+        *precision_passes(grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision),
+    ]

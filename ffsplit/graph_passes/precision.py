@@ -1,0 +1,104 @@
+"""What precision a matrix multiply runs at, read from the graph, and the weight grids the passes store.
+
+Shared by the precision passes (which write int8 / int4 / fp16 into the
+graph), the separation guard (which checks the runtime kept them) and
+``ffsplit inspect`` (which shows them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+MS_DOMAIN = "com.microsoft"
+
+# Ops whose second operand is an integer weight (ONNX Runtime's quantised kernels).
+_INT8_OPS = frozenset({"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QLinearMatMul"})
+_DTYPES = {
+    ir.DataType.FLOAT: "fp32",
+    ir.DataType.FLOAT16: "fp16",
+    ir.DataType.BFLOAT16: "bf16",
+    ir.DataType.INT8: "int8",
+    ir.DataType.UINT8: "int8",
+    ir.DataType.INT4: "int4",
+    ir.DataType.UINT4: "int4",
+}
+# Value-preserving ops a runtime may put between a stored weight and its multiply.
+_LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze"})
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    """A weight on a quantisation grid: ``weight == (q - zero_point) * scale`` in fp32.
+
+    ``weight`` and ``q`` are (out, in) as torch's Linear holds them; ``scale``
+    (and ``zero_point``) are (out,) for int8, (out, blocks) for blockwise int4
+    with blocks along ``in``.
+    """
+
+    name: str
+    weight: np.ndarray
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    bits: int
+    block: int | None = None
+
+
+def _dtype_name(dtype: ir.DataType | None) -> str | None:
+    return _DTYPES.get(dtype) if dtype is not None else None
+
+
+def weight_source(value: ir.Value | None) -> tuple[ir.Value | None, ir.Node | None]:
+    """Follow a multiply's weight operand back through layout ops to its stored initializer.
+
+    Returns the initializer (or None when the operand is computed from the
+    input) and the DequantizeLinear it passed through, if any.
+    """
+    dq = None
+    seen = 0
+    while value is not None and seen < 8:
+        seen += 1
+        if value.const_value is not None or value.is_initializer():
+            return value, dq
+        producer = value.producer()
+        if producer is None:
+            return None, dq
+        if producer.op_type == "DequantizeLinear" and dq is None:
+            dq = producer
+            value = producer.inputs[0]
+        elif producer.op_type in _LAYOUT_OPS or (producer.op_type == "Cast" and dq is None):
+            value = producer.inputs[0]
+        elif producer.op_type == "Constant":
+            return producer.outputs[0], dq
+        else:
+            return None, dq
+    return None, dq
+
+
+def realized_precision(node: ir.Node) -> str:
+    """The precision a matrix-multiply node really computes with: int8, int4, fp16, bf16 or fp32.
+
+    Integer weights count whether the runtime multiplies in integers
+    (MatMulInteger, DynamicQuantizeMatMul) or dequantises them in the kernel
+    (MatMulNBits, DequantizeLinear feeding the MatMul). A float multiply is
+    the type of its output, so fp16 weights that a runtime casts back up to
+    fp32 before multiplying count as fp32.
+    """
+    if node.op_type == "MatMulNBits":
+        bits = node.attributes.get("bits")
+        return f"int{bits.as_int() if bits is not None else 4}"
+    if node.op_type in _INT8_OPS:
+        return "int8"
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    stored, dq = weight_source(weight)
+    if dq is not None and stored is not None:
+        return _dtype_name(stored.dtype) or "unknown"
+    out = _dtype_name(node.outputs[0].dtype) if node.outputs else None
+    if out is not None:
+        return out
+    if stored is not None:
+        return _dtype_name(stored.dtype) or "unknown"
+    return "unknown"

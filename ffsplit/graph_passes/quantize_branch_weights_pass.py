@@ -1,0 +1,186 @@
+"""QuantizeBranchWeightsPass: store each quantised branch weight as integers in the graph.
+
+The split already put every quantised weight on its grid (fp32 values equal
+to ``(q - zero_point) * scale``); this pass finds the multiply that holds
+each one, by exact value, and stores the grid itself in the form the target's
+runtime runs fastest or needs:
+
+- int8 ``weight-only``: an int8 initializer and a per-channel DequantizeLinear
+  feeding the MatMul. Exact: the runtime sees the very values split torch used.
+- int8 ``dynamic``: ONNX Runtime's ``com.microsoft.DynamicQuantizeMatMul``,
+  which also quantises the activation per tensor at run time. The fast CPU
+  path; not exact (the activation's rounding is the runtime's).
+- int4 ``matmulnbits``: ``com.microsoft.MatMulNBits`` with the grid's blocks
+  along the input dimension (block a power of two, at least 16).
+
+Matching by value rather than by name works for every exporter and proves
+the grid stored is the weight the split was checked with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
+
+from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid
+from ffsplit.graph_passes.tag_branches_pass import node_tags
+
+INT8_FORMS = ("weight-only", "dynamic")
+INT4_FORMS = ("matmulnbits",)
+
+
+def matmulnbits_block_ok(block: int | None) -> bool:
+    """MatMulNBits takes power-of-two blocks from 16 up."""
+    return block is not None and block >= 16 and block & (block - 1) == 0
+
+
+def _digest(a: np.ndarray) -> tuple[tuple[int, ...], str]:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return a.shape, hashlib.sha256(a.tobytes()).hexdigest()
+
+
+def _pack_nibbles(u: np.ndarray) -> np.ndarray:
+    """uint4 values (last axis even) -> bytes, first value in the low nibble (MatMulNBits' layout)."""
+    u = u.astype(np.uint8)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+
+
+def matmulnbits_operands(grid: WeightGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(B, scales, zero_points) of MatMulNBits for a blockwise int4 grid over an (out, in) weight."""
+    assert grid.block is not None
+    n, k = grid.q.shape
+    blocks = -(-k // grid.block)
+    if grid.zero_point is None:  # symmetric: q in [-8, 7], stored with the default zero point 8
+        u = grid.q.astype(np.int16) + 8
+        pad_value = 8
+    else:
+        u = grid.q.astype(np.int16)
+        pad_value = 0
+    padded = np.full((n, blocks * grid.block), pad_value, dtype=np.int16)
+    padded[:, :k] = u
+    if grid.zero_point is not None:
+        # padding must dequantise to 0: give each padded slot its block's zero point
+        zp_full = np.repeat(grid.zero_point.astype(np.int16), grid.block, axis=1)
+        padded[:, k:] = zp_full[:, k:]
+    b = _pack_nibbles(padded.reshape(n, blocks, grid.block))
+    scales = np.ascontiguousarray(grid.scale, dtype=np.float32).reshape(-1)
+    zps = None
+    if grid.zero_point is not None:
+        zp = grid.zero_point.astype(np.int16)
+        if blocks % 2:
+            zp = np.concatenate([zp, np.full((n, 1), 8, dtype=np.int16)], axis=1)
+        zps = _pack_nibbles(zp).reshape(-1)
+    return b, scales, zps
+
+
+class QuantizeBranchWeightsPass(InPlacePass):
+    """Replace the fp32 on-grid weights of tagged branch multiplies with their int8 / int4 grids.
+
+    Args:
+        grids: the quantised weights, by parameter path.
+        int8_form: ``weight-only`` (DequantizeLinear -> MatMul) or ``dynamic`` (DynamicQuantizeMatMul).
+        int4_form: ``matmulnbits``.
+    """
+
+    def __init__(
+        self, *, grids: Mapping[str, WeightGrid], int8_form: str = "weight-only", int4_form: str = "matmulnbits"
+    ) -> None:
+        super().__init__()
+        if int8_form not in INT8_FORMS:
+            raise ValueError(f"int8_form {int8_form!r} is not one of {INT8_FORMS}")
+        if int4_form not in INT4_FORMS:
+            raise ValueError(f"int4_form {int4_form!r} is not one of {INT4_FORMS}")
+        self.grids = grids
+        self.int8_form = int8_form
+        self.int4_form = int4_form
+        self.replaced: dict[str, str] = {}  # grid name -> node name
+
+    def requires(self, model: ir.Model) -> None:
+        for grid in self.grids.values():
+            if grid.bits == 4 and not matmulnbits_block_ok(grid.block):
+                raise PreconditionError(f"{grid.name}: int4 block {grid.block} is not a power of two >= 16 (MatMulNBits)")
+            if grid.bits not in (4, 8):
+                raise PreconditionError(f"{grid.name}: {grid.bits}-bit grids are not supported")
+        if self.grids and not any(node_tags(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)):
+            raise PreconditionError("no node carries branch tags: run TagBranchesPass first")
+
+    def _replace(self, graph: ir.Graph, node: ir.Node, grid: WeightGrid) -> None:
+        x = node.inputs[0]
+        prefix = f"ffsplit.{grid.name}"
+
+        def init(name: str, array: np.ndarray) -> ir.Value:
+            value = ir.Value(name=f"{prefix}.{name}", const_value=ir.tensor(array, name=f"{prefix}.{name}"))
+            value.shape = ir.Shape(array.shape)
+            value.dtype = value.const_value.dtype  # type: ignore[union-attr]
+            graph.register_initializer(value)
+            return value
+
+        keep = {"name": node.name, "metadata_props": dict(node.metadata_props)}
+        n_out, n_in = grid.q.shape
+        if grid.bits == 8 and self.int8_form == "weight-only":
+            q = init("q", np.ascontiguousarray(grid.q.T.astype(np.int8)))
+            scale = init("scale", grid.scale.astype(np.float32))
+            dq = ir.node(
+                "DequantizeLinear", [q, scale], {"axis": 1}, name=f"{node.name}/dequantize_weight",
+                metadata_props=dict(node.metadata_props),
+            )
+            graph.insert_before(node, dq)
+            node.replace_input_with(1, dq.outputs[0])
+            return
+        if grid.bits == 8:
+            q = init("q", np.ascontiguousarray(grid.q.T.astype(np.int8)))
+            scale = init("scale", grid.scale.astype(np.float32))
+            new = ir.node("DynamicQuantizeMatMul", [x, q, scale], domain=MS_DOMAIN, **keep)
+        else:
+            b, scales, zps = matmulnbits_operands(grid)
+            inputs = [x, init("q4", b), init("scales", scales)]
+            if zps is not None:
+                inputs.append(init("zero_points", zps))
+            attrs = {"K": n_in, "N": n_out, "bits": 4, "block_size": int(grid.block)}  # type: ignore[arg-type]
+            new = ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, **keep)
+        out = node.outputs[0]
+        new.outputs[0].shape = out.shape
+        new.outputs[0].dtype = out.dtype
+        graph.insert_before(node, new)
+        ir.convenience.replace_all_uses_with(out, new.outputs[0])
+        if out.is_graph_output():
+            graph.outputs[graph.outputs.index(out)] = new.outputs[0]
+        new_name = out.name
+        graph.remove(node, safe=True)
+        new.outputs[0].name = new_name
+
+    def call(self, model: ir.Model) -> PassResult:
+        if not self.grids:
+            return PassResult(model, False)
+        wanted = {_digest(g.weight.T): g for g in self.grids.values()}
+        graph = model.graph
+        found: list[tuple[ir.Node, WeightGrid]] = []
+        for node in graph:
+            if node.op_type != "MatMul" or node_tags(node) is None or len(node.inputs) != 2:
+                continue
+            w = node.inputs[1]
+            if w is None or w.const_value is None or w.dtype != ir.DataType.FLOAT or len(w.shape or ()) != 2:
+                continue
+            grid = wanted.get(_digest(w.const_value.numpy()))
+            if grid is not None:
+                found.append((node, grid))
+        if any(g.bits == 4 or self.int8_form == "dynamic" for _, g in found):
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+        for node, grid in found:
+            old = node.inputs[1]
+            self.replaced[grid.name] = node.name or ""
+            self._replace(graph, node, grid)
+            if old is not None and not old.uses() and old.is_initializer() and old.name in graph.initializers:
+                del graph.initializers[old.name]
+        return PassResult(model, bool(found))
+
+    def ensures(self, model: ir.Model) -> None:
+        missing = sorted(set(g.name for g in self.grids.values()) - set(self.replaced))
+        if missing:
+            raise PostconditionError(
+                "no tagged MatMul holds the weight of " + ", ".join(missing) + " (the export changed it, or it is a Gemm)"
+            )
