@@ -101,19 +101,6 @@ def _require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
             )
 
 
-def _grids(quantized: dict[str, Any]) -> dict[str, Any]:
-    """The split's quantised weights as the numpy grids the precision pass stores."""
-    from ffsplit.graph_passes.precision import WeightGrid
-
-    return {
-        path: WeightGrid(
-            name=path, weight=qw.weight.detach().numpy(), q=qw.q.numpy(), scale=qw.scale.numpy(),
-            zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=qw.bits, block=qw.block,
-        )
-        for path, qw in quantized.items()
-    }
-
-
 def _source_record(loaded: Any) -> dict[str, Any]:
     from ffsplit.loading import model_files
 
@@ -231,6 +218,7 @@ def export(
     from ffsplit.exporter.export import EXPORTERS, WRAPPER_PREFIX
     from ffsplit.graph_passes import EmbedManifestPass
     from ffsplit.graph_passes.pipeline import target_passes
+    from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.loading import load_model, read_config, resolve_model
     from ffsplit.runtimes.onnxruntime import OrtRunner
     from ffsplit.split.adapters import find_adapter
@@ -320,7 +308,7 @@ def export(
                 for plan_obj, row in zip(plan_objs, budget_summary["plan"], strict=True):  # type: ignore[arg-type]
                     plan_obj.calib_error = row["error"]
             plans = [p.to_json() for p in plan_objs]
-            grids = _grids(quantized)
+            grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
             state = split_state(split, plan_objs)
             state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
             # The grid of every quantised weight, for the per-branch precision pass to store exactly.

@@ -52,16 +52,23 @@ class ConvertBranchPrecisionPass(InPlacePass):
         self.block_list = frozenset(block_list)
         self.converted: list[str] = []
 
-    def _selected(self, node: ir.Node) -> bool:
+    def _selected(self, node: ir.Node, chosen: set[int]) -> bool:
         tags = node_tags(node)
         if tags is None or tags[1] != self.branch or (self.layers is not None and tags[0] not in self.layers):
             return False
         if node.op_type in self.block_list or node.op_type in _SKIP or node.domain not in ("", "ai.onnx"):
             return False
         ins = [v for v in node.inputs if v is not None]
-        return any(v.dtype == ir.DataType.FLOAT for v in ins) and all(
-            v.dtype in (ir.DataType.FLOAT, ir.DataType.INT64, ir.DataType.INT32, None) for v in ins
-        )
+        floats = [v for v in ins if self._is_float(v, chosen)]
+        return bool(floats) and all(v.dtype in (ir.DataType.INT64, ir.DataType.INT32) for v in ins if v not in floats)
+
+    @staticmethod
+    def _is_float(value: ir.Value, chosen: set[int]) -> bool:
+        """fp32, or untyped and computed by a converted node (graphs without value_info)."""
+        if value.dtype == ir.DataType.FLOAT:
+            return True
+        producer = value.producer()
+        return value.dtype is None and producer is not None and id(producer) in chosen
 
     def _cast(self, value: ir.Value, to: ir.DataType, tag_from: ir.Node) -> ir.Node:
         way = "down" if to == self.dtype else "up"
@@ -76,8 +83,12 @@ class ConvertBranchPrecisionPass(InPlacePass):
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
-        selected = [n for n in graph if self._selected(n)]
-        chosen = set(map(id, selected))
+        chosen: set[int] = set()
+        selected = []
+        for node in graph:  # graph order, so a producer is decided before its users
+            if self._selected(node, chosen):
+                selected.append(node)
+                chosen.add(id(node))
         down: dict[int, ir.Value] = {}  # fp32 value from outside -> its cast
         for node in selected:  # graph order: the first user met is the earliest
             for i, v in enumerate(node.inputs):
@@ -99,7 +110,7 @@ class ConvertBranchPrecisionPass(InPlacePass):
                 node.replace_input_with(i, down[id(v)])
         for node in selected:
             for out in node.outputs:
-                if out.dtype != ir.DataType.FLOAT:
+                if out.dtype not in (ir.DataType.FLOAT, None):
                     continue
                 out.dtype = self.dtype
                 outside = [(user, i) for user, i in out.uses() if id(user) not in chosen]

@@ -8,6 +8,7 @@ graph), the separation guard (which checks the runtime kept them) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -45,6 +46,14 @@ class WeightGrid:
     zero_point: np.ndarray | None
     bits: int
     block: int | None = None
+
+    @classmethod
+    def from_quantized(cls, name: str, qw: Any) -> WeightGrid:
+        """From the split's ``Quantized`` (torch tensors)."""
+        return cls(
+            name=name, weight=qw.weight.detach().numpy(), q=qw.q.numpy(), scale=qw.scale.numpy(),
+            zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=qw.bits, block=qw.block,
+        )
 
 
 def _dtype_name(dtype: ir.DataType | None) -> str | None:

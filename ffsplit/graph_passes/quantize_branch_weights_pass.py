@@ -144,7 +144,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
             new = ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, **keep)
         out = node.outputs[0]
         new.outputs[0].shape = out.shape
-        new.outputs[0].dtype = out.dtype
+        new.outputs[0].type = out.type
         graph.insert_before(node, new)
         ir.convenience.replace_all_uses_with(out, new.outputs[0])
         if out.is_graph_output():

@@ -84,3 +84,55 @@ def test_guard_flags_a_matmul_in_the_merge() -> None:
 def test_expected_counts_follow_the_recipe() -> None:
     plans = [{"layer": 0, "light_recipe": "none"}, {"layer": 1, "light_recipe": "lowrank:8"}]
     assert expected_matmuls(plans) == {0: {"heavy": 2, "light": 2}, 1: {"heavy": 2, "light": 4}}
+
+
+def _ort_optimized(model: ir.Model, tmp_path: Path) -> ir.Model:
+    """The graph ONNX Runtime runs for ``model`` (all optimisations, saved by the session)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ir.load(tmp_path / "optimized.onnx")
+
+
+@pytest.mark.parametrize(("form", "how"), [("weight-only", "int8"), ("dynamic", "int8"), ("weight-only", "int4:16")])
+def test_guard_reads_the_precision_the_runtime_realised(form: str, how: str, tmp_path: Path) -> None:
+    from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeightsPass
+    from tests.graph_passes.ffn_graphs import ffn_model, grids, quantized, weights
+
+    ws = weights()
+    qs = quantized(ws, "light", how)
+    model = ir.from_proto(ffn_model(ws))
+    QuantizeBranchWeightsPass(grids=grids(qs), int8_form=form)(model)
+    optimized = _ort_optimized(model, tmp_path)
+    bits = how.split(":")[0]
+    counts = {0: {"heavy": 2, "light": 2}}
+    guard = CheckBranchSeparationPass(expected=counts, precisions={0: {"heavy": "fp32", "light": bits}})
+    guard(optimized)
+    assert guard.realized == {0: {"heavy": ["fp32", "fp32"], "light": [bits, bits]}}
+    # Asking for another precision than the graph holds is a failure naming layer and node.
+    with pytest.raises(BranchSeparationError, match=f"layer 0: light .* runs at {bits}, the target asked for fp16"):
+        CheckBranchSeparationPass(expected=counts, precisions={0: {"heavy": "fp32", "light": "fp16"}})(optimized)
+
+
+def test_guard_catches_a_light_branch_dequantised_back_to_fp32(tmp_path: Path) -> None:
+    """What a runtime that folds DequantizeLinear into an fp32 weight would run."""
+    from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeightsPass
+    from tests.graph_passes.ffn_graphs import ffn_model, grids, quantized, weights
+
+    ws = weights()
+    qs = quantized(ws, "light", "int8")
+    model = ir.from_proto(ffn_model(ws))
+    QuantizeBranchWeightsPass(grids=grids(qs))(model)
+    for dq in [n for n in model.graph if n.op_type == "DequantizeLinear"]:
+        q, scale = (v.const_value.numpy() for v in dq.inputs[:2])
+        folded = ir.Value(name=dq.outputs[0].name + "_folded", const_value=ir.tensor((q * scale).astype(np.float32)))
+        model.graph.register_initializer(folded)
+        ir.convenience.replace_all_uses_with(dq.outputs[0], folded)
+        model.graph.remove(dq, safe=True)
+    with pytest.raises(BranchSeparationError) as err:
+        CheckBranchSeparationPass(
+            expected={0: {"heavy": 2, "light": 2}}, precisions={0: {"heavy": "fp32", "light": "int8"}}
+        )(_ort_optimized(model, tmp_path))
+    assert len(err.value.findings) == 2
+    assert all("runs at fp32, the target asked for int8" in f for f in err.value.findings)

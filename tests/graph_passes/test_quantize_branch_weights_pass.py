@@ -1,0 +1,113 @@
+"""QuantizeBranchWeightsPass: integers stored, the right node found, values kept (or bounded for dynamic)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx_ir.passes import PostconditionError, PreconditionError
+
+from ffsplit.graph_passes import MATMUL_OPS
+from ffsplit.graph_passes.precision import realized_precision
+from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeightsPass, matmulnbits_block_ok
+from tests.graph_passes.ffn_graphs import check, ffn_model, grids, inputs, quantized, run, weights
+
+EXACT = {"session.qdq_matmulnbits_accuracy_level": "0"}
+
+
+def _ops(model: ir.Model, branch: str) -> list[str]:
+    return [n.op_type for n in model.graph if f"/{branch}/" in (n.name or "")]
+
+
+@pytest.mark.parametrize("how", ["int8", "int4:16", "int4:32:asym"])
+def test_weight_grids_are_stored_exactly(how: str) -> None:
+    ws = weights()
+    qs = quantized(ws, "light", how)
+    before = ffn_model(ws)
+    model = ir.from_proto(before)
+    qpass = QuantizeBranchWeightsPass(grids=grids(qs), int8_form="weight-only")
+    assert qpass(model).modified is True
+    check(model)
+    x = inputs()
+    # The runtime multiplies by exactly the values split torch used.
+    np.testing.assert_allclose(run(model, x, **EXACT), run(before, x), rtol=1e-5, atol=2e-6)
+    light = [n for n in model.graph if n.name.startswith("ffsplit/L0/light/fc") and n.op_type in MATMUL_OPS]
+    bits = "int8" if how == "int8" else "int4"
+    assert [realized_precision(n) for n in light] == [bits, bits]
+    assert all(realized_precision(n) == "fp32" for n in model.graph if n.name.startswith("ffsplit/L0/heavy/fc"))
+    assert len(light) == 2
+    # No fp32 copy of a quantised weight is left behind.
+    assert "w_light_fc_in" not in model.graph.initializers and "w_light_fc_out" not in model.graph.initializers
+    assert set(qpass.replaced) == {"light.fc_in", "light.fc_out"}
+    if how.startswith("int4"):
+        assert _ops(model, "light") == ["MatMulNBits", "Gelu", "MatMulNBits"]
+        assert model.opset_imports["com.microsoft"] == 1
+
+
+def test_int4_storage_is_a_quarter_of_fp32() -> None:
+    ws = weights()
+    qs = quantized(ws, "light", "int4:32")
+    model = ir.from_proto(ffn_model(ws))
+    QuantizeBranchWeightsPass(grids=grids(qs))(model)
+    packed = sum(v.const_value.nbytes for k, v in model.graph.initializers.items() if "light" in k and k.endswith(".q4"))
+    # two values a byte, the input dimension padded up to whole blocks of 32
+    assert packed == sum(w.shape[0] * -(-w.shape[1] // 32) * 32 // 2 for k, w in ws.items() if k.startswith("light"))
+
+
+def test_dynamic_int8_is_one_node_per_projection_and_close() -> None:
+    ws = weights()
+    qs = quantized(ws, "light", "int8")
+    before = ffn_model(ws)
+    model = ir.from_proto(before)
+    QuantizeBranchWeightsPass(grids=grids(qs), int8_form="dynamic")(model)
+    check(model)
+    assert _ops(model, "light") == ["DynamicQuantizeMatMul", "Gelu", "DynamicQuantizeMatMul"]
+    x = inputs()
+    ref, got = run(before, x), run(model, x)
+    # Activations are rounded to 8 bits per tensor at run time: close, not exact.
+    assert not np.array_equal(ref, got)
+    cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert cos > 0.999
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+
+
+def test_heavy_branch_int8_too() -> None:
+    ws = weights()
+    qs = {**quantized(ws, "heavy", "int8"), **quantized(ws, "light", "int4:16")}
+    model = ir.from_proto(ffn_model(ws))
+    QuantizeBranchWeightsPass(grids=grids(qs))(model)
+    got = {n.name: realized_precision(n) for n in model.graph if n.op_type in MATMUL_OPS}
+    assert got == {
+        "ffsplit/L0/heavy/fc_in": "int8", "ffsplit/L0/heavy/fc_out": "int8",
+        "ffsplit/L0/light/fc_in": "int4", "ffsplit/L0/light/fc_out": "int4",
+    }
+
+
+def test_no_grids_is_not_a_modification() -> None:
+    model = ir.from_proto(ffn_model(weights()))
+    assert QuantizeBranchWeightsPass(grids={})(model).modified is False
+
+
+def test_a_grid_that_is_not_in_the_graph_fails_loudly() -> None:
+    ws = weights()
+    qs = quantized(dict(ws), "light", "int8")  # the graph keeps the unquantised weights
+    with pytest.raises(PostconditionError, match=r"light\.fc_in, light\.fc_out"):
+        QuantizeBranchWeightsPass(grids=grids(qs))(ir.from_proto(ffn_model(ws)))
+
+
+def test_untagged_graph_and_bad_block_are_refused() -> None:
+    ws = weights()
+    qs = quantized(ws, "light", "int4:8")
+    with pytest.raises(PreconditionError, match="not a power of two"):
+        QuantizeBranchWeightsPass(grids=grids(qs))(ir.from_proto(ffn_model(ws)))
+    qs = quantized(ws, "light", "int8")
+    proto = ffn_model(ws)
+    for node in proto.graph.node:
+        node.name = node.op_type
+    with pytest.raises(PreconditionError, match="TagBranchesPass"):
+        QuantizeBranchWeightsPass(grids=grids(qs))(ir.from_proto(proto))
+
+
+@pytest.mark.parametrize(("block", "ok"), [(8, False), (16, True), (24, False), (32, True), (128, True), (None, False)])
+def test_matmulnbits_blocks(block: int | None, ok: bool) -> None:
+    assert matmulnbits_block_ok(block) is ok
