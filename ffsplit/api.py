@@ -448,17 +448,13 @@ def _load_source(art: LoadedArtifact, trust_remote_code: bool = False) -> Any:
     return loaded
 
 
-def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) -> Any:
-    """Re-run the separation guard and the three-way parity of an artifact; CheckFailed when either fails."""
+def _rebuild(art: LoadedArtifact, log: Any = None) -> tuple[Any, Any]:
+    """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors."""
     from safetensors.torch import load_file
 
-    from ffsplit.runtimes.onnxruntime import OrtRunner
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import rebuild_split
 
-    art = open_artifact(folder)
-    _require_supported(art.target)
-    m = art.manifest
     if log:
         log("loading the source model and rebuilding the split ...")
     loaded = _load_source(art)
@@ -467,7 +463,18 @@ def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) 
     state = {
         k: v for k, v in load_file(str(art.folder / SPLIT_WEIGHTS)).items() if not k.startswith(("heavy_index.", "quant."))
     }
-    rebuild_split(split, adapter, m["layers"], state)
+    rebuild_split(split, adapter, art.manifest["layers"], state)
+    return loaded, split
+
+
+def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) -> Any:
+    """Re-run the separation guard and the three-way parity of an artifact; CheckFailed when either fails."""
+    from ffsplit.runtimes.onnxruntime import OrtRunner
+
+    art = open_artifact(folder)
+    _require_supported(art.target)
+    m = art.manifest
+    loaded, split = _rebuild(art, log)
     exact = m["recipe"]["light"]["recipe"] == "none" and m["recipe"].get("heavy_precision", "fp32") == "fp32"
     overrides = {k: m["parity"]["comparisons"]["compression"]["limits"].get(k) for k in COMPRESSION_METRICS}
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
@@ -484,6 +491,43 @@ def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) 
                 eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
             )
     return report
+
+
+def debug(folder: str | Path, *, batch: int = 8, tolerance: float | None = None, log: Any = None) -> list[Any]:
+    """Compare every module inside every SplitFFN between split torch and the runtime, in graph order.
+
+    The tolerance (default: the target's fidelity ``max_abs``) scales with the
+    module output's magnitude: ``tolerance * max(1, max|torch output|)``.
+    """
+    import onnx_ir as ir
+
+    from ffsplit.exporter.export import WRAPPER_PREFIX
+    from ffsplit.parity.check import torch_output
+    from ffsplit.parity.layers import compare_layers
+    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.split.calibration import encode_batches, evaluation_texts
+
+    if batch < 1:
+        raise UsageError(f"--batch {batch}: pass at least 1")
+    art = open_artifact(folder)
+    _require_supported(art.target)
+    m = art.manifest
+    loaded, split = _rebuild(art, log)
+    tol = tolerance if tolerance is not None else float(art.target.parity.get("fidelity", {}).get("max_abs", 1e-4))
+    texts = [t.text for t in evaluation_texts(batch)]
+    enc = next(encode_batches(loaded.tokenizer, texts, batch_size=batch, max_length=m["calibration"]["max_length"]))
+    try:
+        model = ir.load(art.folder / MODEL_FILE)
+    except Exception as exc:
+        raise UsageError(f"cannot read {art.folder / MODEL_FILE} ({type(exc).__name__}): re-run ffsplit export") from None
+    if log:
+        log("running split torch and the runtime with every FFN module's output exposed ...")
+    graph_inputs = {v.name for v in model.graph.inputs}
+    return compare_layers(
+        split, model, lambda path: OrtRunner(path, art.target).activate(), enc,
+        lambda mod, b: torch_output(mod, b, loaded.task, graph_inputs),
+        split_modules={p["module"]: p["layer"] for p in m["layers"]}, prefix=WRAPPER_PREFIX, tolerance=tol,
+    )
 
 
 def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
@@ -549,9 +593,28 @@ def bench(
     return rows
 
 
-def inspect_artifact(folder: str | Path) -> dict[str, Any]:
-    """The manifest of an artifact (hashes are not verified: inspecting a broken folder is allowed)."""
-    return open_artifact(folder, verify=False).manifest
+def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, Any]:
+    """The manifest of an artifact, and per layer and branch the ops and precisions found in the
+    exported graph and in each runtime's optimised graph (hashes are not verified: inspecting a
+    broken folder is allowed)."""
+    import onnx_ir as ir
+
+    from ffsplit.graph_passes.precision import branch_summary
+
+    art = open_artifact(folder, verify=False)
+    info = dict(art.manifest)
+    if graphs:
+        found: dict[str, Any] = {}
+        paths = [art.folder / MODEL_FILE, *sorted((art.folder / "runtime").glob("*/optimized.onnx"))]
+        for path in paths:
+            if not path.is_file():
+                continue
+            try:
+                found[str(path.relative_to(art.folder))] = branch_summary(ir.load(path))
+            except Exception as exc:
+                found[str(path.relative_to(art.folder))] = {"error": f"cannot read: {type(exc).__name__}: {exc}"[:300]}
+        info["graphs"] = found
+    return info
 
 
 def targets() -> list[tuple[Target, str | None]]:

@@ -1,4 +1,4 @@
-"""Command line: ``ffsplit export | check | bench | inspect | targets | support``.
+"""Command line: ``ffsplit export | check | debug | bench | inspect | targets | support``.
 
 This module parses arguments, calls ``ffsplit.api`` and prints. Exit codes:
 0 success, 1 a check failed, 2 bad input or usage (one line, no traceback),
@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dir")
     c.add_argument("--eval-size", type=int, help="evaluation texts (default: as at export)")
     c.add_argument("--json", help="write the parity report to this file")
+    c.add_argument("--per-layer", action="store_true", help="also compare every FFN module's output (as ffsplit debug)")
+
+    d = sub.add_parser("debug", help="compare every FFN module's output between split torch and the runtime, layer by layer")
+    d.add_argument("dir")
+    d.add_argument("--batch", type=int, default=8, help="evaluation texts in the one batch compared (default 8)")
+    d.add_argument("--tolerance", type=float, help="max abs error per unit of output magnitude (default: the target's fidelity max_abs)")
+    d.add_argument("--json", help="write every module's comparison to this file")
 
     b = sub.add_parser("bench", help="time the original and the split ONNX side by side")
     b.add_argument("dir")
@@ -120,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-seconds", type=float, default=2.0, help="keep timing at least this long per shape (default 2)")
     b.add_argument("--json", help="write the timings to this file")
 
-    i = sub.add_parser("inspect", help="print the per-layer table of an output folder")
+    i = sub.add_parser("inspect", help="print the per-layer table and per-branch ops / precision of an output folder")
     i.add_argument("dir")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -152,6 +159,22 @@ def _layer_table(m: dict[str, Any]) -> str:
             f"{r.get('ffn_bytes_after', 0):>10,} {r['light_recipe']:<22} "
             f"{r['heavy_precision'] + '/' + r['light_precision']:<16} {r['heavy_score_share']:>10.1%} {err:>17}"
         )
+    return "\n".join(lines)
+
+
+def _graph_table(graphs: dict[str, Any]) -> str:
+    """Per layer and branch: ops and realised precision in each graph (exported, then each runtime's)."""
+    lines = []
+    for name, summary in graphs.items():
+        lines.append(f"graph {name}:")
+        if "error" in summary:
+            lines.append(f"  {summary['error']}")
+            continue
+        lines.append(f"  {'layer':>5} {'branch':<6} {'precision':<10} ops")
+        for layer, branches in summary.items():
+            for branch, entry in branches.items():
+                ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in entry["ops"].items())
+                lines.append(f"  {layer:>5} {branch:<6} {','.join(entry['precisions']) or '-':<10} {ops}")
     return "\n".join(lines)
 
 
@@ -189,10 +212,45 @@ def _cmd_check(a: argparse.Namespace) -> int:
     print("branch separation in the runtime's optimised graph: pass")
     print(format_table(report))
     _write_json(a.json, report.to_json())
-    if not report.passed:
+    failed = not report.passed
+    if failed:
         print("ffsplit: check failed: " + "; ".join(report.failures()), file=sys.stderr)
+    if a.per_layer:
+        failed = _print_layers(api.debug(a.dir, log=_log)) or failed
+    return 1 if failed else 0
+
+
+def _print_layers(results: list[Any]) -> bool:
+    """Print the per-module table and the first divergence; True when one crossed its tolerance."""
+    from ffsplit.parity.layers import first_failure
+
+    head = f"{'layer':>5} {'module':<52} {'op':<22} {'precision':<10} {'max_abs':>10} {'tolerance':>10} result"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r.layer:>5} {r.module:<52} {r.op_type:<22} {r.precision or '-':<10} {r.max_abs:>10.3g} "
+              f"{r.tolerance:>10.3g} {'pass' if r.passed else 'FAIL'}")
+    bad = first_failure(results)
+    if bad is None:
+        print(f"all {len(results)} FFN module outputs within tolerance")
+        return False
+    print(
+        f"ffsplit: check failed: first divergence at layer {bad.layer}, {bad.module}: {bad.op_type} '{bad.node}'"
+        f"{' (' + bad.precision + ')' if bad.precision else ''} max abs {bad.max_abs:.3g} > {bad.tolerance:.3g}",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _cmd_debug(a: argparse.Namespace) -> int:
+    from ffsplit import api
+
+    results = api.debug(a.dir, batch=a.batch, tolerance=a.tolerance, log=_log)
+    _write_json(a.json, [r.to_json() for r in results])
+    if not results:
+        print("ffsplit: check failed: no FFN module could be matched to a graph value", file=sys.stderr)
         return 1
-    return 0
+    return 1 if _print_layers(results) else 0
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
@@ -226,6 +284,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
                   f"calibration error {row['error']:.4f}")
     print(_layer_table(m))
     print(_params_line(m))
+    print(_graph_table(m.get("graphs", {})))
     parity = m.get("parity", {})
     print(f"parity at export: {'pass' if parity.get('passed') else 'FAIL'}")
     return 0
@@ -257,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     handlers = {
         "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,
-        "inspect": _cmd_inspect, "targets": _cmd_targets, "support": _cmd_support,
+        "inspect": _cmd_inspect, "debug": _cmd_debug, "targets": _cmd_targets, "support": _cmd_support,
     }
     try:
         return handlers[args.verb](args)

@@ -140,8 +140,14 @@ def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path)
     r = run_cli("inspect", str(tiny_lowrank_artifact))
     assert r.returncode == 0, r.stderr
     assert "lowrank:8" in r.stdout and "fp32/fp32" in r.stdout
+    # per layer and branch, ops and realised precision in the exported and the runtime's graph
+    assert "graph model.onnx:" in r.stdout and "graph runtime/cpu/optimized.onnx:" in r.stdout
+    assert "    0 light  fp32       MatMul x4" in r.stdout
     r = run_cli("inspect", str(tiny_lowrank_artifact), "--json")
-    assert json.loads(r.stdout)["layers"][0]["light_recipe"] == "lowrank:8"
+    info = json.loads(r.stdout)
+    assert info["layers"][0]["light_recipe"] == "lowrank:8"
+    assert info["graphs"]["model.onnx"]["1"]["light"]["precisions"] == ["fp32"]
+    assert info["graphs"]["model.onnx"]["1"]["light"]["ops"]["MatMul"] == 4
 
     r = run_cli("bench", str(tiny_lowrank_artifact), "--batch", "1,2", "--seq", "16", "--runs", "3",
                 "--warmup", "1", "--min-seconds", "0", "--json", str(tmp_path / "bench.json"))
@@ -176,12 +182,12 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     _assert_usage_error(run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), tmp_path / "o", "not found")
 
 
-@pytest.mark.parametrize("verb", ["check", "bench", "inspect"])
+@pytest.mark.parametrize("verb", ["check", "bench", "inspect", "debug"])
 def test_verbs_refuse_a_folder_that_is_not_an_artifact(verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _assert_usage_error(run_main(capsys, verb, str(tmp_path)), None, "has no manifest.json")
 
 
-@pytest.mark.parametrize("verb", ["check", "bench"])
+@pytest.mark.parametrize("verb", ["check", "bench", "debug"])
 def test_verbs_refuse_a_tampered_artifact(
     verb: str, tiny_none_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

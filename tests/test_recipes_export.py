@@ -1,12 +1,15 @@
-"""Quantised and pruned recipes end to end: the runtime runs the torch grid, so fidelity stays tight."""
+"""Quantised and pruned recipes end to end: the grids are stored as integers and the runtime runs them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
+import pytest
 from safetensors.torch import load_file
 
 from ffsplit import api
+from ffsplit.errors import UsageError
 
 LENIENT = {"cosine_mean": 0.5, "cosine_min": 0.3, "retrieval_at10": 0.2}
 
@@ -26,3 +29,39 @@ def test_quantised_light_and_int8_heavy_export_and_check(tiny_bert_dir: Path, tm
     assert len(scales) == 2 * 4  # per layer: heavy fc_in, fc_out (int8), light fc_in, fc_out (int4)
     assert any(k.endswith("light.fc_in.weight.zero_point") for k in state)
     assert api.check(out).passed
+    # The grids are in the graph as integers, and the runtime ran them as such.
+    assert m["recipe"]["graph_storage"] == {"int8": "weight-only", "int4": "matmulnbits"}
+    assert m["separation"]["precisions"] == {
+        "0": {"heavy": ["int8"], "light": ["int4"]}, "1": {"heavy": ["int8"], "light": ["int4"]}
+    }
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 4 and ops.count("DequantizeLinear") == 4
+    assert [p["pass"] for p in m["graph_passes"]] == ["TagBranchesPass", "CleanupGraphPass", "QuantizeBranchWeightsPass"]
+
+
+def test_cpu_int8_target_runs_the_light_branch_in_dynamic_int8(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "i8"
+    res = api.export(str(tiny_bert_dir), out, target="cpu-int8", limits=LENIENT, calib_size=16, eval_size=24,
+                     max_length=32, progress=False)
+    m = res.manifest
+    assert m["recipe"]["light"]["recipe"] == "int8"  # the target's default light recipe
+    assert m["separation"]["precisions"]["0"] == {"heavy": ["fp32"], "light": ["int8"]}
+    optimized = onnx.load(str(out / "runtime" / "cpu-int8" / "optimized.onnx"))
+    light_ops = [n.op_type for n in optimized.graph.node if "/light/" in n.name and "MatMul" in n.op_type]
+    assert light_ops == ["DynamicQuantizeMatMul"] * 4
+    fid = m["parity"]["comparisons"]["fidelity"]["metrics"]
+    assert 0 < fid["max_abs"] < 1.0  # the runtime also rounds activations: close, not exact
+    assert api.check(out).passed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"heavy": "fp16"}, "CPU provider has no fp16 MatMul"),
+        ({"light": "int4:8"}, "int4 block 8 cannot be stored as MatMulNBits"),
+    ],
+)
+def test_precisions_the_cpu_cannot_realise_are_refused(tiny_bert_dir: Path, tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        api.export(str(tiny_bert_dir), tmp_path / "x", progress=False, **kwargs)
+    assert not (tmp_path / "x").exists()

@@ -111,3 +111,24 @@ def realized_precision(node: ir.Node) -> str:
     if stored is not None:
         return _dtype_name(stored.dtype) or "unknown"
     return "unknown"
+
+
+def branch_summary(model: ir.Model) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per layer and branch: how many nodes of each op type, and the precisions its multiplies realise."""
+    from ffsplit.graph_passes.check_branch_separation_pass import MATMUL_OPS
+    from ffsplit.graph_passes.tag_branches_pass import node_tags
+
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        tags = node_tags(node)
+        if tags is None:
+            continue
+        entry = out.setdefault(tags[0], {}).setdefault(tags[1], {"ops": {}, "precisions": []})
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        entry["ops"][op] = entry["ops"].get(op, 0) + 1
+        if node.op_type in MATMUL_OPS:
+            precision = realized_precision(node)
+            if precision not in entry["precisions"]:
+                entry["precisions"].append(precision)
+    order = {"heavy": 0, "light": 1, "merge": 2}
+    return {k: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], 3))) for k, v in sorted(out.items())}

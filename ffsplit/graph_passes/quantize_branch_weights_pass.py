@@ -128,6 +128,8 @@ class QuantizeBranchWeightsPass(InPlacePass):
                 "DequantizeLinear", [q, scale], {"axis": 1}, name=f"{node.name}/dequantize_weight",
                 metadata_props=dict(node.metadata_props),
             )
+            dq.outputs[0].dtype = ir.DataType.FLOAT
+            dq.outputs[0].shape = ir.Shape([n_in, n_out])
             graph.insert_before(node, dq)
             node.replace_input_with(1, dq.outputs[0])
             return
