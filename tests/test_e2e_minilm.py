@@ -1,4 +1,4 @@
-"""End to end on the real all-MiniLM-L6-v2: export with low rank, check, bench, and plain ORT use."""
+"""End to end on the real all-MiniLM-L6-v2, on the cpu and cpu-int8 targets: export, check, debug, bench, plain ORT use."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def minilm_artifact(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "minilm-lowrank"
-    r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128", "--eval-size", "128",
+    # int8 factors on the cpu target: stored as int8, dequantised exactly in the kernel
+    r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128+int8", "--eval-size", "128",
                 "--limit", "cosine_mean=0.8", "--limit", "cosine_min=0.6", "--limit", "retrieval_at10=0.4")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout
@@ -29,6 +30,7 @@ def test_manifest_records_the_split(minilm_artifact: Path) -> None:
     assert [(x["d_ff"], x["heavy"], x["light"]) for x in m["layers"]] == [(1536, 152, 1384)] * 6
     assert m["params"]["ffn_reduction"] > 0.45
     assert m["separation"]["matmuls"] == {str(i): {"heavy": 2, "light": 4} for i in range(6)}
+    assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in range(6)}
     fid = m["parity"]["comparisons"]["fidelity"]["metrics"]
     assert fid["max_abs"] < 1e-4 and fid["cosine_min"] > 0.99999
     comp = m["parity"]["comparisons"]["compression"]["metrics"]
@@ -62,3 +64,22 @@ def test_artifact_loads_in_plain_onnxruntime(minilm_artifact: Path) -> None:
     (hidden,) = sess.run(None, {k: v for k, v in enc.items() if k in names})
     assert hidden.shape[:2] == enc["input_ids"].shape and hidden.shape[2] == 384
     assert np.isfinite(hidden).all()
+
+
+def test_cpu_int8_target(tmp_path: Path) -> None:
+    """The fast CPU path: light branch in dynamic int8, guard and per-layer debug on the real model."""
+    import onnx
+
+    out = tmp_path / "minilm-int8"
+    r = run_cli("export", "minilm", "--out", str(out), "--target", "cpu-int8", "--eval-size", "64",
+                "--limit", "retrieval_at10=0.8")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in range(6)}
+    optimized = onnx.load(str(out / "runtime" / "cpu-int8" / "optimized.onnx"), load_external_data=False)
+    ops = [n.op_type for n in optimized.graph.node if n.name.startswith("ffsplit/")]
+    assert ops.count("DynamicQuantizeMatMul") == 12
+    assert (out / "model.onnx").stat().st_size < 0.8 * 90e6  # light FFN weights stored as int8
+    r = run_cli("debug", str(out), "--batch", "4")
+    assert r.returncode == 0, r.stderr
+    assert "within tolerance" in r.stdout

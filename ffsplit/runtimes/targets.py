@@ -148,7 +148,7 @@ def _builtin_dir() -> Path:
 
 
 def list_targets() -> list[Target]:
-    return [load_target(p.stem) for p in sorted(_builtin_dir().glob("*.toml"))]
+    return [load_target(p.stem) for p in sorted(_builtin_dir().glob("*.toml"), key=lambda p: p.stem)]
 
 
 def load_target(spec: str) -> Target:
