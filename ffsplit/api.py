@@ -227,7 +227,7 @@ def export(
     from ffsplit.split.calibration import calibration_texts, corpus_digest, evaluation_texts
     from ffsplit.split.compress import parse_heavy, parse_light
     from ffsplit.split.modules import count_params
-    from ffsplit.split.profile import profile_model
+    from ffsplit.split.profile import input_absmax, profile_model
     from ffsplit.tasks import get_task
 
     # Everything that can be checked without loading the model, first.
@@ -309,6 +309,14 @@ def export(
                     plan_obj.calib_error = row["error"]
             plans = [p.to_json() for p in plan_objs]
             grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
+            act_absmax = None
+            if tgt.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):
+                # static activation scales: each int8 multiply's input range over the calibration text
+                absmax = input_absmax(
+                    split, [p.removesuffix(".weight") for p, g in grids.items() if g.bits == 8], loaded.tokenizer, texts,
+                    max_length=max_length, position_ids=spec.position_ids,
+                )
+                act_absmax = {f"{k}.weight": v for k, v in absmax.items()}
             state = split_state(split, plan_objs)
             state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
             # The grid of every quantised weight, for the per-branch precision pass to store exactly.
@@ -371,6 +379,7 @@ def export(
                     passes = target_passes(
                         split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX,
                         grids=grids, int8_form=tgt.int8_compute, int4_form=tgt.int4_compute, heavy_precision=heavy,
+                        act_absmax=act_absmax,
                     )
                     manifest["graph_passes"] = [
                         {"pass": type(p).__name__, "modified": p(program).modified} for p in passes

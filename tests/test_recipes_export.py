@@ -65,3 +65,21 @@ def test_precisions_the_cpu_cannot_realise_are_refused(tiny_bert_dir: Path, tmp_
     with pytest.raises(UsageError, match=message):
         api.export(str(tiny_bert_dir), tmp_path / "x", progress=False, **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_qdq_target_calibrates_static_activation_scales(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """A user target asking for QDQ (TensorRT's explicit int8) gets calibrated input scales."""
+    target = tmp_path / "qdq.toml"
+    target.write_text(
+        'runtime = "onnxruntime"\nproviders = ["CPUExecutionProvider"]\nheavy_precision = "fp32"\n'
+        'light_precision = "int8"\nint8_compute = "qdq"\n[parity.fidelity]\nmax_abs = 1.0\ncosine_min = 0.99\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "q"
+    res = api.export(str(tiny_bert_dir), out, target=str(target), limits=LENIENT, calib_size=16, eval_size=24,
+                     max_length=32, progress=False)
+    model = onnx.load(str(out / "model.onnx"))
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("input_scale")}
+    assert len(scales) == 4 and all(float(v) > 0 for v in scales.values())
+    assert [n.op_type for n in model.graph.node].count("QuantizeLinear") == 4
+    assert res.manifest["separation"]["precisions"]["1"] == {"heavy": ["fp32"], "light": ["int8"]}

@@ -31,11 +31,14 @@ from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
 
 def precision_passes(
     *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
+    act_absmax: Mapping[str, float] | None = None,
 ) -> list[PassBase]:
     """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
     passes: list[PassBase] = [CleanupGraphPass()]
     if grids:
-        passes.append(QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form))
+        passes.append(
+            QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form, act_absmax=act_absmax)
+        )
     if heavy_precision in ("fp16", "bf16"):
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
     return passes
@@ -43,10 +46,13 @@ def precision_passes(
 
 def target_passes(
     *, split_modules: Mapping[str, int], prefix: str, grids: Mapping[str, WeightGrid], int8_form: str,
-    int4_form: str, heavy_precision: str,
+    int4_form: str, heavy_precision: str, act_absmax: Mapping[str, float] | None = None,
 ) -> list[PassBase]:
     """Steps 1-4 for one export; the caller runs EmbedManifestPass once it knows what these did."""
     return [
         TagBranchesPass(split_modules=split_modules, prefix=prefix),
-        *precision_passes(grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision),
+        *precision_passes(
+            grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision,
+            act_absmax=act_absmax,
+        ),
     ]

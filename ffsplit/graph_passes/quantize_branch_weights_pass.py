@@ -10,6 +10,10 @@ runtime runs fastest or needs:
 - int8 ``dynamic``: ONNX Runtime's ``com.microsoft.DynamicQuantizeMatMul``,
   which also quantises the activation per tensor at run time. The fast CPU
   path; not exact (the activation's rounding is the runtime's).
+- int8 ``qdq``: the weight as in ``weight-only``, and the activation through
+  QuantizeLinear -> DequantizeLinear with a static per-tensor scale from
+  calibration (symmetric, zero point 0): the explicit-quantisation form
+  TensorRT builds int8 kernels from.
 - int4 ``matmulnbits``: ``com.microsoft.MatMulNBits`` with the grid's blocks
   along the input dimension (block a power of two, at least 16).
 
@@ -29,7 +33,7 @@ from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, Precondi
 from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 
-INT8_FORMS = ("weight-only", "dynamic")
+INT8_FORMS = ("weight-only", "dynamic", "qdq")
 INT4_FORMS = ("matmulnbits",)
 
 
@@ -82,12 +86,15 @@ class QuantizeBranchWeightsPass(InPlacePass):
 
     Args:
         grids: the quantised weights, by parameter path.
-        int8_form: ``weight-only`` (DequantizeLinear -> MatMul) or ``dynamic`` (DynamicQuantizeMatMul).
+        int8_form: ``weight-only`` (DequantizeLinear -> MatMul), ``dynamic`` (DynamicQuantizeMatMul)
+            or ``qdq`` (activation and weight through Q/DQ).
         int4_form: ``matmulnbits``.
+        act_absmax: for ``qdq``, the largest |input| calibration showed each grid's multiply, by grid name.
     """
 
     def __init__(
-        self, *, grids: Mapping[str, WeightGrid], int8_form: str = "weight-only", int4_form: str = "matmulnbits"
+        self, *, grids: Mapping[str, WeightGrid], int8_form: str = "weight-only", int4_form: str = "matmulnbits",
+        act_absmax: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if int8_form not in INT8_FORMS:
@@ -97,6 +104,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
         self.grids = grids
         self.int8_form = int8_form
         self.int4_form = int4_form
+        self.act_absmax = dict(act_absmax or {})
         self.replaced: dict[str, str] = {}  # grid name -> node name
 
     def requires(self, model: ir.Model) -> None:
@@ -105,6 +113,8 @@ class QuantizeBranchWeightsPass(InPlacePass):
                 raise PreconditionError(f"{grid.name}: int4 block {grid.block} is not a power of two >= 16 (MatMulNBits)")
             if grid.bits not in (4, 8):
                 raise PreconditionError(f"{grid.name}: {grid.bits}-bit grids are not supported")
+            if grid.bits == 8 and self.int8_form == "qdq" and not self.act_absmax.get(grid.name, 0) > 0:
+                raise PreconditionError(f"{grid.name}: the qdq form needs its input's calibrated |max| (act_absmax)")
         if self.grids and not any(node_tags(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)):
             raise PreconditionError("no node carries branch tags: run TagBranchesPass first")
 
@@ -121,7 +131,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
 
         keep = {"name": node.name, "metadata_props": dict(node.metadata_props)}
         n_out, n_in = grid.q.shape
-        if grid.bits == 8 and self.int8_form == "weight-only":
+        if grid.bits == 8 and self.int8_form in ("weight-only", "qdq"):
             q = init("q", np.ascontiguousarray(grid.q.T.astype(np.int8)))
             scale = init("scale", grid.scale.astype(np.float32))
             dq = ir.node(
@@ -132,6 +142,19 @@ class QuantizeBranchWeightsPass(InPlacePass):
             dq.outputs[0].shape = ir.Shape([n_in, n_out])
             graph.insert_before(node, dq)
             node.replace_input_with(1, dq.outputs[0])
+            if self.int8_form == "qdq" and x is not None:
+                a_scale = init("input_scale", np.array(self.act_absmax[grid.name] / 127.0, dtype=np.float32))
+                a_zero = init("input_zero_point", np.array(0, dtype=np.int8))
+                meta = dict(node.metadata_props)
+                qx = ir.node("QuantizeLinear", [x, a_scale, a_zero], name=f"{node.name}/quantize_input", metadata_props=meta)
+                qx.outputs[0].dtype = ir.DataType.INT8
+                qx.outputs[0].shape = x.shape
+                dqx = ir.node("DequantizeLinear", [qx.outputs[0], a_scale, a_zero], name=f"{node.name}/dequantize_input",
+                              metadata_props=meta)
+                dqx.outputs[0].dtype = ir.DataType.FLOAT
+                dqx.outputs[0].shape = x.shape
+                graph.insert_before(node, [qx, dqx])
+                node.replace_input_with(0, dqx.outputs[0])
             return
         if grid.bits == 8:
             q = init("q", np.ascontiguousarray(grid.q.T.astype(np.int8)))

@@ -36,7 +36,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "shapes": (dict, False),
     "parity": (dict, False),
 }
-INT8_COMPUTE = ("weight-only", "dynamic")
+INT8_COMPUTE = ("weight-only", "dynamic", "qdq")
 INT4_COMPUTE = ("matmulnbits",)
 _PARITY: dict[str, tuple[str, ...]] = {
     "fidelity": ("max_abs", "cosine_min", "generation_agreement"),

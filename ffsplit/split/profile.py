@@ -112,3 +112,35 @@ def profile_model(
             )
         )
     return out
+
+
+@torch.no_grad()
+def input_absmax(
+    model: torch.nn.Module, modules: list[str], tokenizer, texts: list[str], *,  # noqa: ANN001
+    batch_size: int = 16, max_length: int = 128, position_ids: bool = False,
+) -> dict[str, float]:
+    """The largest |input| each module sees over the calibration tokens (padding excluded).
+
+    Static activation scales (QDQ for TensorRT int8) come from these.
+    """
+    seen = dict.fromkeys(modules, 0.0)
+    state: dict[str, torch.Tensor] = {}
+    handles = []
+    for path in modules:
+        def hook(_m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str = path) -> None:
+            x = inputs[0]
+            keep = state["mask"]
+            if x.dim() >= 2 and x.shape[:2] == keep.shape:
+                x = x[keep]
+            if x.numel():
+                seen[path] = max(seen[path], float(x.abs().max()))
+
+        handles.append(model.get_submodule(path).register_forward_pre_hook(hook))
+    try:
+        for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
+            state["mask"] = batch["attention_mask"].bool()
+            model(**model_inputs(model, batch, position_ids=position_ids))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

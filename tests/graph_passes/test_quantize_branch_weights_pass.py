@@ -111,3 +111,29 @@ def test_untagged_graph_and_bad_block_are_refused() -> None:
 @pytest.mark.parametrize(("block", "ok"), [(8, False), (16, True), (24, False), (32, True), (128, True), (None, False)])
 def test_matmulnbits_blocks(block: int | None, ok: bool) -> None:
     assert matmulnbits_block_ok(block) is ok
+
+
+def test_qdq_form_quantises_input_and_weight() -> None:
+    ws = weights()
+    qs = quantized(ws, "light", "int8")
+    before = ffn_model(ws)
+    x = inputs()
+    # the inputs' |max| as calibration would see it: fc_in reads x, fc_out the light activations
+    light_act = run(before, x)  # only for a scale; any positive bound works for the structure checks
+    absmax = {"light.fc_in": float(np.abs(x).max()), "light.fc_out": float(np.abs(light_act).max()) + 1.0}
+    model = ir.from_proto(before)
+    QuantizeBranchWeightsPass(grids=grids(qs), int8_form="qdq", act_absmax=absmax)(model)
+    check(model)
+    light = [n.op_type for n in model.graph if "/light/" in (n.name or "")]
+    assert light.count("QuantizeLinear") == 2 and light.count("DequantizeLinear") == 4
+    assert all(realized_precision(n) == "int8" for n in model.graph if n.op_type == "MatMul" and "/light/" in n.name)
+    got, ref = run(model, x, **EXACT), run(before, x)
+    cos = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert 0.99 < cos < 1.0  # the activations are on an 8-bit grid now
+
+
+def test_qdq_form_needs_calibrated_ranges() -> None:
+    ws = weights()
+    qs = quantized(ws, "light", "int8")
+    with pytest.raises(PreconditionError, match="act_absmax"):
+        QuantizeBranchWeightsPass(grids=grids(qs), int8_form="qdq")(ir.from_proto(ffn_model(ws)))
