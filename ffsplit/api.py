@@ -87,11 +87,10 @@ def _require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
     """Refuse, before any work, a precision the target's runtime would not realise."""
     from ffsplit.graph_passes.quantize_branch_weights_pass import matmulnbits_block_ok
 
-    cpu_only = all(p == "CPUExecutionProvider" for p in target.providers)
-    if heavy in ("fp16", "bf16") and cpu_only:
+    if heavy in ("fp16", "bf16") and not target.on_gpu:
         raise UsageError(
-            f"--heavy {heavy}: ONNX Runtime's CPU provider has no {heavy} MatMul and would compute the heavy branch "
-            "in fp32; use fp32 or int8 on CPU targets, or a GPU target such as cuda-fp16"
+            f"--heavy {heavy}: target '{target.name}' runs on the CPU, which has no {heavy} MatMul here and would "
+            "compute the heavy branch in fp32; use fp32 or int8 on CPU targets, or a GPU target such as cuda-fp16"
         )
     for recipe in recipes:
         if recipe.quant == "int4" and target.int4_compute == "matmulnbits" and not matmulnbits_block_ok(recipe.block):
@@ -134,25 +133,18 @@ def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: i
     }
 
 
-def _guard(optimized: Path, plans: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run the separation guard on the graph the runtime runs; CheckFailed names the layers."""
-    import onnx_ir as ir
+def _guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the separation guard on what the runtime executes; CheckFailed names the layers."""
+    from ffsplit.graph_passes import check_separation, expected_matmuls, expected_precisions
 
-    from ffsplit.graph_passes import (
-        BranchSeparationError,
-        CheckBranchSeparationPass,
-        expected_matmuls,
-        expected_precisions,
+    found, realized, findings = check_separation(
+        runner.layer_records(), expected_matmuls(plans), expected_precisions(plans)
     )
-
-    guard = CheckBranchSeparationPass(expected=expected_matmuls(plans), precisions=expected_precisions(plans))
-    try:
-        guard(ir.load(optimized))
-    except BranchSeparationError as exc:
-        raise CheckFailed(f"branch separation failed in the runtime's optimised graph: {exc}") from None
+    if findings:
+        raise CheckFailed(f"branch separation failed in what {runner.target.runtime} runs: " + "; ".join(findings))
     return {
-        "passed": True, "graph": optimized.name, "matmuls": {str(k): v for k, v in guard.found.items()},
-        "precisions": {str(k): {b: sorted(set(v)) for b, v in br.items()} for k, br in guard.realized.items()},
+        "passed": True, "graph": runner.runtime_graph, "matmuls": {str(k): v for k, v in found.items()},
+        "precisions": {str(k): {b: sorted(set(v)) for b, v in br.items()} for k, br in realized.items()},
     }
 
 
@@ -220,7 +212,7 @@ def export(
     from ffsplit.graph_passes.pipeline import target_passes
     from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.loading import load_model, read_config, resolve_model
-    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.runtimes.base import make_runner
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
     from ffsplit.split.budget import parse_budget, plan_budget
@@ -242,6 +234,8 @@ def export(
     heavy_ratio = 0.1 if heavy_ratio is None else heavy_ratio
     recipe = parse_light(light)
     heavy = parse_heavy(heavy or tgt.heavy_precision)
+    # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
+    light_float = tgt.light_precision if tgt.light_precision in ("fp16", "bf16") and not recipe.quant else "fp32"
     _require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
     exact = recipe.exact and heavy == "fp32" and budget is None
     heavy_count(1 << 20, heavy_ratio)  # range check only
@@ -302,7 +296,7 @@ def export(
             split = copy.deepcopy(original)
             plan_objs, indices, quantized = split_model(
                 split, adapter, profiles, heavy_ratio=heavy_ratio, recipe=recipe,
-                heavy_precision=heavy, light_precision=recipe.quant or "fp32", per_layer=per_layer,
+                heavy_precision=heavy, light_precision=light_float, per_layer=per_layer,
             )
             if budget_summary is not None:
                 for plan_obj, row in zip(plan_objs, budget_summary["plan"], strict=True):  # type: ignore[arg-type]
@@ -339,7 +333,7 @@ def export(
                 "heavy_selection": "top mean|a_j| * ||W_out[:, j]||_2 over calibration tokens",
                 "light": {"recipe": str(recipe), **recipe.params()} if budget is None else {"recipe": "per layer (budget)"},
                 "heavy_precision": heavy,
-                "light_precision": (recipe.quant or "fp32") if budget is None else "per layer (budget)",
+                "light_precision": (recipe.quant or light_float) if budget is None else "per layer (budget)",
                 # How integer grids are stored and computed in the graph (QuantizeBranchWeightsPass).
                 "graph_storage": {"int8": tgt.int8_compute, "int4": tgt.int4_compute} if quantized else "fp32",
             },
@@ -363,8 +357,6 @@ def export(
         loaded.tokenizer.save_pretrained(stage)
         original.config.save_pretrained(stage)
         runtime_dir = stage / "runtime" / tgt.name
-        runtime_dir.mkdir(parents=True)
-        optimized = runtime_dir / "optimized.onnx"
         # dynamo first; the TorchScript exporter only when dynamo fails to export or misses
         # export fidelity, and only behind the very same parity check.
         order = EXPORTERS if exporter == "auto" else (exporter,)
@@ -378,7 +370,10 @@ def export(
                     program = export_program(split, loaded.tokenizer, spec, exporter=name)
                     passes = target_passes(
                         split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX,
-                        grids=grids, int8_form=tgt.int8_compute, int4_form=tgt.int4_compute, heavy_precision=heavy,
+                        grids=grids, int8_form=tgt.int8_compute, int4_form=tgt.int4_compute,
+                        # TensorRT realises float precisions in the engine builder, not in the graph
+                        heavy_precision=heavy if tgt.runtime != "tensorrt" else "fp32",
+                        light_precision=light_float if tgt.runtime != "tensorrt" else "fp32",
                         act_absmax=act_absmax,
                     )
                     manifest["graph_passes"] = [
@@ -395,8 +390,8 @@ def export(
                     log(f"the {name} exporter failed: {attempts[-1]['failed']}")
                 continue
             with stages.stage("build", log):
-                runner = OrtRunner(stage / MODEL_FILE, tgt, optimized_model_path=optimized).activate()
-                manifest["separation"] = _guard(optimized, plans)
+                runner = make_runner(stage / MODEL_FILE, tgt, runtime_dir=runtime_dir).activate()
+                manifest["separation"] = _guard(runner, plans)
             with stages.stage("check", log):
                 report = _parity(
                     original, split, runner, loaded.tokenizer, tgt, spec, exact=exact,
@@ -431,15 +426,7 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     manifest = read_manifest(folder)
     if verify:
         verify_files(folder, manifest)
-    tdata = manifest["target"]
-    target = Target(
-        name=tdata["name"], runtime=tdata["runtime"], providers=tuple(tdata["providers"]),
-        heavy_precision=tdata["heavy_precision"], light_precision=tdata["light_precision"],
-        graph_optimization=tdata.get("graph_optimization", "all"),
-        int8_compute=tdata.get("int8_compute", "weight-only"), int4_compute=tdata.get("int4_compute", "matmulnbits"),
-        session_config=tdata.get("session_config", {}), shapes=tdata.get("shapes", {}),
-        parity=tdata.get("parity", {}),
-    )
+    target = Target.from_json(manifest["target"])
     return LoadedArtifact(folder, manifest, target)
 
 
@@ -478,7 +465,7 @@ def _rebuild(art: LoadedArtifact, log: Any = None) -> tuple[Any, Any]:
 
 def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) -> Any:
     """Re-run the separation guard and the three-way parity of an artifact; CheckFailed when either fails."""
-    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.runtimes.base import make_runner
 
     art = open_artifact(folder)
     _require_supported(art.target)
@@ -487,11 +474,10 @@ def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) 
     exact = m["recipe"]["light"]["recipe"] == "none" and m["recipe"].get("heavy_precision", "fp32") == "fp32"
     overrides = {k: m["parity"]["comparisons"]["compression"]["limits"].get(k) for k in COMPRESSION_METRICS}
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
         if log:
             log("building the runtime session and checking branch separation ...")
-        with OrtRunner(art.folder / MODEL_FILE, art.target, optimized_model_path=optimized) as runner:
-            _guard(optimized, m["layers"])
+        with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp)) as runner:
+            _guard(runner, m["layers"])
             if log:
                 log("running parity ...")
             report = _parity(
@@ -513,7 +499,7 @@ def debug(folder: str | Path, *, batch: int = 8, tolerance: float | None = None,
     from ffsplit.exporter.export import WRAPPER_PREFIX
     from ffsplit.parity.check import torch_output
     from ffsplit.parity.layers import compare_layers
-    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.runtimes.base import make_runner
     from ffsplit.split.calibration import encode_batches, evaluation_texts
 
     if batch < 1:
@@ -533,7 +519,7 @@ def debug(folder: str | Path, *, batch: int = 8, tolerance: float | None = None,
         log("running split torch and the runtime with every FFN module's output exposed ...")
     graph_inputs = {v.name for v in model.graph.inputs}
     return compare_layers(
-        split, model, lambda path: OrtRunner(path, art.target).activate(), enc,
+        split, model, lambda path: make_runner(path, art.target).activate(), enc,
         lambda mod, b: torch_output(mod, b, loaded.task, graph_inputs),
         split_modules={p["module"]: p["layer"] for p in m["layers"]}, prefix=WRAPPER_PREFIX, tolerance=tol,
     )
@@ -574,7 +560,7 @@ def bench(
 ) -> list[Any]:
     """Time the original and the split ONNX side by side in the artifact's runtime."""
     from ffsplit.bench.harness import check_shape, make_feed, summarise, time_interleaved
-    from ffsplit.runtimes.onnxruntime import OrtRunner
+    from ffsplit.runtimes.base import make_runner
     from ffsplit.split.calibration import evaluation_texts
 
     art = open_artifact(folder)
@@ -589,7 +575,7 @@ def bench(
     baseline = _baseline_onnx(art, loaded, log)
     texts = [t.text for t in evaluation_texts(64)]
     rows = []
-    with OrtRunner(baseline, art.target) as orig, OrtRunner(art.folder / MODEL_FILE, art.target) as split:
+    with make_runner(baseline, art.target) as orig, make_runner(art.folder / MODEL_FILE, art.target) as split:
         names = list(split.input_signature())
         for b in batches:
             for s in sequences:
@@ -608,22 +594,41 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
     broken folder is allowed)."""
     import onnx_ir as ir
 
-    from ffsplit.graph_passes.precision import branch_summary
+    from ffsplit.graph_passes.precision import branch_summary, records_summary
 
     art = open_artifact(folder, verify=False)
     info = dict(art.manifest)
     if graphs:
         found: dict[str, Any] = {}
         paths = [art.folder / MODEL_FILE, *sorted((art.folder / "runtime").glob("*/optimized.onnx"))]
+        paths += sorted((art.folder / "runtime").glob("*/layers.json"))
         for path in paths:
             if not path.is_file():
                 continue
             try:
-                found[str(path.relative_to(art.folder))] = branch_summary(ir.load(path))
+                if path.suffix == ".json":  # a runtime's executed layer list (OpenVINO, TensorRT)
+                    summary = records_summary(_layer_file_records(path))
+                else:
+                    summary = branch_summary(ir.load(path))
+                found[str(path.relative_to(art.folder))] = summary
             except Exception as exc:
                 found[str(path.relative_to(art.folder))] = {"error": f"cannot read: {type(exc).__name__}: {exc}"[:300]}
         info["graphs"] = found
     return info
+
+
+def _layer_file_records(path: Path) -> list[Any]:
+    """Guard records from a runtime's saved layer list: OpenVINO's rows or TensorRT's inspector JSON."""
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        from ffsplit.runtimes.tensorrt import records_from_inspector
+
+        return records_from_inspector(data)
+    from ffsplit.runtimes.openvino import records_from_layers
+
+    return records_from_layers(data)
 
 
 def targets() -> list[tuple[Target, str | None]]:

@@ -8,8 +8,11 @@ from ffsplit.graph_passes.check_branch_separation_pass import (
     MATMUL_OPS,
     BranchSeparationError,
     CheckBranchSeparationPass,
+    LayerRecord,
+    check_separation,
     expected_matmuls,
     expected_precisions,
+    records_from_onnx,
 )
 from ffsplit.graph_passes.embed_manifest_pass import EmbedManifestPass
 from ffsplit.graph_passes.tag_branches_pass import BRANCH_KEY, LAYER_KEY, TagBranchesPass, node_tags
@@ -21,8 +24,11 @@ __all__ = [
     "BranchSeparationError",
     "CheckBranchSeparationPass",
     "EmbedManifestPass",
+    "LayerRecord",
+    "check_separation",
     "TagBranchesPass",
     "expected_matmuls",
     "expected_precisions",
+    "records_from_onnx",
     "node_tags",
 ]

@@ -12,6 +12,7 @@ failure) when given the precisions the target asked for.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassError, PassResult
@@ -65,6 +66,67 @@ def expected_matmuls(plans: list[Mapping[str, object]]) -> dict[int, dict[str, i
     return out
 
 
+@dataclass(frozen=True)
+class LayerRecord:
+    """One matrix multiply of a runtime's executed graph: what the guard reads.
+
+    ``tags`` holds every (layer, branch) the runtime's node was built from;
+    more than one means the runtime merged them into one kernel.
+    """
+
+    name: str
+    op_type: str
+    tags: tuple[tuple[int, str], ...]
+    precision: str
+
+
+def records_from_onnx(model: ir.Model) -> list[LayerRecord]:
+    """The tagged matrix multiplies of an ONNX graph (ONNX Runtime's saved optimised model)."""
+    out = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type not in MATMUL_OPS:
+            continue
+        tags = node_tags(node)
+        if tags is not None:
+            out.append(LayerRecord(node.name or "", node.op_type, (tags,), realized_precision(node)))
+    return out
+
+
+def check_separation(
+    records: list[LayerRecord], expected: Mapping[int, Mapping[str, int]],
+    precisions: Mapping[int, Mapping[str, str]] | None = None,
+) -> tuple[dict[int, dict[str, int]], dict[int, dict[str, list[str]]], list[str]]:
+    """Counts per layer and branch, realised precisions, and every finding (empty when separate)."""
+    found: dict[int, dict[str, int]] = {layer: {"heavy": 0, "light": 0} for layer in expected}
+    realized: dict[int, dict[str, list[str]]] = {}
+    findings: list[str] = []
+    for rec in records:
+        # A merge Add fused into a branch's kernel as a post-op is harmless; two branches in one kernel are not.
+        branches = sorted({t for t in rec.tags if t[1] != "merge"})
+        if len(branches) > 1:
+            parts = ", ".join(f"L{layer} {branch}" for layer, branch in branches)
+            findings.append(f"{rec.op_type} '{rec.name}' computes {parts} in one kernel (branches merged)")
+            continue
+        if not branches:
+            layer = rec.tags[0][0]
+            findings.append(f"layer {layer}: {rec.op_type} '{rec.name}' multiplies in the merge, outside both branches")
+            continue
+        layer, branch = branches[0]
+        found.setdefault(layer, {"heavy": 0, "light": 0})[branch] += 1
+        realized.setdefault(layer, {"heavy": [], "light": []})[branch].append(rec.precision)
+        want = (precisions or {}).get(layer, {}).get(branch)
+        if want is not None and rec.precision != want:
+            findings.append(
+                f"layer {layer}: {branch} {rec.op_type} '{rec.name}' runs at {rec.precision}, the target asked for {want}"
+            )
+    for layer, want_counts in sorted(expected.items()):
+        for branch, n in want_counts.items():
+            got = found.get(layer, {}).get(branch, 0)
+            if got != n:
+                findings.append(f"layer {layer}: {got} {branch} matmul nodes, expected {n} (branches merged or lost)")
+    return found, realized, findings
+
+
 class CheckBranchSeparationPass(InPlacePass):
     """Fail if any layer's heavy and light matrix multiplies are not the separate nodes expected.
 
@@ -84,31 +146,7 @@ class CheckBranchSeparationPass(InPlacePass):
         self.realized: dict[int, dict[str, list[str]]] = {}
 
     def call(self, model: ir.Model) -> PassResult:
-        found: dict[int, dict[str, int]] = {layer: {"heavy": 0, "light": 0} for layer in self.expected}
-        findings: list[str] = []
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if node.op_type not in MATMUL_OPS:
-                continue
-            tags = node_tags(node)
-            if tags is None:
-                continue
-            layer, branch = tags
-            if branch == "merge":
-                findings.append(f"layer {layer}: {node.op_type} '{node.name}' multiplies in the merge, outside both branches")
-                continue
-            found.setdefault(layer, {"heavy": 0, "light": 0})[branch] += 1
-            precision = realized_precision(node)
-            self.realized.setdefault(layer, {"heavy": [], "light": []})[branch].append(precision)
-            want = (self.precisions or {}).get(layer, {}).get(branch)
-            if want is not None and precision != want:
-                findings.append(
-                    f"layer {layer}: {branch} {node.op_type} '{node.name}' runs at {precision}, the target asked for {want}"
-                )
-        for layer, want in sorted(self.expected.items()):
-            for branch, n in want.items():
-                got = found.get(layer, {}).get(branch, 0)
-                if got != n:
-                    findings.append(f"layer {layer}: {got} {branch} matmul nodes, expected {n} (branches merged or lost)")
+        found, self.realized, findings = check_separation(records_from_onnx(model), self.expected, self.precisions)
         self.found = found
         if findings:
             raise BranchSeparationError(findings)

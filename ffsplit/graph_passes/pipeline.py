@@ -8,7 +8,9 @@
 3. ``QuantizeBranchWeightsPass``: int8 / int4 grids stored as integers, in
    the target's compute form. Precision comes before any fusion: a fused
    contrib op (ONNX Runtime's, at session build) hides weights from it.
-4. ``ConvertBranchPrecisionPass``: the heavy branch in fp16 / bf16 when asked.
+4. ``ConvertBranchPrecisionPass``: the heavy (and, on GPU targets, the
+   light) branch in fp16 / bf16 when asked; for TensorRT the engine builder
+   does this instead (layer precisions), so the graph stays fp32.
 5. ``EmbedManifestPass``: the manifest into the model's metadata, last, so it
    records the passes that ran.
 
@@ -31,7 +33,7 @@ from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
 
 def precision_passes(
     *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
-    act_absmax: Mapping[str, float] | None = None,
+    light_precision: str = "fp32", act_absmax: Mapping[str, float] | None = None,
 ) -> list[PassBase]:
     """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
     passes: list[PassBase] = [CleanupGraphPass()]
@@ -41,18 +43,21 @@ def precision_passes(
         )
     if heavy_precision in ("fp16", "bf16"):
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
+    if light_precision in ("fp16", "bf16"):
+        passes.append(ConvertBranchPrecisionPass(branch="light", precision=light_precision))
     return passes
 
 
 def target_passes(
     *, split_modules: Mapping[str, int], prefix: str, grids: Mapping[str, WeightGrid], int8_form: str,
-    int4_form: str, heavy_precision: str, act_absmax: Mapping[str, float] | None = None,
+    int4_form: str, heavy_precision: str, light_precision: str = "fp32",
+    act_absmax: Mapping[str, float] | None = None,
 ) -> list[PassBase]:
     """Steps 1-4 for one export; the caller runs EmbedManifestPass once it knows what these did."""
     return [
         TagBranchesPass(split_modules=split_modules, prefix=prefix),
         *precision_passes(
             grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision,
-            act_absmax=act_absmax,
+            light_precision=light_precision, act_absmax=act_absmax,
         ),
     ]

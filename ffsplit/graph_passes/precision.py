@@ -132,3 +132,16 @@ def branch_summary(model: ir.Model) -> dict[int, dict[str, dict[str, Any]]]:
                 entry["precisions"].append(precision)
     order = {"heavy": 0, "light": 1, "merge": 2}
     return {k: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], 3))) for k, v in sorted(out.items())}
+
+
+def records_summary(records: list[Any]) -> dict[int, dict[str, dict[str, Any]]]:
+    """Like ``branch_summary``, from a runtime's layer records (its multiplies only)."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for rec in records:
+        for layer, branch in sorted(set(rec.tags)):
+            entry = out.setdefault(layer, {}).setdefault(branch, {"ops": {}, "precisions": []})
+            entry["ops"][rec.op_type] = entry["ops"].get(rec.op_type, 0) + 1
+            if rec.precision not in entry["precisions"]:
+                entry["precisions"].append(rec.precision)
+    order = {"heavy": 0, "light": 1, "merge": 2}
+    return {k: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], 3))) for k, v in sorted(out.items())}

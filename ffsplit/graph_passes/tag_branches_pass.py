@@ -54,7 +54,7 @@ def _scopes(node: ir.Node) -> tuple[list[str], list[str]] | None:
         return None
 
 
-_TAGGED_NAME = re.compile(r"(?:^|[\s/])ffsplit/L(\d+)/(heavy|light|merge)/")
+_TAGGED_NAME = re.compile(r"(?:^|[\s/,+\[(:])ffsplit/L(\d+)/(heavy|light|merge)/")
 
 
 def node_tags(node: ir.Node) -> tuple[int, str] | None:
@@ -69,6 +69,11 @@ def node_tags(node: ir.Node) -> tuple[int, str] | None:
         return int(layer), branch
     m = _TAGGED_NAME.search(node.name or "")
     return (int(m.group(1)), m.group(2)) if m else None
+
+
+def tags_in(text: str) -> list[tuple[int, str]]:
+    """Every (layer, branch) tag in a text (a runtime's list of the ONNX nodes a kernel was built from)."""
+    return [(int(m.group(1)), m.group(2)) for m in _TAGGED_NAME.finditer(text)]
 
 
 class TagBranchesPass(InPlacePass):

@@ -1,19 +1,22 @@
-"""ONNX Runtime: session building and the runner that check and bench share.
+"""ONNX Runtime: session options and providers from a target, and its runner.
 
-Runners follow one interface (activate / infer / deactivate, and a context
-manager). Inputs are validated against the model's signature before they
-reach the session, so a wrong feed is a clear error, not an ORT stack trace.
+CPU, CUDA and TensorRT execution providers take their options from the
+target (``provider_options``). For the TensorRT provider, fp16 / int8 flags
+come from the branch precisions, the engine and timing caches sit in the
+artifact's runtime folder, and the optimisation profile is the target's shape
+ranges (one profile; KV-cache graphs use the prefill range).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from ffsplit.errors import UsageError
+from ffsplit.runtimes.base import Runner
+from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
 from ffsplit.runtimes.targets import Target
 
 _LEVELS = {
@@ -22,7 +25,7 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+OPTIMIZED_GRAPH = "optimized.onnx"
 
 
 def session_options(target: Target, *, optimized_model_path: Path | None = None) -> ort.SessionOptions:
@@ -36,12 +39,52 @@ def session_options(target: Target, *, optimized_model_path: Path | None = None)
     return so
 
 
-class OrtRunner:
-    """Runs one ONNX model in ONNX Runtime for a target."""
+def provider_options(
+    target: Target, inputs: dict[str, list[Any]], cache_dir: Path | None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(provider, options) for each of the target's providers, in order."""
+    out = []
+    for provider in target.providers:
+        opts: dict[str, Any] = {}
+        if provider == "TensorrtExecutionProvider":
+            precisions = {target.heavy_precision, target.light_precision}
+            opts["trt_fp16_enable"] = bool(precisions & {"fp16"})
+            opts["trt_int8_enable"] = bool(precisions & {"int8"}) and target.int8_compute == "qdq"
+            opts["trt_bf16_enable"] = bool(precisions & {"bf16"})
+            if cache_dir is not None:
+                opts["trt_engine_cache_enable"] = True
+                opts["trt_engine_cache_path"] = str(cache_dir / "trt-engines")
+                opts["trt_timing_cache_enable"] = True
+                opts["trt_timing_cache_path"] = str(cache_dir / "trt-timing")
+            ranges = input_ranges(inputs, target.shapes, phases(inputs)[0])
+            for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
+                opts[key] = trt_shape_string(ranges, i)
+        opts.update(target.provider_options.get(provider, {}))  # the target's own word wins
+        out.append((provider, opts))
+    return out
 
-    def __init__(self, model_path: Path, target: Target, *, optimized_model_path: Path | None = None) -> None:
-        self.model_path = Path(model_path)
-        self.target = target
+
+def _onnx_inputs(model_path: Path) -> dict[str, list[Any]]:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    return {
+        i.name: [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input if i.name not in init
+    }
+
+
+class OrtRunner(Runner):
+    """Runs one ONNX model in ONNX Runtime; the optimised graph the session runs is saved for the guard."""
+
+    def __init__(
+        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None,
+        optimized_model_path: Path | None = None,
+    ) -> None:
+        super().__init__(model_path, target, runtime_dir=runtime_dir)
+        if optimized_model_path is None and runtime_dir is not None:
+            optimized_model_path = runtime_dir / OPTIMIZED_GRAPH
         self.optimized_model_path = optimized_model_path
         self.session: ort.InferenceSession | None = None
 
@@ -49,72 +92,32 @@ class OrtRunner:
     def name(self) -> str:
         return f"onnxruntime[{','.join(self.target.providers)}]:{self.model_path.name}"
 
-    def activate(self) -> OrtRunner:
-        reason = self.target.unavailable_reason()
-        if reason:
-            raise UsageError(f"target '{self.target.name}' cannot run here: {reason}")
-        opts = session_options(self.target, optimized_model_path=self.optimized_model_path)
-        self.session = ort.InferenceSession(str(self.model_path), opts, providers=list(self.target.providers))
-        return self
+    @property
+    def runtime_graph(self) -> str:
+        return self.optimized_model_path.name if self.optimized_model_path else "session graph"
 
-    def deactivate(self) -> None:
+    def _activate(self) -> None:
+        opts = session_options(self.target, optimized_model_path=self.optimized_model_path)
+        providers = provider_options(self.target, _onnx_inputs(self.model_path), self.runtime_dir)
+        self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
+
+    def _deactivate(self) -> None:
         self.session = None
 
-    def __enter__(self) -> OrtRunner:
-        return self.activate()
+    def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
+        assert self.session is not None
+        return {i.name: (i.type, list(i.shape)) for i in self.session.get_inputs()}
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.deactivate()
-
-    def input_signature(self) -> dict[str, tuple[str, int]]:
-        assert self.session is not None, "activate() the runner first"
-        return {i.name: (i.type, len(i.shape)) for i in self.session.get_inputs()}
-
-    def input_shapes(self) -> dict[str, list[int | str | None]]:
-        assert self.session is not None, "activate() the runner first"
-        return {i.name: list(i.shape) for i in self.session.get_inputs()}
-
-    def feed_from(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The model's inputs from a tokenised batch; a KV-cache graph gets an empty past (prefill)."""
-        feed = {}
-        rows = len(batch["input_ids"])
-        for name, shape in self.input_shapes().items():
-            if name.startswith("past_key_values."):
-                heads, dim = shape[1], shape[3]
-                if not isinstance(heads, int) or not isinstance(dim, int):
-                    raise UsageError(f"input '{name}' has no static head shape ({shape}); re-export the model")
-                feed[name] = np.zeros((rows, heads, 0, dim), dtype=np.float32)
-            elif name in batch:
-                feed[name] = batch[name]
-        return feed
-
-    def validate(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sig = self.input_signature()
-        missing = sorted(set(sig) - set(feed))
-        extra = sorted(set(feed) - set(sig))
-        if missing or extra:
-            raise UsageError(
-                f"inputs do not match the model: missing {missing or 'none'}, unexpected {extra or 'none'}; "
-                f"the model takes {sorted(sig)}"
-            )
-        out = {}
-        for name, (typ, rank) in sig.items():
-            arr = np.asarray(feed[name])
-            if arr.ndim != rank:
-                raise UsageError(f"input '{name}' has rank {arr.ndim}, the model takes rank {rank}")
-            want = _DTYPES.get(typ)
-            if want is not None and arr.dtype != want:
-                if not np.can_cast(arr.dtype, want, casting="same_kind"):
-                    raise UsageError(f"input '{name}' is {arr.dtype}, the model takes {typ}")
-                arr = arr.astype(want)
-            out[name] = arr
-        return out
-
-    def infer(self, feed: dict[str, np.ndarray], *, check: bool = True) -> dict[str, np.ndarray]:
-        assert self.session is not None, "activate() the runner first"
-        if check:
-            feed = self.validate(feed)
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.session is not None
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed), strict=True))
+
+    def _layer_records(self) -> list[Any]:
+        import onnx_ir as ir
+
+        from ffsplit.graph_passes import records_from_onnx
+
+        if self.optimized_model_path is None or not self.optimized_model_path.is_file():
+            raise RuntimeError("the guard needs the session's optimised graph: give the runner a runtime_dir")
+        return records_from_onnx(ir.load(self.optimized_model_path))

@@ -1,15 +1,20 @@
 """The target registry: TOML files shipped in ``runtimes/targets`` or given by path.
 
-A target names the runtime, its providers and optimisation level, the
-precision of each branch (the defaults for ``--heavy`` and ``--light``), how
-int8 and int4 weights are computed in the graph, ONNX Runtime session config
-entries, the shape ranges (min / opt / max) and the parity tolerances. Loading validates every key and lists every problem at once.
+A target names the runtime (ONNX Runtime with its execution providers,
+OpenVINO, or native TensorRT), the runtime's options, the precision of each
+branch (the defaults for ``--heavy`` and ``--light``), how int8 and int4
+weights are computed in the graph, the shape ranges (min / opt / max, with the
+decode range of KV-cache models apart) and the parity tolerances. Loading
+checks every key against a schema and lists every problem at once.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +24,36 @@ from ffsplit.errors import UsageError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 HEAVY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-RUNTIMES = ("onnxruntime",)
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+INT8_COMPUTE = ("weight-only", "dynamic", "qdq")
+INT4_COMPUTE = ("matmulnbits",)
+SHAPE_AXES = ("batch", "sequence", "past")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
-# key -> (type, required)
+_SCALAR = (str, int, float, bool)
+# key -> (type, required); nested tables are checked below.
 _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "description": (str, False),
     "runtime": (str, True),
-    "providers": (list, True),
+    "providers": (list, False),
+    "provider_options": (dict, False),
     "graph_optimization": (str, False),
     "heavy_precision": (str, True),
     "light_precision": (str, True),
     "int8_compute": (str, False),
     "int4_compute": (str, False),
     "session_config": (dict, False),
+    "openvino": (dict, False),
+    "tensorrt": (dict, False),
     "shapes": (dict, False),
     "parity": (dict, False),
 }
-INT8_COMPUTE = ("weight-only", "dynamic", "qdq")
-INT4_COMPUTE = ("matmulnbits",)
+_OPENVINO: dict[str, type | tuple[type, ...]] = {"device": str, "config": dict}
+_TENSORRT: dict[str, type | tuple[type, ...]] = {
+    "fp16": bool, "int8": bool, "bf16": bool, "obey_precision_constraints": bool, "workspace_mb": int,
+    "builder_optimization_level": int, "timing_cache": bool,
+}
 _PARITY: dict[str, tuple[str, ...]] = {
     "fidelity": ("max_abs", "cosine_min", "generation_agreement"),
     "exact": ("max_abs", "cosine_min", "generation_agreement"),
@@ -48,50 +64,123 @@ _PARITY: dict[str, tuple[str, ...]] = {
 }
 
 
+def _type_name(typ: type | tuple[type, ...]) -> str:
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "table"}
+    if isinstance(typ, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in typ)
+    return names.get(typ, typ.__name__)
+
+
+def _is(value: Any, typ: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and typ in (int, float):  # TOML true is not a number
+        return False
+    return isinstance(value, typ)
+
+
+def gpu_present() -> str | None:
+    """Why there is no usable NVIDIA GPU here, or None when there is one."""
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU (nvidia-smi not found)"
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"nvidia-smi failed ({exc})"
+    if out.returncode != 0 or "GPU" not in out.stdout:
+        return "no NVIDIA GPU (nvidia-smi lists none)"
+    return None
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
     runtime: str
-    providers: tuple[str, ...]
     heavy_precision: str
     light_precision: str
+    providers: tuple[str, ...] = ()
+    provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     graph_optimization: str = "all"
     int8_compute: str = "weight-only"
     int4_compute: str = "matmulnbits"
     session_config: dict[str, str] = field(default_factory=dict)
+    openvino: dict[str, Any] = field(default_factory=dict)
+    tensorrt: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     shapes: dict[str, list[int]] = field(default_factory=dict)
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
     source: str = ""
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.runtime == "tensorrt" or any(p in GPU_PROVIDERS for p in self.providers)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "runtime": self.runtime,
             "providers": list(self.providers),
+            "provider_options": self.provider_options,
             "graph_optimization": self.graph_optimization,
             "heavy_precision": self.heavy_precision,
             "light_precision": self.light_precision,
             "int8_compute": self.int8_compute,
             "int4_compute": self.int4_compute,
             "session_config": self.session_config,
+            "openvino": self.openvino,
+            "tensorrt": self.tensorrt,
             "shapes": self.shapes,
             "parity": self.parity,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Target:
+        """A target as an artifact's manifest recorded it."""
+        known = {f for f in cls.__dataclass_fields__ if f not in ("source", "description")}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["providers"] = tuple(kwargs.get("providers", ()))
+        return cls(**kwargs)
+
     def unavailable_reason(self) -> str | None:
         """Why this target cannot run here, or None when it can."""
+        if self.on_gpu:
+            reason = gpu_present()
+            if reason:
+                return reason
         if self.runtime == "onnxruntime":
             import onnxruntime as ort
 
             have = set(ort.get_available_providers())
             missing = [p for p in self.providers if p not in have]
             if missing:
-                return f"ONNX Runtime here lacks {', '.join(missing)} (has {', '.join(sorted(have))})"
+                return (
+                    f"ONNX Runtime here lacks {', '.join(missing)} (has {', '.join(sorted(have))}); "
+                    "install ffsplit[gpu] on a machine with a GPU"
+                )
+        elif self.runtime == "openvino":
+            if find_spec("openvino") is None:
+                return "OpenVINO is not installed: pip install 'ffsplit[openvino]'"
+            import openvino as ov
+
+            device = self.openvino.get("device", "CPU")
+            if device not in ov.Core().available_devices:
+                return f"OpenVINO has no device {device} here (has {', '.join(ov.Core().available_devices)})"
+        elif self.runtime == "tensorrt" and find_spec("tensorrt") is None:
+            return "TensorRT is not installed: pip install 'ffsplit[gpu]'"
         return None
 
 
-def _validate(data: dict[str, Any], where: str) -> list[str]:
+def _check_table(
+    table: Any, schema: dict[str, type | tuple[type, ...]], where: str, errors: list[str]
+) -> None:
+    if not isinstance(table, dict):
+        return
+    for k, v in table.items():
+        if k not in schema:
+            errors.append(f"unknown key '{where}.{k}'")
+        elif not _is(v, schema[k]):
+            errors.append(f"'{where}.{k}' must be a {_type_name(schema[k])}")
+
+
+def _validate(data: dict[str, Any]) -> list[str]:
     errors: list[str] = []
     for key in data:
         if key not in _TOP:
@@ -101,32 +190,50 @@ def _validate(data: dict[str, Any], where: str) -> list[str]:
             if required:
                 errors.append(f"missing key '{key}'")
             continue
-        if not isinstance(data[key], typ):
-            errors.append(f"'{key}' must be a {typ.__name__ if isinstance(typ, type) else typ}")
-    if isinstance(data.get("runtime"), str) and data["runtime"] not in RUNTIMES:
-        errors.append(f"runtime '{data['runtime']}' is not one of {', '.join(RUNTIMES)}")
-    for key, allowed in (("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS)):
+        if not _is(data[key], typ):
+            errors.append(f"'{key}' must be a {_type_name(typ)}")
+    runtime = data.get("runtime")
+    if isinstance(runtime, str) and runtime not in RUNTIMES:
+        errors.append(f"runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and not data.get("providers"):
+        errors.append("an onnxruntime target needs 'providers', e.g. [\"CPUExecutionProvider\"]")
+    for key, allowed in (
+        ("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS), ("int8_compute", INT8_COMPUTE),
+        ("int4_compute", INT4_COMPUTE), ("graph_optimization", OPT_LEVELS),
+    ):
         if isinstance(data.get(key), str) and data[key] not in allowed:
             errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
-    if isinstance(data.get("graph_optimization"), str) and data["graph_optimization"] not in OPT_LEVELS:
-        errors.append(f"graph_optimization '{data['graph_optimization']}' is not one of {', '.join(OPT_LEVELS)}")
-    for key, allowed in (("int8_compute", INT8_COMPUTE), ("int4_compute", INT4_COMPUTE)):
-        if isinstance(data.get(key), str) and data[key] not in allowed:
-            errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
+    if isinstance(data.get("providers"), list) and not all(isinstance(p, str) for p in data["providers"]):
+        errors.append("'providers' must be a list of strings")
+    if isinstance(data.get("provider_options"), dict):
+        for provider, options in data["provider_options"].items():
+            if not isinstance(options, dict):
+                errors.append(f"'provider_options.{provider}' must be a table")
+                continue
+            if isinstance(data.get("providers"), list) and provider not in data["providers"]:
+                errors.append(f"'provider_options.{provider}' names a provider not in 'providers'")
+            for k, v in options.items():
+                if not _is(v, _SCALAR):
+                    errors.append(f"'provider_options.{provider}.{k}' must be a string, number or boolean")
     if isinstance(data.get("session_config"), dict):
         for k, v in data["session_config"].items():
             if not isinstance(v, str):
                 errors.append(f"'session_config.{k}' must be a string (ONNX Runtime session config values are strings)")
-    if isinstance(data.get("providers"), list) and not all(isinstance(p, str) for p in data["providers"]):
-        errors.append("'providers' must be a list of strings")
-    for axis, rng in (data.get("shapes") or {}).items() if isinstance(data.get("shapes"), dict) else ():
-        if axis not in ("batch", "sequence"):
-            errors.append(f"unknown key 'shapes.{axis}'")
-        elif not (
-            isinstance(rng, list) and len(rng) == 3 and all(isinstance(v, int) and v > 0 for v in rng)
-            and rng[0] <= rng[1] <= rng[2]
-        ):
-            errors.append(f"'shapes.{axis}' must be [min, opt, max] positive integers in order")
+    _check_table(data.get("openvino"), _OPENVINO, "openvino", errors)
+    if isinstance(data.get("openvino"), dict) and isinstance(data["openvino"].get("config"), dict):
+        for k, v in data["openvino"]["config"].items():
+            if not isinstance(v, str):
+                errors.append(f"'openvino.config.{k}' must be a string")
+    _check_table(data.get("tensorrt"), _TENSORRT, "tensorrt", errors)
+    if isinstance(data.get("shapes"), dict):
+        for axis, rng in data["shapes"].items():
+            if axis not in SHAPE_AXES:
+                errors.append(f"unknown key 'shapes.{axis}'")
+            elif not (
+                isinstance(rng, list) and len(rng) == 3 and all(_is(v, int) and v > 0 for v in rng)
+                and rng[0] <= rng[1] <= rng[2]
+            ):
+                errors.append(f"'shapes.{axis}' must be [min, opt, max] positive integers in order")
     if isinstance(data.get("parity"), dict):
         for group, values in data["parity"].items():
             if group not in _PARITY:
@@ -138,7 +245,7 @@ def _validate(data: dict[str, Any], where: str) -> list[str]:
             for k, v in values.items():
                 if k not in _PARITY[group]:
                     errors.append(f"unknown key 'parity.{group}.{k}'")
-                elif not isinstance(v, (int, float)) or isinstance(v, bool):
+                elif not _is(v, (int, float)):
                     errors.append(f"'parity.{group}.{k}' must be a number")
     return errors
 
@@ -168,19 +275,24 @@ def load_target(spec: str) -> Target:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"target file '{path}' is not valid TOML ({exc}): fix the file") from None
-    errors = _validate(data, str(path))
+    except OSError as exc:
+        raise UsageError(f"target file '{path}' cannot be read ({exc.strerror})") from None
+    errors = _validate(data)
     if errors:
         raise UsageError(f"target file '{path}' is invalid: " + "; ".join(errors))
     return Target(
         name=name,
         runtime=data["runtime"],
-        providers=tuple(data["providers"]),
+        providers=tuple(data.get("providers", ())),
+        provider_options=data.get("provider_options", {}),
         heavy_precision=data["heavy_precision"],
         light_precision=data["light_precision"],
         graph_optimization=data.get("graph_optimization", "all"),
         int8_compute=data.get("int8_compute", "weight-only"),
         int4_compute=data.get("int4_compute", "matmulnbits"),
         session_config=data.get("session_config", {}),
+        openvino=data.get("openvino", {}),
+        tensorrt=data.get("tensorrt", {}),
         description=data.get("description", ""),
         shapes=data.get("shapes", {}),
         parity=data.get("parity", {}),

@@ -1,0 +1,275 @@
+"""Native TensorRT: a serialized engine (``model.plan``) per artifact and target, and its runner.
+
+The build: Polygraphy's loaders parse the ONNX file, one optimisation profile
+per phase from the target's shape ranges (encoder; or prefill and decode
+apart for KV-cache graphs, no zero-size dimension in either), fp16 / int8 /
+bf16 flags from the target, every heavy-branch layer pinned to the heavy
+precision with obey-precision-constraints (so TensorRT cannot lower the
+heavy hitters to int8), and a timing cache kept beside the engine.
+
+An engine is only valid for the GPU, TensorRT version, profiles and
+precisions it was built with. ``engine_key`` hashes all of them (and the
+ONNX file); ``engine.json`` beside ``model.plan`` records the key, and a
+mismatch means rebuild, never reuse.
+
+The guard reads the engine inspector's layer list (``layers.json``): each
+layer names the ONNX nodes it was built from and its precision.
+
+Everything here but ``build_engine`` and ``TrtRunner`` is pure logic,
+unit-tested without a GPU; those two need one (tests marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffsplit.errors import UsageError
+from ffsplit.runtimes.base import Runner
+from ffsplit.runtimes.shapes import Range, input_ranges, phases
+from ffsplit.runtimes.targets import Target
+
+ENGINE_FILE = "model.plan"
+ENGINE_INFO = "engine.json"
+LAYERS_FILE = "layers.json"
+TIMING_CACHE = "timing.cache"
+# TensorRT layer types that multiply by a weight matrix.
+MATMUL_LAYERS = frozenset({"MatrixMultiply", "FullyConnected", "Convolution", "Gemm", "Myelin", "gemm"})
+# Words in the inspector's "Format/Datatype", most specific first.
+_DATATYPES = (
+    ("int8", "int8"), ("int4", "int4"), ("fp8", "fp8"), ("bfloat16", "bf16"), ("bf16", "bf16"), ("half", "fp16"),
+    ("fp16", "fp16"), ("float", "fp32"), ("fp32", "fp32"),
+)
+
+
+def inspector_precision(datatype: str) -> str:
+    """``"Row major linear FP32"`` -> fp32, ``"Half"`` -> fp16, ``"Int8 ..."`` -> int8."""
+    text = datatype.lower()
+    return next((name for word, name in _DATATYPES if word in text), "unknown")
+
+
+def profiles(target: Target, inputs: Mapping[str, list[Any]]) -> list[dict[str, Range]]:
+    """One optimisation profile per phase: input -> (min, opt, max) shapes."""
+    out = []
+    for phase in phases(inputs):
+        ranges = input_ranges(inputs, target.shapes, phase)
+        zero = [name for name, r in ranges.items() if 0 in r[0]]
+        if zero:
+            raise UsageError(f"target '{target.name}': profile for {phase} has a zero-size dimension in {zero}")
+        out.append(ranges)
+    return out
+
+
+def layer_precisions(layer_names: list[str], heavy_precision: str) -> dict[str, str]:
+    """The network layers to pin: every layer built from a heavy-branch node, at the heavy precision.
+
+    Names come from the ONNX parser (the ONNX node names, tagged
+    ``ffsplit/L<n>/heavy/...``). Light layers are left to the builder (int8
+    where Q/DQ says so), merge and untagged layers too.
+    """
+    from ffsplit.graph_passes.tag_branches_pass import tags_in
+
+    if heavy_precision not in ("fp32", "fp16", "bf16"):
+        return {}
+    return {name: heavy_precision for name in layer_names if any(b == "heavy" for _, b in tags_in(name))}
+
+
+def builder_flags(target: Target) -> dict[str, Any]:
+    """What the builder config gets from the target."""
+    trt = target.tensorrt
+    return {
+        "fp16": bool(trt.get("fp16", "fp16" in (target.heavy_precision, target.light_precision))),
+        "int8": bool(trt.get("int8", target.light_precision == "int8")),
+        "bf16": bool(trt.get("bf16", "bf16" in (target.heavy_precision, target.light_precision))),
+        "obey_precision_constraints": bool(trt.get("obey_precision_constraints", True)),
+        "workspace_mb": int(trt.get("workspace_mb", 4096)),
+        "builder_optimization_level": int(trt.get("builder_optimization_level", 3)),
+        "timing_cache": bool(trt.get("timing_cache", True)),
+    }
+
+
+def engine_key(
+    *, onnx_sha256: str, compute_capability: str, trt_version: str, profiles: list[dict[str, Range]],
+    flags: Mapping[str, Any], pinned: Mapping[str, str],
+) -> str:
+    """Everything an engine depends on, hashed: change any of it and the engine is rebuilt."""
+    payload = {
+        "onnx": onnx_sha256, "gpu": compute_capability, "tensorrt": trt_version,
+        "profiles": [{k: [list(s) for s in v] for k, v in sorted(p.items())} for p in profiles],
+        "flags": dict(sorted(flags.items())), "pinned": dict(sorted(pinned.items())),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def engine_is_current(folder: Path, key: str) -> bool:
+    """True only when ``folder`` holds an engine built for exactly ``key``."""
+    info = folder / ENGINE_INFO
+    if not (folder / ENGINE_FILE).is_file() or not info.is_file():
+        return False
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def records_from_inspector(info: str | Mapping[str, Any]) -> list[Any]:
+    """The guard's records from the engine inspector's JSON (``LayerInformationFormat.JSON``, detailed).
+
+    A layer's name joins the ONNX nodes TensorRT fused into it (``a + b``);
+    its precision is the data type of its first input.
+    """
+    from ffsplit.graph_passes import LayerRecord
+    from ffsplit.graph_passes.tag_branches_pass import tags_in
+
+    data = json.loads(info) if isinstance(info, str) else info
+    out = []
+    for layer in data.get("Layers", []):
+        if isinstance(layer, str):  # ONE-line verbosity: names only
+            continue
+        name = str(layer.get("Name", ""))
+        kind = str(layer.get("LayerType", ""))
+        tags = tuple(tags_in(" " + name + " " + str(layer.get("Metadata", ""))))
+        if not tags or kind not in MATMUL_LAYERS:
+            continue
+        inputs = layer.get("Inputs") or [{}]
+        out.append(LayerRecord(name, kind, tags, inspector_precision(str(inputs[0].get("Format/Datatype", "")))))
+    return out
+
+
+def _onnx_inputs(model_path: Path) -> dict[str, list[Any]]:
+    from ffsplit.runtimes.onnxruntime import _onnx_inputs as read
+
+    return read(model_path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_engine(model_path: Path, target: Target, folder: Path) -> Path:  # pragma: no cover - needs a GPU
+    """Build (or reuse, when its key matches) the engine for ``model_path`` in ``folder``."""
+    import tensorrt as trt
+    import torch
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        Profile,
+        SetLayerPrecisions,
+        save_engine,
+    )
+
+    inputs = _onnx_inputs(model_path)
+    profs = profiles(target, inputs)
+    flags = builder_flags(target)
+    network_loader = NetworkFromOnnxPath(str(model_path))
+    builder, network, parser = network_loader()
+    names = [network.get_layer(i).name for i in range(network.num_layers)]
+    pinned = layer_precisions(names, target.heavy_precision)
+    major, minor = torch.cuda.get_device_capability()
+    key = engine_key(
+        onnx_sha256=_sha256(model_path), compute_capability=f"{major}.{minor}", trt_version=trt.__version__,
+        profiles=profs, flags=flags, pinned=pinned,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    if engine_is_current(folder, key):
+        return folder / ENGINE_FILE
+    dtypes = {"fp32": trt.float32, "fp16": trt.float16, "bf16": trt.bfloat16}
+    network_loader = SetLayerPrecisions(
+        NetworkFromOnnxPath(str(model_path)), {n: dtypes[p] for n, p in pinned.items()}
+    )
+    config = CreateConfig(
+        fp16=flags["fp16"], int8=flags["int8"], bf16=flags["bf16"],
+        precision_constraints="obey" if flags["obey_precision_constraints"] else None,
+        profiles=[_profile(Profile, p) for p in profs],
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: flags["workspace_mb"] << 20},
+        builder_optimization_level=flags["builder_optimization_level"],
+        load_timing_cache=str(folder / TIMING_CACHE) if flags["timing_cache"] else None,
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+    )
+    engine = EngineFromNetwork(
+        network_loader, config=config, save_timing_cache=str(folder / TIMING_CACHE) if flags["timing_cache"] else None
+    )()
+    save_engine(engine, str(folder / ENGINE_FILE))
+    inspector = engine.create_engine_inspector()
+    (folder / LAYERS_FILE).write_text(
+        inspector.get_engine_information(trt.LayerInformationFormat.JSON), encoding="utf-8"
+    )
+    (folder / ENGINE_INFO).write_text(json.dumps({"key": key, "pinned": len(pinned)}, indent=1), encoding="utf-8")
+    return folder / ENGINE_FILE
+
+
+def _profile(profile_cls: Any, ranges: dict[str, Range]) -> Any:  # pragma: no cover - needs TensorRT
+    profile = profile_cls()
+    for name, (lo, opt, hi) in ranges.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    return profile
+
+
+class TrtRunner(Runner):  # pragma: no cover - needs a GPU
+    """Runs an artifact's TensorRT engine (built or rebuilt on activate) through Polygraphy's runner."""
+
+    def __init__(self, model_path: Path, target: Target, *, runtime_dir: Path | None = None) -> None:
+        super().__init__(model_path, target, runtime_dir=runtime_dir)
+        self._runner: Any = None
+        self._inputs: dict[str, tuple[str, list[Any]]] = {}
+
+    @property
+    def runtime_graph(self) -> str:
+        return LAYERS_FILE
+
+    def _activate(self) -> None:
+        import onnx
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes
+        from polygraphy.backend.trt import TrtRunner as PolyTrtRunner
+
+        from ffsplit.runtimes.openvino import _ONNX_TYPES
+
+        folder = self.runtime_dir or self.model_path.parent / "runtime" / self.target.name
+        plan = build_engine(self.model_path, self.target, folder)
+        proto = onnx.load(str(self.model_path), load_external_data=False)
+        self._inputs = {
+            i.name: (_ONNX_TYPES.get(i.type.tensor_type.elem_type, "tensor(?)"),
+                     [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim])
+            for i in proto.graph.input
+        }
+        self._folder = folder
+        self._runner = PolyTrtRunner(EngineFromBytes(BytesFromPath(str(plan))))
+        self._runner.activate()
+
+    def _deactivate(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+        self._runner = None
+
+    def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
+        return self._inputs
+
+    def feed_from(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Prefill gets one masked past slot: the engine's profiles have no zero-size dimension."""
+        feed = super().feed_from(batch)
+        if any(k.startswith("past_key_values.") for k in feed):
+            for k in [k for k in feed if k.startswith("past_key_values.")]:
+                b, h, _, d = feed[k].shape
+                feed[k] = np.zeros((b, h, 1, d), dtype=feed[k].dtype)
+            feed["attention_mask"] = np.concatenate(
+                [np.zeros((len(feed["attention_mask"]), 1), dtype=feed["attention_mask"].dtype), feed["attention_mask"]],
+                axis=1,
+            )
+        return feed
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self._runner.infer(feed).items()}
+
+    def _layer_records(self) -> list[Any]:
+        return records_from_inspector((self._folder / LAYERS_FILE).read_text(encoding="utf-8"))
