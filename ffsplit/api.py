@@ -610,7 +610,7 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
                     summary = records_summary(_layer_file_records(path))
                 else:
                     summary = branch_summary(ir.load(path))
-                found[str(path.relative_to(art.folder))] = summary
+                found[str(path.relative_to(art.folder))] = {str(k): v for k, v in summary.items()}  # as in JSON
             except Exception as exc:
                 found[str(path.relative_to(art.folder))] = {"error": f"cannot read: {type(exc).__name__}: {exc}"[:300]}
         info["graphs"] = found

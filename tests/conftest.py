@@ -145,3 +145,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     return subprocess.run(
         [sys.executable, "-m", "ffsplit", *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests skip on machines without an NVIDIA GPU (run them with ``pytest -m gpu`` where there is one)."""
+    from ffsplit.runtimes.targets import gpu_present
+
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    reason = gpu_present()
+    if reason is None:
+        return
+    for item in gpu_tests:
+        item.add_marker(pytest.mark.skip(reason=reason))

@@ -51,7 +51,7 @@ def records_from_layers(rows: list[dict[str, str]]) -> list[Any]:
     for row in rows:
         if row["type"] not in MATMUL_LAYERS:
             continue
-        tags = tuple(tags_in(row["original"]))
+        tags = tuple(sorted(set(tags_in(row["original"]))))
         if tags:
             precision = _PRECISIONS.get(row["precision"].lower(), row["precision"] or "unknown")
             out.append(LayerRecord(row["name"], row["type"], tags, precision))

@@ -210,7 +210,7 @@ def _validate(data: dict[str, Any]) -> list[str]:
             if not isinstance(options, dict):
                 errors.append(f"'provider_options.{provider}' must be a table")
                 continue
-            if isinstance(data.get("providers"), list) and provider not in data["providers"]:
+            if not isinstance(data.get("providers"), str) and provider not in (data.get("providers") or []):
                 errors.append(f"'provider_options.{provider}' names a provider not in 'providers'")
             for k, v in options.items():
                 if not _is(v, _SCALAR):

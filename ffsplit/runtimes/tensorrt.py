@@ -133,7 +133,7 @@ def records_from_inspector(info: str | Mapping[str, Any]) -> list[Any]:
             continue
         name = str(layer.get("Name", ""))
         kind = str(layer.get("LayerType", ""))
-        tags = tuple(tags_in(" " + name + " " + str(layer.get("Metadata", ""))))
+        tags = tuple(sorted(set(tags_in(" " + name + " " + str(layer.get("Metadata", ""))))))
         if not tags or kind not in MATMUL_LAYERS:
             continue
         inputs = layer.get("Inputs") or [{}]

@@ -26,3 +26,26 @@ def test_runner_interface_and_validation(tiny_none_artifact: Path) -> None:
         with pytest.raises(UsageError, match="is float64"):
             r.infer({"input_ids": ids * 1.0, "attention_mask": ids, "token_type_ids": ids})
     assert runner.session is None
+
+
+def test_tensorrt_provider_options_from_the_target(tmp_path: Path) -> None:
+    from ffsplit.runtimes.onnxruntime import provider_options
+    from tests.runtimes.test_shapes import ENCODER
+
+    target = load_target("tensorrt-int8")
+    ort_trt = type(target)(**{**target.__dict__, "runtime": "onnxruntime", "providers": ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
+                              "provider_options": {"TensorrtExecutionProvider": {"trt_max_workspace_size": 1 << 30}}})
+    (trt, opts), (cuda, cuda_opts) = provider_options(ort_trt, ENCODER, tmp_path)
+    assert (trt, cuda, cuda_opts) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", {})
+    assert opts["trt_fp16_enable"] is True and opts["trt_int8_enable"] is True  # heavy fp16, light int8 via Q/DQ
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "trt-engines") and opts["trt_timing_cache_enable"] is True
+    assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
+    assert opts["trt_profile_max_shapes"] == "input_ids:32x512,attention_mask:32x512"
+    assert opts["trt_max_workspace_size"] == 1 << 30  # the target's own options are passed through
+
+
+def test_cpu_target_passes_session_config(tiny_none_artifact: Path) -> None:
+    from ffsplit.runtimes.onnxruntime import session_options
+
+    so = session_options(load_target("cpu"))
+    assert so.get_session_config_entry("session.qdq_matmulnbits_accuracy_level") == "0"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.targets import list_targets, load_target
+from ffsplit.runtimes.targets import Target, gpu_present, list_targets, load_target
 
 
 def test_cpu_target_is_shipped_and_usable() -> None:
@@ -44,7 +44,62 @@ def test_user_file_missing_provider_is_reported(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     target = load_target(str(f))
-    assert "lacks CUDAExecutionProvider" in (target.unavailable_reason() or "")
+    assert target.on_gpu
+    import onnxruntime as ort
+
+    if gpu_present() is None and "CUDAExecutionProvider" in ort.get_available_providers():
+        assert target.unavailable_reason() is None
+    else:
+        reason = target.unavailable_reason() or ""
+        assert "no NVIDIA GPU" in reason or "lacks CUDAExecutionProvider" in reason
+
+
+SHIPPED = {"cpu", "cpu-int8", "openvino", "cuda-fp16", "tensorrt-fp16", "tensorrt-int8"}
+
+
+def test_every_shipped_target_loads_and_says_whether_it_runs_here() -> None:
+    targets = {t.name: t for t in list_targets()}
+    assert set(targets) >= SHIPPED
+    assert targets["tensorrt-int8"].int8_compute == "qdq" and targets["tensorrt-int8"].tensorrt["int8"] is True
+    assert targets["cpu-int8"].int8_compute == "dynamic" and targets["cpu-int8"].light_precision == "int8"
+    assert targets["openvino"].runtime == "openvino" and not targets["openvino"].on_gpu
+    for name in ("cuda-fp16", "tensorrt-fp16", "tensorrt-int8"):
+        assert targets[name].on_gpu and targets[name].shapes["past"] == [1, 256, 1024]
+        if gpu_present() is not None:
+            assert "no NVIDIA GPU" in (targets[name].unavailable_reason() or ""), name
+    # round trip through a manifest
+    for t in targets.values():
+        assert Target.from_json(t.to_json()).to_json() == t.to_json()
+
+
+def test_nested_tables_are_checked_too(tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(
+        'runtime = "tensorrt"\nheavy_precision = "fp16"\nlight_precision = "int8"\nint8_compute = "static"\n'
+        '[tensorrt]\nfp16 = "yes"\nworkspace_mb = 1.5\nturbo = true\n'
+        '[openvino]\ndevice = 3\nconfig = { NUM_STREAMS = 2 }\n'
+        '[provider_options.CUDAExecutionProvider]\ndevice_id = [0]\n'
+        '[shapes]\npast = [0, 1, 2]\nbeam = [1, 1, 1]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(UsageError) as err:
+        load_target(str(f))
+    msg = str(err.value)
+    for part in (
+        "int8_compute 'static' is not one of", "'tensorrt.fp16' must be a boolean", "'tensorrt.workspace_mb' must be a integer",
+        "unknown key 'tensorrt.turbo'", "'openvino.device' must be a string", "'openvino.config.NUM_STREAMS' must be a string",
+        "'provider_options.CUDAExecutionProvider.device_id' must be a string, number or boolean",
+        "'provider_options.CUDAExecutionProvider' names a provider not in 'providers'",
+        "'shapes.past' must be [min, opt, max] positive integers", "unknown key 'shapes.beam'",
+    ):
+        assert part in msg, part
+
+
+def test_onnxruntime_target_needs_providers(tmp_path: Path) -> None:
+    f = tmp_path / "t.toml"
+    f.write_text('runtime = "onnxruntime"\nheavy_precision = "fp32"\nlight_precision = "fp32"\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="needs 'providers'"):
+        load_target(str(f))
 
 
 def test_invalid_toml(tmp_path: Path) -> None:
