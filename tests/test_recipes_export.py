@@ -57,7 +57,7 @@ def test_cpu_int8_target_runs_the_light_branch_in_dynamic_int8(tiny_bert_dir: Pa
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"heavy": "fp16"}, "CPU provider has no fp16 MatMul"),
+        ({"heavy": "fp16"}, "runs on the CPU, which has no fp16 MatMul"),
         ({"light": "int4:8"}, "int4 block 8 cannot be stored as MatMulNBits"),
     ],
 )
