@@ -374,7 +374,7 @@ def export(
                         # TensorRT realises float precisions in the engine builder, not in the graph
                         heavy_precision=heavy if tgt.runtime != "tensorrt" else "fp32",
                         light_precision=light_float if tgt.runtime != "tensorrt" else "fp32",
-                        act_absmax=act_absmax,
+                        act_absmax=act_absmax, other_matmuls=tgt.other_matmuls,
                     )
                     manifest["graph_passes"] = [
                         {"pass": type(p).__name__, "modified": p(program).modified} for p in passes
@@ -528,9 +528,12 @@ def debug(folder: str | Path, *, batch: int = 8, tolerance: float | None = None,
 def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     """The original model exported the same way as the split one, cached by source hash and versions."""
     from ffsplit.exporter import export_program, save_model
+    from ffsplit.graph_passes.cleanup_graph_pass import CleanupGraphPass
+    from ffsplit.graph_passes.remove_softmax_nan_guard_pass import RemoveSoftmaxNanGuardPass
 
     v = _versions()
-    key = f"{art.manifest['source']['sha256'][:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
+    # "g2": the graph gets the same target-independent passes as the split one (cleanup, NaN guards)
+    key = f"{art.manifest['source']['sha256'][:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}-g2"
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
     if path.is_file():
@@ -540,7 +543,10 @@ def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
     try:
-        save_model(export_program(loaded.model, loaded.tokenizer, loaded.task), tmp / MODEL_FILE)
+        program = export_program(loaded.model, loaded.tokenizer, loaded.task)
+        for graph_pass in (CleanupGraphPass(), RemoveSoftmaxNanGuardPass()):
+            graph_pass(program)
+        save_model(program, tmp / MODEL_FILE)
         with contextlib.suppress(OSError):  # another process cached it first
             os.replace(tmp, root)
     finally:

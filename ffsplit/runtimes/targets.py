@@ -43,6 +43,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "light_precision": (str, True),
     "int8_compute": (str, False),
     "int4_compute": (str, False),
+    "other_matmuls": (str, False),
     "session_config": (dict, False),
     "openvino": (dict, False),
     "tensorrt": (dict, False),
@@ -101,6 +102,7 @@ class Target:
     graph_optimization: str = "all"
     int8_compute: str = "weight-only"
     int4_compute: str = "matmulnbits"
+    other_matmuls: str = "fp32"
     session_config: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
@@ -124,6 +126,7 @@ class Target:
             "light_precision": self.light_precision,
             "int8_compute": self.int8_compute,
             "int4_compute": self.int4_compute,
+            "other_matmuls": self.other_matmuls,
             "session_config": self.session_config,
             "openvino": self.openvino,
             "tensorrt": self.tensorrt,
@@ -199,7 +202,7 @@ def _validate(data: dict[str, Any]) -> list[str]:
         errors.append("an onnxruntime target needs 'providers', e.g. [\"CPUExecutionProvider\"]")
     for key, allowed in (
         ("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS), ("int8_compute", INT8_COMPUTE),
-        ("int4_compute", INT4_COMPUTE), ("graph_optimization", OPT_LEVELS),
+        ("int4_compute", INT4_COMPUTE), ("graph_optimization", OPT_LEVELS), ("other_matmuls", ("fp32", "int8")),
     ):
         if isinstance(data.get(key), str) and data[key] not in allowed:
             errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
@@ -290,6 +293,7 @@ def load_target(spec: str) -> Target:
         graph_optimization=data.get("graph_optimization", "all"),
         int8_compute=data.get("int8_compute", "weight-only"),
         int4_compute=data.get("int4_compute", "matmulnbits"),
+        other_matmuls=data.get("other_matmuls", "fp32"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),
         tensorrt=data.get("tensorrt", {}),
