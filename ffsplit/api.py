@@ -23,6 +23,7 @@ from typing import Any
 from ffsplit import __version__
 from ffsplit.artifact import (
     FORMAT,
+    check_external_data,
     read_manifest,
     sha256_files,
     staged_output,
@@ -382,7 +383,7 @@ def export(
                     EmbedManifestPass(manifest=manifest)(program)
                     opset = program.opset_imports.get("", None)
                     save_model(program, stage / MODEL_FILE)
-            except UsageError:
+            except (UsageError, OSError):  # bad input, or the machine (a full disk): not the exporter's fault
                 raise
             except Exception as exc:  # an exporter failure is a reason to try the next one
                 attempts.append({"exporter": name, "failed": f"export: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"})
@@ -426,7 +427,11 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     manifest = read_manifest(folder)
     if verify:
         verify_files(folder, manifest)
-    target = Target.from_json(manifest["target"])
+        check_external_data(folder / MODEL_FILE)
+    try:
+        target = Target.from_json(manifest["target"])
+    except (TypeError, KeyError) as exc:
+        raise UsageError(f"{folder / 'manifest.json'} has a damaged target ({exc}): re-run ffsplit export") from None
     return LoadedArtifact(folder, manifest, target)
 
 
@@ -615,10 +620,11 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
                 if path.suffix == ".json":  # a runtime's executed layer list (OpenVINO, TensorRT)
                     summary = records_summary(_layer_file_records(path))
                 else:
+                    check_external_data(path)  # never follow external data out of the folder
                     summary = branch_summary(ir.load(path))
                 found[str(path.relative_to(art.folder))] = {str(k): v for k, v in summary.items()}  # as in JSON
             except Exception as exc:
-                found[str(path.relative_to(art.folder))] = {"error": f"cannot read: {type(exc).__name__}: {exc}"[:300]}
+                found[str(path.relative_to(art.folder))] = {"error": f"cannot read: {exc}"[:300]}
         info["graphs"] = found
     return info
 

@@ -47,9 +47,76 @@ def file_hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[Path]:
+    """Hold ``.<name>.ffsplit-lock`` beside ``out`` (it records the owner's pid) while writing ``out``.
+
+    A second writer is refused while the owner lives; a lock left by a dead
+    process is taken over.
+    """
+    lock = out.parent / f".{out.name}.ffsplit-lock"
+    for _attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text(encoding="utf-8").strip() or "0")
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _pid_alive(owner):
+                raise UsageError(
+                    f"another ffsplit export (pid {owner}) is writing '{out}': wait for it or choose another --out"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # stale: its owner is gone
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise UsageError(f"cannot take the lock '{lock}': remove it if no ffsplit export is running")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM for the two renames that swap the folders, so no interrupt lands between them."""
+    import signal
+
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    except (AttributeError, ValueError):  # not the main thread, or no POSIX signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @contextlib.contextmanager
 def staged_output(out: Path, *, force: bool) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``out``, on any error it is removed."""
+    """Yield an empty staging folder; on success it replaces ``out``, on any error it is removed.
+
+    The folder is locked for the whole run (``output_lock``), and the final
+    swap happens with interrupts held, so ``out`` is always the previous
+    complete folder or the new complete one.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise UsageError(f"output folder '{out}' already exists: choose another --out or pass --force")
@@ -62,23 +129,53 @@ def staged_output(out: Path, *, force: bool) -> Iterator[Path]:
         while not created_parent.parent.exists():
             created_parent = created_parent.parent
         parent.mkdir(parents=True)
-    stage = parent / f".{out.name}.ffsplit-tmp-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
+    out = parent / out.name
     try:
-        yield stage
-        old = None
-        if out.exists():
-            old = parent / f".{out.name}.ffsplit-old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with output_lock(out):
+            stage = parent / f".{out.name}.ffsplit-tmp-{os.getpid()}"
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir()
+            try:
+                yield stage
+                with _signals_held():
+                    old = None
+                    if out.exists():
+                        old = parent / f".{out.name}.ffsplit-old-{os.getpid()}"
+                        os.replace(out, old)
+                    os.replace(stage, out)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
         if created_parent is not None:
             shutil.rmtree(created_parent, ignore_errors=True)
         raise
+
+
+def check_external_data(model_path: Path) -> None:
+    """Refuse an ONNX file whose external data would be read from outside its own folder (never reads it)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise UsageError(
+            f"'{model_path}' is not a readable ONNX model ({type(exc).__name__}): re-run ffsplit export"
+        ) from None
+    folder = Path(model_path).resolve().parent
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise UsageError(
+                f"'{model_path}': external data of tensor '{tensor.name}' points outside the model's folder "
+                f"('{location}'); refusing to read it"
+            )
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +200,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is not valid JSON ({exc}): re-run ffsplit export") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
         raise UsageError(f"{path} is not an ffsplit manifest of format {FORMAT}: re-run ffsplit export")
+    shapes = {"files": dict, "target": dict, "source": dict, "layers": list}
+    wrong = [k for k, t in shapes.items() if not isinstance(manifest.get(k), t)]
+    if wrong or not all(isinstance(v, str) for v in manifest["files"].values()):
+        raise UsageError(f"{path} is damaged ({', '.join(wrong) or 'files'} malformed): re-run ffsplit export")
     return manifest
 
 

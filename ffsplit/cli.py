@@ -8,6 +8,7 @@ This module parses arguments, calls ``ffsplit.api`` and prints. Exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     b.add_argument("--min-seconds", type=float, default=2.0, help="keep timing at least this long per shape (default 2)")
     b.add_argument("--json", help="write the timings to this file")
+    b.add_argument("--report", help="write a markdown report (machine, timings, size, accuracy) to this file")
 
     i = sub.add_parser("inspect", help="print the per-layer table and per-branch ops / precision of an output folder")
     i.add_argument("dir")
@@ -262,6 +264,13 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     )
     print(format_table(rows))
     _write_json(a.json, [r.to_json() for r in rows])
+    if a.report:
+        from ffsplit.bench.harness import report_markdown
+
+        manifest = api.inspect_artifact(a.dir, graphs=False)
+        command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
+        Path(a.report).write_text(report_markdown(manifest, rows, api._versions(), command), encoding="utf-8")
+        print(f"wrote {a.report}")
     return 0
 
 
@@ -327,6 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ffsplit: interrupted; nothing half-written was left", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not the input or the code: a full disk, a read-only folder
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = "free some space or choose another --out" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
+            "check the path and its permissions")
+        print(f"ffsplit: error: {exc.strerror or exc}{where}; nothing half-written was left: {hint}", file=sys.stderr)
+        return 2
     except Exception:  # a bug: keep the traceback for the report
         traceback.print_exc()
         print("ffsplit: internal error (a bug): please report it with the traceback above", file=sys.stderr)

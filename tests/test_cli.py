@@ -150,7 +150,8 @@ def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path)
     assert info["graphs"]["model.onnx"]["1"]["light"]["ops"]["MatMul"] == 4
 
     r = run_cli("bench", str(tiny_lowrank_artifact), "--batch", "1,2", "--seq", "16", "--runs", "3",
-                "--warmup", "1", "--min-seconds", "0", "--json", str(tmp_path / "bench.json"))
+                "--warmup", "1", "--min-seconds", "0", "--json", str(tmp_path / "bench.json"),
+                "--report", str(tmp_path / "bench.md"))
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert [(x["model"], x["batch"], x["sequence"], x["runs"]) for x in rows] == [
@@ -158,6 +159,9 @@ def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path)
     ]
     assert all(x["p50_ms"] > 0 and x["speedup"] > 0 for x in rows)
     assert "speedup" in r.stdout
+    report = (tmp_path / "bench.md").read_text()
+    assert "| ffsplit | 2 | 16 | 3 |" in report and "Machine: cpu " in report and "onnxruntime" in report
+    assert "Accuracy of what ships" in report and "retrieval_at10" in report
 
 
 def test_targets_verb() -> None:

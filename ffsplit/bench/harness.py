@@ -110,3 +110,43 @@ def format_table(rows: list[Timing]) -> str:
             f"{r.throughput:>9.1f} {r.speedup:>7.2f}x"
         )
     return "\n".join(lines)
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, cores and the library versions, for reports."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "os": platform.platform()}
+
+
+def report_markdown(manifest: dict, rows: list[Timing], versions: dict[str, str], command: str) -> str:
+    """One artifact's benchmark report: machine, timings side by side, size, accuracy from its checks."""
+    src = manifest["source"]
+    comps = manifest.get("parity", {}).get("comparisons", {})
+    shipped = comps.get("shipped", {}).get("metrics", {})
+    lines = [
+        f"# ffsplit bench: {src['spec']} ({src['architecture']}) for target {manifest['target']['name']}", "",
+        f"Command: `{command}` (original and split in one process, same inputs, runs interleaved, warm-up excluded).",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in {**machine_info(), **versions}.items()), "",
+        f"Recipe: light {manifest['recipe']['light']['recipe']}, heavy ratio {manifest['recipe']['heavy_ratio']}, "
+        f"heavy precision {manifest['recipe'].get('heavy_precision', 'fp32')}; FFN parameters "
+        f"{manifest['params']['ffn_reduction']:.1%} fewer, FFN bytes {manifest['params'].get('ffn_bytes_reduction', 0):.1%} fewer.",
+        "",
+        "| model | batch | sequence | runs | p50 ms | p90 ms | seq/s | speedup |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.batch} | {r.sequence} | {r.runs} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | "
+                     f"{r.throughput:.1f} | {r.speedup:.2f}x |")
+    if shipped:
+        lines += ["", "Accuracy of what ships (original torch vs the runtime, from the export's parity check): "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in shipped.items() if isinstance(v, (int, float))) + "."]
+    return "\n".join(lines) + "\n"

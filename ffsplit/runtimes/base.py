@@ -49,7 +49,16 @@ class Runner:
             raise UsageError(f"target '{self.target.name}' cannot run here: {reason}")
         if self.runtime_dir is not None:
             self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        self._activate()
+        try:
+            self._activate()
+        except (UsageError, OSError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a truncated or foreign file: the runtime's own error, on one line
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise UsageError(
+                f"{self.target.runtime} cannot load '{self.model_path}' ({type(exc).__name__}: {first}): "
+                "re-run ffsplit export"
+            ) from None
         self.active = True
         return self
 
