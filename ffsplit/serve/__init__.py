@@ -1,0 +1,1 @@
+"""Serving: Triton model repositories and a local Triton server."""

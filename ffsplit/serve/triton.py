@@ -1,0 +1,391 @@
+"""Triton Inference Server: model repositories for artifacts, and a local server to serve one.
+
+``write_repository`` lays out a Triton model repository for an artifact: the
+onnxruntime backend for ONNX Runtime and OpenVINO targets, the tensorrt backend
+for engines, with ``config.pbtxt`` built from the model's signature, dynamic
+batching with preferred sizes from the target's batch range, an instance group
+per target kind, and sequence batching (one sequence per instance, in order)
+for KV-cache models. ``python_repository`` writes a Python-backend model that
+runs the artifact through ONNX Runtime, which is what the ``tritonserver``
+binary shipped in the ``nvidia-pytriton`` wheel can run (it has no onnxruntime
+backend inside).
+
+``serve`` starts that binary. It needs the wheel's files, installed without
+its Python dependencies (they pin numpy below 2) into a folder of their own:
+``pip install --no-deps --target DIR nvidia-pytriton``, found through
+``$FFSPLIT_TRITON_HOME`` or ``<venv>/ffsplit-triton``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ffsplit.errors import UsageError
+
+_TYPES = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP16", 9: "TYPE_BOOL", 11: "TYPE_FP64"}
+
+
+@dataclass
+class Tensor:
+    name: str
+    data_type: str
+    dims: list[int]  # without the batch dimension; -1 where dynamic
+
+
+@dataclass
+class Signature:
+    inputs: list[Tensor] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)
+
+
+def signature(model_path: Path) -> Signature:
+    """Inputs and outputs of an ONNX model, batch dimension dropped (Triton adds it with max_batch_size)."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in proto.graph.initializer}
+
+    def tensors(values: Any) -> list[Tensor]:
+        out = []
+        for v in values:
+            if v.name in init:
+                continue
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim][1:]
+            out.append(Tensor(v.name, _TYPES.get(t.elem_type, "TYPE_FP32"), dims))
+        return out
+
+    return Signature(tensors(proto.graph.input), tensors(proto.graph.output))
+
+
+def model_config(
+    name: str, sig: Signature, *, platform: str | None, backend: str | None, shapes: dict[str, list[int]],
+    kind: str, sequence: bool, parameters: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The model configuration as a dict shaped like Triton's ModelConfig message."""
+    batch = shapes.get("batch", [1, 8, 32])
+    cfg: dict[str, Any] = {"name": name}
+    if platform:
+        cfg["platform"] = platform
+    if backend:
+        cfg["backend"] = backend
+    cfg["max_batch_size"] = int(batch[2])
+    cfg["input"] = [{"name": t.name, "data_type": t.data_type, "dims": t.dims} for t in sig.inputs]
+    cfg["output"] = [{"name": t.name, "data_type": t.data_type, "dims": t.dims} for t in sig.outputs]
+    preferred = sorted({b for b in (batch[1], batch[2]) if b > 1})
+    if sequence:
+        # one KV-cache sequence stays on one instance and its requests run in order
+        cfg["sequence_batching"] = {
+            "max_sequence_idle_microseconds": 5_000_000,
+            "oldest": {"max_candidate_sequences": int(batch[2]), "preferred_batch_size": preferred,
+                       "max_queue_delay_microseconds": 1000},
+        }
+    else:
+        cfg["dynamic_batching"] = {"preferred_batch_size": preferred, "max_queue_delay_microseconds": 1000}
+    cfg["instance_group"] = [{"count": 1, "kind": kind}]
+    if parameters:
+        cfg["parameters"] = [{"key": k, "value": {"string_value": v}} for k, v in parameters.items()]
+    return cfg
+
+
+_ENUMS = re.compile(r"^(TYPE_[A-Z0-9]+|KIND_[A-Z]+)$")
+
+
+def to_pbtxt(cfg: dict[str, Any], indent: int = 0) -> str:
+    """Protobuf text format for a ModelConfig dict (enums are bare words, strings quoted)."""
+    pad = "  " * indent
+    lines = []
+    for key, value in cfg.items():
+        items = value if isinstance(value, list) and value and isinstance(value[0], dict) else [value]
+        for item in items:
+            if isinstance(item, dict):
+                lines.append(f"{pad}{key} {{\n{to_pbtxt(item, indent + 1)}{pad}}}")
+            elif isinstance(item, list):
+                lines.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in item)}]")
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str) and _ENUMS.match(v):
+        return v
+    return json.dumps(str(v))
+
+
+_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)|("(?:[^"\\]|\\.)*")|(-?[0-9.eE+-]+)|([{}\[\]:,]))')
+
+
+def parse_pbtxt(text: str) -> dict[str, Any]:
+    """Parse the protobuf text format back into a dict (repeated fields become lists); for checking configs."""
+    tokens = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            if text[pos:].strip() == "":
+                break
+            raise ValueError(f"unexpected text at {pos}: {text[pos:pos + 20]!r}")
+        pos = m.end()
+        if m.group(1):
+            continue
+        tokens.append(m.group(0).strip())
+    tokens = [t for t in tokens if t]
+    i = 0
+
+    def value(tok: str) -> Any:
+        if tok.startswith('"'):
+            return json.loads(tok)
+        if tok in ("true", "false"):
+            return tok == "true"
+        if re.fullmatch(r"-?\d+", tok):
+            return int(tok)
+        try:
+            return float(tok)
+        except ValueError:
+            return tok
+
+    def message(end: str | None) -> dict[str, Any]:
+        nonlocal i
+        out: dict[str, Any] = {}
+        while i < len(tokens) and tokens[i] != end:
+            key = tokens[i]
+            i += 1
+            if tokens[i] == ":":
+                i += 1
+            if tokens[i] == "{":
+                i += 1
+                item: Any = message("}")
+                i += 1
+            elif tokens[i] == "[":
+                i += 1
+                item = []
+                while tokens[i] != "]":
+                    if tokens[i] != ",":
+                        item.append(value(tokens[i]))
+                    i += 1
+                i += 1
+            else:
+                item = value(tokens[i])
+                i += 1
+            if key in out:
+                out[key] = (out[key] if isinstance(out[key], list) and isinstance(item, dict) else [out[key]]) + [item]
+            else:
+                out[key] = item
+        return out
+
+    return message(None)
+
+
+def _model_name(manifest: dict[str, Any]) -> str:
+    base = Path(str(manifest["source"]["spec"])).name or "model"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"ffsplit-{base}-{manifest['target']['name']}")
+
+
+def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
+    """A Triton model repository serving ``artifact`` with Triton's own backend for its target."""
+    from ffsplit.api import MODEL_FILE, open_artifact
+
+    art = open_artifact(artifact)
+    name = name or _model_name(art.manifest)
+    target = art.target
+    model_dir = repo / name
+    version = model_dir / "1"
+    if model_dir.exists():
+        raise UsageError(f"'{model_dir}' already exists: choose another --repo or remove it")
+    sig = signature(art.folder / MODEL_FILE)
+    if target.runtime == "tensorrt":
+        plan = art.folder / "runtime" / target.name / "model.plan"
+        if not plan.is_file():
+            raise UsageError(f"'{artifact}' has no TensorRT engine ({plan}): export it for the target on a GPU first")
+        platform, files = "tensorrt_plan", [(plan, "model.plan")]
+    else:
+        platform = "onnxruntime_onnx"
+        files = [(p, p.name) for p in [art.folder / MODEL_FILE, *art.folder.glob(MODEL_FILE + ".data")]]
+    version.mkdir(parents=True)
+    for src, dst in files:
+        shutil.copy2(src, version / dst)
+    cfg = model_config(
+        name, sig, platform=platform, backend=None, shapes=target.shapes,
+        kind="KIND_GPU" if target.on_gpu else "KIND_CPU", sequence=art.manifest["task"] == "causal-lm-with-past",
+    )
+    (model_dir / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
+    return model_dir
+
+
+PYTHON_MODEL = '''"""Triton Python-backend model generated by ffsplit: runs one artifact through ONNX Runtime."""
+
+import json
+import sys
+
+# the environment ffsplit runs in (the backend stub starts with the system interpreter's paths)
+sys.path[:0] = [p for p in SITE_PACKAGES if p not in sys.path]
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        params = {p: v["string_value"] for p, v in cfg.get("parameters", {}).items()}
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        for key, value in json.loads(params.get("session_config", "{}")).items():
+            so.add_session_config_entry(key, value)
+        self.session = ort.InferenceSession(params["model_path"], so, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            feed = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+            results = self.session.run(self.outputs, feed)
+            # through DLPack: the stub was built against numpy 1's C API, numpy 2 arrays lose their size otherwise
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor.from_dlpack(n, np.ascontiguousarray(r)) for n, r in zip(self.outputs, results)]
+            ))
+        return responses
+'''
+
+
+def python_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
+    """A Python-backend model running ``artifact`` with ONNX Runtime (what the pytriton server can run)."""
+    from ffsplit.api import MODEL_FILE, open_artifact
+
+    art = open_artifact(artifact)
+    if art.target.runtime != "onnxruntime" or art.target.on_gpu:
+        raise UsageError(f"ffsplit serve runs ONNX Runtime CPU artifacts; '{artifact}' targets {art.target.name}")
+    name = name or _model_name(art.manifest)
+    model_dir = repo / name
+    (model_dir / "1").mkdir(parents=True)
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    (model_dir / "1" / "model.py").write_text(PYTHON_MODEL.replace("SITE_PACKAGES", repr(site)), encoding="utf-8")
+    cfg = model_config(
+        name, signature(art.folder / MODEL_FILE), platform=None, backend="python", shapes=art.target.shapes,
+        kind="KIND_CPU", sequence=art.manifest["task"] == "causal-lm-with-past",
+        parameters={"model_path": str((art.folder / MODEL_FILE).resolve()),
+                    "session_config": json.dumps(art.target.session_config)},
+    )
+    (model_dir / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
+    return model_dir
+
+
+def triton_home() -> Path:
+    """Where the nvidia-pytriton wheel's files are (its ``pytriton/tritonserver`` folder inside)."""
+    candidates = []
+    if os.environ.get("FFSPLIT_TRITON_HOME"):
+        candidates.append(Path(os.environ["FFSPLIT_TRITON_HOME"]))
+    candidates.append(Path(sys.prefix) / "ffsplit-triton")
+    for c in candidates:
+        if (c / "pytriton" / "tritonserver" / "bin" / "tritonserver").is_file():
+            return c
+    raise UsageError(
+        "no tritonserver found: pip install --no-deps --target "
+        f"{Path(sys.prefix) / 'ffsplit-triton'} nvidia-pytriton tritonclient (or set FFSPLIT_TRITON_HOME)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    model: str
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_server(artifact: Path, *, http_port: int = 0, grpc_port: int = 0, timeout: float = 120.0,
+                 log: Any = None) -> Server:
+    """Start tritonserver on loopback serving ``artifact`` (Python backend + ONNX Runtime); wait until ready."""
+    home = triton_home()
+    server_dir = home / "pytriton" / "tritonserver"
+    stub = server_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise UsageError(f"the pytriton wheel has no Python backend stub for Python {sys.version_info.major}.{sys.version_info.minor}")
+    work = Path(tempfile.mkdtemp(prefix="ffsplit-triton-"))
+    try:
+        backends = work / "backends" / "python"
+        backends.mkdir(parents=True)
+        for f in (server_dir / "backends" / "python").iterdir():
+            if f.is_file():
+                shutil.copy2(f, backends / f.name)
+        shutil.copy2(stub, backends / stub.name)  # the stub for this interpreter's Python version
+        model = python_repository(artifact, work / "repo")
+        http_port = http_port or _free_port()
+        grpc_port = grpc_port or _free_port()
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(home / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH")])),
+            "PYTHONPATH": os.pathsep.join(filter(None, [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])),
+        }
+        cmd = [
+            str(server_dir / "bin" / "tritonserver"), f"--model-repository={work / 'repo'}",
+            f"--backend-directory={work / 'backends'}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
+            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--allow-metrics=false", "--log-verbose=0",
+        ]
+        log_file = open(work / "server.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    server = Server(proc, http_port, grpc_port, model.name, work)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            text = (work / "server.log").read_text(errors="replace")
+            if os.environ.get("FFSPLIT_TRITON_DEBUG"):
+                print(text, file=sys.stderr)
+            errors = [line for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
+            server.stop()
+            raise UsageError(f"tritonserver exited with {proc.returncode}: " + " | ".join(errors[-3:])[:600])
+        try:
+            with urllib.request.urlopen(f"http://{server.url}/v2/models/{model.name}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise UsageError(f"tritonserver did not become ready in {timeout:.0f} s")
