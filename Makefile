@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU build of torch lies on disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
+TRITON_WHEELS := nvidia-pytriton==0.7.0 tritonclient==2.73.0
 
 .PHONY: demo test install install-test lint clean
 
@@ -26,6 +27,9 @@ install: $(VENV)/.torch
 
 install-test: $(VENV)/.torch
 	$(PIP) install --quiet -e '.[test]'
+	# The Triton server binary (nvidia-pytriton) and its HTTP client, without their Python
+	# dependencies (pytriton pins numpy below 2), into a folder of their own; see `ffsplit serve`.
+	$(PIP) install --quiet --no-deps --target $(VENV)/ffsplit-triton $(TRITON_WHEELS)
 
 demo: install
 	rm -rf out/minilm-cpu

@@ -1,4 +1,4 @@
-"""Command line: ``ffsplit export | check | debug | bench | inspect | targets | support``.
+"""Command line: ``ffsplit export | check | debug | bench | inspect | triton | serve | targets | support``.
 
 This module parses arguments, calls ``ffsplit.api`` and prints. Exit codes:
 0 success, 1 a check failed, 2 bad input or usage (one line, no traceback),
@@ -132,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print the per-layer table and per-branch ops / precision of an output folder")
     i.add_argument("dir")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    tr = sub.add_parser("triton", help="write a Triton model repository for an output folder")
+    tr.add_argument("dir")
+    tr.add_argument("--repo", required=True, help="the model repository folder (created or added to)")
+    tr.add_argument("--name", help="model name in the repository (default: ffsplit-<model>-<target>)")
+    tr.add_argument("--backend", choices=["auto", "python"], default="auto",
+                    help="auto: Triton's onnxruntime / tensorrt backend; python: a Python-backend model over ONNX Runtime")
+
+    sv = sub.add_parser("serve", help="serve an output folder with a local Triton server until interrupted")
+    sv.add_argument("dir")
+    sv.add_argument("--http-port", type=int, default=8000)
+    sv.add_argument("--grpc-port", type=int, default=8001)
 
     sub.add_parser("targets", help="list the shipped targets and whether each can run here")
     sub.add_parser("support", help="print the support matrix (family x task) as markdown")
@@ -299,6 +311,30 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_triton(a: argparse.Namespace) -> int:
+    from ffsplit.serve.triton import python_repository, write_repository
+
+    write = python_repository if a.backend == "python" else write_repository
+    model_dir = write(Path(a.dir), Path(a.repo), name=a.name)
+    print(f"wrote {model_dir} (config.pbtxt and version 1)")
+    return 0
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    import time
+
+    from ffsplit.serve.triton import start_server
+
+    server = start_server(Path(a.dir), http_port=a.http_port, grpc_port=a.grpc_port, log=_log)
+    print(f"serving model '{server.model}' at http://{server.url}/v2/models/{server.model} (Ctrl-C stops)", flush=True)
+    try:
+        while server.process.poll() is None:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
 def _cmd_targets(_a: argparse.Namespace) -> int:
     from ffsplit import api
 
@@ -325,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     handlers = {
         "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,
-        "inspect": _cmd_inspect, "debug": _cmd_debug, "targets": _cmd_targets, "support": _cmd_support,
+        "inspect": _cmd_inspect, "debug": _cmd_debug, "triton": _cmd_triton, "serve": _cmd_serve, "targets": _cmd_targets, "support": _cmd_support,
     }
     try:
         return handlers[args.verb](args)

@@ -260,9 +260,10 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            feed = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+            feed = {n: np.from_dlpack(pb_utils.get_input_tensor_by_name(request, n)) for n in self.inputs}
             results = self.session.run(self.outputs, feed)
-            # through DLPack: the stub was built against numpy 1's C API, numpy 2 arrays lose their size otherwise
+            # in and out through DLPack: the stub was built against numpy 1's C API, and numpy 2
+            # arrays cross it wrongly (outputs lose their size, inputs their values)
             responses.append(pb_utils.InferenceResponse(
                 [pb_utils.Tensor.from_dlpack(n, np.ascontiguousarray(r)) for n, r in zip(self.outputs, results)]
             ))
@@ -279,6 +280,8 @@ def python_repository(artifact: Path, repo: Path, *, name: str | None = None) ->
         raise UsageError(f"ffsplit serve runs ONNX Runtime CPU artifacts; '{artifact}' targets {art.target.name}")
     name = name or _model_name(art.manifest)
     model_dir = repo / name
+    if model_dir.exists():
+        raise UsageError(f"'{model_dir}' already exists: choose another --repo or remove it")
     (model_dir / "1").mkdir(parents=True)
     site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     (model_dir / "1" / "model.py").write_text(PYTHON_MODEL.replace("SITE_PACKAGES", repr(site)), encoding="utf-8")
