@@ -278,7 +278,17 @@ def python_repository(artifact: Path, repo: Path, *, name: str | None = None) ->
     art = open_artifact(artifact)
     if art.target.runtime != "onnxruntime" or art.target.on_gpu:
         raise UsageError(f"ffsplit serve runs ONNX Runtime CPU artifacts; '{artifact}' targets {art.target.name}")
-    name = name or _model_name(art.manifest)
+    return python_model(
+        art.folder / MODEL_FILE, repo, name=name or _model_name(art.manifest), shapes=art.target.shapes,
+        session_config=art.target.session_config, sequence=art.manifest["task"] == "causal-lm-with-past",
+    )
+
+
+def python_model(
+    model_path: Path, repo: Path, *, name: str, shapes: dict[str, list[int]] | None = None,
+    session_config: dict[str, str] | None = None, sequence: bool = False,
+) -> Path:
+    """A Python-backend model over any ONNX file (an artifact's, or the original model's for comparison)."""
     model_dir = repo / name
     if model_dir.exists():
         raise UsageError(f"'{model_dir}' already exists: choose another --repo or remove it")
@@ -286,10 +296,9 @@ def python_repository(artifact: Path, repo: Path, *, name: str | None = None) ->
     site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     (model_dir / "1" / "model.py").write_text(PYTHON_MODEL.replace("SITE_PACKAGES", repr(site)), encoding="utf-8")
     cfg = model_config(
-        name, signature(art.folder / MODEL_FILE), platform=None, backend="python", shapes=art.target.shapes,
-        kind="KIND_CPU", sequence=art.manifest["task"] == "causal-lm-with-past",
-        parameters={"model_path": str((art.folder / MODEL_FILE).resolve()),
-                    "session_config": json.dumps(art.target.session_config)},
+        name, signature(model_path), platform=None, backend="python", shapes=shapes or {}, kind="KIND_CPU",
+        sequence=sequence,
+        parameters={"model_path": str(Path(model_path).resolve()), "session_config": json.dumps(session_config or {})},
     )
     (model_dir / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
     return model_dir
@@ -339,9 +348,12 @@ class Server:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_server(artifact: Path, *, http_port: int = 0, grpc_port: int = 0, timeout: float = 120.0,
-                 log: Any = None) -> Server:
-    """Start tritonserver on loopback serving ``artifact`` (Python backend + ONNX Runtime); wait until ready."""
+def start_server(artifact: Path | None = None, *, models: dict[str, Path] | None = None, http_port: int = 0,
+                 grpc_port: int = 0, timeout: float = 120.0, log: Any = None) -> Server:
+    """Start tritonserver on loopback serving ``artifact`` (Python backend + ONNX Runtime); wait until ready.
+
+    ``models`` (name -> ONNX file) serves plain ONNX files as well, e.g. the original model beside the split one.
+    """
     home = triton_home()
     server_dir = home / "pytriton" / "tritonserver"
     stub = server_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
@@ -355,7 +367,11 @@ def start_server(artifact: Path, *, http_port: int = 0, grpc_port: int = 0, time
             if f.is_file():
                 shutil.copy2(f, backends / f.name)
         shutil.copy2(stub, backends / stub.name)  # the stub for this interpreter's Python version
-        model = python_repository(artifact, work / "repo")
+        names = []
+        if artifact is not None:
+            names.append(python_repository(artifact, work / "repo").name)
+        for extra_name, path in (models or {}).items():
+            names.append(python_model(path, work / "repo", name=extra_name).name)
         http_port = http_port or _free_port()
         grpc_port = grpc_port or _free_port()
         env = {
@@ -373,7 +389,7 @@ def start_server(artifact: Path, *, http_port: int = 0, grpc_port: int = 0, time
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    server = Server(proc, http_port, grpc_port, model.name, work)
+    server = Server(proc, http_port, grpc_port, names[0], work)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -384,9 +400,12 @@ def start_server(artifact: Path, *, http_port: int = 0, grpc_port: int = 0, time
             server.stop()
             raise UsageError(f"tritonserver exited with {proc.returncode}: " + " | ".join(errors[-3:])[:600])
         try:
-            with urllib.request.urlopen(f"http://{server.url}/v2/models/{model.name}/ready", timeout=2) as r:
-                if r.status == 200:
-                    return server
+            ready = 0
+            for model_name in names:
+                with urllib.request.urlopen(f"http://{server.url}/v2/models/{model_name}/ready", timeout=2) as r:
+                    ready += r.status == 200
+            if ready == len(names):
+                return server
         except OSError:
             pass
         time.sleep(0.5)
