@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -46,9 +45,13 @@ sys.path.insert(0, str(HERE))
 
 
 def _peak_rss_mb(model: Path, runtime: str) -> float:
-    """Peak RSS of a fresh process that loads ``model`` and runs batch 8 x 128 once."""
+    """Peak RSS (VmHWM) of a fresh process that loads ``model`` and runs batch 8 x 128 once.
+
+    Not ru_maxrss: Linux carries that across exec from the forked parent, so every child would report this
+    process's size.
+    """
     code = f"""
-import resource, numpy as np
+import numpy as np
 ids = np.full((8, 128), 2023, dtype=np.int64)
 feed = {{"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}}
 if {runtime!r} == "openvino":
@@ -62,7 +65,7 @@ else:
     s = ort.InferenceSession({str(model)!r}, so, providers=["CPUExecutionProvider"])
     names = {{i.name for i in s.get_inputs()}}
     s.run(None, {{k: v for k, v in feed.items() if k in names}})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -200,8 +203,8 @@ def build(work: Path, budget: bool, log: Any) -> list[dict[str, Any]]:
         configs.append({"name": name, "kind": "ffsplit", "model": out / "model.onnx", "runtime": "onnxruntime",
                         "manifest": manifest})
     # cpu-int8-full after the ORT transformer optimizer, if the branches survive it
-    base = next(c for c in configs if c["name"] == "ffsplit cpu-int8-full, heavy 0.1")
-    fused = work / "ffsplit-int8-full-ort-optimizer" / "model.onnx"
+    base = next(c for c in configs if c["name"] == "ffsplit cpu-int8-full, heavy 0.2")
+    fused = work / "ffsplit-int8-full-h02-ort-optimizer" / "model.onnx"
     if not fused.is_file():
         fused.parent.mkdir(parents=True, exist_ok=True)
         optimize_model(str(base["model"]), model_type="bert", num_heads=12, hidden_size=384).save_model_to_file(str(fused))
@@ -210,7 +213,7 @@ def build(work: Path, budget: bool, log: Any) -> list[dict[str, Any]]:
     if findings:
         log(f"ORT optimizer merged branches, point dropped: {findings[0]}")
     else:
-        configs.append({"name": "ffsplit cpu-int8-full + ORT transformer optimizer", "kind": "ffsplit", "model": fused,
+        configs.append({"name": "ffsplit cpu-int8-full, heavy 0.2 + ORT transformer optimizer", "kind": "ffsplit", "model": fused,
                         "runtime": "onnxruntime", "manifest": base["manifest"]})
     return configs
 
@@ -282,44 +285,54 @@ def latency(configs: list[dict[str, Any]], shapes: list[tuple[int, int]], runs: 
 
 
 def pipeline_cost(work: Path) -> dict[str, float]:
-    """Wall time and peak memory of one full ``ffsplit export`` of MiniLM (cpu-int8-full), in a fresh process."""
+    """Wall time and peak memory (VmHWM) of one full ``ffsplit export`` of MiniLM (cpu-int8-full), in a fresh process."""
     out = work / "pipeline-timing"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "ffsplit", "export", "minilm", "--out", str(out), "--target", "cpu-int8-full",
-           "--limit", "retrieval_at10=0.5"]
+    code = (
+        "from ffsplit.cli import main\n"
+        f"rc = main(['export', 'minilm', '--out', {str(out)!r}, '--target', 'cpu-int8-full'])\n"
+        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024, rc)\n"
+    )
     t0 = time.perf_counter()
-    subprocess.run(cmd, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak, 1)}
+    peak, rc = done.stdout.strip().splitlines()[-1].split()
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(float(peak), 1), "exit_code": int(rc)}
 
 
 def goals(configs: list[dict[str, Any]]) -> list[str]:
     key = "8x128"
     base = next(c for c in configs if c["name"] == "original fp32 (ORT)")["latency"][key]["p50_ms"]
+    ours = [c for c in configs if c["kind"] == "ffsplit"]
+
+    def dominates(c: dict[str, Any], p: dict[str, Any]) -> bool:
+        return (c["latency"][key]["p50_ms"] < p["latency"][key]["p50_ms"]
+                and c["accuracy"]["retrieval_at10"] >= p["accuracy"]["retrieval_at10"]
+                and c["accuracy"]["cosine_mean"] >= p["accuracy"]["cosine_mean"])
+
     lines = []
-    peers = [c for c in configs if c["kind"] == "peer" and c["name"] != "original fp32 (ORT)"]
-    winners = [
-        c["name"] for c in configs if c["kind"] == "ffsplit" and all(
-            c["latency"][key]["p50_ms"] < p["latency"][key]["p50_ms"]
-            and c["accuracy"]["retrieval_at10"] >= p["accuracy"]["retrieval_at10"]
-            and c["accuracy"]["cosine_mean"] >= p["accuracy"]["cosine_mean"] for p in peers)
-    ]
+    peers = [c for c in configs if c["kind"] == "peer"]
+    every = [c["name"] for c in ours if all(dominates(c, p) for p in peers)]
     lines.append(
-        "- Faster and at least as accurate (cosine mean and retrieval@10) as every peer at batch 8 x 128: "
-        + (", ".join(winners) if winners else "**no ffsplit configuration** (missed)")
+        "- One ffsplit configuration faster and at least as accurate (cosine mean and retrieval@10) as every peer "
+        "at batch 8 x 128: " + (", ".join(every) if every else
+                                "**missed**: the lossless peers (fp32 ORT, ORT optimizer, OpenVINO fp32) are exact, so "
+                                "only an exact configuration could match their accuracy, and none is faster than the "
+                                "fastest lossy peer")
     )
-    ok = [c for c in configs if c["kind"] == "ffsplit" and c["accuracy"]["retrieval_at10"] >= 0.95
-          and c["accuracy"]["cosine_mean"] >= 0.99]
+    for p in peers:
+        beat = [c["name"] for c in ours if dominates(c, p)]
+        lines.append(f"  - {p['name']}: " + (f"dominated by {', '.join(beat)}" if beat else "not dominated"))
+    ok = [c for c in ours if c["accuracy"]["retrieval_at10"] >= 0.95 and c["accuracy"]["cosine_mean"] >= 0.99]
     if ok:
         best = max(ok, key=lambda c: base / c["latency"][key]["p50_ms"])
         speed = base / best["latency"][key]["p50_ms"]
         verdict = "met" if speed >= 2 else f"**missed by {2 - speed:.2f}x**"
-        lines.append(f"- >= 2x at batch 8 x 128 with retrieval@10 >= 0.95 and cosine >= 0.99: best such point is "
-                     f"{best['name']} at {speed:.2f}x ({verdict})")
+        lines.append(f"- >= 2x at batch 8 x 128 with retrieval@10 >= 0.95 and cosine mean >= 0.99: best such point is "
+                     f"{best['name']}, {speed:.2f}x at retrieval@10 {best['accuracy']['retrieval_at10']:.3f} ({verdict})")
     else:
-        fastest = max((c for c in configs if c["kind"] == "ffsplit"), key=lambda c: base / c["latency"][key]["p50_ms"])
-        lines.append("- >= 2x at batch 8 x 128 with retrieval@10 >= 0.95 and cosine >= 0.99: **missed**: no ffsplit "
+        fastest = max(ours, key=lambda c: base / c["latency"][key]["p50_ms"])
+        lines.append("- >= 2x at batch 8 x 128 with retrieval@10 >= 0.95 and cosine mean >= 0.99: **missed**: no ffsplit "
                      f"point reaches that accuracy; the fastest, {fastest['name']}, is "
                      f"{base / fastest['latency'][key]['p50_ms']:.2f}x at retrieval@10 "
                      f"{fastest['accuracy']['retrieval_at10']:.3f}")
@@ -437,7 +450,7 @@ def main() -> None:
     meta: dict[str, Any] = {"machine": _machine(), "accuracy": accuracy(configs, log)}
     latency(configs, [(1, 128), (8, 128), (32, 128), (1, 512)], a.runs, log)
     meta["profile"] = profile_ops(configs, ["original fp32 (ORT)", "ORT dynamic int8 (whole model)",
-                                            "ffsplit cpu-int8-full, heavy 0.1"])
+                                            "ffsplit cpu-int8-full, heavy 0.2 + ORT transformer optimizer"])
     meta["pipeline"] = pipeline_cost(work)
     write(configs, meta, Path(a.out))
     print((Path(a.out) / "peers.md").read_text())

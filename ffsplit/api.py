@@ -36,6 +36,7 @@ from ffsplit.runtimes.targets import Target, list_targets, load_target
 MODEL_FILE = "model.onnx"
 SPLIT_WEIGHTS = "split.safetensors"
 DEFAULT_LIGHT = "lowrank:256"
+SMOOTH_ALPHA = 0.5
 # Limits a user may set on what a lossy recipe costs (original vs split and vs runtime).
 COMPRESSION_METRICS = (
     "cosine_mean", "cosine_min", "retrieval_at10", "label_agreement", "top1_agreement", "top5_agreement",
@@ -298,6 +299,8 @@ def export(
             plan_objs, indices, quantized = split_model(
                 split, adapter, profiles, heavy_ratio=heavy_ratio, recipe=recipe,
                 heavy_precision=heavy, light_precision=light_float, per_layer=per_layer,
+                # runtimes that round activations to int8 get the light input projections smoothed
+                smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
             )
             if budget_summary is not None:
                 for plan_obj, row in zip(plan_objs, budget_summary["plan"], strict=True):  # type: ignore[arg-type]
@@ -316,6 +319,8 @@ def export(
             state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
             # The grid of every quantised weight, for the per-branch precision pass to store exactly.
             for path, qw in quantized.items():
+                if qw.smooth is not None:
+                    state[f"quant.{path}.smooth"] = qw.smooth.contiguous()
                 state[f"quant.{path}.q"] = qw.q
                 state[f"quant.{path}.scale"] = qw.scale.contiguous()
                 if qw.zero_point is not None:

@@ -46,6 +46,7 @@ class WeightGrid:
     zero_point: np.ndarray | None
     bits: int
     block: int | None = None
+    smooth: np.ndarray | None = None  # (in,): the multiply's input is scaled by 1 / smooth first
 
     @classmethod
     def from_quantized(cls, name: str, qw: Any) -> WeightGrid:
@@ -53,6 +54,7 @@ class WeightGrid:
         return cls(
             name=name, weight=qw.weight.detach().numpy(), q=qw.q.numpy(), scale=qw.scale.numpy(),
             zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=qw.bits, block=qw.block,
+            smooth=None if getattr(qw, "smooth", None) is None else qw.smooth.numpy(),
         )
 
 

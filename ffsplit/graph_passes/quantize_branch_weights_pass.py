@@ -14,6 +14,8 @@ runtime runs fastest or needs:
   QuantizeLinear -> DequantizeLinear with a static per-tensor scale from
   calibration (symmetric, zero point 0): the explicit-quantisation form
   TensorRT builds int8 kernels from.
+- a smoothed int8 grid (activation smoothing) gets a Mul by ``1 / s`` on the
+  multiply's input first, whatever the form.
 - int4 ``matmulnbits``: ``com.microsoft.MatMulNBits`` with the grid's blocks
   along the input dimension (block a power of two, at least 16).
 
@@ -131,6 +133,15 @@ class QuantizeBranchWeightsPass(InPlacePass):
 
         keep = {"name": node.name, "metadata_props": dict(node.metadata_props)}
         n_out, n_in = grid.q.shape
+        if grid.smooth is not None and x is not None:
+            # smoothed grid: the input's channels scaled by 1 / s, so the product is unchanged
+            inv = init("inverse_smooth", (1.0 / grid.smooth).astype(np.float32))
+            mul = ir.node("Mul", [x, inv], name=f"{node.name}/smooth_input", metadata_props=dict(node.metadata_props))
+            mul.outputs[0].dtype = x.dtype
+            mul.outputs[0].shape = x.shape
+            graph.insert_before(node, mul)
+            node.replace_input_with(0, mul.outputs[0])
+            x = mul.outputs[0]
         if grid.bits == 8 and self.int8_form in ("weight-only", "qdq"):
             q = init("q", np.ascontiguousarray(grid.q.T.astype(np.int8)))
             scale = init("scale", grid.scale.astype(np.float32))

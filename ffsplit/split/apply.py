@@ -18,6 +18,7 @@ from ffsplit.split.compress import (
     lowrank_factors,
     parse_light,
     quantize,
+    smooth_int8,
 )
 from ffsplit.split.modules import Branch, SplitFFN, count_params, dense_branch, lowrank_branch
 from ffsplit.split.profile import LayerProfile
@@ -114,9 +115,14 @@ def _weights(branch: Branch) -> dict[str, nn.Linear]:
 
 
 def split_layer(
-    ffn: FFNWeights, profile: LayerProfile, k: int, recipe: LightRecipe, heavy_precision: str = "fp32"
+    ffn: FFNWeights, profile: LayerProfile, k: int, recipe: LightRecipe, heavy_precision: str = "fp32",
+    smooth_alpha: float | None = None,
 ) -> SplitResult:
-    """Build the SplitFFN for one layer's FFN: structure, then quantiser, then heavy precision."""
+    """Build the SplitFFN for one layer's FFN: structure, then quantiser, then heavy precision.
+
+    ``smooth_alpha`` smooths the activation of the light branch's dense int8
+    input projections (fc_in, fc_gate), for runtimes that quantise activations.
+    """
     order = torch.argsort(profile.scores, descending=True)
     heavy_idx = torch.sort(order[:k]).values
     light_idx = torch.sort(order[k:]).values
@@ -151,7 +157,11 @@ def split_layer(
     quantized: dict[str, Quantized] = {}
     with torch.no_grad():
         for name, lin in _weights(light).items():
-            qw = quantize(lin.weight.detach(), recipe)
+            if smooth_alpha is not None and recipe.quant == "int8" and name in ("fc_in", "fc_gate") \
+                    and profile.input_absmax is not None:
+                qw = smooth_int8(lin.weight.detach(), profile.input_absmax, smooth_alpha)
+            else:
+                qw = quantize(lin.weight.detach(), recipe)
             if qw is not None:
                 lin.weight.copy_(qw.weight)
                 quantized[f"light.{name}.weight"] = qw
@@ -202,6 +212,7 @@ def split_model(
     heavy_precision: str = "fp32",
     light_precision: str = "fp32",
     per_layer: list[tuple[int, LightRecipe]] | None = None,
+    smooth_alpha: float | None = None,
 ) -> tuple[list[LayerPlan], dict[str, torch.Tensor], dict[str, Quantized]]:
     """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
     every quantised weight (by full parameter path). ``per_layer`` (budget mode) gives each layer
@@ -220,7 +231,7 @@ def split_model(
             k, recipe = per_layer[i]
         else:
             k = heavy_count(d_ff, heavy_ratio)
-        res = split_layer(ffn, prof, k, recipe, heavy_precision)
+        res = split_layer(ffn, prof, k, recipe, heavy_precision, smooth_alpha)
         split = res.split
         adapter.install(layer, split)
         module = _module_path(model, split)

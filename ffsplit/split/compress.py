@@ -126,12 +126,14 @@ class Quantized:
     zero_point: torch.Tensor | None  # like scale, int8, asymmetric only
     bits: int
     block: int | None = None
+    # activation smoothing: ``weight == grid / smooth`` per input channel, the input scaled by 1 / smooth
+    smooth: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         n = self.q.numel()
         data = n if self.bits == 8 else math.ceil(n / 2)
         zp = 0 if self.zero_point is None else (self.zero_point.numel() if self.bits == 8 else math.ceil(self.zero_point.numel() / 2))
-        return data + 4 * self.scale.numel() + zp
+        return data + 4 * self.scale.numel() + zp + (0 if self.smooth is None else 4 * self.smooth.numel())
 
 
 def quantize_int8(w: torch.Tensor) -> Quantized:
@@ -174,6 +176,24 @@ def quantize_int4(w: torch.Tensor, block: int = 32, symmetric: bool = True) -> Q
         4,
         block,
     )
+
+
+def smooth_int8(w: torch.Tensor, input_absmax: torch.Tensor, alpha: float = 0.5) -> Quantized:
+    """int8 with SmoothQuant-style activation smoothing (Xiao et al., 2023) for one projection.
+
+    Runtimes that quantise the activation per tensor at run time lose most on
+    input channels with outliers (BERT's LayerNorm outputs have a few). Scaling
+    input channel j by ``1 / s_j`` and the weight's column j by ``s_j``, with
+    ``s_j = max|x_j|^alpha / max|W[:, j]|^(1 - alpha)``, evens the activation's
+    channels out; the product is unchanged. The grid is that of ``W * s``;
+    ``weight`` is the effective weight ``grid / s``, what the torch model runs.
+    """
+    w = w.float()
+    a = input_absmax.float().clamp_min(1e-5)
+    wm = w.abs().amax(dim=0).clamp_min(1e-5)
+    s = (a**alpha / wm ** (1 - alpha)).clamp(1e-3, 1e3)
+    qw = quantize_int8(w * s[None, :])
+    return Quantized(qw.weight / s[None, :], qw.q, qw.scale, None, 8, smooth=s)
 
 
 def quantize(w: torch.Tensor, recipe: LightRecipe) -> Quantized | None:

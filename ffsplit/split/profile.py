@@ -29,6 +29,7 @@ class LayerProfile:
     tokens: int
     act_mean: torch.Tensor | None = None  # E[a], (d_ff,): what a pruned neuron contributed on average
     samples: torch.Tensor | None = None  # (n, d_model) real FFN inputs, for measuring a candidate's output error
+    input_absmax: torch.Tensor | None = None  # (d_model,) max |x_j| per input channel: activation smoothing
 
 
 @torch.no_grad()
@@ -52,6 +53,7 @@ def profile_model(
     kept: list[list[torch.Tensor]] = [[] for _ in range(n)]
     mom_x: list[torch.Tensor | None] = [None] * n
     mom_a: list[torch.Tensor | None] = [None] * n
+    amax: list[torch.Tensor | None] = [None] * n
     state: dict[str, torch.Tensor] = {}
     tokens = 0
 
@@ -63,6 +65,9 @@ def profile_model(
             if x_all.shape[0] != keep.shape[0]:
                 raise AssertionError(f"FFN input has {x_all.shape[0]} tokens, the mask {keep.shape[0]}")
             x = x_all[keep].float()
+            if len(x):
+                m = x.abs().amax(0)
+                amax[i] = m if amax[i] is None else torch.maximum(amax[i], m)
             z = output.reshape(-1, output.shape[-1])[keep]
             a = (act(gate(x_all[keep])) * z if gate is not None else act(z)).float()
             s = a.abs().sum(0).double()
@@ -109,6 +114,7 @@ def profile_model(
                 tokens=tokens,
                 act_mean=sum_a[i] / tokens,
                 samples=torch.cat(kept[i]) if kept[i] else None,
+                input_absmax=amax[i],
             )
         )
     return out

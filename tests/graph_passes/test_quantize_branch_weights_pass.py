@@ -137,3 +137,22 @@ def test_qdq_form_needs_calibrated_ranges() -> None:
     qs = quantized(ws, "light", "int8")
     with pytest.raises(PreconditionError, match="act_absmax"):
         QuantizeBranchWeightsPass(grids=grids(qs), int8_form="qdq")(ir.from_proto(ffn_model(ws)))
+
+
+def test_smoothed_grid_gets_its_input_scaled() -> None:
+    import torch
+
+    from ffsplit.split.compress import smooth_int8
+
+    ws = weights()
+    absmax = torch.linspace(0.1, 8.0, ws["light.fc_in"].shape[1])  # one channel with large activations
+    qw = smooth_int8(torch.from_numpy(ws["light.fc_in"]), absmax)
+    ws["light.fc_in"] = qw.weight.numpy()
+    before = ffn_model(ws)
+    model = ir.from_proto(before)
+    QuantizeBranchWeightsPass(grids=grids({"light.fc_in": qw}), int8_form="weight-only")(model)
+    check(model)
+    mul = next(n for n in model.graph if n.op_type == "Mul")
+    assert mul.name.endswith("/smooth_input") and mul.name.startswith("ffsplit/L0/light/")
+    x = inputs()
+    np.testing.assert_allclose(run(model, x, **EXACT), run(before, x), rtol=1e-5, atol=1e-5)
