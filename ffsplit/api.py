@@ -25,6 +25,7 @@ from ffsplit.artifact import (
     FORMAT,
     check_external_data,
     read_manifest,
+    require_fields,
     sha256_files,
     staged_output,
     verify_files,
@@ -430,6 +431,7 @@ class LoadedArtifact:
 def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     folder = Path(folder)
     manifest = read_manifest(folder)
+    require_fields(folder, manifest, {"target": dict, "source": dict, "layers": list, "recipe": dict})
     if verify:
         verify_files(folder, manifest)
         check_external_data(folder / MODEL_FILE)

@@ -200,11 +200,16 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is not valid JSON ({exc}): re-run ffsplit export") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
         raise UsageError(f"{path} is not an ffsplit manifest of format {FORMAT}: re-run ffsplit export")
-    shapes = {"files": dict, "target": dict, "source": dict, "layers": list}
-    wrong = [k for k, t in shapes.items() if not isinstance(manifest.get(k), t)]
-    if wrong or not all(isinstance(v, str) for v in manifest["files"].values()):
-        raise UsageError(f"{path} is damaged ({', '.join(wrong) or 'files'} malformed): re-run ffsplit export")
+    if not isinstance(manifest["files"], dict) or not all(isinstance(v, str) for v in manifest["files"].values()):
+        raise UsageError(f"{path} is damaged (files malformed): re-run ffsplit export")
     return manifest
+
+
+def require_fields(folder: Path, manifest: dict[str, Any], fields: dict[str, type]) -> None:
+    """Refuse a manifest whose sections a verb needs are missing or of the wrong kind (a hand-edited file)."""
+    wrong = [k for k, t in fields.items() if not isinstance(manifest.get(k), t)]
+    if wrong:
+        raise UsageError(f"{Path(folder) / MANIFEST} is damaged ({', '.join(wrong)} malformed): re-run ffsplit export")
 
 
 def verify_files(folder: Path, manifest: dict[str, Any]) -> None:

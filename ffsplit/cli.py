@@ -367,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.verb](args)
     except FFSplitError as exc:
         kind = "error" if isinstance(exc, UsageError) else "check failed"
-        print(f"ffsplit: {kind}: {exc}", file=sys.stderr)
+        # one line, whatever the input echoed into the message held
+        print(f"ffsplit: {kind}: " + str(exc).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ffsplit: interrupted; nothing half-written was left", file=sys.stderr)

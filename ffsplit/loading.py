@@ -22,6 +22,11 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+    "merges.txt",
+)
+
 def set_offline() -> None:
     """Make every Hugging Face library refuse the network for this process."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -100,12 +105,20 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # transformers 5 builds an empty-vocabulary tokenizer for a folder without tokenizer files
+    # (every word becomes [UNK]), so calibration would run on nothing; refuse instead.
+    if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise UsageError(
+            f"'{spec}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): copy them into the model folder"
+        )
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
         raise UsageError(f"cannot load the tokenizer of '{spec}' ({type(exc).__name__}): add tokenizer files to the folder") from None
+    if len(tokenizer) < 100:
+        raise UsageError(f"the tokenizer of '{spec}' has only {len(tokenizer)} tokens: add its real tokenizer files")
     tokenizer.padding_side = task_spec.padding_side
     if tokenizer.pad_token is None:
         # Decoder tokenizers often have no pad token; padded positions are masked out anyway.

@@ -39,12 +39,6 @@ def test_manifest_records_the_split(minilm_artifact: Path) -> None:
         assert m["versions"][key]
 
 
-def test_check_reruns_parity(minilm_artifact: Path) -> None:
-    r = run_cli("check", str(minilm_artifact))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("pass") >= 3
-
-
 def test_bench_compares_with_the_original(minilm_artifact: Path, tmp_path: Path) -> None:
     r = run_cli("bench", str(minilm_artifact), "--batch", "1", "--runs", "3", "--warmup", "1",
                 "--min-seconds", "0", "--json", str(tmp_path / "b.json"))
@@ -71,8 +65,7 @@ def test_cpu_int8_target(tmp_path: Path) -> None:
     import onnx
 
     out = tmp_path / "minilm-int8"
-    r = run_cli("export", "minilm", "--out", str(out), "--target", "cpu-int8", "--eval-size", "64",
-                "--limit", "retrieval_at10=0.8")
+    r = run_cli("export", "minilm", "--out", str(out), "--target", "cpu-int8", "--eval-size", "48")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in range(6)}

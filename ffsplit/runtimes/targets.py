@@ -282,7 +282,8 @@ def load_target(spec: str) -> Target:
         raise UsageError(f"target file '{path}' cannot be read ({exc.strerror})") from None
     errors = _validate(data)
     if errors:
-        raise UsageError(f"target file '{path}' is invalid: " + "; ".join(errors))
+        # values and keys come from the file: keep the message on one line
+        raise UsageError(f"target file '{path}' is invalid: " + "; ".join(errors).replace("\r", "\\r").replace("\n", "\\n"))
     return Target(
         name=name,
         runtime=data["runtime"],
