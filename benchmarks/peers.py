@@ -387,12 +387,12 @@ def _plot(configs: list[dict[str, Any]], path: Path) -> None:
     for c in configs:
         x = c["latency"]["8x128"]["p50_ms"]
         y = c["accuracy"]["retrieval_at10"]
-        peer = c["kind"] == "peer"
-        ax.scatter(x, y, marker="s" if peer else "o", color="tab:gray" if peer else "tab:blue", s=60)
+        style = {"peer": ("s", "tab:gray"), "reference": ("^", "tab:olive")}.get(c["kind"], ("o", "tab:blue"))
+        ax.scatter(x, y, marker=style[0], color=style[1], s=60)
         ax.annotate(c["name"].replace("ffsplit ", ""), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("p50 latency, batch 8 x 128 (ms, lower is better)")
     ax.set_ylabel("retrieval agreement@10 vs original (higher is better)")
-    ax.set_title("MiniLM: accuracy vs latency (squares: peers, circles: ffsplit)")
+    ax.set_title("MiniLM: accuracy vs latency (squares: peers, circles: ffsplit, triangle: generic rewrites only)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -428,6 +428,12 @@ def profile_ops(configs: list[dict[str, Any]], names: list[str]) -> dict[str, li
         total = sum(per_op.values())
         out[cfg["name"]] = [(op, d / total) for op, d in per_op.most_common(6)]
     return out
+
+
+def replot(results: Path) -> None:
+    """Redraw peers.png from peers.json (no re-measuring)."""
+    data = json.loads((results / "peers.json").read_text())
+    _plot(data["configs"], results / "peers.png")
 
 
 def main() -> None:
