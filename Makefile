@@ -29,7 +29,7 @@ install-test: $(VENV)/.torch
 	$(PIP) install --quiet -e '.[test]'
 	# The Triton server binary (nvidia-pytriton) and its HTTP client, without their Python
 	# dependencies (pytriton pins numpy below 2), into a folder of their own; see `ffsplit serve`.
-	$(PIP) install --quiet --no-deps --target $(VENV)/ffsplit-triton $(TRITON_WHEELS)
+	$(PIP) install --quiet --no-deps --upgrade --target $(VENV)/ffsplit-triton $(TRITON_WHEELS)
 
 demo: install
 	# The fast CPU path: heavy hitters fp32, everything else dynamic int8 (see README, Measured results).
