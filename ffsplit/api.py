@@ -240,7 +240,8 @@ def export(
     # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
     light_float = tgt.light_precision if tgt.light_precision in ("fp16", "bf16") and not recipe.quant else "fp32"
     _require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
-    exact = recipe.exact and heavy == "fp32" and budget is None
+    # exact only if nothing else in the graph is quantised either (cpu-int8-full's attention projections)
+    exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32"
     heavy_count(1 << 20, heavy_ratio)  # range check only
     overrides = {"cosine_mean": min_cosine, "retrieval_at10": min_retrieval, **(limits or {})}
     for name, v in overrides.items():
@@ -483,7 +484,10 @@ def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) 
     _require_supported(art.target)
     m = art.manifest
     loaded, split = _rebuild(art, log)
-    exact = m["recipe"]["light"]["recipe"] == "none" and m["recipe"].get("heavy_precision", "fp32") == "fp32"
+    exact = (
+        m["recipe"]["light"]["recipe"] == "none" and m["recipe"].get("heavy_precision", "fp32") == "fp32"
+        and art.target.other_matmuls == "fp32"
+    )
     overrides = {k: m["parity"]["comparisons"]["compression"]["limits"].get(k) for k in COMPRESSION_METRICS}
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
         if log:
