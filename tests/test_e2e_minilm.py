@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def minilm_artifact(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "minilm-lowrank"
     # int8 factors on the cpu target: stored as int8, dequantised exactly in the kernel
-    r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128+int8", "--eval-size", "128",
+    r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128+int8", "--eval-size", "64",
                 "--limit", "cosine_mean=0.8", "--limit", "cosine_min=0.6", "--limit", "retrieval_at10=0.4")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout

@@ -211,7 +211,7 @@ def _toml_value(v: object) -> str:
     raise TypeError(v)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(st.sampled_from(_KEYS), st.one_of(_VALUES, st.dictionaries(st.text(max_size=8), _VALUES, max_size=3)),
                        max_size=8))
 def test_target_loader_never_crashes(tmp_path: Path, data: dict) -> None:
@@ -232,7 +232,7 @@ _ARGS = ["minilm-nope", "nope/dir", "lowrank:0", "int4:7", "int9", "fp8", "1.5",
          "x=y", "ffn-params=2", "1,2,x", "cpu", "tensorrt-fp16", "/", "", "auto", "dynamo", "--", "none"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(verb=st.sampled_from(_VERBS), rest=st.lists(st.sampled_from(_FLAGS + _ARGS), max_size=6))
 def test_cli_never_crashes(tmp_path: Path, verb: str, rest: list[str]) -> None:
     args = [verb, *rest] if verb else rest

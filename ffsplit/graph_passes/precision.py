@@ -58,6 +58,29 @@ class WeightGrid:
         )
 
 
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as an initializer named ``name`` (typed and shaped) and return its value."""
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape = ir.Shape(array.shape)
+    value.dtype = value.const_value.dtype  # type: ignore[union-attr]
+    graph.register_initializer(value)
+    return value
+
+
+def replace_node(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
+    """Put ``new`` where ``old`` was: same place, its output takes over every use and the old name."""
+    out = old.outputs[0]
+    new.outputs[0].shape = out.shape
+    new.outputs[0].type = out.type
+    graph.insert_before(old, new)
+    ir.convenience.replace_all_uses_with(out, new.outputs[0])
+    if out.is_graph_output():
+        graph.outputs[graph.outputs.index(out)] = new.outputs[0]
+    name = out.name
+    graph.remove(old, safe=True)
+    new.outputs[0].name = name
+
+
 def _dtype_name(dtype: ir.DataType | None) -> str | None:
     return _DTYPES.get(dtype) if dtype is not None else None
 

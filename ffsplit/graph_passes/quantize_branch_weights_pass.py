@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, PreconditionError
 
-from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid
+from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid, add_initializer, replace_node
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 
 INT8_FORMS = ("weight-only", "dynamic", "qdq")
@@ -125,11 +125,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
         prefix = f"ffsplit.{grid.name}"
 
         def init(name: str, array: np.ndarray) -> ir.Value:
-            value = ir.Value(name=f"{prefix}.{name}", const_value=ir.tensor(array, name=f"{prefix}.{name}"))
-            value.shape = ir.Shape(array.shape)
-            value.dtype = value.const_value.dtype  # type: ignore[union-attr]
-            graph.register_initializer(value)
-            return value
+            return add_initializer(graph, f"{prefix}.{name}", array)
 
         keep = {"name": node.name, "metadata_props": dict(node.metadata_props)}
         n_out, n_in = grid.q.shape
@@ -178,16 +174,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
                 inputs.append(init("zero_points", zps))
             attrs = {"K": n_in, "N": n_out, "bits": 4, "block_size": int(grid.block)}  # type: ignore[arg-type]
             new = ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, **keep)
-        out = node.outputs[0]
-        new.outputs[0].shape = out.shape
-        new.outputs[0].type = out.type
-        graph.insert_before(node, new)
-        ir.convenience.replace_all_uses_with(out, new.outputs[0])
-        if out.is_graph_output():
-            graph.outputs[graph.outputs.index(out)] = new.outputs[0]
-        new_name = out.name
-        graph.remove(node, safe=True)
-        new.outputs[0].name = new_name
+        replace_node(graph, node, new)
 
     def call(self, model: ir.Model) -> PassResult:
         if not self.grids:

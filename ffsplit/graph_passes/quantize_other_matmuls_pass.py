@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
-from ffsplit.graph_passes.precision import MS_DOMAIN
+from ffsplit.graph_passes.precision import MS_DOMAIN, add_initializer, replace_node
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 
 
@@ -47,27 +47,12 @@ class QuantizeOtherMatMulsPass(InPlacePass):
                 continue
             q, scale = int8_columns(array)
             base = f"ffsplit.other.{node.name or len(done)}"
-            inits = []
-            for suffix, data in (("q", q), ("scale", scale)):
-                v = ir.Value(name=f"{base}.{suffix}", const_value=ir.tensor(data, name=f"{base}.{suffix}"))
-                v.shape = ir.Shape(data.shape)
-                v.dtype = v.const_value.dtype  # type: ignore[union-attr]
-                graph.register_initializer(v)
-                inits.append(v)
+            inits = [add_initializer(graph, f"{base}.{suffix}", data) for suffix, data in (("q", q), ("scale", scale))]
             new = ir.node(
                 "DynamicQuantizeMatMul", [node.inputs[0], *inits], domain=MS_DOMAIN, name=node.name,
                 metadata_props=dict(node.metadata_props),
             )
-            out = node.outputs[0]
-            new.outputs[0].shape = out.shape
-            new.outputs[0].type = out.type
-            graph.insert_before(node, new)
-            ir.convenience.replace_all_uses_with(out, new.outputs[0])
-            if out.is_graph_output():
-                graph.outputs[graph.outputs.index(out)] = new.outputs[0]
-            name = out.name
-            graph.remove(node, safe=True)
-            new.outputs[0].name = name
+            replace_node(graph, node, new)
             if not w.uses() and w.name in graph.initializers:
                 del graph.initializers[w.name]
             done.append(node.name or "")

@@ -29,6 +29,24 @@ INPUT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(fl
                 "tensor(float16)": np.float16}
 
 
+_ONNX_TYPES = {1: "tensor(float)", 6: "tensor(int32)", 7: "tensor(int64)", 10: "tensor(float16)", 9: "tensor(bool)"}
+
+
+def onnx_inputs(model_path: Path) -> dict[str, tuple[str, list[Any]]]:
+    """name -> (type string, dims with symbolic names) of an ONNX file's inputs, without loading its weights."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in proto.graph.initializer}
+    return {
+        i.name: (
+            _ONNX_TYPES.get(i.type.tensor_type.elem_type, "tensor(?)"),
+            [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim],
+        )
+        for i in proto.graph.input if i.name not in init
+    }
+
+
 class Runner:
     """Runs one ONNX model for a target. Subclasses implement the ``_``-prefixed methods."""
 

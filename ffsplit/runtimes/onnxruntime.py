@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ffsplit.runtimes.base import Runner
+from ffsplit.runtimes.base import Runner, onnx_inputs
 from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
 from ffsplit.runtimes.targets import Target
 
@@ -64,17 +64,6 @@ def provider_options(
     return out
 
 
-def _onnx_inputs(model_path: Path) -> dict[str, list[Any]]:
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
-    return {
-        i.name: [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim]
-        for i in model.graph.input if i.name not in init
-    }
-
-
 class OrtRunner(Runner):
     """Runs one ONNX model in ONNX Runtime; the optimised graph the session runs is saved for the guard."""
 
@@ -98,7 +87,8 @@ class OrtRunner(Runner):
 
     def _activate(self) -> None:
         opts = session_options(self.target, optimized_model_path=self.optimized_model_path)
-        providers = provider_options(self.target, _onnx_inputs(self.model_path), self.runtime_dir)
+        dims = {name: shape for name, (_t, shape) in onnx_inputs(self.model_path).items()}
+        providers = provider_options(self.target, dims, self.runtime_dir)
         self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
 
     def _deactivate(self) -> None:

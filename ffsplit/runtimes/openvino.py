@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ffsplit.runtimes.base import Runner
+from ffsplit.runtimes.base import Runner, onnx_inputs
 from ffsplit.runtimes.targets import Target
 
 LAYERS_FILE = "layers.json"
 # OpenVINO CPU layer types that multiply by a weight matrix.
 MATMUL_LAYERS = frozenset({"FullyConnected", "MatMul", "Gemm", "FullyConnectedCompressed"})
 _PRECISIONS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}
-_ONNX_TYPES = {1: "tensor(float)", 6: "tensor(int32)", 7: "tensor(int64)", 10: "tensor(float16)"}
 
 
 def runtime_layers(compiled: Any) -> list[dict[str, str]]:
@@ -71,18 +70,9 @@ class OpenVinoRunner(Runner):
         return LAYERS_FILE
 
     def _activate(self) -> None:
-        import onnx
         import openvino as ov
 
-        proto = onnx.load(str(self.model_path), load_external_data=False)
-        init = {i.name for i in proto.graph.initializer}
-        self._inputs = {
-            i.name: (
-                _ONNX_TYPES.get(i.type.tensor_type.elem_type, "tensor(?)"),
-                [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim],
-            )
-            for i in proto.graph.input if i.name not in init
-        }
+        self._inputs = onnx_inputs(self.model_path)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", **self.target.openvino.get("config", {})}
         self.compiled = core.compile_model(core.read_model(str(self.model_path)), self.target.openvino.get("device", "CPU"), config)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.base import Runner
+from ffsplit.runtimes.base import Runner, onnx_inputs
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
 from ffsplit.runtimes.targets import Target
 
@@ -142,9 +142,7 @@ def records_from_inspector(info: str | Mapping[str, Any]) -> list[Any]:
 
 
 def _onnx_inputs(model_path: Path) -> dict[str, list[Any]]:
-    from ffsplit.runtimes.onnxruntime import _onnx_inputs as read
-
-    return read(model_path)
+    return {name: dims for name, (_t, dims) in onnx_inputs(model_path).items()}
 
 
 def _sha256(path: Path) -> str:
@@ -228,21 +226,13 @@ class TrtRunner(Runner):  # pragma: no cover - needs a GPU
         return LAYERS_FILE
 
     def _activate(self) -> None:
-        import onnx
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes
         from polygraphy.backend.trt import TrtRunner as PolyTrtRunner
 
-        from ffsplit.runtimes.openvino import _ONNX_TYPES
-
         folder = self.runtime_dir or self.model_path.parent / "runtime" / self.target.name
         plan = build_engine(self.model_path, self.target, folder)
-        proto = onnx.load(str(self.model_path), load_external_data=False)
-        self._inputs = {
-            i.name: (_ONNX_TYPES.get(i.type.tensor_type.elem_type, "tensor(?)"),
-                     [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim])
-            for i in proto.graph.input
-        }
+        self._inputs = onnx_inputs(self.model_path)
         self._folder = folder
         self._runner = PolyTrtRunner(EngineFromBytes(BytesFromPath(str(plan))))
         self._runner.activate()
