@@ -1,4 +1,4 @@
-"""End to end on the real all-MiniLM-L6-v2, on the cpu and cpu-int8 targets: export, check, debug, bench, plain ORT use."""
+"""End to end on the real all-MiniLM-L6-v2, on the cpu and cpu-int8 targets: export, debug, plain ORT use (bench is tested on tiny models)."""
 
 from __future__ import annotations
 
@@ -37,14 +37,6 @@ def test_manifest_records_the_split(minilm_artifact: Path) -> None:
     assert 0.6 < comp["cosine_mean"] < 0.999  # lossy, and measured
     for key in ("torch", "transformers", "onnx", "onnxruntime"):
         assert m["versions"][key]
-
-
-def test_bench_compares_with_the_original(minilm_artifact: Path, tmp_path: Path) -> None:
-    r = run_cli("bench", str(minilm_artifact), "--batch", "1", "--runs", "3", "--warmup", "1",
-                "--min-seconds", "0", "--json", str(tmp_path / "b.json"))
-    assert r.returncode == 0, r.stderr
-    rows = json.loads((tmp_path / "b.json").read_text())
-    assert {x["model"] for x in rows} == {"original", "ffsplit"}
 
 
 def test_artifact_loads_in_plain_onnxruntime(minilm_artifact: Path) -> None:
