@@ -158,7 +158,10 @@ class Runner:
         raise NotImplementedError
 
     def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
-        raise NotImplementedError
+        """By default the ONNX file's own signature (read once); a runtime with its own view overrides this."""
+        if getattr(self, "_onnx_inputs", None) is None:
+            self._onnx_inputs = onnx_inputs(self.model_path)
+        return self._onnx_inputs
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError

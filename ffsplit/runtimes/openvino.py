@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ffsplit.runtimes.base import Runner, onnx_inputs
+from ffsplit.runtimes.base import Runner
 from ffsplit.runtimes.targets import Target
 
 LAYERS_FILE = "layers.json"
@@ -63,7 +63,6 @@ class OpenVinoRunner(Runner):
     def __init__(self, model_path: Path, target: Target, *, runtime_dir: Path | None = None) -> None:
         super().__init__(model_path, target, runtime_dir=runtime_dir)
         self.compiled: Any = None
-        self._inputs: dict[str, tuple[str, list[Any]]] = {}
 
     @property
     def runtime_graph(self) -> str:
@@ -72,7 +71,6 @@ class OpenVinoRunner(Runner):
     def _activate(self) -> None:
         import openvino as ov
 
-        self._inputs = onnx_inputs(self.model_path)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", **self.target.openvino.get("config", {})}
         self.compiled = core.compile_model(core.read_model(str(self.model_path)), self.target.openvino.get("device", "CPU"), config)
@@ -81,9 +79,6 @@ class OpenVinoRunner(Runner):
 
     def _deactivate(self) -> None:
         self.compiled = None
-
-    def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
-        return self._inputs
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = self.compiled.create_infer_request()

@@ -219,7 +219,6 @@ class TrtRunner(Runner):  # pragma: no cover - needs a GPU
     def __init__(self, model_path: Path, target: Target, *, runtime_dir: Path | None = None) -> None:
         super().__init__(model_path, target, runtime_dir=runtime_dir)
         self._runner: Any = None
-        self._inputs: dict[str, tuple[str, list[Any]]] = {}
 
     @property
     def runtime_graph(self) -> str:
@@ -232,7 +231,6 @@ class TrtRunner(Runner):  # pragma: no cover - needs a GPU
 
         folder = self.runtime_dir or self.model_path.parent / "runtime" / self.target.name
         plan = build_engine(self.model_path, self.target, folder)
-        self._inputs = onnx_inputs(self.model_path)
         self._folder = folder
         self._runner = PolyTrtRunner(EngineFromBytes(BytesFromPath(str(plan))))
         self._runner.activate()
@@ -241,9 +239,6 @@ class TrtRunner(Runner):  # pragma: no cover - needs a GPU
         if self._runner is not None:
             self._runner.deactivate()
         self._runner = None
-
-    def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
-        return self._inputs
 
     def feed_from(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Prefill gets one masked past slot: the engine's profiles have no zero-size dimension."""
