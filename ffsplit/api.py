@@ -20,22 +20,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffsplit import __version__
+from ffsplit import __version__, bounds
 from ffsplit.artifact import (
     FORMAT,
+    MODEL_FILE,
+    RUNTIME_DIR,
+    SPLIT_WEIGHTS,
     check_external_data,
+    list_files,
+    parse_json,
     read_manifest,
-    require_fields,
+    resolve_out,
     sha256_files,
     staged_output,
-    verify_files,
+    verify_artifact,
     write_manifest,
 )
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.runtimes.targets import Target, list_targets, load_target
 
-MODEL_FILE = "model.onnx"
-SPLIT_WEIGHTS = "split.safetensors"
+__all__ = ["MODEL_FILE", "SPLIT_WEIGHTS", "bench", "check", "debug", "export", "inspect_artifact", "open_artifact", "targets"]
 DEFAULT_LIGHT = "lowrank:256"
 SMOOTH_ALPHA = 0.5
 # Limits a user may set on what a lossy recipe costs (original vs split and vs runtime).
@@ -152,21 +156,20 @@ def _guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _parity(
-    original: Any, split: Any, runner: Any, tokenizer: Any, target: Target, task: Any, *, exact: bool,
-    overrides: dict[str, float | None] | None, eval_size: int, max_length: int, batch_size: int = 16,
+    original: Any, split: Any, runner: Any, tokenizer: Any, task: Any, *,
+    limits: dict[str, dict[str, float]], eval_size: int, max_length: int, batch_size: int = 16,
 ) -> Any:
-    from ffsplit.parity.check import compare_three, evaluate, limits_for
+    from ffsplit.parity.check import compare_three, evaluate
     from ffsplit.split.calibration import evaluation_texts
 
     texts = [t.text for t in evaluation_texts(eval_size)]
-    if len(texts) < 11:
-        raise UsageError(f"--eval-size {eval_size}: at least 11 evaluation texts are needed (retrieval@10)")
+    if len(texts) < bounds.MIN_EVAL_TEXTS:
+        raise UsageError(f"--eval-size {eval_size}: only {len(texts)} evaluation texts here, retrieval@10 needs 11")
     max_positions = getattr(original.config, "max_position_embeddings", None)
     metrics = compare_three(
         original, split, runner, tokenizer, texts, task, batch_size=batch_size, max_length=max_length,
         max_positions=max_positions,
     )
-    limits = limits_for(target, task.name, exact=exact, overrides=overrides)
     return evaluate(metrics, limits, task=task, texts=len(texts))
 
 
@@ -215,6 +218,7 @@ def export(
     from ffsplit.graph_passes.pipeline import target_passes
     from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.loading import load_model, read_config, resolve_model
+    from ffsplit.parity.check import limits_for
     from ffsplit.runtimes.base import make_runner
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
@@ -249,21 +253,27 @@ def export(
             raise UsageError(f"unknown limit '{name}': use one of {', '.join(COMPRESSION_METRICS)}")
         if v is None:
             continue
-        if name == "perplexity_ratio" and not v >= 1.0:
-            raise UsageError(f"limit perplexity_ratio={v} must be at least 1.0 (a ceiling on ppl / original ppl)")
-        if name != "perplexity_ratio" and not 0.0 <= v <= 1.0:
-            raise UsageError(f"limit {name}={v} is outside [0, 1]")
+        if name == "perplexity_ratio":  # a ceiling on ppl / original ppl
+            bounds.require_float(f"--limit {name}=", v, 1.0, 1e6)
+        else:
+            bounds.require_float(f"--limit {name}=", v, 0.0, 1.0)
     if exporter not in ("auto", *EXPORTERS):
         raise UsageError(f"unknown exporter '{exporter}': use auto, {' or '.join(EXPORTERS)}")
-    if max_length < 2:
-        raise UsageError(f"--max-length {max_length} is too short: pass at least 2")
-    texts = calibration_texts(calib, limit=calib_size)
-    get_task(task, read_config(resolve_model(model)))  # an unknown task fails before any work
-    out = Path(out)
+    bounds.require_int("--calib-size", calib_size, 1, bounds.MAX_TEXTS)
+    bounds.require_int("--eval-size", eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS, "(retrieval@10 needs 11)")
+    bounds.require_int("--max-length", max_length, 2, bounds.MAX_LENGTH)
+    if len(evaluation_texts(eval_size)) < bounds.MIN_EVAL_TEXTS:
+        raise UsageError("fewer than 11 bundled evaluation texts were found on this machine (retrieval@10 needs 11)")
+    texts = calibration_texts(calib, limit=calib_size, max_length=max_length)
+    source_dir = resolve_model(model)
+    get_task(task, read_config(source_dir))  # an unknown task fails before any work
+    given, out = out, resolve_out(out)
+    if log and Path(given).expanduser().absolute() != out:
+        log(f"--out '{given}' is the folder {out}")
     stages = Stages()
     torch.manual_seed(0)
 
-    with staged_output(out, force=force) as stage:
+    with staged_output(out, force=force, protected={"source model": source_dir}) as stage:
         with stages.stage("load", log):
             loaded = load_model(model, task=task, trust_remote_code=trust_remote_code)
             spec = loaded.task
@@ -357,6 +367,8 @@ def export(
                 "texts": len(evaluation_texts(eval_size)),
                 "sha256": corpus_digest([t.text for t in evaluation_texts(eval_size)]),
             },
+            # what `check` holds the artifact to, decided once here (embedded in model.onnx with the rest)
+            "checks": {"exact": exact, "limits": limits_for(tgt, spec.name, exact=exact, overrides=overrides)},
             "layers": plans,
             "params": _param_counts(plans, count_params(original), count_params(split)),
             "versions": _versions(),
@@ -402,8 +414,8 @@ def export(
                 manifest["separation"] = _guard(runner, plans)
             with stages.stage("check", log):
                 report = _parity(
-                    original, split, runner, loaded.tokenizer, tgt, spec, exact=exact,
-                    overrides=overrides, eval_size=eval_size, max_length=max_length,
+                    original, split, runner, loaded.tokenizer, spec, limits=manifest["checks"]["limits"],
+                    eval_size=eval_size, max_length=max_length,
                 )
                 runner.deactivate()
             manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
@@ -430,65 +442,103 @@ class LoadedArtifact:
 
 
 def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
+    """An output folder with its manifest (schema-checked) and target (checked like a target file).
+
+    ``verify`` (everything but ``inspect``) also checks the files against the
+    manifest both ways, external data of every ONNX file, and the manifest
+    against the copy embedded in model.onnx.
+    """
+    from ffsplit.parity.check import TASK_METRICS
+
     folder = Path(folder)
     manifest = read_manifest(folder)
-    require_fields(folder, manifest, {"target": dict, "source": dict, "layers": list, "recipe": dict})
     if verify:
-        verify_files(folder, manifest)
-        check_external_data(folder / MODEL_FILE)
-    try:
-        target = Target.from_json(manifest["target"])
-    except (TypeError, KeyError) as exc:
-        raise UsageError(f"{folder / 'manifest.json'} has a damaged target ({exc}): re-run ffsplit export") from None
+        verify_artifact(folder, manifest)
+    target = Target.from_json(manifest["target"], where=str(folder / "manifest.json"))
+    unknown = {
+        k for limits in manifest["checks"]["limits"].values() for k in limits
+    } - set(TASK_METRICS[manifest["task"]])
+    if unknown:
+        raise UsageError(
+            f"{folder / 'manifest.json'} is damaged (limits on {', '.join(sorted(unknown))}, which "
+            f"{manifest['task']} does not measure): re-run ffsplit export"
+        )
     return LoadedArtifact(folder, manifest, target)
 
 
-def _load_source(art: LoadedArtifact, trust_remote_code: bool = False) -> Any:
-    """The source model of an artifact, refused if it changed since the export."""
+def _load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> Any:
+    """The source model of an artifact (the recorded one, or ``source``), refused if it changed since the export."""
     from ffsplit.loading import load_model
 
     src = art.manifest["source"]
-    spec = src["spec"] if not Path(src["path"]).is_dir() else src["path"]
+    if source is not None:
+        spec = str(source)
+    elif Path(src["path"]).is_dir():
+        spec = src["path"]
+    else:
+        from ffsplit.loading import ALIASES
+
+        if src["spec"] not in ALIASES:
+            raise UsageError(
+                f"the source model this folder was exported from is no longer at '{src['path']}': "
+                "pass --source PATH to where it is now"
+            )
+        spec = src["spec"]
     loaded = load_model(spec, task=art.manifest["task"], trust_remote_code=trust_remote_code)
     if _source_record(loaded)["sha256"] != src["sha256"]:
         raise UsageError(
-            f"source model at '{loaded.path}' changed since the export (hash differs): re-run ffsplit export"
+            f"source model at '{loaded.path}' is not the one exported (its hash differs): pass --source with the "
+            "exact model the export used, or re-run ffsplit export"
         )
     return loaded
 
 
-def _rebuild(art: LoadedArtifact, log: Any = None) -> tuple[Any, Any]:
+def _rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = None) -> tuple[Any, Any]:
     """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors."""
-    from safetensors.torch import load_file
-
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import rebuild_split
 
     if log:
         log("loading the source model and rebuilding the split ...")
-    loaded = _load_source(art)
+    loaded = _load_source(art, source)
     adapter = find_adapter(loaded.model)
     split = copy.deepcopy(loaded.model)
-    state = {
-        k: v for k, v in load_file(str(art.folder / SPLIT_WEIGHTS)).items() if not k.startswith(("heavy_index.", "quant."))
-    }
-    rebuild_split(split, adapter, art.manifest["layers"], state)
+    state = _split_state(art.folder / SPLIT_WEIGHTS)
+    try:
+        rebuild_split(split, adapter, art.manifest["layers"], state)
+    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"{art.folder / SPLIT_WEIGHTS} does not fit the manifest's layers ({type(exc).__name__}: {first}): "
+            "re-run ffsplit export"
+        ) from None
     return loaded, split
 
 
-def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) -> Any:
+def _split_state(path: Path) -> dict[str, Any]:
+    """The SplitFFN weights in split.safetensors, refused in one line if the file is damaged."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("heavy_index.", "quant."))}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{path} is damaged ({type(exc).__name__}: {first}): re-run ffsplit export") from None
+
+
+def check(
+    folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None, log: Any = None
+) -> Any:
     """Re-run the separation guard and the three-way parity of an artifact; CheckFailed when either fails."""
     from ffsplit.runtimes.base import make_runner
 
+    if eval_size is not None:
+        bounds.require_int("--eval-size", eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS)
     art = open_artifact(folder)
     _require_supported(art.target)
     m = art.manifest
-    loaded, split = _rebuild(art, log)
-    exact = (
-        m["recipe"]["light"]["recipe"] == "none" and m["recipe"].get("heavy_precision", "fp32") == "fp32"
-        and art.target.other_matmuls == "fp32"
-    )
-    overrides = {k: m["parity"]["comparisons"]["compression"]["limits"].get(k) for k in COMPRESSION_METRICS}
+    loaded, split = _rebuild(art, source, log)
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
         if log:
             log("building the runtime session and checking branch separation ...")
@@ -497,14 +547,16 @@ def check(folder: str | Path, *, eval_size: int | None = None, log: Any = None) 
             if log:
                 log("running parity ...")
             report = _parity(
-                loaded.model, split, runner, loaded.tokenizer, art.target, loaded.task, exact=exact,
-                overrides=None if exact else overrides,
+                loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=m["checks"]["limits"],
                 eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
             )
     return report
 
 
-def debug(folder: str | Path, *, batch: int = 8, tolerance: float | None = None, log: Any = None) -> list[Any]:
+def debug(
+    folder: str | Path, *, batch: int = 8, tolerance: float | None = None, source: str | Path | None = None,
+    log: Any = None,
+) -> list[Any]:
     """Compare every module inside every SplitFFN between split torch and the runtime, in graph order.
 
     The tolerance (default: the target's fidelity ``max_abs``) scales with the
@@ -518,12 +570,13 @@ def debug(folder: str | Path, *, batch: int = 8, tolerance: float | None = None,
     from ffsplit.runtimes.base import make_runner
     from ffsplit.split.calibration import encode_batches, evaluation_texts
 
-    if batch < 1:
-        raise UsageError(f"--batch {batch}: pass at least 1")
+    bounds.require_int("--batch", batch, 1, bounds.MAX_BATCH)
+    if tolerance is not None:
+        bounds.require_float("--tolerance", tolerance, 0.0, 1e6, lo_open=True)
     art = open_artifact(folder)
     _require_supported(art.target)
     m = art.manifest
-    loaded, split = _rebuild(art, log)
+    loaded, split = _rebuild(art, source, log)
     tol = tolerance if tolerance is not None else float(art.target.parity.get("fidelity", {}).get("max_abs", 1e-4))
     texts = [t.text for t in evaluation_texts(batch)]
     enc = next(encode_batches(loaded.tokenizer, texts, batch_size=batch, max_length=m["calibration"]["max_length"]))
@@ -578,22 +631,26 @@ def bench(
     warmup: int = 5,
     runs: int = 30,
     min_seconds: float = 2.0,
+    source: str | Path | None = None,
     log: Any = None,
 ) -> list[Any]:
     """Time the original and the split ONNX side by side in the artifact's runtime."""
-    from ffsplit.bench.harness import check_shape, make_feed, summarise, time_interleaved
+    from ffsplit.bench.harness import make_feed, summarise, time_interleaved
     from ffsplit.runtimes.base import make_runner
     from ffsplit.split.calibration import evaluation_texts
 
+    bounds.require_int("--runs", runs, 1, bounds.MAX_RUNS)
+    bounds.require_int("--warmup", warmup, 0, bounds.MAX_WARMUP)
+    bounds.require_float("--min-seconds", min_seconds, 0.0, bounds.MAX_SECONDS)
+    if not batches or not sequences:
+        raise UsageError("--batch and --seq each need at least one size")
     art = open_artifact(folder)
     _require_supported(art.target)
     max_pos = art.manifest["source"].get("max_positions")
     for b in batches:
         for s in sequences:
-            check_shape(b, s, max_pos)
-    if runs < 1 or warmup < 0:
-        raise UsageError("--runs must be at least 1 and --warmup at least 0")
-    loaded = _load_source(art)
+            bounds.require_shape(b, s, max_pos)
+    loaded = _load_source(art, source)
     baseline = _baseline_onnx(art, loaded, log)
     texts = [t.text for t in evaluation_texts(64)]
     rows = []
@@ -622,11 +679,11 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
     info = dict(art.manifest)
     if graphs:
         found: dict[str, Any] = {}
-        paths = [art.folder / MODEL_FILE, *sorted((art.folder / "runtime").glob("*/optimized.onnx"))]
-        paths += sorted((art.folder / "runtime").glob("*/layers.json"))
+        present, _links = list_files(art.folder)  # regular files only: never follow a link out of the folder
+        paths = [present[MODEL_FILE]] if MODEL_FILE in present else []
+        for suffix in ("/optimized.onnx", "/layers.json"):
+            paths += [p for rel, p in sorted(present.items()) if rel.startswith(f"{RUNTIME_DIR}/") and rel.endswith(suffix)]
         for path in paths:
-            if not path.is_file():
-                continue
             try:
                 if path.suffix == ".json":  # a runtime's executed layer list (OpenVINO, TensorRT)
                     summary = records_summary(_layer_file_records(path))
@@ -642,9 +699,9 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
 
 def _layer_file_records(path: Path) -> list[Any]:
     """Guard records from a runtime's saved layer list: OpenVINO's rows or TensorRT's inspector JSON."""
-    import json
-
-    data = json.loads(path.read_text(encoding="utf-8"))
+    if path.stat().st_size > 256 << 20:
+        raise UsageError(f"{path} is larger than any layer list ffsplit writes")
+    data = parse_json(path.read_text(encoding="utf-8"), str(path))
     if isinstance(data, dict):
         from ffsplit.runtimes.tensorrt import records_from_inspector
 

@@ -1,25 +1,43 @@
-"""The output folder: atomic writing, manifest.json, file hashes and their verification.
+"""The output folder: its file names, atomic writing, the lock, manifest.json and verification.
 
 An output folder is built in a hidden sibling folder and renamed into place
 only when complete, so a failure or an interrupt leaves the previous folder
-(or nothing), never a mix.
+(or nothing), never a mix. ``--force`` replaces only a folder that is itself
+a complete ffsplit output. Clean-up runs with SIGINT / SIGTERM held, so a
+second signal cannot cut it short, and the next run over the same ``--out``
+finishes what a killed run (SIGKILL, a power cut) left.
+
+Reading trusts nothing: manifest.json is parsed with bounds and checked
+against its schema (``ffsplit.manifest``), it must agree with the copy
+embedded in the hash-protected model.onnx, the folder must hold exactly the
+files the manifest lists (no more, no fewer, no links), and no ONNX file may
+read external data from outside the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ffsplit.errors import UsageError
+from ffsplit.errors import CheckFailed, UsageError
+from ffsplit.manifest import FORMAT, POST_EXPORT_KEYS, manifest_problems
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+MODEL_FILE = "model.onnx"
+SPLIT_WEIGHTS = "split.safetensors"
+RUNTIME_DIR = "runtime"
+MANIFEST_MAX_BYTES = 64 << 20
+EMBEDDED_KEY = "pkg.ffsplit.manifest"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -39,64 +57,12 @@ def sha256_files(paths: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-def file_hashes(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+# -- writing
 
 
 @contextlib.contextmanager
-def output_lock(out: Path) -> Iterator[Path]:
-    """Hold ``.<name>.ffsplit-lock`` beside ``out`` (it records the owner's pid) while writing ``out``.
-
-    A second writer is refused while the owner lives; a lock left by a dead
-    process is taken over.
-    """
-    lock = out.parent / f".{out.name}.ffsplit-lock"
-    for _attempt in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = int(lock.read_text(encoding="utf-8").strip() or "0")
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _pid_alive(owner):
-                raise UsageError(
-                    f"another ffsplit export (pid {owner}) is writing '{out}': wait for it or choose another --out"
-                ) from None
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()  # stale: its owner is gone
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(str(os.getpid()))
-        break
-    else:
-        raise UsageError(f"cannot take the lock '{lock}': remove it if no ffsplit export is running")
-    try:
-        yield lock
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM for the two renames that swap the folders, so no interrupt lands between them."""
-    import signal
-
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM for a step that must not be cut short (a swap, a clean-up); they land after it."""
     sigs = {signal.SIGINT, signal.SIGTERM}
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
@@ -109,53 +75,325 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a folder (never following a link out of it), uninterruptibly."""
+    with signals_held():
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a hidden temporary sibling; on any failure neither is left half-written."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.ffsplit-tmp-{os.getpid()}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with signals_held(), contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def check_output_file(path: str | Path | None, flag: str) -> Path | None:
+    """Refuse, before any work, a ``--json`` / ``--report`` destination that cannot be written as a file."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if str(path) == "" or p.is_dir():
+        raise UsageError(f"{flag} '{path}' is a folder: pass a file path, e.g. {flag} report.json")
+    if not p.parent.is_dir():
+        raise UsageError(f"{flag} '{path}': folder '{p.parent}' does not exist: create it or pick another path")
+    if p.exists() and not p.is_file():
+        raise UsageError(f"{flag} '{path}' is not a regular file: pass a file path")
+    return p
+
+
+def _pid_of(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return text
+    return "unknown"
+
+
 @contextlib.contextmanager
-def staged_output(out: Path, *, force: bool) -> Iterator[Path]:
+def output_lock(out: Path) -> Iterator[Path]:
+    """Hold ``.<name>.ffsplit-lock`` beside ``out`` while writing ``out``.
+
+    The lock is an flock on that file, so the kernel releases it when its
+    holder dies by any means; the file records the holder's pid for the
+    message a second writer gets. A lock file left behind is simply reused.
+    """
+    lock = out.parent / f".{out.name}.ffsplit-lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UsageError(f"'{lock}' is a symbolic link, not an ffsplit lock: remove it") from None
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _pid_of(fd)
+            os.close(fd)
+            raise UsageError(
+                f"another ffsplit export (pid {owner}) is writing '{out}': wait for it or choose another --out"
+            ) from None
+        # The previous holder may have unlinked the file between our open and our flock: lock the one on disk.
+        try:
+            same = os.stat(lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield lock
+    finally:
+        with signals_held():
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            os.close(fd)
+
+
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(str(out.parent / f".{glob.escape(out.name)}.ffsplit-{kind}-*")))
+
+
+def finish_interrupted_runs(out: Path) -> None:
+    """With ``out``'s lock held: remove what runs killed outright left beside it.
+
+    A run killed between its two renames left the previous folder as
+    ``.NAME.ffsplit-old-PID`` and no ``out``: that folder goes back in place.
+    Staging folders of dead runs are removed. Nobody else can be writing
+    ``out`` while we hold its lock, so every such leftover is a dead run's.
+    """
+    for old in _leftovers(out, "old"):
+        if old.is_dir() and not old.is_symlink() and not out.exists() and not out.is_symlink():
+            os.replace(old, out)
+        else:
+            remove_tree(old)
+    for stage in _leftovers(out, "tmp"):
+        remove_tree(stage)
+
+
+def resolve_out(out: str | Path) -> Path:
+    """The real path ``--out`` names (links resolved once, here), refused if it cannot be a folder."""
+    if str(out).strip() == "":
+        raise UsageError("--out is empty: pass the path of a new folder, e.g. --out out/model")
+    path = Path(out).expanduser().resolve()
+    if path == Path(path.anchor):
+        raise UsageError(f"--out '{out}' is the file-system root: pass the path of a new folder")
+    return path
+
+
+def not_an_artifact(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete ffsplit output (None when it is one).
+
+    One is a folder whose manifest.json (of any format) lists every file in it
+    and nothing else; outputs of older ffsplit versions count, so --force can
+    replace them.
+    """
+    path = folder / MANIFEST
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MANIFEST_MAX_BYTES:
+            return f"no {MANIFEST} of ffsplit's"
+        manifest = parse_json(path.read_text(encoding="utf-8"), str(path))
+    except (UsageError, OSError, UnicodeDecodeError):
+        return f"its {MANIFEST} is not ffsplit's"
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("format"), int) and isinstance(manifest.get("files"), dict)):
+        return f"its {MANIFEST} is not ffsplit's"
+    present, problems = list_files(folder)
+    extra = sorted(set(present) - set(manifest["files"]) - {MANIFEST})
+    if problems or extra:
+        return f"'{folder}' holds files ffsplit did not write ({', '.join((problems + extra)[:3])})"
+    return None
+
+
+def refuse_overlap(out: Path, protected: dict[str, Path]) -> None:
+    """Refuse an ``out`` that equals, contains or lies inside a protected folder (the source model)."""
+    for what, p in protected.items():
+        p = p.resolve()
+        if out == p or out in p.parents or p in out.parents:
+            raise UsageError(
+                f"--out '{out}' overlaps the {what} '{p}': write the output to a folder outside it"
+            )
+
+
+@contextlib.contextmanager
+def staged_output(out: str | Path, *, force: bool, protected: dict[str, Path] | None = None) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces ``out``, on any error it is removed.
 
-    The folder is locked for the whole run (``output_lock``), and the final
-    swap happens with interrupts held, so ``out`` is always the previous
-    complete folder or the new complete one.
+    ``out`` must be new, or (with ``force``) a complete ffsplit output; it may
+    not overlap a ``protected`` folder. The folder is locked for the whole
+    run, and the swap and every clean-up run with interrupts held, so ``out``
+    is always the previous complete folder or the new complete one.
     """
-    out = Path(out)
-    if out.exists() and not force:
-        raise UsageError(f"output folder '{out}' already exists: choose another --out or pass --force")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path '{out}' is a file: choose a folder path for --out")
+    out = resolve_out(out)
+    refuse_overlap(out, protected or {})
+    _check_replaceable(out, force=force)
+    parent = out.parent
     created_parent = None
-    parent = out.resolve().parent
     if not parent.exists():
         created_parent = parent
         while not created_parent.parent.exists():
             created_parent = created_parent.parent
         parent.mkdir(parents=True)
-    out = parent / out.name
+    elif not parent.is_dir():
+        raise UsageError(f"--out '{out}': '{parent}' is a file, not a folder: choose another --out")
     try:
         with output_lock(out):
+            finish_interrupted_runs(out)
             stage = parent / f".{out.name}.ffsplit-tmp-{os.getpid()}"
-            shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir()
             try:
                 yield stage
-                with _signals_held():
+                _check_replaceable(out, force=force)  # it may have changed during a long run
+                with signals_held():
                     old = None
                     if out.exists():
                         old = parent / f".{out.name}.ffsplit-old-{os.getpid()}"
                         os.replace(out, old)
                     os.replace(stage, out)
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
+                    if old is not None:
+                        shutil.rmtree(old, ignore_errors=True)
             except BaseException:
-                shutil.rmtree(stage, ignore_errors=True)
+                remove_tree(stage)
                 raise
     except BaseException:
         if created_parent is not None:
-            shutil.rmtree(created_parent, ignore_errors=True)
+            remove_tree(created_parent)
         raise
 
 
-def check_external_data(model_path: Path) -> None:
-    """Refuse an ONNX file whose external data would be read from outside its own folder (never reads it)."""
+def _check_replaceable(out: Path, *, force: bool) -> None:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out '{out}' is a file, not a folder: choose a folder path for --out")
+    if not out.exists():
+        return
+    reason = not_an_artifact(out)
+    if reason is not None:
+        raise UsageError(
+            f"--out '{out}' exists and is not an ffsplit output folder ({reason}); --force replaces only "
+            "ffsplit outputs: choose a new folder"
+        )
+    if not force:
+        raise UsageError(f"output folder '{out}' already exists: choose another --out or pass --force to replace it")
+
+
+# -- reading and verifying
+
+
+def list_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Every regular file below ``folder`` by relative POSIX path, and what else is there (links, devices)."""
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in [*dirs, *names]:
+            p = Path(root) / name
+            rel = p.relative_to(folder).as_posix()
+            if p.is_symlink():
+                problems.append(f"{rel} is a symbolic link")
+                if name in dirs:
+                    dirs.remove(name)
+            elif name in names:
+                if p.is_file():
+                    files[rel] = p
+                else:
+                    problems.append(f"{rel} is not a regular file")
+    return files, problems
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON as ffsplit accepts it from disk: no NaN / Infinity, bounded nesting; UsageError otherwise."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise UsageError(f"{where} is nested too deeply to be an ffsplit manifest: re-run ffsplit export") from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise UsageError(f"{where} is not valid JSON ({str(exc)[:120]}): re-run ffsplit export") from None
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """manifest.json, parsed with bounds and checked against the schema (UsageError when it departs)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"'{folder}' is not an ffsplit output folder: pass the --out folder of an export")
+    path = folder / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise UsageError(f"'{folder}' has no {MANIFEST}: pass the --out folder of a completed ffsplit export")
+    if path.stat().st_size > MANIFEST_MAX_BYTES:
+        raise UsageError(f"{path} is larger than any ffsplit manifest: re-run ffsplit export")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: re-run ffsplit export") from None
+    manifest = parse_json(text, str(path))
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path} is not an ffsplit manifest (not a JSON object): re-run ffsplit export")
+    if manifest.get("format") != FORMAT:
+        found = manifest.get("format")
+        raise UsageError(
+            f"{path} is not an ffsplit manifest of format {FORMAT} (format {str(found)[:20]}"
+            f"{', made by an older ffsplit' if isinstance(found, int) and found < FORMAT else ''}): re-run ffsplit export"
+        )
+    problems = manifest_problems(manifest)
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UsageError(f"{path} is damaged ({'; '.join(problems[:3])}{more}): re-run ffsplit export")
+    return manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the hashes of every file in ``folder`` and write manifest.json (atomically)."""
+    files, problems = list_files(folder)
+    if problems:
+        raise RuntimeError(f"ffsplit wrote something other than files into its output: {problems}")
+    manifest = {**manifest, "files": {rel: sha256_file(p) for rel, p in sorted(files.items()) if rel != MANIFEST}}
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def _safe_relative(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an artifact whose files differ from what its manifest lists, either way."""
+    folder = Path(folder)
+    present, problems = list_files(folder)
+    listed = manifest["files"]
+    for rel, digest in listed.items():
+        if not _safe_relative(rel):
+            problems.append(f"{rel} points outside the folder")
+        elif rel not in present:
+            problems.append(f"{rel} is missing")
+        elif sha256_file(present[rel]) != digest:
+            problems.append(f"{rel} was modified")
+    problems += [f"{rel} is not listed in the manifest" for rel in sorted(set(present) - set(listed) - {MANIFEST})]
+    if problems:
+        more = f" and {len(problems) - 4} more" if len(problems) > 4 else ""
+        raise UsageError(
+            f"'{folder}' does not match its manifest ({'; '.join(problems[:4])}{more}): re-run ffsplit export"
+        )
+
+
+def onnx_metadata(model_path: Path) -> dict[str, str]:
+    """An ONNX file's metadata_props, after refusing external data that would be read from outside its folder.
+
+    The file is parsed without its external data, so nothing outside is ever read.
+    """
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
@@ -174,56 +412,45 @@ def check_external_data(model_path: Path) -> None:
         if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
             raise UsageError(
                 f"'{model_path}': external data of tensor '{tensor.name}' points outside the model's folder "
-                f"('{location}'); refusing to read it"
+                f"('{location}'); refusing to read it: re-run ffsplit export, or keep the data beside the model"
             )
+    return {p.key: p.value for p in model.metadata_props}
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the hashes of every file in ``folder`` and write manifest.json (atomically)."""
-    manifest = {**manifest, "files": file_hashes(folder)}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / MANIFEST)
-    return manifest
+def check_external_data(model_path: Path) -> None:
+    """Refuse an ONNX file whose external data would be read from outside its own folder (never reads it)."""
+    onnx_metadata(model_path)
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"'{folder}' is not an ffsplit output folder: pass the --out folder of an export")
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"'{folder}' has no {MANIFEST}: pass the --out folder of a completed ffsplit export")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc}): re-run ffsplit export") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "files" not in manifest:
-        raise UsageError(f"{path} is not an ffsplit manifest of format {FORMAT}: re-run ffsplit export")
-    if not isinstance(manifest["files"], dict) or not all(isinstance(v, str) for v in manifest["files"].values()):
-        raise UsageError(f"{path} is damaged (files malformed): re-run ffsplit export")
-    return manifest
+def check_embedded_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """manifest.json must agree with the copy embedded in model.onnx (whose hash the manifest lists).
 
-
-def require_fields(folder: Path, manifest: dict[str, Any], fields: dict[str, type]) -> None:
-    """Refuse a manifest whose sections a verb needs are missing or of the wrong kind (a hand-edited file)."""
-    wrong = [k for k, t in fields.items() if not isinstance(manifest.get(k), t)]
-    if wrong:
-        raise UsageError(f"{Path(folder) / MANIFEST} is damaged ({', '.join(wrong)} malformed): re-run ffsplit export")
-
-
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    """Refuse an artifact whose files differ from what its manifest recorded."""
-    problems = []
-    for rel, digest in manifest["files"].items():
-        p = Path(folder) / rel
-        if not p.resolve().is_relative_to(Path(folder).resolve()):
-            problems.append(f"{rel} points outside the folder")
-        elif not p.is_file():
-            problems.append(f"{rel} is missing")
-        elif sha256_file(p) != digest:
-            problems.append(f"{rel} was modified")
-    if problems:
-        raise UsageError(
-            f"'{folder}' does not match its manifest ({'; '.join(problems)}): re-run ffsplit export"
+    Everything decided before the model was saved (source, target with its
+    runtime options, recipe, layers, checks) lives in both; a difference
+    means one of them was edited or swapped after the export: a failed check.
+    """
+    meta = onnx_metadata(Path(folder) / MODEL_FILE)
+    if EMBEDDED_KEY not in meta:
+        raise CheckFailed(
+            f"'{Path(folder) / MODEL_FILE}' carries no ffsplit manifest: it is not the model this folder was "
+            "exported with; re-run ffsplit export"
         )
+    embedded = parse_json(meta[EMBEDDED_KEY], f"the manifest embedded in {MODEL_FILE}")
+    if not isinstance(embedded, dict):
+        raise CheckFailed(f"the manifest embedded in {MODEL_FILE} is not an object: re-run ffsplit export")
+    keys = (set(embedded) | set(manifest)) - POST_EXPORT_KEYS
+    differ = sorted(k for k in keys if embedded.get(k) != manifest.get(k))
+    if differ:
+        raise CheckFailed(
+            f"'{folder}': {MANIFEST} disagrees with the manifest embedded in {MODEL_FILE} "
+            f"({', '.join(differ[:6])}): one was edited or swapped after the export; re-run ffsplit export"
+        )
+
+
+def verify_artifact(folder: Path, manifest: dict[str, Any]) -> None:
+    """Everything ``check`` / ``bench`` / ``debug`` / ``triton`` trust, before anything runs."""
+    verify_files(folder, manifest)
+    for rel in manifest["files"]:
+        if rel.endswith(".onnx"):
+            check_external_data(Path(folder) / rel)
+    check_embedded_manifest(folder, manifest)

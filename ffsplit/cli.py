@@ -57,11 +57,33 @@ def _limits(items: list[str]) -> dict[str, float]:
 
 
 def _write_json(path: str | None, data: Any) -> None:
+    from ffsplit.artifact import write_text_atomic
+
     if path:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(p)
+        write_text_atomic(Path(path), json.dumps(data, indent=2) + "\n")
+
+
+def _outputs_writable(a: argparse.Namespace) -> None:
+    """Refuse a --json / --report destination that cannot be written, before any work."""
+    from ffsplit.artifact import check_output_file
+
+    for flag in ("json", "report"):
+        value = getattr(a, flag, None)
+        if isinstance(value, str):
+            check_output_file(value, f"--{flag}")
+
+
+_SOURCE_HELP = "the source model's folder, if it moved since the export (it must be the very same model)"
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port from 0 to 65535 (0 picks a free one)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,12 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-size", type=int, help="evaluation texts (default: as at export)")
     c.add_argument("--json", help="write the parity report to this file")
     c.add_argument("--per-layer", action="store_true", help="also compare every FFN module's output (as ffsplit debug)")
+    c.add_argument("--source", help=_SOURCE_HELP)
 
     d = sub.add_parser("debug", help="compare every FFN module's output between split torch and the runtime, layer by layer")
     d.add_argument("dir")
     d.add_argument("--batch", type=int, default=8, help="evaluation texts in the one batch compared (default 8)")
     d.add_argument("--tolerance", type=float, help="max abs error per unit of output magnitude (default: the target's fidelity max_abs)")
     d.add_argument("--json", help="write every module's comparison to this file")
+    d.add_argument("--source", help=_SOURCE_HELP)
 
     b = sub.add_parser("bench", help="time the original and the split ONNX side by side")
     b.add_argument("dir")
@@ -128,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-seconds", type=float, default=2.0, help="keep timing at least this long per shape (default 2)")
     b.add_argument("--json", help="write the timings to this file")
     b.add_argument("--report", help="write a markdown report (machine, timings, size, accuracy) to this file")
+    b.add_argument("--source", help=_SOURCE_HELP)
 
     i = sub.add_parser("inspect", help="print the per-layer table and per-branch ops / precision of an output folder")
     i.add_argument("dir")
@@ -142,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="serve an output folder with a local Triton server until interrupted")
     sv.add_argument("dir")
-    sv.add_argument("--http-port", type=int, default=8000)
-    sv.add_argument("--grpc-port", type=int, default=8001)
+    sv.add_argument("--http-port", type=_port, default=8000, help="HTTP port on 127.0.0.1 (default 8000; 0: any free port)")
+    sv.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port on 127.0.0.1 (default 8001; 0: any free port)")
 
     sub.add_parser("targets", help="list the shipped targets and whether each can run here")
     sub.add_parser("support", help="print the support matrix (family x task) as markdown")
@@ -222,7 +247,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
     from ffsplit import api
     from ffsplit.parity.check import format_table
 
-    report = api.check(a.dir, eval_size=a.eval_size, log=_log)
+    report = api.check(a.dir, eval_size=a.eval_size, source=a.source, log=_log)
     print("branch separation in the runtime's optimised graph: pass")
     print(format_table(report))
     _write_json(a.json, report.to_json())
@@ -230,7 +255,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
     if failed:
         print("ffsplit: check failed: " + "; ".join(report.failures()), file=sys.stderr)
     if a.per_layer:
-        failed = _print_layers(api.debug(a.dir, log=_log)) or failed
+        failed = _print_layers(api.debug(a.dir, source=a.source, log=_log)) or failed
     return 1 if failed else 0
 
 
@@ -259,7 +284,7 @@ def _print_layers(results: list[Any]) -> bool:
 def _cmd_debug(a: argparse.Namespace) -> int:
     from ffsplit import api
 
-    results = api.debug(a.dir, batch=a.batch, tolerance=a.tolerance, log=_log)
+    results = api.debug(a.dir, batch=a.batch, tolerance=a.tolerance, source=a.source, log=_log)
     _write_json(a.json, [r.to_json() for r in results])
     if not results:
         print("ffsplit: check failed: no FFN module could be matched to a graph value", file=sys.stderr)
@@ -272,7 +297,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     from ffsplit.bench.harness import format_table
 
     rows = api.bench(
-        a.dir, batches=a.batch, sequences=a.seq, runs=a.runs, warmup=a.warmup, min_seconds=a.min_seconds, log=_log
+        a.dir, batches=a.batch, sequences=a.seq, runs=a.runs, warmup=a.warmup, min_seconds=a.min_seconds,
+        source=a.source, log=_log,
     )
     print(format_table(rows))
     _write_json(a.json, [r.to_json() for r in rows])
@@ -281,7 +307,9 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
         manifest = api.inspect_artifact(a.dir, graphs=False)
         command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
-        Path(a.report).write_text(report_markdown(manifest, rows, api._versions(), command), encoding="utf-8")
+        from ffsplit.artifact import write_text_atomic
+
+        write_text_atomic(Path(a.report), report_markdown(manifest, rows, api._versions(), command))
         print(f"wrote {a.report}")
     return 0
 
@@ -364,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inspect": _cmd_inspect, "debug": _cmd_debug, "triton": _cmd_triton, "serve": _cmd_serve, "targets": _cmd_targets, "support": _cmd_support,
     }
     try:
+        _outputs_writable(args)
         return handlers[args.verb](args)
     except FFSplitError as exc:
         kind = "error" if isinstance(exc, UsageError) else "check failed"

@@ -22,6 +22,7 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
+SAFETENSORS_NAMES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = (
     "tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
     "merges.txt",
@@ -53,23 +54,30 @@ def resolve_model(spec: str) -> Path:
         )
     if not path.is_dir() or not (path / "config.json").is_file():
         raise UsageError(f"'{spec}' is not a Hugging Face model folder (no config.json): point MODEL at the folder")
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        pickles = [p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"}]
+    # transformers reads exactly these names; another *.safetensors (an adapter, a decoy) is not the model
+    if not any((path / name).is_file() for name in SAFETENSORS_NAMES):
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
         if pickles:
             raise UsageError(
                 f"'{spec}' has only pickle weights ({pickles[0]}); ffsplit loads safetensors only: "
                 "re-save the model with save_pretrained(..., safe_serialization=True)"
             )
-        raise UsageError(f"'{spec}' has no *.safetensors weights: add the model's weights to the folder")
+        raise UsageError(
+            f"'{spec}' has no model.safetensors (or model.safetensors.index.json): add the model's weights to the folder"
+        )
     return path.resolve()
 
 
 def read_config(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except RecursionError:
+        config = None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path / 'config.json'} is not valid JSON ({exc}): repair or re-download the model") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path / 'config.json'} is not a JSON object of settings: repair or re-download the model")
+    return config
 
 
 def model_files(path: Path) -> list[Path]:
@@ -133,8 +141,14 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
             path, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
             dtype="float32",
         )
-    except ValueError as exc:
-        raise UsageError(f"cannot load '{spec}' for {task_spec.name}: {str(exc).splitlines()[0]}") from None
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # damaged weights, sizes that contradict config.json, a config transformers rejects
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:200]
+        raise UsageError(
+            f"cannot load '{spec}' for {task_spec.name} ({type(exc).__name__}: {first}): the weights are damaged "
+            "or do not match config.json; re-save or re-download the model"
+        ) from None
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()

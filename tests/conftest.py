@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,27 @@ def tiny_lowrank_artifact(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPath
     )
     assert r.returncode == 0, r.stderr
     return out
+
+
+def forge_manifest(folder: Path, mutate: Callable[[dict], object]) -> dict:
+    """Edit an artifact's manifest the way a careful forger would: manifest.json, the copy embedded in
+    model.onnx and every file hash all made to agree, so only ffsplit's own checks can catch it."""
+    import json
+
+    import onnx
+
+    from ffsplit.artifact import EMBEDDED_KEY, MANIFEST, write_manifest
+    from ffsplit.manifest import POST_EXPORT_KEYS
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    mutate(manifest)
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    embedded = {k: v for k, v in manifest.items() if k not in POST_EXPORT_KEYS}
+    for prop in model.metadata_props:
+        if prop.key == EMBEDDED_KEY:
+            prop.value = json.dumps(embedded, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    return write_manifest(folder, {k: v for k, v in manifest.items() if k != "files"})
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ def test_success_renames_into_place(tmp_path: Path) -> None:
     out = tmp_path / "a" / "b" / "out"
     with staged_output(out, force=False) as stage:
         (stage / "model.onnx").write_bytes(b"x")
-        write_manifest(stage, {"format": 1})
+        write_manifest(stage, {"format": 2})
     assert (out / "model.onnx").read_bytes() == b"x"
     assert [p.name for p in out.parent.iterdir()] == ["out"]
 
@@ -32,15 +32,17 @@ def test_failure_with_force_keeps_the_previous_output(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old").write_text("previous")
+    write_manifest(out, {"format": 2})
     with pytest.raises(KeyboardInterrupt), staged_output(out, force=True) as stage:
         (stage / "new").write_text("half")
         raise KeyboardInterrupt
-    assert [p.name for p in out.iterdir()] == ["old"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "old"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:
-    (tmp_path / "out").mkdir()
+    with staged_output(tmp_path / "out", force=False) as stage:
+        write_manifest(stage, {"format": 2})
     with pytest.raises(UsageError, match="already exists: choose another --out or pass --force"), staged_output(tmp_path / "out", force=False):
         pass
     with staged_output(tmp_path / "out", force=True) as stage:
@@ -53,9 +55,9 @@ def test_hashes_are_verified(tmp_path: Path) -> None:
         (stage / "model.onnx").write_bytes(b"model")
         (stage / "sub").mkdir()
         (stage / "sub" / "x.txt").write_text("x")
-        write_manifest(stage, {"format": 1})
+        write_manifest(stage, {"format": 2})
     folder = tmp_path / "out"
-    manifest = read_manifest(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.onnx", "sub/x.txt"}
     verify_files(folder, manifest)
     (folder / "model.onnx").write_bytes(b"tampered")
@@ -70,9 +72,9 @@ def test_manifest_path_traversal_is_refused(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s")
     folder = tmp_path / "out"
     folder.mkdir()
-    (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": {"../secret": "0" * 64}}))
+    (folder / "manifest.json").write_text(json.dumps({"format": 2, "files": {"../secret": "0" * 64}}))
     with pytest.raises(UsageError, match="points outside the folder"):
-        verify_files(folder, read_manifest(folder))
+        verify_files(folder, json.loads((folder / "manifest.json").read_text()))
 
 
 @pytest.mark.parametrize("content", [None, "not json", json.dumps({"format": 99, "files": {}})])

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import forge_manifest, run_cli
 
 FAST_ARGS = ["--calib-size", "16", "--eval-size", "24", "--max-length", "32"]
 
@@ -67,7 +67,7 @@ def _empty_calib(tmp_path: Path) -> Path:
         ("heavy-ratio", "outside (0, 1)"),
         ("rank-too-large", "is not smaller than the light width 56"),
         ("empty-calib", "is empty"),
-        ("out-exists", "already exists"),
+        ("out-exists", "exists and is not an ffsplit output folder"),
         ("unknown-target", "unknown target 'tpu'"),
         ("unknown-recipe", "unknown light recipe 'svd:3'"),
         ("bad-limit", "not METRIC=VALUE"),
@@ -172,9 +172,8 @@ def test_targets_verb() -> None:
 def test_check_exits_1_when_a_limit_is_missed(tiny_lowrank_artifact: Path, tmp_path: Path) -> None:
     art = tmp_path / "art"
     shutil.copytree(tiny_lowrank_artifact, art)
-    manifest = json.loads((art / "manifest.json").read_text())
-    manifest["parity"]["comparisons"]["compression"]["limits"]["cosine_min"] = 1.0
-    (art / "manifest.json").write_text(json.dumps(manifest))
+    # a consistent edit (manifest, embedded copy, hashes) that only the parity run itself can fail
+    forge_manifest(art, lambda m: m["checks"]["limits"]["compression"].update(cosine_min=1.0))
     r = run_cli("check", str(art))
     assert r.returncode == 1
     assert "ffsplit: check failed: compression (original torch vs split torch) cosine_min" in r.stderr

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ffsplit.errors import UsageError
 from ffsplit.split.calibration import positions_from_mask
 
 
@@ -90,15 +89,6 @@ def summarise(times: dict[str, list[float]], *, batch: int, sequence: int, refer
             )
         )
     return out
-
-
-def check_shape(batch: int, sequence: int, max_positions: int | None) -> None:
-    if batch < 1 or sequence < 1:
-        raise UsageError(f"batch {batch} x sequence {sequence}: both must be at least 1")
-    if max_positions is not None and sequence > max_positions:
-        raise UsageError(
-            f"sequence {sequence} is longer than the model's maximum of {max_positions} positions: pass --seq <= {max_positions}"
-        )
 
 
 def format_table(rows: list[Timing]) -> str:

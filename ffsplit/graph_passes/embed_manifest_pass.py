@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
-MANIFEST_KEY = "pkg.ffsplit.manifest"
+from ffsplit.artifact import EMBEDDED_KEY as MANIFEST_KEY
 
 
 class EmbedManifestPass(InPlacePass):

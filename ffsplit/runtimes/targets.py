@@ -10,6 +10,8 @@ checks every key against a schema and lists every problem at once.
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -32,6 +34,46 @@ SHAPE_AXES = ("batch", "sequence", "past")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 _SCALAR = (str, int, float, bool)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+# ONNX Runtime session config entries a target may set: ones that tune computation and name no file.
+SESSION_CONFIG_KEYS = frozenset({
+    "session.disable_prepacking", "session.use_env_allocators", "session.set_denormal_as_zero",
+    "session.enable_quant_qdq", "session.disable_quant_qdq", "session.enable_quant_qdq_cleanup",
+    "session.disable_double_qdq_remover", "session.x64quantprecision", "session.qdq_matmulnbits_accuracy_level",
+    "session.qdqisint8allowed", "session.disable_aot_function_inlining", "session.dynamic_block_base",
+    "session.intra_op.allow_spinning", "session.inter_op.allow_spinning", "session.force_spinning_stop",
+    "session.strict_shape_type_inference", "session.allow_released_opsets_only", "session.disable_cpu_ep_fallback",
+    "session.use_device_allocator_for_initializers", "session.graph_optimizations_loop_level",
+    "session.optimized_model_external_initializers_min_size_in_bytes",
+    "optimization.enable_gelu_approximation", "optimization.disable_specified_optimizers",
+    "optimization.enable_cast_chain_elimination", "mlas.enable_gemm_fastmath_arm64_bfloat16",
+})
+# Entries naming a file ONNX Runtime writes beside the graph it saves: a plain file name is accepted.
+SESSION_CONFIG_FILE_KEYS = frozenset({"session.optimized_model_external_initializers_file_name"})
+RESERVED_FILES = frozenset({"model.onnx", "model.onnx.data", "manifest.json", "split.safetensors", "optimized.onnx"})
+# Provider options and OpenVINO properties that name files or folders (caches, dumps, plug-in
+# libraries): ffsplit keeps everything a runtime writes inside the artifact, so a target may not set them.
+_PATH_KEY = re.compile(r"path|file|dir|folder|dump|lib|location|table_name", re.IGNORECASE)
+
+
+def _option_problems(where: str, key: str, value: object) -> list[str]:
+    """What is wrong with one runtime option from a target: a file-naming key or a path-like value."""
+    if _PATH_KEY.search(key):
+        return [f"'{where}.{key}' names a file or folder, which a target may not set (ffsplit keeps runtime files "
+                "inside the artifact)"]
+    if isinstance(value, str) and (any(c in value for c in "/\\\0") or value.startswith(".") or len(value) > 1024):
+        return [f"'{where}.{key}' has a path-like or overlong value, which a target may not set"]
+    return []
+
+
+def _session_config_problems(key: str, value: object) -> list[str]:
+    if key in SESSION_CONFIG_FILE_KEYS:
+        if not (isinstance(value, str) and NAME.fullmatch(value) and value not in RESERVED_FILES):
+            return [f"'session_config.{key}' must be a plain file name (letters, digits, . _ + -), not a path"]
+        return []
+    if key not in SESSION_CONFIG_KEYS:
+        return [f"session_config key '{key[:60]}' is not one ffsplit passes to ONNX Runtime (see README, Targets)"]
+    return []
 # key -> (type, required); nested tables are checked below.
 _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "description": (str, False),
@@ -135,8 +177,17 @@ class Target:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Target:
-        """A target as an artifact's manifest recorded it."""
+    def from_json(cls, data: Any, *, where: str = "the manifest") -> Target:
+        """A target as an artifact's manifest recorded it, checked as strictly as a target file."""
+        if not isinstance(data, dict):
+            raise UsageError(f"{where} has a damaged target (not a table): re-run ffsplit export")
+        rest = {k: v for k, v in data.items() if k != "name"}
+        errors = _validate(rest)
+        if not (isinstance(data.get("name"), str) and NAME.fullmatch(data["name"])):
+            errors.insert(0, "the name is not a plain target name")
+        if errors:
+            text = "; ".join(errors[:3]).replace("\r", "\\r").replace("\n", "\\n")
+            raise UsageError(f"{where} has a damaged target ({text}): re-run ffsplit export")
         known = {f for f in cls.__dataclass_fields__ if f not in ("source", "description")}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["providers"] = tuple(kwargs.get("providers", ()))
@@ -216,27 +267,35 @@ def _validate(data: dict[str, Any]) -> list[str]:
             if not isinstance(data.get("providers"), str) and provider not in (data.get("providers") or []):
                 errors.append(f"'provider_options.{provider}' names a provider not in 'providers'")
             for k, v in options.items():
-                if not _is(v, _SCALAR):
-                    errors.append(f"'provider_options.{provider}.{k}' must be a string, number or boolean")
+                if not _is(v, _SCALAR) or (isinstance(v, float) and not math.isfinite(v)):
+                    errors.append(f"'provider_options.{provider}.{k}' must be a string, finite number or boolean")
+                errors += _option_problems(f"provider_options.{provider}", k, v)
     if isinstance(data.get("session_config"), dict):
         for k, v in data["session_config"].items():
             if not isinstance(v, str):
                 errors.append(f"'session_config.{k}' must be a string (ONNX Runtime session config values are strings)")
+            errors += _session_config_problems(k, v)
     _check_table(data.get("openvino"), _OPENVINO, "openvino", errors)
     if isinstance(data.get("openvino"), dict) and isinstance(data["openvino"].get("config"), dict):
         for k, v in data["openvino"]["config"].items():
             if not isinstance(v, str):
                 errors.append(f"'openvino.config.{k}' must be a string")
+            errors += _option_problems("openvino.config", k, v)
     _check_table(data.get("tensorrt"), _TENSORRT, "tensorrt", errors)
+    if isinstance(data.get("tensorrt"), dict):
+        for k in ("workspace_mb", "builder_optimization_level"):
+            v = data["tensorrt"].get(k)
+            if _is(v, int) and not 0 <= v <= (1 << 24 if k == "workspace_mb" else 5):
+                errors.append(f"'tensorrt.{k}' = {v} is out of range")
     if isinstance(data.get("shapes"), dict):
         for axis, rng in data["shapes"].items():
             if axis not in SHAPE_AXES:
                 errors.append(f"unknown key 'shapes.{axis}'")
             elif not (
-                isinstance(rng, list) and len(rng) == 3 and all(_is(v, int) and v > 0 for v in rng)
+                isinstance(rng, list) and len(rng) == 3 and all(_is(v, int) and 0 < v <= 1 << 20 for v in rng)
                 and rng[0] <= rng[1] <= rng[2]
             ):
-                errors.append(f"'shapes.{axis}' must be [min, opt, max] positive integers in order")
+                errors.append(f"'shapes.{axis}' must be [min, opt, max] integers from 1 to 1048576, in order")
     if isinstance(data.get("parity"), dict):
         for group, values in data["parity"].items():
             if group not in _PARITY:
@@ -248,8 +307,12 @@ def _validate(data: dict[str, Any]) -> list[str]:
             for k, v in values.items():
                 if k not in _PARITY[group]:
                     errors.append(f"unknown key 'parity.{group}.{k}'")
-                elif not _is(v, (int, float)):
-                    errors.append(f"'parity.{group}.{k}' must be a number")
+                elif not _is(v, (int, float)) or not math.isfinite(v):
+                    errors.append(f"'parity.{group}.{k}' must be a finite number")
+                elif k in ("max_abs", "perplexity_ratio") and not (v >= (1.0 if k == "perplexity_ratio" else 0.0)):
+                    errors.append(f"'parity.{group}.{k}' = {v} is below {1 if k == 'perplexity_ratio' else 0}")
+                elif k not in ("max_abs", "perplexity_ratio") and not 0.0 <= v <= 1.0:
+                    errors.append(f"'parity.{group}.{k}' = {v} is outside [0, 1]")
     return errors
 
 
@@ -268,6 +331,11 @@ def load_target(spec: str) -> Target:
         if not path.is_file():
             raise UsageError(f"target file '{spec}' not found: pass a shipped target name or a .toml path")
         name = path.stem
+        if not NAME.fullmatch(name):
+            raise UsageError(
+                f"target file '{spec}': its name '{name[:40]}' becomes a folder name in the artifact; "
+                "rename the file to letters, digits and . _ + - only"
+            )
     else:
         path = _builtin_dir() / f"{spec}.toml"
         if not path.is_file():

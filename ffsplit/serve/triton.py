@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ffsplit.artifact import MODEL_FILE, remove_tree, signals_held, staged_output
 from ffsplit.errors import UsageError
 
 _TYPES = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP16", 9: "TYPE_BOOL", 11: "TYPE_FP64"}
@@ -195,22 +196,38 @@ def parse_pbtxt(text: str) -> dict[str, Any]:
     return message(None)
 
 
+# What ffsplit accepts as a Triton model name: one plain path component inside the repository.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
 def _model_name(manifest: dict[str, Any]) -> str:
     base = Path(str(manifest["source"]["spec"])).name or "model"
-    return re.sub(r"[^A-Za-z0-9_-]", "-", f"ffsplit-{base}-{manifest['target']['name']}")
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"ffsplit-{base}-{manifest['target']['name']}")[:128]
+
+
+def _model_dir(repo: Path, name: str) -> Path:
+    """``repo/name`` for a validated model name; the folder must not exist yet."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise UsageError(
+            f"--name '{name[:60]}' is not a Triton model name: use letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit (no '/' or '..')"
+        )
+    if repo.exists() and not repo.is_dir():
+        raise UsageError(f"--repo '{repo}' is a file: pass a folder for the model repository")
+    model_dir = repo / name
+    if model_dir.exists() or model_dir.is_symlink():
+        raise UsageError(f"'{model_dir}' already exists: choose another --name or --repo, or remove it")
+    return model_dir
 
 
 def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Triton model repository serving ``artifact`` with Triton's own backend for its target."""
-    from ffsplit.api import MODEL_FILE, open_artifact
+    from ffsplit.api import open_artifact
 
     art = open_artifact(artifact)
-    name = name or _model_name(art.manifest)
+    model_dir = _model_dir(repo, name or _model_name(art.manifest))
+    name = model_dir.name
     target = art.target
-    model_dir = repo / name
-    version = model_dir / "1"
-    if model_dir.exists():
-        raise UsageError(f"'{model_dir}' already exists: choose another --repo or remove it")
     sig = signature(art.folder / MODEL_FILE)
     if target.runtime == "tensorrt":
         plan = art.folder / "runtime" / target.name / "model.plan"
@@ -220,14 +237,16 @@ def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> 
     else:
         platform = "onnxruntime_onnx"
         files = [(p, p.name) for p in [art.folder / MODEL_FILE, *art.folder.glob(MODEL_FILE + ".data")]]
-    version.mkdir(parents=True)
-    for src, dst in files:
-        shutil.copy2(src, version / dst)
     cfg = model_config(
         name, sig, platform=platform, backend=None, shapes=target.shapes,
         kind="KIND_GPU" if target.on_gpu else "KIND_CPU", sequence=art.manifest["task"] == "causal-lm-with-past",
     )
-    (model_dir / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
+    # staged beside the repository's other models and renamed in when whole (a full disk leaves nothing)
+    with staged_output(model_dir, force=False) as stage:
+        (stage / "1").mkdir()
+        for src, dst in files:
+            shutil.copy2(src, stage / "1" / dst)
+        (stage / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
     return model_dir
 
 
@@ -273,7 +292,7 @@ class TritonPythonModel:
 
 def python_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Python-backend model running ``artifact`` with ONNX Runtime (what the pytriton server can run)."""
-    from ffsplit.api import MODEL_FILE, open_artifact
+    from ffsplit.api import open_artifact
 
     art = open_artifact(artifact)
     if art.target.runtime != "onnxruntime" or art.target.on_gpu:
@@ -289,18 +308,17 @@ def python_model(
     session_config: dict[str, str] | None = None, sequence: bool = False,
 ) -> Path:
     """A Python-backend model over any ONNX file (an artifact's, or the original model's for comparison)."""
-    model_dir = repo / name
-    if model_dir.exists():
-        raise UsageError(f"'{model_dir}' already exists: choose another --repo or remove it")
-    (model_dir / "1").mkdir(parents=True)
+    model_dir = _model_dir(repo, name)
     site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    (model_dir / "1" / "model.py").write_text(PYTHON_MODEL.replace("SITE_PACKAGES", repr(site)), encoding="utf-8")
     cfg = model_config(
         name, signature(model_path), platform=None, backend="python", shapes=shapes or {}, kind="KIND_CPU",
         sequence=sequence,
         parameters={"model_path": str(Path(model_path).resolve()), "session_config": json.dumps(session_config or {})},
     )
-    (model_dir / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
+    with staged_output(model_dir, force=False) as stage:
+        (stage / "1").mkdir()
+        (stage / "1" / "model.py").write_text(PYTHON_MODEL.replace("SITE_PACKAGES", repr(site)), encoding="utf-8")
+        (stage / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
     return model_dir
 
 
@@ -338,14 +356,16 @@ class Server:
         return f"127.0.0.1:{self.http_port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """Stop the server and remove its folder; a second Ctrl-C meanwhile cannot cut this short."""
+        with signals_held():
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_server(artifact: Path | None = None, *, models: dict[str, Path] | None = None, http_port: int = 0,
@@ -359,6 +379,10 @@ def start_server(artifact: Path | None = None, *, models: dict[str, Path] | None
     stub = server_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
     if not stub.is_file():
         raise UsageError(f"the pytriton wheel has no Python backend stub for Python {sys.version_info.major}.{sys.version_info.minor}")
+    for flag, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
+        if port and not _port_free(port):
+            raise UsageError(f"port {port} on 127.0.0.1 is in use: pass {flag} with a free port, or {flag} 0 for any")
+    server: Server | None = None
     work = Path(tempfile.mkdtemp(prefix="ffsplit-triton-"))
     try:
         backends = work / "backends" / "python"
@@ -384,30 +408,50 @@ def start_server(artifact: Path | None = None, *, models: dict[str, Path] | None
             f"--backend-directory={work / 'backends'}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--allow-metrics=false", "--log-verbose=0",
         ]
-        log_file = open(work / "server.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with open(work / "server.log", "wb") as log_file:  # the child keeps its own descriptor
+            # its own session, so a Ctrl-C in the terminal reaches ffsplit, which stops it in order
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        server = Server(proc, http_port, grpc_port, names[0], work)
+        _wait_ready(server, names, timeout)
+        return server
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        # an error or an interrupt during start-up: the server (in a session of its own, so no
+        # signal reaches it) is stopped here, and the temporary folder goes with it
+        if server is not None:
+            server.stop()
+        remove_tree(work)
         raise
-    server = Server(proc, http_port, grpc_port, names[0], work)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_ready(server: Server, names: list[str], timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if proc.poll() is not None:
-            text = (work / "server.log").read_text(errors="replace")
+        if server.process.poll() is not None:
+            text = (server.workdir / "server.log").read_text(errors="replace")
             if os.environ.get("FFSPLIT_TRITON_DEBUG"):
                 print(text, file=sys.stderr)
             errors = [line for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
-            server.stop()
-            raise UsageError(f"tritonserver exited with {proc.returncode}: " + " | ".join(errors[-3:])[:600])
+            hint = " (a port in use? pass --http-port / --grpc-port 0)" if any("address" in e.lower() for e in errors) else ""
+            raise UsageError(
+                f"tritonserver exited with {server.process.returncode}: " + " | ".join(errors[-3:])[:600] + hint
+            )
         try:
             ready = 0
             for model_name in names:
                 with urllib.request.urlopen(f"http://{server.url}/v2/models/{model_name}/ready", timeout=2) as r:
                     ready += r.status == 200
             if ready == len(names):
-                return server
+                return
         except OSError:
             pass
         time.sleep(0.5)
-    server.stop()
     raise UsageError(f"tritonserver did not become ready in {timeout:.0f} s")

@@ -15,9 +15,11 @@ import hashlib
 import inspect
 import re
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from ffsplit.errors import UsageError
 
@@ -116,8 +118,13 @@ def _interleave(texts: list[Text]) -> list[Text]:
     return out
 
 
-def calibration_texts(calib_file: str | Path | None = None, *, limit: int = 512) -> list[str]:
-    """Calibration text: the bundled set, or one text per non-empty line of ``calib_file``."""
+def calibration_texts(calib_file: str | Path | None = None, *, limit: int = 512, max_length: int = 128) -> list[str]:
+    """Calibration text: the bundled set, or one text per non-empty line of ``calib_file``.
+
+    A file is read line by line and stops after ``limit`` texts; each line is
+    cut to what ``max_length`` tokens can hold before it reaches a tokenizer,
+    so one huge line costs its length in reading, not gigabytes in tokenizing.
+    """
     if calib_file is None:
         texts = [t.text for t in bundled_corpus()[0][:limit]]
         if not texts:
@@ -126,19 +133,44 @@ def calibration_texts(calib_file: str | Path | None = None, *, limit: int = 512)
     path = Path(calib_file)
     if not path.is_file():
         raise UsageError(f"calibration file '{calib_file}' not found: pass a text file with one text per line")
-    raw = path.read_bytes()
-    if b"\x00" in raw:
-        raise UsageError(f"calibration file '{calib_file}' is binary: pass a UTF-8 text file, one text per line")
+    cap = max(4096, 32 * max_length)  # bytes: far more than max_length tokens of any language
+    texts: list[str] = []
+    offset = 0
     try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"calibration file '{calib_file}' is not UTF-8 (byte {exc.start}): re-encode it as UTF-8"
-        ) from None
-    texts = [line.strip() for line in content.splitlines() if line.strip()]
+        with open(path, "rb") as f:
+            for raw in _capped_lines(f, cap):
+                if b"\x00" in raw:
+                    raise UsageError(
+                        f"calibration file '{calib_file}' is binary: pass a UTF-8 text file, one text per line"
+                    )
+                try:
+                    line = raw.decode("utf-8", errors="strict" if len(raw) < cap else "ignore").strip()
+                except UnicodeDecodeError as exc:
+                    raise UsageError(
+                        f"calibration file '{calib_file}' is not UTF-8 (byte {offset + exc.start}): re-encode it as UTF-8"
+                    ) from None
+                offset += len(raw)
+                if line:
+                    texts.append(line)
+                    if len(texts) >= limit:
+                        break
+    except OSError as exc:
+        raise UsageError(f"calibration file '{calib_file}' cannot be read ({exc.strerror})") from None
     if not texts:
         raise UsageError(f"calibration file '{calib_file}' is empty: give at least one line of text")
-    return texts[:limit]
+    return texts
+
+
+def _capped_lines(f: BinaryIO, cap: int) -> Iterator[bytes]:
+    """The lines of a binary file, each cut to ``cap`` bytes (the rest of an over-long line is read past in chunks and dropped)."""
+    while True:
+        line = f.readline(cap)
+        if not line:
+            return
+        if len(line) == cap and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+        yield line
 
 
 def evaluation_texts(limit: int = 256) -> list[Text]:

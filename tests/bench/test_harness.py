@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ffsplit.bench.harness import check_shape, make_feed, summarise, time_interleaved
+from ffsplit.bench.harness import make_feed, summarise, time_interleaved
+from ffsplit.bounds import require_shape
 from ffsplit.errors import UsageError
 
 
@@ -44,8 +45,12 @@ def test_feed_has_exact_shape() -> None:
 
 
 def test_shape_checks() -> None:
-    with pytest.raises(UsageError, match="longer than the model's maximum of 512"):
-        check_shape(1, 513, 512)
-    with pytest.raises(UsageError):
-        check_shape(0, 128, 512)
-    check_shape(8, 512, 512)
+    with pytest.raises(UsageError, match="longer than the model's maximum of 512 positions"):
+        require_shape(1, 513, 512)
+    with pytest.raises(UsageError, match="--batch 0"):
+        require_shape(0, 128, 512)
+    with pytest.raises(UsageError, match="--batch 100000: pass a whole number from 1 to 1,024"):
+        require_shape(100_000, 128, 512)
+    with pytest.raises(UsageError, match="tokens in one run"):
+        require_shape(1024, 512, 512)
+    require_shape(8, 512, 512)

@@ -56,16 +56,13 @@ def test_pbtxt_round_trip_of_nested_and_repeated_fields() -> None:
 
 
 def test_tensorrt_artifact_without_engine_is_refused(tiny_none_artifact: Path, tmp_path: Path) -> None:
-    import json
     import shutil
 
-    from ffsplit.artifact import write_manifest
+    from conftest import forge_manifest
 
     art = tmp_path / "art"
     shutil.copytree(tiny_none_artifact, art)
-    m = json.loads((art / "manifest.json").read_text())
-    m["target"] = {**m["target"], "name": "tensorrt-fp16", "runtime": "tensorrt", "providers": []}
-    write_manifest(art, {k: v for k, v in m.items() if k != "files"})
+    forge_manifest(art, lambda m: m.update(target={**m["target"], "name": "tensorrt-fp16", "runtime": "tensorrt", "providers": []}))
     with pytest.raises(UsageError, match="has no TensorRT engine"):
         write_repository(art, tmp_path / "repo")
 

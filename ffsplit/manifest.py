@@ -1,0 +1,215 @@
+"""The manifest's schema: every section a verb reads, with its type and bounds, checked before use.
+
+A manifest is a file ffsplit did not just write: it may have been edited by
+hand, damaged, or crafted. ``manifest_problems`` lists every way one departs
+from the schema (a wrong type, a missing key, a number out of range, a name
+that could leave the folder), so a verb refuses it in one line instead of
+failing somewhere deep inside with a traceback. Sections no verb reads
+(timings, versions, free-text sources) are only checked for kind.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+# The newest manifest layout: 2 added `checks` (the limits `check` applies, decided at export).
+FORMAT = 2
+# Keys written after the model was saved; every other key is also embedded in model.onnx.
+POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "files"})
+
+Check = Callable[[Any, str, list[str]], None]
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MODULE = re.compile(r"[A-Za-z0-9_.]{1,512}")
+BIG = 1 << 40  # parameter and byte counts
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__ if value is not None else "null"
+
+
+def integer(lo: int, hi: int) -> Check:
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            errors.append(f"{where} must be an integer, not {_kind(v)}")
+        elif not lo <= v <= hi:
+            errors.append(f"{where} = {v} is outside [{lo}, {hi}]")
+
+    return check
+
+
+def number(lo: float = -math.inf, hi: float = math.inf) -> Check:
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            errors.append(f"{where} must be a number, not {_kind(v)}")
+        elif not math.isfinite(v) or not lo <= v <= hi:
+            errors.append(f"{where} = {v} is outside [{lo:g}, {hi:g}]")
+
+    return check
+
+
+def text(max_len: int = 4096, pattern: re.Pattern[str] | None = None, choices: tuple[str, ...] = ()) -> Check:
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if not isinstance(v, str):
+            errors.append(f"{where} must be a string, not {_kind(v)}")
+        elif len(v) > max_len or "\0" in v:
+            errors.append(f"{where} is too long or holds a NUL byte")
+        elif choices and v not in choices:
+            errors.append(f"{where} '{v[:40]}' is not one of {', '.join(choices)}")
+        elif pattern is not None and not pattern.fullmatch(v):
+            errors.append(f"{where} '{v[:40]}' is malformed")
+
+    return check
+
+
+def boolean(v: Any, where: str, errors: list[str]) -> None:
+    if not isinstance(v, bool):
+        errors.append(f"{where} must be true or false, not {_kind(v)}")
+
+
+def optional(inner: Check) -> Check:
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if v is not None:
+            inner(v, where, errors)
+
+    return check
+
+
+def either(*options: Check) -> Check:
+    """The first option that accepts ``v``; the last one's complaint otherwise."""
+
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        for option in options:
+            mine: list[str] = []
+            option(v, where, mine)
+            if not mine:
+                return
+        errors.extend(mine)
+
+    return check
+
+
+def table(fields: dict[str, Check], *, optional_keys: frozenset[str] = frozenset()) -> Check:
+    """A JSON object with these keys (extra keys are allowed and left unread)."""
+
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if not isinstance(v, dict):
+            errors.append(f"{where} must be an object, not {_kind(v)}")
+            return
+        for key, inner in fields.items():
+            if key not in v:
+                if key not in optional_keys:
+                    errors.append(f"{where}.{key} is missing")
+                continue
+            inner(v[key], f"{where}.{key}", errors)
+
+    return check
+
+
+def items(inner: Check, *, max_len: int, min_len: int = 0) -> Check:
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if not isinstance(v, list):
+            errors.append(f"{where} must be a list, not {_kind(v)}")
+        elif not min_len <= len(v) <= max_len:
+            errors.append(f"{where} has {len(v)} entries (allowed {min_len} to {max_len})")
+        else:
+            for i, item in enumerate(v):
+                inner(item, f"{where}[{i}]", errors)
+                if len(errors) > 20:
+                    return
+
+    return check
+
+
+def mapping(inner: Check, *, max_len: int = 10_000, key: re.Pattern[str] | None = None) -> Check:
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if not isinstance(v, dict):
+            errors.append(f"{where} must be an object, not {_kind(v)}")
+            return
+        if len(v) > max_len:
+            errors.append(f"{where} has {len(v)} entries (at most {max_len})")
+            return
+        for k, item in v.items():
+            if key is not None and not key.fullmatch(k):
+                errors.append(f"{where} key '{k[:40]}' is malformed")
+            inner(item, f"{where}.{k}", errors)
+
+    return check
+
+
+def anything(_v: Any, _where: str, _errors: list[str]) -> None:
+    return None
+
+
+_PRECISION = text(choices=("fp32", "fp16", "bf16", "int8", "int4"))
+_COUNT = integer(0, BIG)
+_FRACTION = number(0.0, 1.0)
+_LIMITS = mapping(number(0.0, 1e6), max_len=32, key=re.compile(r"[a-z0-9_]{1,40}"))
+
+LAYER = table(
+    {
+        "layer": integer(0, 100_000), "module": text(512, _MODULE), "d_model": integer(1, 1 << 20),
+        "d_ff": integer(1, 1 << 24), "heavy": integer(0, 1 << 24), "light": integer(0, 1 << 24),
+        "light_recipe": text(200), "heavy_precision": _PRECISION, "light_precision": _PRECISION,
+        "ffn_params_before": _COUNT, "heavy_params": _COUNT, "light_params": _COUNT, "ffn_params_after": _COUNT,
+        "heavy_score_share": _FRACTION, "gated": boolean, "light_kept": optional(integer(0, 1 << 24)),
+        "ffn_bytes_before": _COUNT, "heavy_bytes": _COUNT, "light_bytes": _COUNT, "ffn_bytes_after": _COUNT,
+        "light_in_error": optional(number(0.0)), "light_out_error": optional(number(0.0)),
+        "calib_error": optional(number(0.0)),
+    },
+    optional_keys=frozenset({"light_kept", "light_in_error", "light_out_error", "calib_error", "gated"}),
+)
+
+SCHEMA = table(
+    {
+        "format": integer(FORMAT, FORMAT),
+        "ffsplit_version": text(64),
+        "source": table({
+            "spec": text(), "path": text(), "model_type": text(200), "architecture": text(200),
+            "sha256": text(64, _HEX64), "max_positions": optional(integer(1, 1 << 24)),
+        }),
+        "task": text(choices=("feature-extraction", "text-classification", "causal-lm", "causal-lm-with-past")),
+        "adapter": text(200),
+        "target": table({"name": text(200)}),  # the full target schema is runtimes.targets'
+        "budget": optional(table({
+            "kind": text(40), "value": number(0.0, BIG), "limit": number(-BIG, BIG), "used": number(0, BIG),
+            "plan": items(table({
+                "layer": integer(0, 100_000), "heavy": integer(0, 1 << 24), "heavy_ratio": _FRACTION,
+                "recipe": text(200), "error": number(0.0),
+            }), max_len=100_000),
+        })),
+        "recipe": table({
+            "heavy_ratio": either(number(0.0, 1.0), text(100)),
+            "light": table({"recipe": text(200)}),
+            "heavy_precision": _PRECISION,
+        }),
+        "calibration": table({"texts": integer(1, 10_000_000), "max_length": integer(2, 1 << 20)}),
+        "evaluation": table({"texts": integer(1, 100_000)}),
+        "checks": table({
+            "exact": boolean,
+            "limits": table({"compression": _LIMITS, "fidelity": _LIMITS, "shipped": _LIMITS}),
+        }),
+        "layers": items(LAYER, min_len=1, max_len=100_000),
+        "params": table({
+            "ffn_before": integer(1, BIG), "ffn_after": _COUNT, "ffn_reduction": number(-1e6, 1.0),
+            "total_before": integer(1, BIG), "total_after": _COUNT, "total_reduction": number(-1e6, 1.0),
+            "ffn_bytes_before": _COUNT, "ffn_bytes_after": _COUNT, "ffn_bytes_reduction": number(-1e6, 1.0),
+        }),
+        "versions": mapping(text(200), max_len=100),
+        "graph_passes": items(table({"pass": text(200), "modified": boolean}), max_len=1000),
+        "separation": table({"graph": text(200)}),
+        "parity": table({"passed": boolean}),
+        "timings": mapping(number(0.0), max_len=100),
+        "files": mapping(text(64, _HEX64), max_len=100_000),
+    },
+    optional_keys=frozenset({"timings", "exporter"}),
+)
+
+
+def manifest_problems(manifest: Any) -> list[str]:
+    """Every departure of ``manifest`` from the schema, as short phrases (empty when it conforms)."""
+    errors: list[str] = []
+    SCHEMA(manifest, "manifest", errors)
+    return errors
