@@ -254,9 +254,9 @@ def export(
         if v is None:
             continue
         if name == "perplexity_ratio":  # a ceiling on ppl / original ppl
-            bounds.require_float(f"--limit {name}=", v, 1.0, 1e6)
+            bounds.require_float(f"--limit {name}", v, 1.0, 1e6)
         else:
-            bounds.require_float(f"--limit {name}=", v, 0.0, 1.0)
+            bounds.require_float(f"--limit {name}", v, 0.0, 1.0)
     if exporter not in ("auto", *EXPORTERS):
         raise UsageError(f"unknown exporter '{exporter}': use auto, {' or '.join(EXPORTERS)}")
     bounds.require_int("--calib-size", calib_size, 1, bounds.MAX_TEXTS)

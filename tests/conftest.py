@@ -162,6 +162,34 @@ def forge_manifest(folder: Path, mutate: Callable[[dict], object]) -> dict:
     return write_manifest(folder, {k: v for k, v in manifest.items() if k != "files"})
 
 
+def main_in_process(*args: str) -> tuple[int, str]:
+    """cli.main in this process: (exit code, stderr); stdout is dropped."""
+    import contextlib
+    import io
+
+    from ffsplit.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, err.getvalue()
+
+
+def triton_installed() -> bool:
+    """Whether the nvidia-pytriton wheel's server is where ``ffsplit serve`` looks (make test puts it there)."""
+    from ffsplit.errors import UsageError
+    from ffsplit.serve.triton import triton_home
+
+    try:
+        triton_home()
+    except UsageError:
+        return False
+    return True
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from conftest import main_in_process as _main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,22 +22,6 @@ from ffsplit import api
 from ffsplit.artifact import check_external_data, output_lock, staged_output, write_manifest
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.targets import load_target
-
-
-def _main(*args: str) -> tuple[int, str]:
-    """cli.main in this process; (exit code, stderr)."""
-    import contextlib
-    import io
-
-    from ffsplit.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, err.getvalue()
 
 
 def _copy(art: Path, tmp: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import triton_installed
 
 from ffsplit.errors import UsageError
 from ffsplit.serve.triton import Signature, Tensor, model_config, parse_pbtxt, to_pbtxt, write_repository
@@ -67,17 +68,7 @@ def test_tensorrt_artifact_without_engine_is_refused(tiny_none_artifact: Path, t
         write_repository(art, tmp_path / "repo")
 
 
-def _server_available() -> bool:
-    from ffsplit.serve.triton import triton_home
-
-    try:
-        triton_home()
-    except UsageError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _server_available(), reason="nvidia-pytriton is not installed (make test installs it)")
+@pytest.mark.skipif(not triton_installed(), reason="nvidia-pytriton is not installed (make test installs it)")
 def test_real_server_answers_concurrent_requests_like_onnxruntime(tiny_none_artifact: Path) -> None:
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.targets import load_target

@@ -1,0 +1,563 @@
+"""Safety, one class of harm per section: data loss, writes outside the folder, integrity, interrupts,
+crashes on bad input, resource bounds. Tried as a careful attacker and as a clumsy user would."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import forge_manifest, triton_installed
+from conftest import main_in_process as _main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ffsplit import api
+from ffsplit.artifact import MANIFEST, output_lock, resolve_out, staged_output, write_manifest
+from ffsplit.errors import FFSplitError, UsageError
+from ffsplit.runtimes.targets import load_target
+
+FAST_ARGS = ["--calib-size", "8", "--eval-size", "16", "--max-length", "16"]
+
+
+def _one_line_error(code: int, err: str, fragment: str = "", exit_code: int = 2) -> None:
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[ffsplit] ")]
+    assert code == exit_code, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path below ``folder`` with its content (None for folders and links): a snapshot to compare."""
+    out: dict[str, bytes | None] = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            out[str(p.relative_to(folder))] = p.read_bytes() if p.is_file() and not p.is_symlink() else None
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# -- data loss: --force replaces only ffsplit's own outputs, never the source model
+
+
+@pytest.mark.parametrize("where", ["user-folder", "source", "source-parent", "inside-source", "dot"])
+def test_force_never_destroys_what_is_not_ours(where: str, tiny_bert_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    source = _copy(tiny_bert_dir, home / "models" / "bert")
+    project = home / "thesis"
+    (project / ".git").mkdir(parents=True)
+    (project / "chapter1.tex").write_text("years of work")
+    out = {"user-folder": project, "source": source, "source-parent": source.parent,
+           "inside-source": source / "exports" / "o", "dot": Path(".")}[where]
+    monkeypatch.chdir(project)
+    before = _tree(home)
+    code, err = _main("export", str(source), "--out", str(out), "--force", "--light", "none", *FAST_ARGS)
+    _one_line_error(code, err, "overlaps the source model" if "source" in where else "is not an ffsplit output folder")
+    assert _tree(home) == before
+
+
+def test_force_refuses_an_ffsplit_output_holding_the_users_files(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    (art / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"holds files ffsplit did not write \(notes.txt\)"), \
+            staged_output(art, force=True):
+        pass
+    assert (art / "notes.txt").read_text() == "mine"
+
+
+def test_out_through_a_link_is_its_real_folder(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    real = _copy(tiny_none_artifact, tmp_path / "elsewhere" / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert resolve_out(link) == real.resolve()
+    with staged_output(link, force=True) as stage:
+        write_manifest(stage, {"format": 2})
+    assert link.is_symlink() and set(os.listdir(real)) == {MANIFEST}  # the real folder was replaced, the link kept
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    link.unlink()
+    link.symlink_to(plain)
+    with pytest.raises(UsageError, match="is not an ffsplit output folder"), staged_output(link, force=True):
+        pass
+
+
+@pytest.mark.parametrize("out", ["/", "file"])
+def test_out_that_cannot_be_a_folder_suggests_no_force(out: str, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    target.write_text("x")
+    code, err = _main("export", str(tiny_bert_dir), "--out", "/" if out == "/" else str(target), *FAST_ARGS)
+    _one_line_error(code, err, "root" if out == "/" else "is a file")
+    assert "--force" not in err and target.read_text() == "x"
+
+
+# -- writes outside the folder
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("session_config", "session.optimized_model_external_initializers_file_name", "../../evil.bin"),
+    ("session_config", "ep.context_file_path", "x.onnx"),
+    ("session_config", "session.debug_layout_transformation", "1"),
+    ("provider_options.CPUExecutionProvider", "trt_engine_cache_path", "/tmp/x"),
+    ("provider_options.CPUExecutionProvider", "arena_extend_strategy", "../up"),
+])
+def test_target_options_that_name_files_are_refused(section: str, key: str, value: str, tmp_path: Path) -> None:
+    text = Path(load_target("cpu").source).read_text()
+    text = text.replace("[session_config]", f"[{section}]\n\"{key}\" = \"{value}\"\n\n[session_config]"
+                        if section != "session_config" else f"[session_config]\n\"{key}\" = \"{value}\"")
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match="(names a file or folder|not one ffsplit passes|plain file name|path-like)"):
+        load_target(str(path))
+
+
+def test_openvino_cache_dir_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ov.toml"
+    path.write_text(Path(load_target("openvino").source).read_text().replace(
+        'config = { INFERENCE_PRECISION_HINT = "f32" }', 'config = { INFERENCE_PRECISION_HINT = "f32", CACHE_DIR = "x" }'))
+    with pytest.raises(UsageError, match="'openvino.config.CACHE_DIR' names a file or folder"):
+        load_target(str(path))
+
+
+def _outside(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not overwrite")
+    return victim
+
+
+def test_a_tampered_manifest_never_writes_outside(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    victim = _outside(tmp_path)
+    art = _copy(tiny_none_artifact, tmp_path / "a" / "b" / "art")
+    key = "session.optimized_model_external_initializers_file_name"
+
+    def evil(m: dict) -> None:
+        m["target"]["session_config"][key] = "../../../victim.txt"
+
+    # manifest.json alone edited: it no longer agrees with the copy inside model.onnx
+    m = json.loads((art / MANIFEST).read_text())
+    evil(m)
+    (art / MANIFEST).write_text(json.dumps(m))
+    code, err = _main("check", str(art))
+    _one_line_error(code, err, "disagrees with the manifest embedded in model.onnx (target)", exit_code=1)
+    # edited everywhere, hashes recomputed: the target itself is refused
+    shutil.rmtree(art)
+    _copy(tiny_none_artifact, art)
+    forge_manifest(art, evil)
+    for verb in ("check", "bench", "debug"):
+        code, err = _main(verb, str(art))
+        _one_line_error(code, err, "plain file name")
+    assert victim.read_text() == "do not overwrite"
+
+
+def test_external_data_of_the_runtime_graph_is_confined_too(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 4096)
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    path = next(art.glob("runtime/*/optimized.onnx"))
+    model = onnx.load(str(path))
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../secret.bin")
+    onnx.save(model, str(path))
+    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    before = secret.stat().st_atime_ns
+    code, err = _main("check", str(art))
+    _one_line_error(code, err, "points outside the model's folder ('../../secret.bin')")
+    assert secret.stat().st_atime_ns == before
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", "..", ".hidden", "x" * 200])
+def test_triton_names_stay_inside_the_repository(name: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "deep" / "repo"
+    code, err = _main("triton", str(tiny_none_artifact), "--repo", str(repo), "--name", name)
+    _one_line_error(code, err, "is not a Triton model name")
+    assert not (tmp_path / "deep").exists() and not Path("/tmp/abs").exists()
+
+
+# -- integrity: the file list is complete both ways; the model is the one exported
+
+
+@pytest.mark.parametrize("case", ["entry-removed", "files-emptied", "extra-file", "link-inside", "link-loop"])
+def test_the_file_list_is_checked_both_ways(case: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    m = json.loads((art / MANIFEST).read_text())
+    expect = {"entry-removed": "config.json is not listed", "files-emptied": "is not listed",
+              "extra-file": "notes.txt is not listed", "link-inside": "tokenizer.json is a symbolic link",
+              "link-loop": "model.onnx is a symbolic link"}[case]
+    if case == "entry-removed":
+        (art / "config.json").write_text("{}")
+        del m["files"]["config.json"]
+    elif case == "files-emptied":
+        m["files"] = {}
+    elif case == "extra-file":
+        (art / "notes.txt").write_text("x")
+    elif case == "link-inside":
+        (art / "tokenizer.json").unlink()
+        (art / "tokenizer.json").symlink_to(tiny_none_artifact / "tokenizer.json")
+    else:
+        (art / "model.onnx").unlink()
+        (art / "model.onnx").symlink_to(art / "model.onnx")
+    (art / MANIFEST).write_text(json.dumps(m))
+    for verb in ("check", "bench"):
+        code, err = _main(verb, str(art))
+        _one_line_error(code, err, expect)
+
+
+def test_a_swapped_model_fails_the_check(tiny_none_artifact: Path, tiny_lowrank_artifact: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    shutil.copy(tiny_lowrank_artifact / "model.onnx", art / "model.onnx")  # another valid export
+    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    code, err = _main("check", str(art))
+    _one_line_error(code, err, "disagrees with the manifest embedded in model.onnx", exit_code=1)
+    plain = onnx.load(str(art / "model.onnx"))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(art / "model.onnx"))
+    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    code, err = _main("check", str(art))
+    _one_line_error(code, err, "carries no ffsplit manifest", exit_code=1)
+
+
+# -- interrupts and leftovers: what a signal or a kill leaves, the code (or the next run) removes
+
+_RUN = textwrap.dedent("""
+    import os, shutil, signal, sys
+    from pathlib import Path
+    from ffsplit.artifact import staged_output
+    out, mode = Path(sys.argv[1]), sys.argv[2]
+    real_rmtree = shutil.rmtree
+    def rmtree_under_fire(path, *a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        if mode == "double":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_rmtree(path, *a, **k)
+    def on_term(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        with staged_output(out, force=True) as stage:
+            (stage / "manifest.json").write_text('{"format": 2, "files": {"f": "0"}}')
+            (stage / "f").write_bytes(b"x" * 100000)
+            shutil.rmtree = rmtree_under_fire
+            if mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if mode == "double":
+                raise RuntimeError("failed while writing")
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        print(type(exc).__name__)
+""")
+
+
+def _previous(out: Path) -> None:
+    out.mkdir()
+    (out / "old").write_bytes(b"o" * 100000)
+    write_manifest(out, {"format": 2})
+
+
+@pytest.mark.parametrize("mode", ["after-swap", "double", "kill"])
+def test_signals_never_leave_half_written_folders(mode: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _previous(out)
+    proc = subprocess.run([sys.executable, "-c", _RUN, str(out), mode], capture_output=True, text=True, timeout=120)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if mode == "after-swap":  # SIGTERM while the old folder is removed: removal finishes, then the interrupt lands
+        assert proc.stdout.strip() == "KeyboardInterrupt", proc.stderr
+        assert names == ["out"] and sorted(os.listdir(out)) == ["f", "manifest.json"]
+    elif mode == "double":  # two SIGTERMs during the clean-up after a failure: the stage still goes
+        assert proc.stdout.strip() in ("KeyboardInterrupt", "RuntimeError"), proc.stderr
+        assert names == ["out"] and (out / "old").is_file()
+    else:  # SIGKILL: the staging folder is left; the next run over the same --out removes it
+        assert proc.returncode == -signal.SIGKILL
+        assert any(".ffsplit-tmp-" in n for n in names)
+        with staged_output(out, force=True) as stage:
+            write_manifest(stage, {"format": 2})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_run_killed_between_the_renames_gets_its_folder_back(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _previous(out)
+    os.replace(out, tmp_path / ".out.ffsplit-old-999999")  # killed after the first rename
+    (tmp_path / ".out.ffsplit-tmp-999999").mkdir()
+    with pytest.raises(UsageError, match="already exists"), staged_output(out, force=False):
+        pass
+    assert (out / "old").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_locks_survive_garbage_and_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "o"
+    (tmp_path / ".o.ffsplit-lock").write_text("99999999999999999999999999")  # a dead run's, or garbage
+    with output_lock(out):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+    def full(*_a: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError), output_lock(out):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_into_a_folder_is_refused_before_work(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    for args in (["check", str(tiny_none_artifact), "--json", str(tmp_path / "dir")],
+                 ["bench", str(tiny_none_artifact), "--report", str(tmp_path / "nope" / "r.md")]):
+        code, err = _main(*args)
+        _one_line_error(code, err, "is a folder" if "--json" in args else "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"] and list((tmp_path / "dir").iterdir()) == []
+
+
+def test_triton_on_a_full_disk_leaves_nothing(tiny_none_artifact: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffsplit.serve.triton as triton
+
+    real_copy = shutil.copy2
+
+    def full(src: object, dst: object, **_k: object) -> None:
+        Path(str(dst)).write_bytes(b"trunc")
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(triton.shutil, "copy2", full)
+    (tmp_path / "repo").mkdir()  # the user's repository, kept
+    code, err = _main("triton", str(tiny_none_artifact), "--repo", str(tmp_path / "repo"), "--name", "m")
+    _one_line_error(code, err, "free some space")
+    assert list((tmp_path / "repo").iterdir()) == []
+    monkeypatch.setattr(triton.shutil, "copy2", real_copy)
+    code, err = _main("triton", str(tiny_none_artifact), "--repo", str(tmp_path / "repo"), "--name", "m")
+    assert code == 0, err  # the re-run is not blocked
+
+
+@pytest.mark.skipif(not triton_installed(), reason="the nvidia-pytriton wheel is not installed (make test installs it)")
+def test_serve_interrupted_while_starting_stops_its_server(tiny_none_artifact: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffsplit.serve.triton as triton
+
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def sleeper(cmd: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        started.append(real_popen([sys.executable, "-c", "import time; time.sleep(120)"], **kw))  # type: ignore[arg-type]
+        return started[-1]
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(triton.subprocess, "Popen", sleeper)
+    monkeypatch.setattr(triton, "_wait_ready", interrupted)
+    workdirs_before = set(Path(tempfile.gettempdir()).glob("ffsplit-triton-*"))
+    with pytest.raises(KeyboardInterrupt):
+        triton.start_server(tiny_none_artifact)
+    assert started and started[0].poll() is not None  # stopped, though it ran in a session of its own
+    assert set(Path(tempfile.gettempdir()).glob("ffsplit-triton-*")) == workdirs_before
+
+
+@pytest.mark.skipif(not triton_installed(), reason="the nvidia-pytriton wheel is not installed (make test installs it)")
+def test_serve_names_a_busy_port(tiny_none_artifact: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, err = _main("serve", str(tiny_none_artifact), "--http-port", str(port))
+    _one_line_error(code, err, f"port {port} on 127.0.0.1 is in use: pass --http-port with a free port")
+
+
+# -- bad input is exit 2 with one line, never a crash
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "huge-header", "wrong-tensors"])
+def test_damaged_split_weights(damage: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+    import struct
+
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    path = art / "split.safetensors"
+    data = path.read_bytes()
+    if damage == "empty":
+        data = b""
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "huge-header":
+        header = json.dumps({"x": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4 << 40]}}).encode()
+        data = struct.pack("<Q", len(header)) + header
+    else:
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"nothing": torch.zeros(2)}, str(path))
+        data = path.read_bytes()
+    path.write_bytes(data)
+    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    code, err = _main("check", str(art))
+    _one_line_error(code, err, "split.safetensors")
+
+
+@pytest.mark.parametrize("case", ["params-empty", "nan", "huge-number", "missing-section", "wrong-type"])
+def test_damaged_manifest_sections(case: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    mutate = {
+        "params-empty": lambda m: m.update(params={}),
+        "nan": lambda m: m["calibration"].update(max_length=math.nan),
+        "huge-number": lambda m: m["layers"][0].update(heavy=1e30),
+        "missing-section": lambda m: m.pop("layers"),
+        "wrong-type": lambda m: m.update(source=["not", "an", "object"]),
+    }[case]
+    forge_manifest(art, mutate)
+    for verb in ("check", "inspect"):
+        code, err = _main(verb, str(art))
+        _one_line_error(code, err, "manifest.json")
+
+
+def test_manifest_nested_100000_deep(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    (art / MANIFEST).write_text('{"format": 2, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for verb in ("check", "inspect"):
+        code, err = _main(verb, str(art))
+        _one_line_error(code, err, "nested too deeply")
+
+
+@pytest.mark.parametrize("case", ["truncated-weights", "sizes-contradict-config", "config-is-a-list", "decoy-safetensors"])
+def test_damaged_source_models(case: str, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_bert_dir, tmp_path / "model")
+    expect = "cannot load"
+    if case == "truncated-weights":
+        data = (model / "model.safetensors").read_bytes()
+        (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif case == "sizes-contradict-config":
+        cfg = json.loads((model / "config.json").read_text())
+        cfg["intermediate_size"] = 96
+        (model / "config.json").write_text(json.dumps(cfg))
+    elif case == "config-is-a-list":
+        (model / "config.json").write_text("[1, 2]")
+        expect = "is not a JSON object"
+    else:
+        (model / "model.safetensors").rename(model / "adapter.safetensors")
+        (model / "pytorch_model.bin").write_bytes(b"not really a pickle")
+        expect = "has only pickle weights (pytorch_model.bin)"
+    code, err = _main("export", str(model), "--out", str(tmp_path / "o"), "--light", "none", *FAST_ARGS)
+    _one_line_error(code, err, expect)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_moved_source_is_found_with_source(tiny_none_artifact: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    moved = tmp_path / "moved"
+    forge_manifest(art, lambda m: m["source"].update(path=str(tmp_path / "gone"), spec=str(tmp_path / "gone")))
+    code, err = _main("check", str(art))
+    _one_line_error(code, err, "pass --source PATH")
+    _copy(tiny_bert_dir, moved)
+    code, err = _main("check", str(art), "--source", str(moved))
+    assert code == 0, err
+
+
+# -- resource bounds: checked before any work
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["export", "M", "--out", "O", "--calib-size", "-3"], "--calib-size -3: pass a whole number from 1"),
+    (["export", "M", "--out", "O", "--calib-size", "0", "--calib", "C"], "--calib-size 0"),
+    (["export", "M", "--out", "O", "--eval-size", "5"], "--eval-size 5"),
+    (["export", "M", "--out", "O", "--limit", "cosine_min=nan"], "--limit cosine_min nan: pass a finite number"),
+    (["bench", "A", "--batch", "100000"], "--batch 100000: pass a whole number from 1 to 1,024"),
+    (["bench", "A", "--min-seconds", "inf"], "--min-seconds inf: pass a finite number"),
+    (["bench", "A", "--runs", "0"], "--runs 0"),
+    (["debug", "A", "--tolerance", "nan"], "--tolerance nan"),
+    (["debug", "A", "--tolerance", "-1"], "--tolerance -1"),
+    (["check", "A", "--eval-size", "-1"], "--eval-size -1"),
+])
+def test_numbers_are_bounded_before_work(args: list[str], fragment: str, tiny_bert_dir: Path,
+                                         tiny_none_artifact: Path, tmp_path: Path) -> None:
+    calib = tmp_path / "c.txt"
+    calib.write_text("some text\n")
+    subst = {"M": str(tiny_bert_dir), "O": str(tmp_path / "o"), "A": str(tiny_none_artifact), "C": str(calib)}
+    code, err = _main(*[subst.get(a, a) for a in args])
+    _one_line_error(code, err, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_huge_calibration_line_is_cut_before_tokenizing(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from ffsplit.split.calibration import calibration_texts
+
+    path = tmp_path / "one-line.txt"
+    with open(path, "wb") as f:
+        for _ in range(40):
+            f.write(b"word " * 200_000)  # 40 MB, no newline
+        f.write(b"\nsecond text\n")
+    tracemalloc.start()
+    try:
+        texts = calibration_texts(path, limit=10, max_length=128)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(texts[0]) <= 4096 and texts[1] == "second text"
+    assert peak < 8 << 20  # bytes: chunks of the line, never the whole 40 MB
+
+
+# -- hypothesis: a forger's manifest mutations end in exit 1 or 2, never 3, never a write outside
+
+_VALUES = st.sampled_from([None, True, -1, 0, 1e30, -1e30, math.nan, math.inf, "x", "../../escape", [], {}, [[[]]]])
+
+
+def _paths(obj: object, prefix: tuple = (), depth: int = 0) -> list[tuple]:
+    out = [prefix] if prefix else []
+    if depth < 3 and isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, (*prefix, k), depth + 1)
+    elif depth < 3 and isinstance(obj, list) and obj:
+        out += _paths(obj[0], (*prefix, 0), depth + 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest_paths(tiny_none_artifact: Path) -> list[tuple]:
+    m = json.loads((tiny_none_artifact / MANIFEST).read_text())
+    return [p for p in _paths(m) if p[0] not in ("files", "versions", "timings", "graph_passes")]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_manifest_mutations_never_crash_or_escape(data: st.DataObject, manifest_paths: list[tuple],
+                                                  tiny_none_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("mut")
+    art = _copy(tiny_none_artifact, root / "art")
+    path = data.draw(st.sampled_from(manifest_paths))
+    delete = data.draw(st.booleans())
+    value = data.draw(_VALUES)
+
+    def mutate(m: dict) -> None:
+        parent = m
+        for k in path[:-1]:
+            parent = parent[k]
+        if delete and isinstance(parent, dict):
+            parent.pop(path[-1], None)
+        else:
+            parent[path[-1]] = value
+
+    forge_manifest(art, mutate)
+    outside = {k: v for k, v in _tree(root).items() if not k.startswith("art")}
+    for verb in ("inspect", "check"):
+        code, err = _main(verb, str(art))
+        assert code in (0, 1, 2), (path, value, err)
+        assert "Traceback" not in err, (path, value, err)
+    assert {k: v for k, v in _tree(root).items() if not k.startswith("art")} == outside
+    with contextlib.suppress(FFSplitError):
+        api.open_artifact(art)
