@@ -224,7 +224,7 @@ def export(
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
     from ffsplit.split.budget import parse_budget, plan_budget
     from ffsplit.split.calibration import calibration_texts, corpus_digest, evaluation_texts
-    from ffsplit.split.compress import parse_heavy, parse_light
+    from ffsplit.split.compress import INT8_QMAX, parse_heavy, parse_light
     from ffsplit.split.modules import count_params
     from ffsplit.split.profile import input_absmax, profile_model
     from ffsplit.tasks import get_task
@@ -313,6 +313,7 @@ def export(
                 heavy_precision=heavy, light_precision=light_float, per_layer=per_layer,
                 # runtimes that round activations to int8 get the light input projections smoothed
                 smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
+                int8_qmax=INT8_QMAX[tgt.int8_weight_range],
             )
             if budget_summary is not None:
                 for plan_obj, row in zip(plan_objs, budget_summary["plan"], strict=True):  # type: ignore[arg-type]
@@ -354,6 +355,7 @@ def export(
                 "light_precision": (recipe.quant or light_float) if budget is None else "per layer (budget)",
                 # How integer grids are stored and computed in the graph (QuantizeBranchWeightsPass).
                 "graph_storage": {"int8": tgt.int8_compute, "int4": tgt.int4_compute} if quantized else "fp32",
+                "int8_weight_max": INT8_QMAX[tgt.int8_weight_range],
             },
             "calibration": {
                 "source": str(calib) if calib else "bundled: Python standard library docstrings",
@@ -395,6 +397,7 @@ def export(
                         heavy_precision=heavy if tgt.runtime != "tensorrt" else "fp32",
                         light_precision=light_float if tgt.runtime != "tensorrt" else "fp32",
                         act_absmax=act_absmax, other_matmuls=tgt.other_matmuls,
+                        int8_qmax=INT8_QMAX[tgt.int8_weight_range],
                     )
                     manifest["graph_passes"] = [
                         {"pass": type(p).__name__, "modified": p(program).modified} for p in passes

@@ -40,6 +40,7 @@ from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
 def precision_passes(
     *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
     light_precision: str = "fp32", act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32",
+    int8_qmax: int = 127,
 ) -> list[PassBase]:
     """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
     passes: list[PassBase] = [CleanupGraphPass(), RemoveSoftmaxNanGuardPass()]
@@ -48,7 +49,7 @@ def precision_passes(
             QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form, act_absmax=act_absmax)
         )
     if other_matmuls == "int8":
-        passes.append(QuantizeOtherMatMulsPass())
+        passes.append(QuantizeOtherMatMulsPass(qmax=int8_qmax))
     if heavy_precision in ("fp16", "bf16"):
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
     if light_precision in ("fp16", "bf16"):
@@ -59,7 +60,7 @@ def precision_passes(
 def target_passes(
     *, split_modules: Mapping[str, int], prefix: str, grids: Mapping[str, WeightGrid], int8_form: str,
     int4_form: str, heavy_precision: str, light_precision: str = "fp32",
-    act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32",
+    act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32", int8_qmax: int = 127,
 ) -> list[PassBase]:
     """Steps 1-4 for one export; the caller runs EmbedManifestPass once it knows what these did."""
     return [
@@ -67,5 +68,6 @@ def target_passes(
         *precision_passes(
             grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision,
             light_precision=light_precision, act_absmax=act_absmax, other_matmuls=other_matmuls,
+            int8_qmax=int8_qmax,
         ),
     ]

@@ -30,6 +30,7 @@ RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 INT8_COMPUTE = ("weight-only", "dynamic", "qdq")
 INT4_COMPUTE = ("matmulnbits",)
+INT8_WEIGHT_RANGES = ("full", "reduced")
 SHAPE_AXES = ("batch", "sequence", "past")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -86,6 +87,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "int8_compute": (str, False),
     "int4_compute": (str, False),
     "other_matmuls": (str, False),
+    "int8_weight_range": (str, False),
     "session_config": (dict, False),
     "openvino": (dict, False),
     "tensorrt": (dict, False),
@@ -145,6 +147,7 @@ class Target:
     int8_compute: str = "weight-only"
     int4_compute: str = "matmulnbits"
     other_matmuls: str = "fp32"
+    int8_weight_range: str = "full"
     session_config: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
@@ -169,6 +172,7 @@ class Target:
             "int8_compute": self.int8_compute,
             "int4_compute": self.int4_compute,
             "other_matmuls": self.other_matmuls,
+            "int8_weight_range": self.int8_weight_range,
             "session_config": self.session_config,
             "openvino": self.openvino,
             "tensorrt": self.tensorrt,
@@ -254,6 +258,7 @@ def _validate(data: dict[str, Any]) -> list[str]:
     for key, allowed in (
         ("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS), ("int8_compute", INT8_COMPUTE),
         ("int4_compute", INT4_COMPUTE), ("graph_optimization", OPT_LEVELS), ("other_matmuls", ("fp32", "int8")),
+        ("int8_weight_range", INT8_WEIGHT_RANGES),
     ):
         if isinstance(data.get(key), str) and data[key] not in allowed:
             errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
@@ -363,6 +368,7 @@ def load_target(spec: str) -> Target:
         int8_compute=data.get("int8_compute", "weight-only"),
         int4_compute=data.get("int4_compute", "matmulnbits"),
         other_matmuls=data.get("other_matmuls", "fp32"),
+        int8_weight_range=data.get("int8_weight_range", "full"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),
         tensorrt=data.get("tensorrt", {}),

@@ -116,12 +116,13 @@ def _weights(branch: Branch) -> dict[str, nn.Linear]:
 
 def split_layer(
     ffn: FFNWeights, profile: LayerProfile, k: int, recipe: LightRecipe, heavy_precision: str = "fp32",
-    smooth_alpha: float | None = None,
+    smooth_alpha: float | None = None, int8_qmax: int = 127,
 ) -> SplitResult:
     """Build the SplitFFN for one layer's FFN: structure, then quantiser, then heavy precision.
 
     ``smooth_alpha`` smooths the activation of the light branch's dense int8
-    input projections (fc_in, fc_gate), for runtimes that quantise activations.
+    input projections (fc_in, fc_gate), for runtimes that quantise activations;
+    ``int8_qmax`` is the int8 grid's largest magnitude (64 where a CPU kernel could saturate).
     """
     order = torch.argsort(profile.scores, descending=True)
     heavy_idx = torch.sort(order[:k]).values
@@ -159,14 +160,14 @@ def split_layer(
         for name, lin in _weights(light).items():
             if smooth_alpha is not None and recipe.quant == "int8" and name in ("fc_in", "fc_gate") \
                     and profile.input_absmax is not None:
-                qw = smooth_int8(lin.weight.detach(), profile.input_absmax, smooth_alpha)
+                qw = smooth_int8(lin.weight.detach(), profile.input_absmax, smooth_alpha, int8_qmax)
             else:
-                qw = quantize(lin.weight.detach(), recipe)
+                qw = quantize(lin.weight.detach(), recipe, int8_qmax)
             if qw is not None:
                 lin.weight.copy_(qw.weight)
                 quantized[f"light.{name}.weight"] = qw
         for name, lin in _weights(heavy).items():
-            w, qw = heavy_weight(lin.weight.detach(), heavy_precision)
+            w, qw = heavy_weight(lin.weight.detach(), heavy_precision, int8_qmax)
             lin.weight.copy_(w)
             if qw is not None:
                 quantized[f"heavy.{name}.weight"] = qw
@@ -213,6 +214,7 @@ def split_model(
     light_precision: str = "fp32",
     per_layer: list[tuple[int, LightRecipe]] | None = None,
     smooth_alpha: float | None = None,
+    int8_qmax: int = 127,
 ) -> tuple[list[LayerPlan], dict[str, torch.Tensor], dict[str, Quantized]]:
     """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
     every quantised weight (by full parameter path). ``per_layer`` (budget mode) gives each layer
@@ -231,7 +233,7 @@ def split_model(
             k, recipe = per_layer[i]
         else:
             k = heavy_count(d_ff, heavy_ratio)
-        res = split_layer(ffn, prof, k, recipe, heavy_precision, smooth_alpha)
+        res = split_layer(ffn, prof, k, recipe, heavy_precision, smooth_alpha, int8_qmax)
         split = res.split
         adapter.install(layer, split)
         module = _module_path(model, split)

@@ -136,11 +136,16 @@ class Quantized:
         return data + 4 * self.scale.numel() + zp + (0 if self.smooth is None else 4 * self.smooth.numel())
 
 
-def quantize_int8(w: torch.Tensor) -> Quantized:
-    """Per-output-channel symmetric int8: scale = max|w_row| / 127, round half to even."""
+# The int8 weight range that no x86 kernel can saturate: u8 x s8 multiplies on CPUs without VNNI
+# (AVX2's vpmaddubsw) add two products into int16, and 2 x 255 x 64 = 32640 still fits.
+INT8_QMAX = {"full": 127, "reduced": 64}
+
+
+def quantize_int8(w: torch.Tensor, qmax: int = 127) -> Quantized:
+    """Per-output-channel symmetric int8: scale = max|w_row| / qmax, round half to even."""
     w = w.float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)
-    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    scale = (w.abs().amax(dim=1) / float(qmax)).clamp_min(torch.finfo(torch.float32).tiny)
+    q = torch.clamp(torch.round(w / scale[:, None]), -qmax, qmax).to(torch.int8)
     return Quantized(q.float() * scale[:, None], q, scale, None, 8)
 
 
@@ -178,7 +183,7 @@ def quantize_int4(w: torch.Tensor, block: int = 32, symmetric: bool = True) -> Q
     )
 
 
-def smooth_int8(w: torch.Tensor, input_absmax: torch.Tensor, alpha: float = 0.5) -> Quantized:
+def smooth_int8(w: torch.Tensor, input_absmax: torch.Tensor, alpha: float = 0.5, qmax: int = 127) -> Quantized:
     """int8 with SmoothQuant-style activation smoothing (Xiao et al., 2023) for one projection.
 
     Runtimes that quantise the activation per tensor at run time lose most on
@@ -192,26 +197,26 @@ def smooth_int8(w: torch.Tensor, input_absmax: torch.Tensor, alpha: float = 0.5)
     a = input_absmax.float().clamp_min(1e-5)
     wm = w.abs().amax(dim=0).clamp_min(1e-5)
     s = (a**alpha / wm ** (1 - alpha)).clamp(1e-3, 1e3)
-    qw = quantize_int8(w * s[None, :])
+    qw = quantize_int8(w * s[None, :], qmax)
     return Quantized(qw.weight / s[None, :], qw.q, qw.scale, None, 8, smooth=s)
 
 
-def quantize(w: torch.Tensor, recipe: LightRecipe) -> Quantized | None:
+def quantize(w: torch.Tensor, recipe: LightRecipe, qmax: int = 127) -> Quantized | None:
     if recipe.quant == "int8":
-        return quantize_int8(w)
+        return quantize_int8(w, qmax)
     if recipe.quant == "int4":
         return quantize_int4(w, recipe.block, recipe.symmetric)
     return None
 
 
-def heavy_weight(w: torch.Tensor, precision: str) -> tuple[torch.Tensor, Quantized | None]:
+def heavy_weight(w: torch.Tensor, precision: str, qmax: int = 127) -> tuple[torch.Tensor, Quantized | None]:
     """The heavy branch's weight on its precision's grid (fp16 / bf16 values held in fp32)."""
     if precision == "fp16":
         return w.half().float(), None
     if precision == "bf16":
         return w.bfloat16().float(), None
     if precision == "int8":
-        qw = quantize_int8(w)
+        qw = quantize_int8(w, qmax)
         return qw.weight, qw
     return w, None
 

@@ -25,15 +25,15 @@ def weights(seed: int = 0) -> dict[str, np.ndarray]:
     return {k: (torch.randn(*s, generator=g) * 0.2).numpy() for k, s in shapes.items()}
 
 
-def quantized(ws: dict[str, np.ndarray], branch: str, how: str) -> dict[str, Quantized]:
-    """Put one branch's weights on a grid: ``int8`` or ``int4:B[:asym]``."""
+def quantized(ws: dict[str, np.ndarray], branch: str, how: str, qmax: int = 127) -> dict[str, Quantized]:
+    """Put one branch's weights on a grid: ``int8`` (largest magnitude ``qmax``) or ``int4:B[:asym]``."""
     out = {}
     for name, w in ws.items():
         if not name.startswith(branch):
             continue
         t = torch.from_numpy(w)
         if how == "int8":
-            out[name] = quantize_int8(t)
+            out[name] = quantize_int8(t, qmax)
         else:
             parts = how.split(":")
             out[name] = quantize_int4(t, int(parts[1]), symmetric="asym" not in parts)
