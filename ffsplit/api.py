@@ -215,7 +215,7 @@ def export(
     from ffsplit.exporter import export_program, save_model
     from ffsplit.exporter.export import EXPORTERS, WRAPPER_PREFIX
     from ffsplit.graph_passes import EmbedManifestPass
-    from ffsplit.graph_passes.pipeline import target_passes
+    from ffsplit.graph_passes.pipeline import PassFailed, run_passes, target_passes
     from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.loading import load_model, read_config, resolve_model
     from ffsplit.parity.check import limits_for
@@ -397,15 +397,13 @@ def export(
                         heavy_precision=heavy if tgt.runtime != "tensorrt" else "fp32",
                         light_precision=light_float if tgt.runtime != "tensorrt" else "fp32",
                         act_absmax=act_absmax, other_matmuls=tgt.other_matmuls,
-                        int8_qmax=INT8_QMAX[tgt.int8_weight_range],
+                        int8_qmax=INT8_QMAX[tgt.int8_weight_range], fusions=tgt.fusions,
                     )
-                    manifest["graph_passes"] = [
-                        {"pass": type(p).__name__, "modified": p(program).modified} for p in passes
-                    ]
+                    program, manifest["graph_passes"] = run_passes(program, passes)
                     EmbedManifestPass(manifest=manifest)(program)
                     opset = program.opset_imports.get("", None)
                     save_model(program, stage / MODEL_FILE)
-            except (UsageError, OSError):  # bad input, or the machine (a full disk): not the exporter's fault
+            except (UsageError, OSError, PassFailed):  # bad input, the machine (a full disk), or a bug in a pass
                 raise
             except Exception as exc:  # an exporter failure is a reason to try the next one
                 attempts.append({"exporter": name, "failed": f"export: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"})
@@ -600,12 +598,13 @@ def debug(
 def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     """The original model exported the same way as the split one, cached by source hash and versions."""
     from ffsplit.exporter import export_program, save_model
-    from ffsplit.graph_passes.cleanup_graph_pass import CleanupGraphPass
-    from ffsplit.graph_passes.remove_softmax_nan_guard_pass import RemoveSoftmaxNanGuardPass
+    from ffsplit.graph_passes.pipeline import generic_passes, run_passes
 
     v = _versions()
-    # "g2": the graph gets the same target-independent passes as the split one (cleanup, NaN guards)
-    key = f"{art.manifest['source']['sha256'][:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}-g2"
+    # the graph gets the same target-independent passes as the split one (cleanup, NaN guards, fusions)
+    fusions = art.target.fusions
+    key = (f"{art.manifest['source']['sha256'][:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
+           f"-g3-{fusions}")
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
     if path.is_file():
@@ -616,8 +615,7 @@ def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
     try:
         program = export_program(loaded.model, loaded.tokenizer, loaded.task)
-        for graph_pass in (CleanupGraphPass(), RemoveSoftmaxNanGuardPass()):
-            graph_pass(program)
+        program, _ = run_passes(program, generic_passes(fusions=fusions))
         save_model(program, tmp / MODEL_FILE)
         with contextlib.suppress(OSError):  # another process cached it first
             os.replace(tmp, root)
@@ -657,7 +655,8 @@ def bench(
     baseline = _baseline_onnx(art, loaded, log)
     texts = [t.text for t in evaluation_texts(64)]
     rows = []
-    with make_runner(baseline, art.target) as orig, make_runner(art.folder / MODEL_FILE, art.target) as split:
+    with make_runner(baseline, art.target, timing=True) as orig, \
+            make_runner(art.folder / MODEL_FILE, art.target, timing=True) as split:
         names = list(split.input_signature())
         for b in batches:
             for s in sequences:

@@ -1,66 +1,73 @@
 """QuantizeOtherMatMulsPass: the multiplies outside every SplitFFN (attention projections, pooler) in dynamic int8.
 
 FFSplit keeps the heavy hitters in full precision; the rest of the model can
-then take ONNX Runtime's fast CPU path too. Every untagged MatMul with a
-constant fp32 weight becomes ``com.microsoft.DynamicQuantizeMatMul`` with
-per-output-channel symmetric int8 weights (scale = max|column| / qmax). Nodes
-tagged heavy, light or merge are never touched: the light branch has its own
-grids (QuantizeBranchWeightsPass), the heavy branch stays as asked.
+then take ONNX Runtime's fast CPU path too. The quantiser is ONNX Runtime's
+own (``onnxruntime.quantization.quantize_dynamic``: per-output-channel
+symmetric int8 weights, and one DynamicQuantizeLinear per input shared by
+every multiply that reads it, so Q, K and V quantise their input once). Every
+tagged node (heavy, light, merge) is excluded by name: the light branch has
+its own grids (QuantizeBranchWeightsPass), the heavy branch stays as asked.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult
+import logging
+import tempfile
+from pathlib import Path
 
-from ffsplit.graph_passes.precision import MS_DOMAIN, add_initializer, replace_node
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes import FunctionalPass, PassResult, PostconditionError
+
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 
 
-def int8_columns(w: np.ndarray, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
-    """(q, scale) of an (in, out) weight, symmetric per output column, round half to even."""
-    scale = np.maximum(np.abs(w).max(axis=0) / float(qmax), np.finfo(np.float32).tiny).astype(np.float32)
-    q = np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8)
-    return q, scale
+def _untouched(model: ir.Model) -> dict[str, str]:
+    """Name -> op type of every tagged node, which must come through unchanged."""
+    return {node.name: node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph) if node_tags(node)}
 
 
-class QuantizeOtherMatMulsPass(InPlacePass):
-    """Dynamic int8 for every untagged MatMul with a constant 2-D fp32 weight of at least ``min_size`` elements.
+class QuantizeOtherMatMulsPass(FunctionalPass):
+    """Dynamic int8 (ONNX Runtime's quantiser) for every untagged MatMul with a constant weight.
 
-    ``qmax`` 64 keeps the weights in the range no CPU kernel saturates (see ``compress.INT8_QMAX``).
+    Args:
+        reduce_range: weights within +-64, which no x86 kernel can saturate (see ``compress.INT8_QMAX``).
     """
 
-    def __init__(self, *, min_size: int = 4096, qmax: int = 127) -> None:
+    def __init__(self, *, reduce_range: bool = False) -> None:
         super().__init__()
-        self.min_size = min_size
-        self.qmax = qmax
+        self.reduce_range = reduce_range
         self.quantized: list[str] = []
+        self._tagged: dict[str, str] = {}
+
+    def requires(self, model: ir.Model) -> None:
+        self._tagged = _untouched(model)
 
     def call(self, model: ir.Model) -> PassResult:
-        graph = model.graph
-        done = []
-        for node in list(graph):
-            if node.op_type != "MatMul" or node_tags(node) is not None or len(node.inputs) != 2:
-                continue
-            w = node.inputs[1]
-            if w is None or w.const_value is None or w.dtype != ir.DataType.FLOAT:
-                continue
-            array = w.const_value.numpy()
-            if array.ndim != 2 or array.size < self.min_size:
-                continue
-            q, scale = int8_columns(array, self.qmax)
-            base = f"ffsplit.other.{node.name or len(done)}"
-            inits = [add_initializer(graph, f"{base}.{suffix}", data) for suffix, data in (("q", q), ("scale", scale))]
-            new = ir.node(
-                "DynamicQuantizeMatMul", [node.inputs[0], *inits], domain=MS_DOMAIN, name=node.name,
-                metadata_props=dict(node.metadata_props),
-            )
-            replace_node(graph, node, new)
-            if not w.uses() and w.name in graph.initializers:
-                del graph.initializers[w.name]
-            done.append(node.name or "")
-        if done:
-            model.opset_imports.setdefault(MS_DOMAIN, 1)
-        self.quantized = done
-        return PassResult(model, bool(done))
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        before = {n.name for n in model.graph if n.op_type == "MatMul"}
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # it advises pre-processing on every call
+        try:
+            with tempfile.TemporaryDirectory(prefix="ffsplit-quant-") as tmp:
+                out = Path(tmp) / "model.onnx"
+                quantize_dynamic(
+                    ir.to_proto(model), out, op_types_to_quantize=["MatMul"], per_channel=True,
+                    reduce_range=self.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(self._tagged),
+                    extra_options={"MatMulConstBOnly": True},
+                )
+                result = ir.from_proto(onnx.load(str(out)))
+        finally:
+            logging.getLogger().setLevel(quiet)
+        after = {n.name for n in result.graph if n.op_type == "MatMul"}
+        self.quantized = sorted(before - after)
+        # the quantiser writes a model of its own: keep ours for what it does not own
+        result.metadata_props.update(model.metadata_props)
+        return PassResult(result, bool(self.quantized))
+
+    def ensures(self, model: ir.Model) -> None:
+        now = _untouched(model)
+        changed = sorted(name for name, op in self._tagged.items() if now.get(name) != op)
+        if changed:
+            raise PostconditionError(f"the quantiser touched tagged nodes: {changed[:4]}")

@@ -50,9 +50,13 @@ def onnx_inputs(model_path: Path) -> dict[str, tuple[str, list[Any]]]:
 class Runner:
     """Runs one ONNX model for a target. Subclasses implement the ``_``-prefixed methods."""
 
-    def __init__(self, model_path: Path, target: Target, *, runtime_dir: Path | None = None) -> None:
+    def __init__(
+        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
+    ) -> None:
         self.model_path = Path(model_path)
         self.target = target
+        # timed side by side with other runners in one process: no busy-waiting worker threads
+        self.timing = timing
         # where the runtime keeps what it built (optimised graph, engine, layer list), if anywhere
         self.runtime_dir = runtime_dir
         self.active = False
@@ -170,18 +174,20 @@ class Runner:
         raise NotImplementedError
 
 
-def make_runner(model_path: Path, target: Target, *, runtime_dir: Path | None = None) -> Runner:
-    """The runner for ``target``'s runtime (not yet activated)."""
+def make_runner(
+    model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
+) -> Runner:
+    """The runner for ``target``'s runtime (not yet activated); ``timing`` for side-by-side benchmarks."""
     if target.runtime == "onnxruntime":
         from ffsplit.runtimes.onnxruntime import OrtRunner
 
-        return OrtRunner(model_path, target, runtime_dir=runtime_dir)
+        return OrtRunner(model_path, target, runtime_dir=runtime_dir, timing=timing)
     if target.runtime == "openvino":
         from ffsplit.runtimes.openvino import OpenVinoRunner
 
-        return OpenVinoRunner(model_path, target, runtime_dir=runtime_dir)
+        return OpenVinoRunner(model_path, target, runtime_dir=runtime_dir, timing=timing)
     if target.runtime == "tensorrt":
         from ffsplit.runtimes.tensorrt import TrtRunner
 
-        return TrtRunner(model_path, target, runtime_dir=runtime_dir)
+        return TrtRunner(model_path, target, runtime_dir=runtime_dir, timing=timing)
     raise UsageError(f"target '{target.name}': unknown runtime '{target.runtime}'")

@@ -28,11 +28,18 @@ _LEVELS = {
 OPTIMIZED_GRAPH = "optimized.onnx"
 
 
-def session_options(target: Target, *, optimized_model_path: Path | None = None) -> ort.SessionOptions:
+# Worker threads that busy-wait after a run (ONNX Runtime's default) steal the cores from the next
+# model timed in the same process; side-by-side benchmarks turn that off for every session alike.
+TIMING_CONFIG = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def session_options(
+    target: Target, *, optimized_model_path: Path | None = None, timing: bool = False
+) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = _LEVELS[target.graph_optimization]
     so.log_severity_level = 3
-    for key, value in target.session_config.items():
+    for key, value in {**target.session_config, **(TIMING_CONFIG if timing else {})}.items():
         so.add_session_config_entry(key, value)
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
@@ -69,9 +76,9 @@ class OrtRunner(Runner):
 
     def __init__(
         self, model_path: Path, target: Target, *, runtime_dir: Path | None = None,
-        optimized_model_path: Path | None = None,
+        optimized_model_path: Path | None = None, timing: bool = False,
     ) -> None:
-        super().__init__(model_path, target, runtime_dir=runtime_dir)
+        super().__init__(model_path, target, runtime_dir=runtime_dir, timing=timing)
         if optimized_model_path is None and runtime_dir is not None:
             optimized_model_path = runtime_dir / OPTIMIZED_GRAPH
         self.optimized_model_path = optimized_model_path
@@ -86,7 +93,7 @@ class OrtRunner(Runner):
         return self.optimized_model_path.name if self.optimized_model_path else "session graph"
 
     def _activate(self) -> None:
-        opts = session_options(self.target, optimized_model_path=self.optimized_model_path)
+        opts = session_options(self.target, optimized_model_path=self.optimized_model_path, timing=self.timing)
         dims = {name: shape for name, (_t, shape) in onnx_inputs(self.model_path).items()}
         providers = provider_options(self.target, dims, self.runtime_dir)
         self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)

@@ -60,8 +60,10 @@ def records_from_layers(rows: list[dict[str, str]]) -> list[Any]:
 class OpenVinoRunner(Runner):
     """Runs one ONNX model with OpenVINO on the target's device."""
 
-    def __init__(self, model_path: Path, target: Target, *, runtime_dir: Path | None = None) -> None:
-        super().__init__(model_path, target, runtime_dir=runtime_dir)
+    def __init__(
+        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
+    ) -> None:
+        super().__init__(model_path, target, runtime_dir=runtime_dir, timing=timing)
         self.compiled: Any = None
 
     @property

@@ -31,6 +31,7 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 INT8_COMPUTE = ("weight-only", "dynamic", "qdq")
 INT4_COMPUTE = ("matmulnbits",)
 INT8_WEIGHT_RANGES = ("full", "reduced")
+FUSIONS = ("none", "ort")
 SHAPE_AXES = ("batch", "sequence", "past")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -88,6 +89,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "int4_compute": (str, False),
     "other_matmuls": (str, False),
     "int8_weight_range": (str, False),
+    "fusions": (str, False),
     "session_config": (dict, False),
     "openvino": (dict, False),
     "tensorrt": (dict, False),
@@ -148,6 +150,7 @@ class Target:
     int4_compute: str = "matmulnbits"
     other_matmuls: str = "fp32"
     int8_weight_range: str = "full"
+    fusions: str = "none"
     session_config: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +176,7 @@ class Target:
             "int4_compute": self.int4_compute,
             "other_matmuls": self.other_matmuls,
             "int8_weight_range": self.int8_weight_range,
+            "fusions": self.fusions,
             "session_config": self.session_config,
             "openvino": self.openvino,
             "tensorrt": self.tensorrt,
@@ -258,7 +262,7 @@ def _validate(data: dict[str, Any]) -> list[str]:
     for key, allowed in (
         ("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS), ("int8_compute", INT8_COMPUTE),
         ("int4_compute", INT4_COMPUTE), ("graph_optimization", OPT_LEVELS), ("other_matmuls", ("fp32", "int8")),
-        ("int8_weight_range", INT8_WEIGHT_RANGES),
+        ("int8_weight_range", INT8_WEIGHT_RANGES), ("fusions", FUSIONS),
     ):
         if isinstance(data.get(key), str) and data[key] not in allowed:
             errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
@@ -369,6 +373,7 @@ def load_target(spec: str) -> Target:
         int4_compute=data.get("int4_compute", "matmulnbits"),
         other_matmuls=data.get("other_matmuls", "fp32"),
         int8_weight_range=data.get("int8_weight_range", "full"),
+        fusions=data.get("fusions", "none"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),
         tensorrt=data.get("tensorrt", {}),

@@ -216,8 +216,10 @@ def _profile(profile_cls: Any, ranges: dict[str, Range]) -> Any:  # pragma: no c
 class TrtRunner(Runner):  # pragma: no cover - needs a GPU
     """Runs an artifact's TensorRT engine (built or rebuilt on activate) through Polygraphy's runner."""
 
-    def __init__(self, model_path: Path, target: Target, *, runtime_dir: Path | None = None) -> None:
-        super().__init__(model_path, target, runtime_dir=runtime_dir)
+    def __init__(
+        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
+    ) -> None:
+        super().__init__(model_path, target, runtime_dir=runtime_dir, timing=timing)
         self._runner: Any = None
 
     @property

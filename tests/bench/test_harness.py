@@ -19,12 +19,16 @@ class Recorder:
         return {}
 
 
-def test_runs_are_interleaved_after_warmup() -> None:
+def test_runs_are_interleaved_in_blocks_after_warmup() -> None:
     log: list[str] = []
     runners = {"a": Recorder("a", log), "b": Recorder("b", log)}
-    times = time_interleaved(runners, {}, warmup=2, runs=3)
-    assert log == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
+    times = time_interleaved(runners, {}, warmup=2, runs=3, block=2)
+    # warm-up, then blocks of two (the first of each not counted), the order flipping every round
+    assert log == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    log.clear()
+    time_interleaved(runners, {}, warmup=0, runs=2, block=1)
+    assert log == ["a", "b", "b", "a"]
 
 
 def test_summary_ratios() -> None:
