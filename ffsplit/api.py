@@ -236,16 +236,23 @@ def export(
         if light is not None or heavy_ratio is not None:
             raise UsageError("--budget chooses the light recipe and heavy ratio per layer: drop --light and --heavy-ratio")
         budget_kind, budget_value = parse_budget(budget)
+    nncf = tgt.int8_compute == "nncf"  # NNCF quantises the light branch itself, in the OpenVINO IR
     if light is None:  # a target that asks for an integer light branch makes it the default recipe
-        light = tgt.light_precision if tgt.light_precision in ("int8", "int4") else DEFAULT_LIGHT
+        light = "none" if nncf else tgt.light_precision if tgt.light_precision in ("int8", "int4") else DEFAULT_LIGHT
     heavy_ratio = 0.1 if heavy_ratio is None else heavy_ratio
     recipe = parse_light(light)
+    if nncf and (recipe.quant or budget is not None):
+        raise UsageError(
+            f"target '{tgt.name}' quantises the light branch with NNCF: drop the quantiser from --light "
+            f"('{light}'; none, lowrank:R or prune:P are fine) and --budget"
+        )
     heavy = parse_heavy(heavy or tgt.heavy_precision)
     # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
     light_float = tgt.light_precision if tgt.light_precision in ("fp16", "bf16") and not recipe.quant else "fp32"
     _require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
     # exact only if nothing else in the graph is quantised either (cpu-int8-full's attention projections)
-    exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32"
+    exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32" and not nncf
+    planned_light = "int8" if nncf else light_float  # what the guard holds the light branch to
     heavy_count(1 << 20, heavy_ratio)  # range check only
     overrides = {"cosine_mean": min_cosine, "retrieval_at10": min_retrieval, **(limits or {})}
     for name, v in overrides.items():
@@ -310,7 +317,7 @@ def export(
             split = copy.deepcopy(original)
             plan_objs, indices, quantized = split_model(
                 split, adapter, profiles, heavy_ratio=heavy_ratio, recipe=recipe,
-                heavy_precision=heavy, light_precision=light_float, per_layer=per_layer,
+                heavy_precision=heavy, light_precision=planned_light, per_layer=per_layer,
                 # runtimes that round activations to int8 get the light input projections smoothed
                 smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
                 int8_qmax=INT8_QMAX[tgt.int8_weight_range],
@@ -318,6 +325,10 @@ def export(
             if budget_summary is not None:
                 for plan_obj, row in zip(plan_objs, budget_summary["plan"], strict=True):  # type: ignore[arg-type]
                     plan_obj.calib_error = row["error"]
+            if nncf:  # the light weights ship as int8 in the IR (per-channel scales aside)
+                for p in plan_objs:
+                    p.ffn_bytes_after += p.light_params - p.light_bytes
+                    p.light_bytes = p.light_params
             plans = [p.to_json() for p in plan_objs]
             grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
             act_absmax = None
@@ -352,7 +363,7 @@ def export(
                 "heavy_selection": "top mean|a_j| * ||W_out[:, j]||_2 over calibration tokens",
                 "light": {"recipe": str(recipe), **recipe.params()} if budget is None else {"recipe": "per layer (budget)"},
                 "heavy_precision": heavy,
-                "light_precision": (recipe.quant or light_float) if budget is None else "per layer (budget)",
+                "light_precision": (recipe.quant or planned_light) if budget is None else "per layer (budget)",
                 # How integer grids are stored and computed in the graph (QuantizeBranchWeightsPass).
                 "graph_storage": {"int8": tgt.int8_compute, "int4": tgt.int4_compute} if quantized else "fp32",
                 "int8_weight_max": INT8_QMAX[tgt.int8_weight_range],
@@ -403,6 +414,9 @@ def export(
                     EmbedManifestPass(manifest=manifest)(program)
                     opset = program.opset_imports.get("", None)
                     save_model(program, stage / MODEL_FILE)
+                if nncf:
+                    with stages.stage("quantize (NNCF)", log):
+                        _nncf_ir(stage / MODEL_FILE, tgt, loaded.tokenizer, texts, max_length)
             except (UsageError, OSError, PassFailed):  # bad input, the machine (a full disk), or a bug in a pass
                 raise
             except Exception as exc:  # an exporter failure is a reason to try the next one
@@ -595,16 +609,33 @@ def debug(
     )
 
 
+def _nncf_ir(onnx_path: Path, target: Target, tokenizer: Any, texts: list[str], max_length: int) -> Path:
+    """The target's OpenVINO IR for ``onnx_path``: NNCF static int8 calibrated on ``texts``."""
+    from ffsplit.runtimes.base import onnx_inputs
+    from ffsplit.runtimes.openvino import quantize_ir
+    from ffsplit.split.calibration import calibration_feeds
+
+    feeds = calibration_feeds(tokenizer, texts, max_length=max_length, names=set(onnx_inputs(onnx_path)))
+    return quantize_ir(onnx_path, target, feeds)
+
+
 def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
-    """The original model exported the same way as the split one, cached by source hash and versions."""
+    """The original model exported the same way as the split one, cached by source hash and versions.
+
+    For an NNCF target the original also gets NNCF's static int8 (nothing ignored, calibrated on as
+    many bundled calibration texts as the export used): the strongest recipe on that runtime.
+    """
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
+    from ffsplit.split.calibration import calibration_texts
 
     v = _versions()
     # the graph gets the same target-independent passes as the split one (cleanup, NaN guards, fusions)
     fusions = art.target.fusions
+    nncf = art.target.int8_compute == "nncf"
+    calib = art.manifest["calibration"]
     key = (f"{art.manifest['source']['sha256'][:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
-           f"-g3-{fusions}")
+           f"-g3-{fusions}" + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else ""))
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
     if path.is_file():
@@ -617,6 +648,11 @@ def _baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
         program = export_program(loaded.model, loaded.tokenizer, loaded.task)
         program, _ = run_passes(program, generic_passes(fusions=fusions))
         save_model(program, tmp / MODEL_FILE)
+        if nncf:
+            if log:
+                log("quantising the original with NNCF for comparison (cached) ...")
+            texts = calibration_texts(limit=calib["texts"], max_length=calib["max_length"])
+            _nncf_ir(tmp / MODEL_FILE, art.target, loaded.tokenizer, texts, calib["max_length"])
         with contextlib.suppress(OSError):  # another process cached it first
             os.replace(tmp, root)
     finally:

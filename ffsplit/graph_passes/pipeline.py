@@ -80,7 +80,7 @@ def precision_passes(
         passes.append(
             QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form, act_absmax=act_absmax)
         )
-    if other_matmuls == "int8":
+    if other_matmuls == "int8" and int8_form != "nncf":  # NNCF quantises the rest in the OpenVINO IR
         passes.append(QuantizeOtherMatMulsPass(reduce_range=int8_qmax < 127))
     if heavy_precision in ("fp16", "bf16"):
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))

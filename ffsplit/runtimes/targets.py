@@ -28,7 +28,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 HEAVY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-INT8_COMPUTE = ("weight-only", "dynamic", "qdq")
+INT8_COMPUTE = ("weight-only", "dynamic", "qdq", "nncf")
 INT4_COMPUTE = ("matmulnbits",)
 INT8_WEIGHT_RANGES = ("full", "reduced")
 FUSIONS = ("none", "ort")
@@ -257,6 +257,8 @@ def _validate(data: dict[str, Any]) -> list[str]:
     runtime = data.get("runtime")
     if isinstance(runtime, str) and runtime not in RUNTIMES:
         errors.append(f"runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
+    if data.get("int8_compute") == "nncf" and runtime != "openvino":
+        errors.append("int8_compute 'nncf' (NNCF static int8 in an OpenVINO IR) needs runtime 'openvino'")
     if runtime == "onnxruntime" and not data.get("providers"):
         errors.append("an onnxruntime target needs 'providers', e.g. [\"CPUExecutionProvider\"]")
     for key, allowed in (

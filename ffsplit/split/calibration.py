@@ -198,6 +198,14 @@ def encode_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: 
         yield batch
 
 
+def calibration_feeds(tokenizer, texts: list[str], *, max_length: int, names: set[str]) -> list[dict]:  # noqa: ANN001
+    """One graph feed (numpy int64) per text, at its own length: what a static quantiser calibrates on."""
+    feeds = []
+    for batch in encode_batches(tokenizer, texts, batch_size=1, max_length=max_length):
+        feeds.append({k: v.numpy().astype("int64") for k, v in batch.items() if k in names})
+    return feeds
+
+
 def positions_from_mask(mask):  # noqa: ANN001, ANN201
     """Position ids counting real tokens only, ``cumsum(mask) - 1`` floored at 0 (torch or numpy).
 

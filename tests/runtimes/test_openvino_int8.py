@@ -1,0 +1,58 @@
+"""The openvino-int8 target: NNCF static int8 in an OpenVINO IR, heavy branch fp32, checked and guarded on this CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST
+
+from ffsplit import api
+from ffsplit.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def ov_int8_artifact(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("ov-int8") / "art"
+    api.export(str(tiny_bert_dir), out, target="openvino-int8", progress=False, **FAST)
+    return out
+
+
+def test_heavy_stays_fp32_and_the_rest_runs_int8(ov_int8_artifact: Path) -> None:
+    m = json.loads((ov_int8_artifact / "manifest.json").read_text())
+    assert m["recipe"]["light"]["recipe"] == "none" and m["checks"]["exact"] is False
+    assert "runtime/openvino-int8/model.xml" in m["files"] and "runtime/openvino-int8/model.bin" in m["files"]
+    # the guard read OpenVINO's executed layers: each branch's multiplies apart, at the planned precision
+    assert m["separation"]["matmuls"] == {str(i): {"heavy": 2, "light": 2} for i in range(2)}
+    assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in range(2)}
+    rows = json.loads((ov_int8_artifact / "runtime" / "openvino-int8" / "layers.json").read_text())
+    untagged = [r for r in rows if r["type"] == "FullyConnected" and "ffsplit/" not in r["original"]]
+    assert untagged and all(r["precision"] in ("u8", "i8") for r in untagged)  # attention projections too
+    assert m["parity"]["passed"] and m["parity"]["comparisons"]["compression"]["metrics"]["max_abs"] < 1e-4
+
+
+def test_a_plain_openvino_compile_runs_what_was_checked(ov_int8_artifact: Path) -> None:
+    import openvino as ov
+
+    from ffsplit.runtimes.base import make_runner
+
+    ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 9)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    with make_runner(ov_int8_artifact / "model.onnx", api.open_artifact(ov_int8_artifact).target) as runner:
+        checked = runner.infer(feed)["last_hidden_state"]
+    compiled = ov.Core().compile_model(str(ov_int8_artifact / "runtime" / "openvino-int8" / "model.xml"), "CPU")
+    plain = compiled.create_infer_request().infer(feed)[compiled.outputs[0]]
+    np.testing.assert_array_equal(np.asarray(plain), checked)
+
+
+def test_check_reruns_on_the_shipped_ir(ov_int8_artifact: Path) -> None:
+    report = api.check(ov_int8_artifact)
+    assert report.passed
+
+
+def test_a_quantiser_in_the_light_recipe_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="quantises the light branch with NNCF"):
+        api.export(str(tiny_bert_dir), tmp_path / "o", target="openvino-int8", light="int8", progress=False, **FAST)
+    assert not (tmp_path / "o").exists()
