@@ -56,3 +56,21 @@ def test_a_quantiser_in_the_light_recipe_is_refused(tiny_bert_dir: Path, tmp_pat
     with pytest.raises(UsageError, match="quantises the light branch with NNCF"):
         api.export(str(tiny_bert_dir), tmp_path / "o", target="openvino-int8", light="int8", progress=False, **FAST)
     assert not (tmp_path / "o").exists()
+
+
+def test_static_int8_does_not_depend_on_the_batch(ov_int8_artifact: Path) -> None:
+    """One text embedded alone and inside a padded batch of 32 gives the same output: the activation
+    scales were fixed at export (dynamic int8 takes them from the whole batch, padding included)."""
+    import transformers
+
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.split.calibration import evaluation_texts
+
+    tok = transformers.AutoTokenizer.from_pretrained(ov_int8_artifact, local_files_only=True)
+    texts = [t.text for t in evaluation_texts(32)]
+    with make_runner(ov_int8_artifact / "model.onnx", api.open_artifact(ov_int8_artifact).target) as runner:
+        alone = runner.infer(dict(tok([texts[3]], return_tensors="np")))["last_hidden_state"][0]
+        batch = runner.infer(dict(tok(texts, padding=True, truncation=True, max_length=128, return_tensors="np")))
+    inside = batch["last_hidden_state"][3][: len(alone)]
+    assert len(texts) == 32 and batch["last_hidden_state"].shape[1] > len(alone)  # padded around it
+    np.testing.assert_allclose(inside, alone, rtol=0, atol=1e-5)
