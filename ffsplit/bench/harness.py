@@ -57,7 +57,8 @@ def time_interleaved(
     min_seconds: float = 0.0,
     block: int = 3,
 ) -> dict[str, list[float]]:
-    """Seconds per run of each runner, ``runs`` (at least) each, after ``warmup`` untimed runs each.
+    """Seconds per run of each runner, ``runs`` each (more while ``min_seconds`` has not passed), after
+    ``warmup`` untimed runs each.
 
     Every round runs each runner ``block`` times in a row and counts all but
     the first of them; the order flips every round.
@@ -75,7 +76,8 @@ def time_interleaved(
             for k in range(block):
                 t0 = time.perf_counter()
                 runners[name].infer(feed, check=False)  # type: ignore[attr-defined]
-                if k or block == 1:
+                wanted = len(times[name]) < runs or time.perf_counter() - start < min_seconds
+                if (k or block == 1) and wanted:
                     times[name].append(time.perf_counter() - t0)
         i += 1
     return times
