@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,19 @@ def test_invalid_toml(tmp_path: Path) -> None:
     f.write_text("runtime = \n", encoding="utf-8")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_target(str(f))
+
+
+def test_new_keys_are_checked(tmp_path: Path) -> None:
+    base = Path(load_target("cpu-int8-full").source).read_text()
+    for old, new, fragment in (
+        ('int8_compute = "dynamic"', 'int8_compute = "nncf"', "int8_compute 'nncf' (NNCF static int8 in an OpenVINO IR) needs runtime 'openvino'"),
+        ('fusions = "ort"', 'fusions = "tensorrt"', "fusions 'tensorrt' is not one of none, ort"),
+        ('int8_weight_range = "reduced"', 'int8_weight_range = "7bit"', "int8_weight_range '7bit' is not one of full, reduced"),
+    ):
+        path = tmp_path / "t.toml"
+        path.write_text(base.replace(old, new))
+        with pytest.raises(UsageError, match=re.escape(fragment)):
+            load_target(str(path))
+    t = load_target("openvino-int8")
+    assert (t.int8_compute, t.int8_weight_range, t.other_matmuls, t.fusions) == ("nncf", "reduced", "int8", "none")
+    assert load_target("cpu-int8-full").fusions == "ort" and load_target("cpu").fusions == "none"
