@@ -32,9 +32,10 @@ install-test: $(VENV)/.torch
 	$(PIP) install --quiet --no-deps --upgrade --target $(VENV)/ffsplit-triton $(TRITON_WHEELS)
 
 demo: install
-	# The fast CPU path: heavy hitters fp32, everything else dynamic int8 (see README, Measured results).
-	rm -rf out/minilm-int8
-	$(VENV)/bin/ffsplit export minilm --out out/minilm-int8 --target cpu-int8-full
+	# The fastest target that holds retrieval@10 >= 0.95 on held-out text here (README, Measured results):
+	# ONNX Runtime with onnxscript's fusions, the light FFN branch dynamic int8, the heavy hitters fp32.
+	# --force replaces only an earlier ffsplit output, never anything else.
+	$(VENV)/bin/ffsplit export minilm --out out/minilm-int8 --target cpu-int8 --force
 	$(VENV)/bin/ffsplit bench out/minilm-int8 --batch 1,8,32
 
 test: install-test

@@ -247,6 +247,11 @@ def export(
             f"('{light}'; none, lowrank:R or prune:P are fine) and --budget"
         )
     heavy = parse_heavy(heavy or tgt.heavy_precision)
+    if nncf and heavy != "fp32":
+        raise UsageError(
+            f"--heavy {heavy}: target '{tgt.name}' keeps the heavy branch out of NNCF's int8 (its ignored scope); "
+            "use --heavy fp32, or cpu-int8-full for an int8 heavy branch"
+        )
     # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
     light_float = tgt.light_precision if tgt.light_precision in ("fp16", "bf16") and not recipe.quant else "fp32"
     _require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
