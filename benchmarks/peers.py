@@ -190,43 +190,22 @@ def build(work: Path, log: Any) -> list[dict[str, Any]]:
     return configs
 
 
-class _OpenVino:
-    """A compiled model (ONNX or IR) behind the runner's ``infer``."""
-
-    def __init__(self, path: Path) -> None:
-        import openvino as ov
-
-        self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        self.request = self.compiled.create_infer_request()
-        self.names = {i.get_any_name() for i in self.compiled.inputs}
-
-    def infer(self, feed: dict[str, np.ndarray], check: bool = False) -> dict[str, np.ndarray]:
-        out = self.request.infer({k: v for k, v in feed.items() if k in self.names})
-        return {"last_hidden_state": np.array(out[self.compiled.outputs[0]])}
-
-
-class _Ort:
-    def __init__(self, path: Path, session_config: dict[str, str]) -> None:
-        import onnxruntime as ort
-
-        from ffsplit.runtimes.onnxruntime import TIMING_CONFIG
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        for k, v in {**session_config, **TIMING_CONFIG}.items():
-            so.add_session_config_entry(k, v)
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.names = {i.name for i in self.session.get_inputs()}
-
-    def infer(self, feed: dict[str, np.ndarray], check: bool = False) -> dict[str, np.ndarray]:
-        return {"last_hidden_state": self.session.run(["last_hidden_state"], {k: v for k, v in feed.items() if k in self.names})[0]}
-
-
 def _runner(cfg: dict[str, Any]) -> Any:
+    """ffsplit's own runner for a configuration, set up for side-by-side timing.
+
+    OpenVINO compiles the file given (an ONNX model or an IR) at f32 inference precision; ffsplit's ONNX
+    Runtime points run with their target's session config, peers with the plain cpu target's.
+    """
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.targets import Target, load_target
+
     if cfg["runtime"] == "openvino":
-        return _OpenVino(cfg["model"])
-    config = (cfg.get("manifest") or {}).get("target", {}).get("session_config", {})
-    return _Ort(cfg["model"], config)
+        target = load_target("openvino")
+    elif cfg.get("manifest"):
+        target = Target.from_json(cfg["manifest"]["target"])
+    else:
+        target = load_target("cpu")
+    return make_runner(cfg["model"], target, timing=True).activate()
 
 
 def accuracy(configs: list[dict[str, Any]], log: Any) -> dict[str, Any]:
@@ -259,7 +238,9 @@ def accuracy(configs: list[dict[str, Any]], log: Any) -> dict[str, Any]:
     for cfg in configs:
         log(f"accuracy: {cfg['name']}")
         runner = _runner(cfg)
-        outs = [runner.infer(b)["last_hidden_state"] for b in ref.batches]
+        # every configuration takes MiniLM's three inputs (an IR has no ONNX signature to check the feed against)
+        outs = [runner.infer({k: b[k] for k in INPUTS}, check=False)["last_hidden_state"] for b in ref.batches]
+        runner.deactivate()
         m = compare(ref, Outputs(outs, ref.batches))
         cfg["accuracy"] = {"cosine_mean": m["cosine_mean"], "cosine_min": m["cosine_min"],
                            "retrieval_at10": m["retrieval_at10"],
@@ -286,6 +267,8 @@ def latency(configs: list[dict[str, Any]], shapes: list[tuple[int, int]], runs: 
                 "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)), "runs": len(arr),
                 "seq_per_s": float(b / np.percentile(arr, 50) * 1000),
             }
+    for runner in runners.values():
+        runner.deactivate()
 
 
 def _speed(c: dict[str, Any], base: dict[str, Any], shape: str) -> float:

@@ -422,14 +422,16 @@ def check_external_data(model_path: Path) -> None:
     onnx_metadata(model_path)
 
 
-def check_embedded_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+def check_embedded_manifest(folder: Path, manifest: dict[str, Any], meta: dict[str, str] | None = None) -> None:
     """manifest.json must agree with the copy embedded in model.onnx (whose hash the manifest lists).
 
     Everything decided before the model was saved (source, target with its
     runtime options, recipe, layers, checks) lives in both; a difference
     means one of them was edited or swapped after the export: a failed check.
+    ``meta``: model.onnx's metadata, when the caller has already read it.
     """
-    meta = onnx_metadata(Path(folder) / MODEL_FILE)
+    if meta is None:
+        meta = onnx_metadata(Path(folder) / MODEL_FILE)
     if EMBEDDED_KEY not in meta:
         raise CheckFailed(
             f"'{Path(folder) / MODEL_FILE}' carries no ffsplit manifest: it is not the model this folder was "
@@ -450,7 +452,6 @@ def check_embedded_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 def verify_artifact(folder: Path, manifest: dict[str, Any]) -> None:
     """Everything ``check`` / ``bench`` / ``debug`` / ``triton`` trust, before anything runs."""
     verify_files(folder, manifest)
-    for rel in manifest["files"]:
-        if rel.endswith(".onnx"):
-            check_external_data(Path(folder) / rel)
-    check_embedded_manifest(folder, manifest)
+    # each ONNX file is parsed once: its external data checked, and model.onnx's metadata kept
+    metadata = {rel: onnx_metadata(Path(folder) / rel) for rel in manifest["files"] if rel.endswith(".onnx")}
+    check_embedded_manifest(folder, manifest, metadata.get(MODEL_FILE))
