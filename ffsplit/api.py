@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -108,7 +109,7 @@ def _require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
 
 
 def _source_record(loaded: Any) -> dict[str, Any]:
-    from ffsplit.loading import model_files
+    from ffsplit.loading import model_files, usable_positions
 
     files = model_files(loaded.path)
     cfg = loaded.model.config
@@ -118,7 +119,7 @@ def _source_record(loaded: Any) -> dict[str, Any]:
         "model_type": cfg.model_type,
         "architecture": type(loaded.model).__name__,
         "sha256": sha256_files(files, loaded.path),
-        "max_positions": getattr(cfg, "max_position_embeddings", None),
+        "max_positions": usable_positions(loaded.model, past=loaded.task.past),
     }
 
 
@@ -158,6 +159,7 @@ def _guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
 def _parity(
     original: Any, split: Any, runner: Any, tokenizer: Any, task: Any, *,
     limits: dict[str, dict[str, float]], eval_size: int, max_length: int, batch_size: int = 16,
+    max_positions: int | None = None,
 ) -> Any:
     from ffsplit.parity.check import compare_three, evaluate
     from ffsplit.split.calibration import evaluation_texts
@@ -165,7 +167,6 @@ def _parity(
     texts = [t.text for t in evaluation_texts(eval_size)]
     if len(texts) < bounds.MIN_EVAL_TEXTS:
         raise UsageError(f"--eval-size {eval_size}: only {len(texts)} evaluation texts here, retrieval@10 needs 11")
-    max_positions = getattr(original.config, "max_position_embeddings", None)
     metrics = compare_three(
         original, split, runner, tokenizer, texts, task, batch_size=batch_size, max_length=max_length,
         max_positions=max_positions,
@@ -213,13 +214,14 @@ def export(
     from safetensors.torch import save_file
 
     from ffsplit.exporter import export_program, save_model
-    from ffsplit.exporter.export import EXPORTERS, WRAPPER_PREFIX
+    from ffsplit.exporter.export import EXPORT_ADVICE, EXPORTERS, WRAPPER_PREFIX, describe_failure
     from ffsplit.graph_passes import EmbedManifestPass
     from ffsplit.graph_passes.pipeline import PassFailed, run_passes, target_passes
     from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.loading import load_model, read_config, resolve_model
     from ffsplit.parity.check import limits_for
     from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.shapes import clamp_shapes
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import heavy_count, split_model, split_state, validate_recipe
     from ffsplit.split.budget import parse_budget, plan_budget
@@ -300,8 +302,13 @@ def export(
             source = _source_record(loaded)
             if source["max_positions"] and max_length > source["max_positions"]:
                 raise UsageError(
-                    f"--max-length {max_length} is longer than the model's {source['max_positions']} positions"
+                    f"--max-length {max_length} is longer than the {source['max_positions']} positions the model "
+                    f"computes: pass --max-length <= {source['max_positions']}"
                 )
+            # runtime shape ranges (TensorRT profiles, Triton) never reach past the model's positions
+            shapes = clamp_shapes(tgt.shapes, source["max_positions"], past=spec.past)
+            if shapes != tgt.shapes:
+                tgt = dataclasses.replace(tgt, shapes=shapes)
         with stages.stage("profile", log):
             profiles = profile_model(
                 loaded.model, adapter, loaded.tokenizer, texts,
@@ -425,7 +432,7 @@ def export(
             except (UsageError, OSError, PassFailed):  # bad input, the machine (a full disk), or a bug in a pass
                 raise
             except Exception as exc:  # an exporter failure is a reason to try the next one
-                attempts.append({"exporter": name, "failed": f"export: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"})
+                attempts.append({"exporter": name, "failed": f"export: {describe_failure(exc)}"})
                 if log:
                     log(f"the {name} exporter failed: {attempts[-1]['failed']}")
                 continue
@@ -435,7 +442,7 @@ def export(
             with stages.stage("check", log):
                 report = _parity(
                     original, split, runner, loaded.tokenizer, spec, limits=manifest["checks"]["limits"],
-                    eval_size=eval_size, max_length=max_length,
+                    eval_size=eval_size, max_length=max_length, max_positions=source["max_positions"],
                 )
                 runner.deactivate()
             manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
@@ -445,7 +452,10 @@ def export(
             if log and name != order[-1]:
                 log(f"the {name} export missed fidelity; trying the next exporter")
         if report is None:
-            raise CheckFailed("every exporter failed, nothing written: " + "; ".join(a["failed"] for a in attempts))
+            raise CheckFailed(
+                "every exporter failed, nothing written: "
+                + "; ".join(f"{a['exporter']}: {a['failed']}" for a in attempts) + f". What you can do: {EXPORT_ADVICE}"
+            )
         manifest["parity"] = report.to_json()
         manifest["timings"] = stages.seconds
         if not report.passed:
@@ -569,6 +579,7 @@ def check(
             report = _parity(
                 loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=m["checks"]["limits"],
                 eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
+                max_positions=m["source"].get("max_positions"),
             )
     return report
 

@@ -153,3 +153,31 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, spec=spec, task=task_spec)
+
+
+def usable_positions(model: Any, *, past: bool = False) -> int | None:
+    """The longest sequence (past included) a loaded model computes as trained, or None if unbounded.
+
+    ``max_position_embeddings`` is not it for every family: RoBERTa's descendants
+    (XLM-R, CamemBERT, MPNet) number positions from ``padding_idx + 1``, so the first
+    ``padding_idx + 1`` rows of the table are never reached by a real token; and with a
+    KV cache (``past``) a sliding-window decoder (Mistral) is traced and checked within one
+    window, the range its exported graph is valid for (its mask code guards ``past < window``).
+    Without a cache the window is a mask over the whole sequence, not a length limit
+    (ModernBERT's local attention, Mistral's prefill-only graph).
+    """
+    import torch
+
+    cfg = model.config
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            if module.padding_idx is not None and module.num_embeddings == limit:
+                limit -= module.padding_idx + 1
+            break
+    window = getattr(cfg, "sliding_window", None) if past else None
+    if isinstance(window, int) and 0 < window < limit:
+        limit = window
+    return max(limit, 1)

@@ -52,13 +52,28 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("models") / "tiny-roberta", "RobertaModel", "RobertaConfig", seed=1)
 
 
-# family -> (model class saved, config class, config kwargs). Decoders are saved with their LM
-# head and DistilBERT with a classification head, so --task auto has something to pick.
-FAMILY_MODELS: dict[str, tuple[str, str, dict]] = {
-    "bert": ("BertModel", "BertConfig", dict(TINY, max_position_embeddings=128)),
+_DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128}
+_ENCODER = dict(TINY, max_position_embeddings=128)
+# model_type -> (model class saved, config class, config kwargs): one tiny random model for every
+# model type an adapter lists (test_adapters fails when one is missing). Decoders are saved with
+# their LM head and some encoders with a classification head, so --task auto has something to pick.
+MODEL_TYPES: dict[str, tuple[str, str, dict]] = {
+    "bert": ("BertModel", "BertConfig", _ENCODER),
+    "roberta": ("RobertaModel", "RobertaConfig", _ENCODER),
+    "xlm-roberta": ("XLMRobertaForSequenceClassification", "XLMRobertaConfig", _ENCODER),
+    "electra": ("ElectraModel", "ElectraConfig", dict(_ENCODER, embedding_size=32)),
+    "camembert": ("CamembertModel", "CamembertConfig", _ENCODER),
+    "mpnet": ("MPNetModel", "MPNetConfig", _ENCODER),
     "distilbert": (
         "DistilBertForSequenceClassification", "DistilBertConfig",
         {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 128},
+    ),
+    "modernbert": (
+        "ModernBertForSequenceClassification", "ModernBertConfig",
+        # layer 0 global attention, layer 1 local over a 16-token window (shorter than the checks' batches)
+        dict(_ENCODER, local_attention=16, global_attn_every_n_layers=2, cls_token_id=101, sep_token_id=102,
+             bos_token_id=101, eos_token_id=102),
     ),
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}),
     "opt": (
@@ -66,30 +81,32 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict]] = {
         {"hidden_size": 32, "num_hidden_layers": 2, "ffn_dim": 64, "num_attention_heads": 2,
          "max_position_embeddings": 128, "word_embed_proj_dim": 32},
     ),
-    "llama": (
-        "LlamaForCausalLM", "LlamaConfig",
-        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-         "num_key_value_heads": 1, "max_position_embeddings": 128},
-    ),
+    "llama": ("LlamaForCausalLM", "LlamaConfig", _DECODER),
+    # a 64-token window, shorter than the longest check batch, so the window is exercised
+    "mistral": ("MistralForCausalLM", "MistralConfig", dict(_DECODER, sliding_window=64)),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", _DECODER),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", _DECODER),
+    "gemma": ("GemmaForCausalLM", "GemmaConfig", _DECODER),
+    "phi3": ("Phi3ForCausalLM", "Phi3Config", dict(_DECODER, bos_token_id=101, eos_token_id=102)),
 }
-_family_dirs: dict[str, Path] = {}
+_model_dirs: dict[str, Path] = {}
 
 
-def save_family_model(family: str, root: Path) -> Path:
-    """A tiny random model of ``family`` saved as a Hugging Face folder (cached per session)."""
-    if family not in _family_dirs:
+def save_family_model(model_type: str, root: Path) -> Path:
+    """A tiny random model of ``model_type`` saved as a Hugging Face folder (cached per session)."""
+    if model_type not in _model_dirs:
         import torch
         import transformers
 
-        model_cls, config_cls, kwargs = FAMILY_MODELS[family]
+        model_cls, config_cls, kwargs = MODEL_TYPES[model_type]
         cfg = getattr(transformers, config_cls)(vocab_size=30522, pad_token_id=0, **kwargs)
         torch.manual_seed(0)
-        path = root / f"tiny-{family}"
+        path = root / f"tiny-{model_type}"
         getattr(transformers, model_cls)(cfg).eval().save_pretrained(path, safe_serialization=True)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             shutil.copy(minilm_dir() / name, path / name)
-        _family_dirs[family] = path
-    return _family_dirs[family]
+        _model_dirs[model_type] = path
+    return _model_dirs[model_type]
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -98,6 +100,24 @@ def past_names(layers: int) -> tuple[list[str], list[str]]:
     return inputs, [n.replace("past_key_values", "present") for n in inputs]
 
 
+def _dims(model: nn.Module, past: bool) -> tuple[torch.export.Dim, torch.export.Dim, torch.export.Dim]:
+    """batch, sequence and past_sequence, bounded by the positions the model computes as trained.
+
+    Unbounded dims fail on models whose code branches on the length (a sliding-window
+    mask guards ``past <= window - 1``); the bounds are what the graph is checked for.
+    """
+    from ffsplit.loading import usable_positions
+
+    limit = usable_positions(model, past=past)
+    seq_max = None if limit is None else max(limit, 4)
+    past_max = None if limit is None else max(seq_max - 1, 5)  # the trace itself uses past 4 + 3 new tokens
+    return (
+        torch.export.Dim("batch"),
+        torch.export.Dim("sequence", max=seq_max) if seq_max else torch.export.Dim("sequence"),
+        torch.export.Dim("past_sequence", max=past_max) if past and past_max else torch.export.Dim("past_sequence"),
+    )
+
+
 def _export_with_past(model: nn.Module, tokenizer) -> ir.Model:  # noqa: ANN001
     layers, heads, dim = kv_shape(model)
     past_in, present_out = past_names(layers)
@@ -109,7 +129,7 @@ def _export_with_past(model: nn.Module, tokenizer) -> ir.Model:  # noqa: ANN001
     mask[0, :2] = 0
     positions = positions_from_mask(mask)[:, past:]
     past_kv = [torch.zeros(batch, heads, past, dim) for _ in past_in]
-    b, s, p = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
+    b, s, p = _dims(model, past=True)
     dynamic = (
         {0: b, 1: s}, {0: b, 1: torch.export.Dim.AUTO}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in past_in),
     )
@@ -132,13 +152,59 @@ def input_names_for(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  
     return names
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SUMMARY = re.compile(r"## Exception summary\s*\n+<class '([\w.]+)'>: (.*?)(?:\n\s*\n|\Z)", re.S)
+# Sentences in torch's messages that point at its own logs or bug tracker rather than the cause.
+_NOISE = re.compile(r"(For more information, run with [^\n]*|\(Refer to the full stack trace[^\n]*\)|"
+                    r"If you would like to view[^\n]*|The error above occurred[^\n]*)")
+
+
+def describe_failure(exc: BaseException, limit: int = 400) -> str:
+    """The root cause of an export failure in one line: the innermost exception's type and what it says.
+
+    torch.onnx wraps capture errors in a message whose first line is generic ("Failed to export the
+    model with torch.export ... Next steps:"); its "Exception summary" names the real error, else the
+    ``__cause__`` chain does. Multi-line causes (a violated shape constraint and its suggested fix)
+    are joined, so a user sees e.g. ``UserError: Constraints violated (past_sequence)! - Not all
+    values of past_sequence ... <= 4095; Suggested fixes: past_sequence = Dim('past_sequence', max=4095)``.
+    """
+    text = _ANSI.sub("", str(exc))
+    found = _SUMMARY.search(text)
+    if found:
+        name, body = found.group(1).rsplit(".", 1)[-1], found.group(2)
+    else:
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        name, body = type(root).__name__, _ANSI.sub("", str(root))
+    lines = [ln.strip() for ln in _NOISE.sub("", body).splitlines()]
+    said = " ".join(ln for ln in lines if ln).replace("Suggested fixes:", "; suggested fix:")
+    said = re.sub(r"\s+", " ", said).strip() or "(no message)"
+    line = f"{name}: {said}"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+EXPORT_ADVICE = (
+    "the model's code does something the exporter cannot capture at these input shapes; "
+    "run with FFSPLIT_EXPORT_LOGS=1 for torch's full log, try --exporter torchscript (not for a KV cache: "
+    "use --task causal-lm there), or report it with this line"
+)
+
+
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """The exporter warns at length about things users cannot act on; keep the CLI readable."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    """The exporter logs at length about things users cannot act on; keep the CLI readable.
+
+    Its errors are summarised by ``describe_failure`` instead; ``FFSPLIT_EXPORT_LOGS=1`` shows them all.
+    """
+    if os.environ.get("FFSPLIT_EXPORT_LOGS") == "1":
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch._guards",
+                                              "torch.fx", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -191,7 +257,7 @@ def export_program(
     wrapper = TaskWrapper(model, spec, names).eval()
     if exporter == "torchscript":
         return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, spec.output)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    batch, seq, _ = _dims(model, past=False)
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             wrapper,

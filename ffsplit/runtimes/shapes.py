@@ -70,3 +70,22 @@ def phases(inputs: Mapping[str, list[Any]]) -> tuple[str, ...]:
 def trt_shape_string(ranges: Mapping[str, Range], which: int) -> str:
     """ONNX Runtime TensorRT provider format: ``input_ids:1x1,attention_mask:1x1``."""
     return ",".join(f"{name}:{'x'.join(str(d) for d in r[which])}" for name, r in ranges.items())
+
+
+def clamp_shapes(shapes: Mapping[str, list[int]], max_positions: int | None, *, past: bool) -> dict[str, list[int]]:
+    """``shapes`` with sequence and past ranges cut to what the model computes (see ``usable_positions``).
+
+    A KV-cache graph's attention mask spans past + new tokens, so there the prompt
+    keeps one position for the masked past slot and the past one for the new token.
+    Unchanged (and returned as given) when every range already fits.
+    """
+    if not max_positions:
+        return dict(shapes)
+    room = {"sequence": max_positions - 1 if past else max_positions, "past": max_positions - 1}
+    out = dict(shapes)
+    for axis, top in room.items():
+        lo, opt, hi = shapes.get(axis, DEFAULT_SHAPES[axis])
+        if hi > top:
+            top = max(top, 1)
+            out[axis] = [min(lo, top), min(opt, top), top]
+    return out

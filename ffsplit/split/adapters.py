@@ -1,14 +1,15 @@
-"""FFN adapters: where each architecture family keeps its FFN, in a registry.
+"""FFN adapters: the registry, the adapter base class and model matching.
 
-An adapter is a small declarative class registered with ``@register``. It
-names, relative to the backbone (``model.base_model``), the list of layers and,
-relative to one layer, the input projection, the optional gate projection, the
-activation and the output projection, plus which module is replaced by the
-``SplitFFN`` and which become identities so the layer's own forward still adds
-the residual. A model is matched by ``config.model_type`` first and then by
-layout, so families that share a layout (RoBERTa and the other BERT
-descendants; the many decoders with a Llama-style gated MLP) work without an
-adapter of their own.
+An adapter is a small declarative class registered with ``@register``, one
+file per family in ``ffsplit/split/families/``. It names, relative to the
+backbone (``model.base_model``), the list of layers and, relative to one
+layer, the input projection, the optional gate projection (or one fused
+gate+up projection), the activation and the output projection, plus which
+module is replaced by the ``SplitFFN`` and which become identities so the
+layer's own forward still adds the residual. A model is matched by
+``config.model_type`` first and then by layout, so families that share a
+layout (RoBERTa and the other BERT descendants; the many decoders with a
+Llama-style gated MLP) work without an adapter of their own.
 """
 
 from __future__ import annotations
@@ -21,14 +22,21 @@ from torch import nn
 
 from ffsplit.errors import UsageError
 
-REGISTRY: dict[str, type[FFNAdapter]] = {}
+_REGISTRY: dict[str, type[FFNAdapter]] = {}
 
 
 def register(cls: type[FFNAdapter]) -> type[FFNAdapter]:
-    if cls.family in REGISTRY:
+    if cls.family in _REGISTRY:
         raise ValueError(f"adapter family {cls.family!r} registered twice")
-    REGISTRY[cls.family] = cls
+    _REGISTRY[cls.family] = cls
     return cls
+
+
+def registry() -> dict[str, type[FFNAdapter]]:
+    """family -> adapter, with every family module under ``ffsplit/split/families`` imported."""
+    import ffsplit.split.families  # noqa: F401  (each module registers its adapter on import)
+
+    return _REGISTRY
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
@@ -86,13 +94,21 @@ class FFNWeights:
 
 
 class FFNAdapter:
-    """Where one family keeps its FFN. Subclasses set the class attributes only."""
+    """Where one family keeps its FFN. Subclasses set the class attributes only.
+
+    A gated MLP computes ``fc_out(act(gate) * up)``: either from two projections
+    (``fc_gate`` and ``fc_in``), or from one fused projection ``fc_gate_up`` whose
+    output rows hold the half that goes through ``act`` first and the other half
+    second (Phi-3's ``gate_up_proj``, ModernBERT's ``Wi``). A fused projection is
+    split into the same two halves, so the heavy neurons are the same rows of both.
+    """
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     layers: ClassVar[str]
-    fc_in: ClassVar[str]
+    fc_in: ClassVar[str | None] = None
     fc_gate: ClassVar[str | None] = None
+    fc_gate_up: ClassVar[str | None] = None
     act: ClassVar[str]
     fc_out: ClassVar[str]
     replace: ClassVar[str]
@@ -101,12 +117,50 @@ class FFNAdapter:
 
     @classmethod
     def gated(cls) -> bool:
-        return cls.fc_gate is not None
+        return cls.fc_gate is not None or cls.fc_gate_up is not None
 
     @classmethod
     def layer_modules(cls, model: nn.Module) -> list[nn.Module]:
         """The layers of ``model`` (a task model or its backbone)."""
         return list(get_submodule(backbone(model), cls.layers))
+
+    @classmethod
+    def hooked(cls, layer: nn.Module) -> nn.Module:
+        """The projection whose input and output the profiler reads (the FFN's first multiply)."""
+        path = cls.fc_gate_up or cls.fc_in
+        assert path is not None
+        return get_submodule(layer, path)
+
+    @classmethod
+    def activation(cls, layer: nn.Module, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The input of ``fc_out`` from the hooked projection's input ``x`` and output ``z``."""
+        act = get_submodule(layer, cls.act)
+        if cls.fc_gate_up is not None:
+            first, second = z.chunk(2, dim=-1)
+            return act(first) * second
+        if cls.fc_gate is not None:
+            return act(get_submodule(layer, cls.fc_gate)(x)) * z
+        return act(z)
+
+    @classmethod
+    def _projections(cls, layer: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None] | None]:
+        """in / gate / out as (weight (out, in), bias); raises AttributeError when a path is missing."""
+        get_submodule(layer, cls.act)
+        out: dict[str, tuple[torch.Tensor, torch.Tensor | None] | None] = {
+            "out": projection(get_submodule(layer, cls.fc_out)),
+        }
+        if cls.fc_gate_up is not None:
+            fused = projection(get_submodule(layer, cls.fc_gate_up))
+            if fused is None or fused[0].shape[0] % 2:
+                return {"out": None}
+            w_gate, w_up = fused[0].chunk(2, dim=0)
+            b_gate, b_up = fused[1].chunk(2, dim=0) if fused[1] is not None else (None, None)
+            out["gate"], out["in"] = (w_gate, b_gate), (w_up, b_up)
+        else:
+            assert cls.fc_in is not None
+            out["in"] = projection(get_submodule(layer, cls.fc_in))
+            out["gate"] = projection(get_submodule(layer, cls.fc_gate)) if cls.fc_gate else None
+        return out
 
     @classmethod
     def matches_layout(cls, model: nn.Module) -> bool:
@@ -118,13 +172,11 @@ class FFNAdapter:
             return False
         for layer in layers:
             try:
-                p_in = projection(get_submodule(layer, cls.fc_in))
-                p_out = projection(get_submodule(layer, cls.fc_out))
-                p_gate = projection(get_submodule(layer, cls.fc_gate)) if cls.fc_gate else None
-                get_submodule(layer, cls.act)
+                p = cls._projections(layer)
             except AttributeError:
                 return False
-            if p_in is None or p_out is None or (cls.fc_gate and p_gate is None):
+            p_in, p_out, p_gate = p.get("in"), p["out"], p.get("gate")
+            if p_in is None or p_out is None or (cls.gated() and p_gate is None):
                 return False
             if p_in[0].shape != p_out[0].T.shape or (p_gate is not None and p_gate[0].shape != p_in[0].shape):
                 return False
@@ -132,11 +184,9 @@ class FFNAdapter:
 
     @classmethod
     def weights(cls, layer: nn.Module) -> FFNWeights:
-        p_in = projection(get_submodule(layer, cls.fc_in))
-        p_out = projection(get_submodule(layer, cls.fc_out))
+        p = cls._projections(layer)
+        p_in, p_out, p_gate = p["in"], p["out"], p["gate"] or (None, None)
         assert p_in is not None and p_out is not None
-        p_gate = projection(get_submodule(layer, cls.fc_gate)) if cls.fc_gate else (None, None)
-        assert p_gate is not None
         return FFNWeights(
             w_in=p_in[0], b_in=p_in[1], w_out=p_out[0], b_out=p_out[1], act=get_submodule(layer, cls.act),
             w_gate=p_gate[0], b_gate=p_gate[1],
@@ -149,81 +199,6 @@ class FFNAdapter:
             set_submodule(layer, path, nn.Identity())
 
 
-@register
-class BertAdapter(FFNAdapter):
-    """BERT and its descendants: ``intermediate.dense -> act -> output.dense``, then residual + LayerNorm."""
-
-    family = "bert"
-    model_types = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "mpnet")
-    layers = "encoder.layer"
-    fc_in = "intermediate.dense"
-    act = "intermediate.intermediate_act_fn"
-    fc_out = "output.dense"
-    replace = "intermediate"
-    identities = ("output.dense",)
-    tasks = ("feature-extraction", "text-classification")
-
-
-@register
-class DistilBertAdapter(FFNAdapter):
-    """DistilBERT: ``ffn.lin1 -> ffn.activation -> ffn.lin2``."""
-
-    family = "distilbert"
-    model_types = ("distilbert",)
-    layers = "transformer.layer"
-    fc_in = "ffn.lin1"
-    act = "ffn.activation"
-    fc_out = "ffn.lin2"
-    replace = "ffn.lin1"
-    identities = ("ffn.activation", "ffn.lin2")
-    tasks = ("feature-extraction", "text-classification")
-
-
-@register
-class GPT2Adapter(FFNAdapter):
-    """GPT-2: Conv1D projections (weights stored transposed) ``mlp.c_fc -> mlp.act -> mlp.c_proj``."""
-
-    family = "gpt2"
-    model_types = ("gpt2",)
-    layers = "h"
-    fc_in = "mlp.c_fc"
-    act = "mlp.act"
-    fc_out = "mlp.c_proj"
-    replace = "mlp.c_fc"
-    identities = ("mlp.act", "mlp.c_proj")
-    tasks = ("feature-extraction", "causal-lm", "causal-lm-with-past")
-
-
-@register
-class OPTAdapter(FFNAdapter):
-    """OPT: ``fc1 -> activation_fn (ReLU) -> fc2`` directly on the decoder layer."""
-
-    family = "opt"
-    model_types = ("opt",)
-    layers = "decoder.layers"
-    fc_in = "fc1"
-    act = "activation_fn"
-    fc_out = "fc2"
-    replace = "fc1"
-    identities = ("activation_fn", "fc2")
-    tasks = ("feature-extraction", "causal-lm", "causal-lm-with-past")
-
-
-@register
-class LlamaAdapter(FFNAdapter):
-    """Decoders with a Llama-style gated MLP: ``down(act(gate(x)) * up(x))``."""
-
-    family = "llama"
-    model_types = ("llama", "mistral", "qwen2")
-    layers = "layers"
-    fc_in = "mlp.up_proj"
-    fc_gate = "mlp.gate_proj"
-    act = "mlp.act_fn"
-    fc_out = "mlp.down_proj"
-    replace = "mlp"
-    tasks = ("feature-extraction", "causal-lm", "causal-lm-with-past")
-
-
 def support_matrix() -> str:
     """The family x task table of README, generated from the registry (README is checked against it)."""
     from ffsplit.tasks import TASKS
@@ -233,26 +208,44 @@ def support_matrix() -> str:
         "| family | model types (plus any model with the same FFN layout) | " + " | ".join(tasks) + " |",
         "|---|---|" + "---|" * len(tasks),
     ]
-    for name, a in sorted(REGISTRY.items()):
+    for name, a in sorted(registry().items()):
         marks = " | ".join("yes" if t in a.tasks else "-" for t in tasks)
         lines.append(f"| {name} | {', '.join(a.model_types)} | {marks} |")
     return "\n".join(lines)
 
 
 def supported_families() -> str:
-    return ", ".join(f"{name} ({', '.join(a.model_types)})" for name, a in sorted(REGISTRY.items()))
+    return ", ".join(f"{name} ({', '.join(a.model_types)})" for name, a in sorted(registry().items()))
+
+
+def describe_layout(model: nn.Module) -> str:
+    """What a model's layers hold, for the error naming an unknown layout: the longest list of
+    layers in the backbone and the projections of its first layer."""
+    lists = [(path, mod) for path, mod in backbone(model).named_modules() if isinstance(mod, nn.ModuleList) and len(mod)]
+    if not lists:
+        return f"no list of layers in {type(backbone(model)).__name__}"
+    path, layers = max(lists, key=lambda pm: (len(pm[1]), -pm[0].count(".")))
+    names = [name for name, mod in layers[0].named_modules() if name and projection(mod) is not None]
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    return f"{len(layers)} layers at '{path or '.'}' ({type(layers[0]).__name__}) whose projections are {shown or 'none'}"
 
 
 def find_adapter(model: nn.Module) -> type[FFNAdapter]:
     """The adapter for ``model``: by model_type when it also fits, else the first whose layout fits."""
+    adapters = registry()
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for adapter in REGISTRY.values():
+    for adapter in adapters.values():
         if model_type in adapter.model_types and adapter.matches_layout(model):
             return adapter
-    for adapter in REGISTRY.values():
+    for adapter in adapters.values():
         if adapter.matches_layout(model):
             return adapter
+    listed = next((a.family for a in adapters.values() if model_type in a.model_types), None)
+    why = (
+        f"model_type '{model_type}' is listed under the {listed} family, but this model's FFN does not have "
+        "that family's layout" if listed else f"model_type '{model_type}' has no FFN layout ffsplit knows"
+    )
     raise UsageError(
-        f"unsupported architecture: model_type '{model_type}' ({type(model).__name__}) has no FFN layout "
-        f"ffsplit knows; supported families: {supported_families()}"
+        f"unsupported architecture: {why} ({type(model).__name__}: {describe_layout(model)}); "
+        f"supported families: {supported_families()}"
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ffsplit.split.adapters import FFNAdapter, get_submodule
+from ffsplit.split.adapters import FFNAdapter
 from ffsplit.split.calibration import encode_batches, model_inputs
 
 
@@ -57,7 +57,7 @@ def profile_model(
     state: dict[str, torch.Tensor] = {}
     tokens = 0
 
-    def make_hook(i: int, act: torch.nn.Module, gate: torch.nn.Module | None):  # noqa: ANN202
+    def make_hook(i: int, layer: torch.nn.Module):  # noqa: ANN202
         def hook(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             keep = state["mask"]
             x_all = inputs[0].reshape(-1, inputs[0].shape[-1])
@@ -69,7 +69,7 @@ def profile_model(
                 m = x.abs().amax(0)
                 amax[i] = m if amax[i] is None else torch.maximum(amax[i], m)
             z = output.reshape(-1, output.shape[-1])[keep]
-            a = (act(gate(x_all[keep])) * z if gate is not None else act(z)).float()
+            a = adapter.activation(layer, x_all[keep], z).float()
             s = a.abs().sum(0).double()
             sum_abs[i] = s if sum_abs[i] is None else sum_abs[i] + s
             have = sum(len(t) for t in kept[i])
@@ -87,10 +87,7 @@ def profile_model(
 
     handles = []
     for i, layer in enumerate(layers):
-        fc_in = get_submodule(layer, adapter.fc_in)
-        act = get_submodule(layer, adapter.act)
-        gate = get_submodule(layer, adapter.fc_gate) if adapter.fc_gate else None
-        handles.append(fc_in.register_forward_hook(make_hook(i, act, gate)))
+        handles.append(adapter.hooked(layer).register_forward_hook(make_hook(i, layer)))
     try:
         batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
         for batch in tqdm(batches, desc="profiling", unit="batch", disable=not progress, leave=False):

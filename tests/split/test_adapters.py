@@ -8,50 +8,74 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILY_MODELS, save_family_model
+from conftest import MODEL_TYPES, save_family_model
 
 from ffsplit import api
 from ffsplit.errors import UsageError
 from ffsplit.loading import load_model
 from ffsplit.parity.check import torch_output
-from ffsplit.split.adapters import REGISTRY, FFNAdapter, find_adapter, register
+from ffsplit.split.adapters import FFNAdapter, find_adapter, register, registry
 from ffsplit.split.apply import split_model
 from ffsplit.split.calibration import calibration_texts, encode_batches
 from ffsplit.split.compress import parse_light
 from ffsplit.split.profile import profile_model
 
-FAMILY_TASKS = [(family, task) for family in sorted(FAMILY_MODELS) for task in REGISTRY[family].tasks]
+
+def _family_of(model_type: str) -> str:
+    return next(f for f, a in registry().items() if model_type in a.model_types)
 
 
-def test_every_adapter_is_tested() -> None:
-    """Fails when an adapter is registered without a tiny model in FAMILY_MODELS (which drives the tests below)."""
-    untested = sorted(set(REGISTRY) - set(FAMILY_MODELS))
-    assert not untested, f"registered adapters without a test model: {untested}"
-    assert {f for f, _ in FAMILY_TASKS} == set(REGISTRY)
+def _export_cases() -> list[tuple[str, str]]:
+    """Every family's first model type for every task in its row; every other listed model type once,
+    for its hardest task (the KV cache for decoders)."""
+    cases = []
+    for adapter in registry().values():
+        first, *others = adapter.model_types
+        cases += [(first, task) for task in adapter.tasks]
+        cases += [(other, adapter.tasks[-1]) for other in others]
+    return sorted(cases)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
-def test_family_is_recognised(family: str, family_root: Path) -> None:
-    loaded = load_model(str(save_family_model(family, family_root)))
+EXPORT_CASES = _export_cases()
+
+
+def test_every_family_and_model_type_has_an_export_test() -> None:
+    """Fails when an adapter, or a model type one lists, has no tiny model in MODEL_TYPES to export."""
+    listed = {t for a in registry().values() for t in a.model_types}
+    assert not sorted(listed - set(MODEL_TYPES)), f"model types without a tiny model: {sorted(listed - set(MODEL_TYPES))}"
+    assert not sorted(set(MODEL_TYPES) - listed), "MODEL_TYPES holds a model type no adapter lists"
+    for family, adapter in registry().items():
+        assert {t for m, t in EXPORT_CASES if m == adapter.model_types[0]} == set(adapter.tasks), family
+    assert {m for m, _ in EXPORT_CASES} == listed
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
+def test_model_type_is_recognised(model_type: str, family_root: Path) -> None:
+    loaded = load_model(str(save_family_model(model_type, family_root)))
     adapter = find_adapter(loaded.model)
-    assert adapter.family == family
+    assert adapter.family == _family_of(model_type) and loaded.model.config.model_type == model_type
     w = adapter.weights(adapter.layer_modules(loaded.model)[0])
     d_ff, d_model = w.w_in.shape
     assert w.w_out.shape == (d_model, d_ff) and d_model == 32
     assert (w.w_gate is not None) == adapter.gated()
 
 
-@pytest.mark.parametrize(("family", "task"), FAMILY_TASKS)
-def test_none_export_equals_torch(family: str, task: str, family_root: Path, tmp_path: Path, cache_dir: Path) -> None:
-    """The exact split, exported and run in ONNX Runtime, equals the original torch model to fp32 rounding."""
+@pytest.mark.parametrize(("model_type", "task"), EXPORT_CASES)
+def test_exact_export_equals_torch(model_type: str, task: str, family_root: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """The exact split (--light none), exported and run in ONNX Runtime, equals the original torch
+    model to fp32 rounding in all three comparisons, on every batch the check runs (the evaluation
+    text, sequence length 1 and the longest length the model computes)."""
     out = tmp_path / "out"
-    res = api.export(str(save_family_model(family, family_root)), out, light="none", task=task,
-                     calib_size=16, eval_size=24, max_length=32, progress=False)
+    source = save_family_model(model_type, family_root)
+    res = api.export(str(source), out, light="none", task=task, calib_size=16, eval_size=24, max_length=32,
+                     progress=False)
     m = json.loads((out / "manifest.json").read_text())
+    family = _family_of(model_type)
     assert m["task"] == task and m["adapter"] == family and res.report.passed
+    assert m["source"]["model_type"] == model_type
     for name in ("compression", "fidelity", "shipped"):
         assert m["parity"]["comparisons"][name]["metrics"]["max_abs"] < 1e-4, name
-    per_layer = 3 if REGISTRY[family].gated() else 2
+    per_layer = 3 if registry()[family].gated() else 2
     assert m["separation"]["matmuls"] == {"0": {"heavy": per_layer, "light": per_layer}, "1": {"heavy": per_layer, "light": per_layer}}
     if task == "causal-lm-with-past":
         fidelity = m["parity"]["comparisons"]["fidelity"]
@@ -116,10 +140,66 @@ def test_layout_recognised_without_model_type(tiny_bert_dir: Path, tiny_roberta_
         assert find_adapter(loaded.model).family == "bert"
 
 
-def test_unsupported_architecture_names_what_is_supported(tiny_unsupported_dir: Path) -> None:
+def test_unsupported_architecture_names_what_was_found(tiny_unsupported_dir: Path) -> None:
     loaded = load_model(str(tiny_unsupported_dir))
-    with pytest.raises(UsageError, match=r"unsupported architecture: model_type 'bloom'.*supported families: bert"):
+    with pytest.raises(UsageError, match=r"unsupported architecture: model_type 'bloom'.*supported families: bert") as err:
         find_adapter(loaded.model)
+    assert "2 layers at 'h' (BloomBlock)" in str(err.value) and "mlp.dense_h_to_4h, mlp.dense_4h_to_h" in str(err.value)
+
+
+def test_unsupported_architecture_is_exit_2_naming_its_layers(tiny_unsupported_dir: Path, tmp_path: Path) -> None:
+    from conftest import main_in_process
+
+    code, err = main_in_process("export", str(tiny_unsupported_dir), "--out", str(tmp_path / "o"), "--light", "none")
+    errors = [line for line in err.splitlines() if line.startswith("ffsplit: ")]
+    assert code == 2 and len(errors) == 1 and "mlp.dense_h_to_4h" in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_listed_model_type_with_another_layout_says_so(family_root: Path) -> None:
+    """A checkpoint claiming model_type llama whose MLP is not Llama's (remote code, say) is named as such."""
+    loaded = load_model(str(save_family_model("phi3", family_root)))
+    loaded.model.config.model_type = "llama"
+    assert find_adapter(loaded.model).family == "phi3"  # still matched by layout
+    for layer in registry()["phi3"].layer_modules(loaded.model):
+        layer.mlp.gate_up_proj = torch.nn.Linear(32, 100, bias=False)  # neither 2 x 64 nor any known layout
+    with pytest.raises(UsageError, match="model_type 'llama' is listed under the llama family, but this model's FFN"):
+        find_adapter(loaded.model)
+
+
+@pytest.mark.parametrize("model_type", ["phi3", "modernbert"])
+def test_fused_gate_up_takes_the_same_neurons_from_both_halves(model_type: str, family_root: Path) -> None:
+    """Heavy neuron j of a fused projection is row j of the act half and row j of the other half."""
+    loaded = load_model(str(save_family_model(model_type, family_root)))
+    adapter = find_adapter(loaded.model)
+    fused = [adapter.hooked(layer).weight.detach().clone() for layer in adapter.layer_modules(loaded.model)]
+    profiles = profile_model(loaded.model, adapter, loaded.tokenizer, calibration_texts(limit=4), max_length=32,
+                             progress=False, moments=False)
+    split = copy.deepcopy(loaded.model)
+    _, indices, _ = split_model(split, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("none"))
+    for i, layer in enumerate(adapter.layer_modules(split)):
+        idx = next(v for k, v in indices.items() if k.endswith(f"layers.{i}.mlp"))
+        act_half, other_half = fused[i].chunk(2, dim=0)
+        torch.testing.assert_close(layer.mlp.heavy.fc_gate.weight, act_half[idx])
+        torch.testing.assert_close(layer.mlp.heavy.fc_in.weight, other_half[idx])
+    batch = next(encode_batches(loaded.tokenizer, calibration_texts(limit=4), batch_size=4, max_length=32))
+    torch.testing.assert_close(torch_output(split, batch, loaded.task), torch_output(loaded.model, batch, loaded.task),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_usable_positions(family_root: Path) -> None:
+    """RoBERTa's descendants lose padding_idx + 1 positions; a sliding window bounds only a KV-cache graph."""
+    from ffsplit.loading import usable_positions
+
+    def model(t: str) -> torch.nn.Module:
+        return load_model(str(save_family_model(t, family_root)), task="feature-extraction").model
+
+    assert usable_positions(model("bert")) == 128
+    for t in ("roberta", "xlm-roberta", "camembert"):
+        assert usable_positions(model(t)) == 128 - 1, t  # pad_token_id 0: positions 1..127
+    assert usable_positions(model("mpnet")) == 128 - 2  # MPNet's padding_idx is always 1: positions 2..127
+    assert usable_positions(model("mistral")) == 128 and usable_positions(model("mistral"), past=True) == 64
+    assert usable_positions(model("modernbert")) == 128  # local attention is a mask, not a length
 
 
 def test_task_the_family_lacks_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
@@ -139,36 +219,4 @@ def test_register_rejects_a_duplicate_family() -> None:
 def test_layout_mismatch_is_not_matched() -> None:
     model = torch.nn.Module()
     model.encoder = torch.nn.Module()  # no layers inside
-    assert not REGISTRY["bert"].matches_layout(model)
-
-
-@pytest.mark.parametrize(
-    ("config_cls", "model_cls", "family"),
-    [("MistralConfig", "MistralForCausalLM", "llama"), ("Qwen2Config", "Qwen2ForCausalLM", "llama"),
-     ("RobertaConfig", "RobertaModel", "bert")],
-)
-def test_model_types_named_in_the_registry_split_exactly(config_cls: str, model_cls: str, family: str) -> None:
-    """The extra model types an adapter claims: recognised, and the exact split equals the original."""
-    import transformers
-
-    cfg = getattr(transformers, config_cls)(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = getattr(transformers, model_cls)(cfg).eval()
-    adapter = find_adapter(model)
-    assert adapter.family == family and cfg.model_type in adapter.model_types
-    ids = torch.randint(3, 100, (2, 12))
-    with torch.no_grad():
-        ref = model(input_ids=ids).__getitem__(0)
-    from ffsplit.split.profile import LayerProfile
-
-    profiles = [
-        LayerProfile(scores=torch.rand(64, dtype=torch.float64), mean_abs_act=torch.ones(64), input_moment=None,
-                     act_moment=None, tokens=1)
-        for _ in range(2)
-    ]
-    split_model(model, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("none"))
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).__getitem__(0), ref, atol=1e-5, rtol=1e-5)
+    assert not registry()["bert"].matches_layout(model)
