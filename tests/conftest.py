@@ -55,16 +55,19 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128}
 _ENCODER = dict(TINY, max_position_embeddings=128)
+# The model types a family lists besides its first are exported once each: one layer is enough to
+# show the type's own code paths (embeddings, attention, positions) and halves the export's trace.
+_ONE_LAYER = {"num_hidden_layers": 1}
 # model_type -> (model class saved, config class, config kwargs): one tiny random model for every
 # model type an adapter lists (test_adapters fails when one is missing). Decoders are saved with
 # their LM head and some encoders with a classification head, so --task auto has something to pick.
 MODEL_TYPES: dict[str, tuple[str, str, dict]] = {
     "bert": ("BertModel", "BertConfig", _ENCODER),
-    "roberta": ("RobertaModel", "RobertaConfig", _ENCODER),
-    "xlm-roberta": ("XLMRobertaForSequenceClassification", "XLMRobertaConfig", _ENCODER),
-    "electra": ("ElectraModel", "ElectraConfig", dict(_ENCODER, embedding_size=32)),
-    "camembert": ("CamembertModel", "CamembertConfig", _ENCODER),
-    "mpnet": ("MPNetModel", "MPNetConfig", _ENCODER),
+    "roberta": ("RobertaModel", "RobertaConfig", dict(_ENCODER, **_ONE_LAYER)),
+    "xlm-roberta": ("XLMRobertaForSequenceClassification", "XLMRobertaConfig", dict(_ENCODER, **_ONE_LAYER)),
+    "electra": ("ElectraModel", "ElectraConfig", dict(_ENCODER, embedding_size=32, **_ONE_LAYER)),
+    "camembert": ("CamembertModel", "CamembertConfig", dict(_ENCODER, **_ONE_LAYER)),
+    "mpnet": ("MPNetModel", "MPNetConfig", dict(_ENCODER, **_ONE_LAYER)),
     "distilbert": (
         "DistilBertForSequenceClassification", "DistilBertConfig",
         {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 128},
@@ -83,10 +86,10 @@ MODEL_TYPES: dict[str, tuple[str, str, dict]] = {
     ),
     "llama": ("LlamaForCausalLM", "LlamaConfig", _DECODER),
     # a 64-token window, shorter than the longest check batch, so the window is exercised
-    "mistral": ("MistralForCausalLM", "MistralConfig", dict(_DECODER, sliding_window=64)),
-    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", _DECODER),
-    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", _DECODER),
-    "gemma": ("GemmaForCausalLM", "GemmaConfig", _DECODER),
+    "mistral": ("MistralForCausalLM", "MistralConfig", dict(_DECODER, sliding_window=64, **_ONE_LAYER)),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(_DECODER, **_ONE_LAYER)),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(_DECODER, **_ONE_LAYER)),
+    "gemma": ("GemmaForCausalLM", "GemmaConfig", dict(_DECODER, **_ONE_LAYER)),
     "phi3": ("Phi3ForCausalLM", "Phi3Config", dict(_DECODER, bos_token_id=101, eos_token_id=102)),
 }
 _model_dirs: dict[str, Path] = {}
@@ -107,6 +110,47 @@ def save_family_model(model_type: str, root: Path) -> Path:
             shutil.copy(minilm_dir() / name, path / name)
         _model_dirs[model_type] = path
     return _model_dirs[model_type]
+
+
+def export_cases(family: str) -> list[tuple[str, str]]:
+    """What tests/split/families/test_<family>.py exports: the family's first model type for every
+    task in its row, every other model type it lists once, for its hardest task (the KV cache)."""
+    from ffsplit.split.adapters import registry
+
+    first, *others = registry()[family].model_types
+    tasks = registry()[family].tasks
+    return [(first, task) for task in tasks] + [(other, tasks[-1]) for other in others]
+
+
+def assert_exact_export(model_type: str, task: str, family_root: Path, tmp_path: Path) -> dict:
+    """Export the exact split (--light none) and hold all three comparisons to fp32 rounding on every
+    batch the check runs (the evaluation text, sequence length 1 and the longest length the model
+    computes), with the branch MatMuls intact in what ONNX Runtime runs."""
+    import json
+
+    from ffsplit import api
+    from ffsplit.split.adapters import registry
+
+    out = tmp_path / "out"
+    res = api.export(str(save_family_model(model_type, family_root)), out, light="none", task=task,
+                     calib_size=16, eval_size=24, max_length=32, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    family = next(f for f, a in registry().items() if model_type in a.model_types)
+    assert m["task"] == task and m["adapter"] == family and res.report.passed
+    assert m["source"]["model_type"] == model_type
+    for name in ("compression", "fidelity", "shipped"):
+        assert m["parity"]["comparisons"][name]["metrics"]["max_abs"] < 1e-4, name
+    per_layer = 3 if registry()[family].gated() else 2
+    layers = len(m["layers"])
+    assert m["separation"]["matmuls"] == {str(i): {"heavy": per_layer, "light": per_layer} for i in range(layers)}
+    if task == "causal-lm-with-past":
+        fidelity = m["parity"]["comparisons"]["fidelity"]
+        assert fidelity["metrics"]["generation_agreement"] == 1.0 == fidelity["limits"]["generation_agreement"]
+        import onnx
+
+        outputs = [o.name for o in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.output]
+        assert outputs == ["logits", *(f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value"))]
+    return m
 
 
 @pytest.fixture(scope="session")
