@@ -21,3 +21,15 @@ def test_usable_positions(family_root: Path) -> None:
     assert usable_positions(model("mpnet")) == 128 - 2  # MPNet's padding_idx is always 1: positions 2..127
     assert usable_positions(model("mistral")) == 128 and usable_positions(model("mistral"), past=True) == 64
     assert usable_positions(model("modernbert")) == 128  # local attention is a mask, not a length
+
+
+def test_max_length_beyond_the_offset_positions_is_refused(family_root: Path, tmp_path: Path) -> None:
+    import pytest
+
+    from ffsplit import api
+    from ffsplit.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--max-length 128 is longer than the 127 positions the model computes"):
+        api.export(str(save_family_model("roberta", family_root)), tmp_path / "o", light="none", max_length=128,
+                   calib_size=8, progress=False)
+    assert not (tmp_path / "o").exists()

@@ -81,7 +81,7 @@ def clamp_shapes(shapes: Mapping[str, list[int]], max_positions: int | None, *, 
     """
     if not max_positions:
         return dict(shapes)
-    room = {"sequence": max_positions - 1 if past else max_positions, "past": max_positions - 1}
+    room = {"sequence": max_positions - 1, "past": max_positions - 1} if past else {"sequence": max_positions}
     out = dict(shapes)
     for axis, top in room.items():
         lo, opt, hi = shapes.get(axis, DEFAULT_SHAPES[axis])

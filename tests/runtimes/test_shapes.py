@@ -47,3 +47,15 @@ def test_defaults_and_unknown_dimensions() -> None:
         input_ranges({"x": ["heads * 2"]}, SHAPES, "encoder")
     with pytest.raises(UsageError, match="unnamed dynamic dimension"):
         input_ranges({"x": [""]}, SHAPES, "encoder")
+
+
+def test_ranges_are_clamped_to_the_model_positions() -> None:
+    from ffsplit.runtimes.shapes import clamp_shapes
+
+    assert clamp_shapes({}, None, past=False) == {}
+    assert clamp_shapes({}, 4096, past=True) == {}  # the defaults (max 512) fit
+    assert clamp_shapes({}, 127, past=False) == {"sequence": [1, 127, 127]}
+    # KV cache: the prompt keeps one position for the masked past slot, the past one for the new token
+    assert clamp_shapes({"past": [1, 16, 64]}, 64, past=True) == {"past": [1, 16, 63], "sequence": [1, 63, 63]}
+    ranges = input_ranges(KV, clamp_shapes({}, 64, past=True), "decode")
+    assert max(ranges["attention_mask"][2]) <= 64
