@@ -77,15 +77,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
 
-    from ffsplit import api
+    from ffsplit.artifact import load_source, open_artifact
+    from ffsplit.bench.baseline import baseline_onnx
     from ffsplit.bench.harness import machine_info, make_feed
     from ffsplit.serve.triton import start_server, triton_home
     from ffsplit.split.calibration import evaluation_texts
 
     sys.path.insert(0, str(triton_home()))
-    art = api.open_artifact(a.artifact)
-    loaded = api._load_source(art)
-    original = api._baseline_onnx(art, loaded)
+    art = open_artifact(a.artifact)
+    loaded = load_source(art)
+    original = baseline_onnx(art, loaded)
     texts = [t.text for t in evaluation_texts(256)]
     names = ["input_ids", "attention_mask", "token_type_ids"]
     feeds = [make_feed(loaded.tokenizer, [texts[i % len(texts)]], names, batch=1, sequence=128) for i in range(a.requests)]

@@ -17,6 +17,7 @@ read external data from outside the folder.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import glob
@@ -26,6 +27,7 @@ import os
 import shutil
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -455,3 +457,104 @@ def verify_artifact(folder: Path, manifest: dict[str, Any]) -> None:
     # each ONNX file is parsed once: its external data checked, and model.onnx's metadata kept
     metadata = {rel: onnx_metadata(Path(folder) / rel) for rel in manifest["files"] if rel.endswith(".onnx")}
     check_embedded_manifest(folder, manifest, metadata.get(MODEL_FILE))
+
+
+# -- the artifact opened for use: manifest, target, source model and split weights
+
+
+@dataclass
+class LoadedArtifact:
+    """An output folder opened for use: its manifest (schema-checked) and its target (validated)."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    target: Any  # runtimes.targets.Target
+
+
+def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
+    """An output folder with its manifest (schema-checked) and target (checked like a target file).
+
+    ``verify`` (everything but ``inspect``) also checks the files against the
+    manifest both ways, external data of every ONNX file, and the manifest
+    against the copy embedded in model.onnx.
+    """
+    from ffsplit.parity.check import TASK_METRICS
+    from ffsplit.runtimes.targets import Target
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if verify:
+        verify_artifact(folder, manifest)
+    target = Target.from_json(manifest["target"], where=str(folder / "manifest.json"))
+    unknown = {
+        k for limits in manifest["checks"]["limits"].values() for k in limits
+    } - set(TASK_METRICS[manifest["task"]])
+    if unknown:
+        raise UsageError(
+            f"{folder / 'manifest.json'} is damaged (limits on {', '.join(sorted(unknown))}, which "
+            f"{manifest['task']} does not measure): re-run ffsplit export"
+        )
+    return LoadedArtifact(folder, manifest, target)
+
+
+def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> Any:
+    """The source model of an artifact (the recorded one, or ``source``), refused if it changed since the export."""
+    from ffsplit.loading import load_model
+
+    src = art.manifest["source"]
+    if source is not None:
+        spec = str(source)
+    elif Path(src["path"]).is_dir():
+        spec = src["path"]
+    else:
+        from ffsplit.loading import ALIASES
+
+        if src["spec"] not in ALIASES:
+            raise UsageError(
+                f"the source model this folder was exported from is no longer at '{src['path']}': "
+                "pass --source PATH to where it is now"
+            )
+        spec = src["spec"]
+    loaded = load_model(spec, task=art.manifest["task"], trust_remote_code=trust_remote_code)
+    from ffsplit.stages.prepare import source_record
+
+    if source_record(loaded)["sha256"] != src["sha256"]:
+        raise UsageError(
+            f"source model at '{loaded.path}' is not the one exported (its hash differs): pass --source with the "
+            "exact model the export used, or re-run ffsplit export"
+        )
+    return loaded
+
+
+def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = None) -> tuple[Any, Any]:
+    """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors."""
+    from ffsplit.split.adapters import find_adapter
+    from ffsplit.split.apply import rebuild_split
+
+    if log:
+        log("loading the source model and rebuilding the split ...")
+    loaded = load_source(art, source)
+    adapter = find_adapter(loaded.model)
+    split = copy.deepcopy(loaded.model)
+    state = split_state(art.folder / SPLIT_WEIGHTS)
+    try:
+        rebuild_split(split, adapter, art.manifest["layers"], state)
+    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"{art.folder / SPLIT_WEIGHTS} does not fit the manifest's layers ({type(exc).__name__}: {first}): "
+            "re-run ffsplit export"
+        ) from None
+    return loaded, split
+
+
+def split_state(path: Path) -> dict[str, Any]:
+    """The SplitFFN weights in split.safetensors, refused in one line if the file is damaged."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("heavy_index.", "quant."))}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{path} is damaged ({type(exc).__name__}: {first}): re-run ffsplit export") from None

@@ -90,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ffsplit", description="Split transformer FFNs into heavy and light branches; export, build, check, bench.")
     p.add_argument("--version", action="version", version=f"ffsplit {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    _add_export(sub)
+    _add_artifact_verbs(sub)
+    sub.add_parser("targets", help="list the shipped targets and whether each can run here")
+    sub.add_parser("support", help="print the support matrix (family x task) as markdown")
+    return p
 
+
+def _add_export(sub: Any) -> None:
     e = sub.add_parser("export", help="profile, split, export to ONNX, build for a target and check parity")
     e.add_argument("model", help="a local Hugging Face model folder, or an alias: minilm")
     e.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
@@ -129,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code to run")
     e.add_argument("--json", help="also write the manifest to this file")
 
+
+def _add_artifact_verbs(sub: Any) -> None:
     c = sub.add_parser("check", help="re-run the separation guard and three-way parity of an output folder")
     c.add_argument("dir")
     c.add_argument("--eval-size", type=int, help="evaluation texts (default: as at export)")
@@ -169,10 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("dir")
     sv.add_argument("--http-port", type=_port, default=8000, help="HTTP port on 127.0.0.1 (default 8000; 0: any free port)")
     sv.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port on 127.0.0.1 (default 8001; 0: any free port)")
-
-    sub.add_parser("targets", help="list the shipped targets and whether each can run here")
-    sub.add_parser("support", help="print the support matrix (family x task) as markdown")
-    return p
 
 
 def _params_line(m: dict[str, Any]) -> str:
@@ -308,8 +313,9 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         manifest = api.inspect_artifact(a.dir, graphs=False)
         command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
         from ffsplit.artifact import write_text_atomic
+        from ffsplit.stages.prepare import versions
 
-        write_text_atomic(Path(a.report), report_markdown(manifest, rows, api._versions(), command))
+        write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command))
         print(f"wrote {a.report}")
     return 0
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import forge_manifest, run_cli
+from conftest import forge_manifest, run_cli, run_console_script
 
 FAST_ARGS = ["--calib-size", "16", "--eval-size", "24", "--max-length", "32"]
 
@@ -182,7 +182,8 @@ def test_check_exits_1_when_a_limit_is_missed(tiny_lowrank_artifact: Path, tmp_p
 
 def test_console_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     """The real entry point (python -m ffsplit), not just main(): exit 2, one line, no traceback."""
-    _assert_usage_error(run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), tmp_path / "o", "not found")
+    r = run_console_script("export", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    _assert_usage_error(r, tmp_path / "o", "not found")
 
 
 @pytest.mark.parametrize("verb", ["check", "bench", "inspect", "debug"])

@@ -20,7 +20,7 @@ def minilm_artifact(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -
     r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128+int8", "--eval-size", "64",
                 "--limit", "cosine_mean=0.8", "--limit", "cosine_min=0.6", "--limit", "retrieval_at10=0.4")
     assert r.returncode == 0, r.stderr
-    assert "wrote" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == f"wrote {out}" and (out / "manifest.json").is_file()
     return out
 
 

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
+from ffsplit.signature import INPUT_ORDER, past_names
 from ffsplit.split.calibration import positions_from_mask
 from ffsplit.tasks import TASKS, TaskSpec
 
 # Module path prefix the wrapper adds in front of the model's own paths.
 WRAPPER_PREFIX = "model."
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf cannot hold 2 GiB
-INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 class TaskWrapper(nn.Module):
@@ -93,11 +93,6 @@ def kv_shape(model: nn.Module) -> tuple[int, int, int]:
         out = model(input_ids=torch.tensor([[1, 2]]), use_cache=True)
     layers = out.past_key_values.layers
     return len(layers), int(layers[0].keys.shape[1]), int(layers[0].keys.shape[3])
-
-
-def past_names(layers: int) -> tuple[list[str], list[str]]:
-    inputs = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    return inputs, [n.replace("past_key_values", "present") for n in inputs]
 
 
 def _dims(model: nn.Module, past: bool) -> tuple[torch.export.Dim, torch.export.Dim, torch.export.Dim]:

@@ -17,24 +17,8 @@ from dataclasses import dataclass
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassError, PassResult
 
-from ffsplit.graph_passes.precision import realized_precision
+from ffsplit.graph_passes.precision import MATMUL_OPS, realized_precision
 from ffsplit.graph_passes.tag_branches_pass import node_tags
-
-# Every op that multiplies by a weight matrix in the runtimes we build for.
-MATMUL_OPS = frozenset(
-    {
-        "MatMul",
-        "Gemm",
-        "FusedMatMul",
-        "FusedGemm",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-        "MatMulNBits",
-        "QGemm",
-        "QLinearMatMul",
-    }
-)
 
 
 class BranchSeparationError(PassError):

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import onnx_ir as ir
-from onnx_ir.passes import PassBase, PostconditionError, PreconditionError
+from onnx_ir.passes import PassBase, PassError, PassManager, PassResult, PostconditionError, PreconditionError
 
 from ffsplit.graph_passes.cleanup_graph_pass import CleanupGraphPass
 from ffsplit.graph_passes.convert_branch_precision_pass import ConvertBranchPrecisionPass
@@ -44,21 +44,50 @@ from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
 
 
 class PassFailed(RuntimeError):
-    """A graph pass broke its own contract: a bug, reported with the pass's name and the passes before it."""
+    """A graph pass failed: a bug, reported with the pass's name and the passes that ran before it."""
+
+
+class _Recorded(PassBase):
+    """One pass inside the PassManager: records what it did, and names itself when it fails."""
+
+    def __init__(self, inner: PassBase, done: list[dict[str, object]]) -> None:
+        self.inner = inner
+        self.done = done
+
+    @property
+    def in_place(self) -> bool:
+        return self.inner.in_place
+
+    @property
+    def changes_input(self) -> bool:
+        return self.inner.changes_input
+
+    def call(self, model: ir.Model) -> PassResult:
+        try:
+            result = self.inner(model)
+        except Exception as exc:  # a contract (requires / ensures) or anything else: the pass's bug
+            after = ", ".join(str(d["pass"]) for d in self.done) or "none"
+            kind = "failed its contract" if isinstance(exc, (PreconditionError, PostconditionError)) else "failed"
+            raise PassFailed(f"{type(self.inner).__name__} {kind} (after {after}): {type(exc).__name__}: {exc}") from exc
+        self.done.append({"pass": type(self.inner).__name__, "modified": bool(result.modified)})
+        return result
 
 
 def run_passes(model: ir.Model, passes: Sequence[PassBase]) -> tuple[ir.Model, list[dict[str, object]]]:
-    """Run ``passes`` in order (in-place or functional alike); the model and what each did, for the manifest."""
+    """Run ``passes`` once, in order, through onnx_ir's PassManager; the model and what each did (for the
+    manifest). Any failure inside a pass raises PassFailed naming it: never a reason to try another exporter."""
     done: list[dict[str, object]] = []
-    for graph_pass in passes:
-        try:
-            result = graph_pass(model)
-        except (PreconditionError, PostconditionError) as exc:
-            after = ", ".join(str(d["pass"]) for d in done) or "none"
-            raise PassFailed(f"{type(graph_pass).__name__} failed its contract (after {after}): {exc}") from exc
-        model = result.model
-        done.append({"pass": type(graph_pass).__name__, "modified": bool(result.modified)})
-    return model, done
+    manager = PassManager([_Recorded(p, done) for p in passes], steps=1)
+    try:
+        result = manager(model)
+    except PassError as exc:  # the manager wraps what a pass raised
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, PassFailed):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from cause.__cause__  # the pass's own error stays attached, for the bug report
+    return result.model, done
 
 
 def generic_passes(*, fusions: str = "none") -> list[PassBase]:

@@ -13,6 +13,22 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+# Every op that multiplies by a weight matrix in the runtimes we build for.
+MATMUL_OPS = frozenset(
+    {
+        "MatMul",
+        "Gemm",
+        "FusedMatMul",
+        "FusedGemm",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "MatMulNBits",
+        "QGemm",
+        "QLinearMatMul",
+    }
+)
+
 MS_DOMAIN = "com.microsoft"
 
 # Ops whose second operand is an integer weight (ONNX Runtime's quantised kernels).
@@ -140,7 +156,6 @@ def realized_precision(node: ir.Node) -> str:
 
 def branch_summary(model: ir.Model) -> dict[int, dict[str, dict[str, Any]]]:
     """Per layer and branch: how many nodes of each op type, and the precisions its multiplies realise."""
-    from ffsplit.graph_passes.check_branch_separation_pass import MATMUL_OPS
     from ffsplit.graph_passes.tag_branches_pass import node_tags
 
     out: dict[int, dict[str, dict[str, Any]]] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ffsplit.signature import is_past, present_for
 from ffsplit.split.calibration import positions_from_mask
 
 
@@ -22,7 +23,7 @@ def greedy_runtime(runner, input_ids: np.ndarray, attention_mask: np.ndarray, ne
         "position_ids": positions_from_mask(attention_mask).astype(np.int64),
     }
     feed = runner.feed_from(batch)
-    past_names = [n for n in feed if n.startswith("past_key_values.")]
+    past_names = [n for n in feed if is_past(n)]
     mask = batch["attention_mask"]
     out = []
     for _ in range(new_tokens):
@@ -35,7 +36,7 @@ def greedy_runtime(runner, input_ids: np.ndarray, attention_mask: np.ndarray, ne
             "input_ids": nxt[:, None],
             "attention_mask": mask,
             "position_ids": last_pos + 1,
-            **{n: result[n.replace("past_key_values", "present")] for n in past_names},
+            **{n: result[present_for(n)] for n in past_names},
         }
     return np.stack(out, axis=1)
 

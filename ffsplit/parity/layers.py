@@ -27,8 +27,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from ffsplit.graph_passes.check_branch_separation_pass import MATMUL_OPS
-from ffsplit.graph_passes.precision import realized_precision
+from ffsplit.graph_passes.precision import MATMUL_OPS, realized_precision
 from ffsplit.graph_passes.tag_branches_pass import NAME_PREFIX, normalize_scope
 
 

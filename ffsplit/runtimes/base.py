@@ -10,6 +10,8 @@ gives the separation guard the graph the runtime really executes.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ffsplit.errors import UsageError
+from ffsplit.signature import ELEMENT_TYPES, is_past, onnx_signature
 
 if TYPE_CHECKING:
     from typing import Self
@@ -29,22 +32,10 @@ INPUT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(fl
                 "tensor(float16)": np.float16}
 
 
-_ONNX_TYPES = {1: "tensor(float)", 6: "tensor(int32)", 7: "tensor(int64)", 10: "tensor(float16)", 9: "tensor(bool)"}
-
-
 def onnx_inputs(model_path: Path) -> dict[str, tuple[str, list[Any]]]:
     """name -> (type string, dims with symbolic names) of an ONNX file's inputs, without loading its weights."""
-    import onnx
-
-    proto = onnx.load(str(model_path), load_external_data=False)
-    init = {i.name for i in proto.graph.initializer}
-    return {
-        i.name: (
-            _ONNX_TYPES.get(i.type.tensor_type.elem_type, "tensor(?)"),
-            [d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim],
-        )
-        for i in proto.graph.input if i.name not in init
-    }
+    inputs, _ = onnx_signature(model_path)
+    return {name: (ELEMENT_TYPES.get(t, ("tensor(?)", ""))[0], dims) for name, (t, dims) in inputs.items()}
 
 
 class Runner:
@@ -65,7 +56,9 @@ class Runner:
     def name(self) -> str:
         return f"{self.target.runtime}[{self.target.name}]:{self.model_path.name}"
 
-    def activate(self) -> Self:
+    def activate(self, *, just_written: bool = False) -> Self:
+        """Build or load. A runtime's error on a file read from disk means the file is damaged (UsageError:
+        re-export); on a graph ``just_written`` by this export it is a bug, raised as it is."""
         reason = self.target.unavailable_reason()
         if reason:
             raise UsageError(f"target '{self.target.name}' cannot run here: {reason}")
@@ -76,6 +69,8 @@ class Runner:
         except (UsageError, OSError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a truncated or foreign file: the runtime's own error, on one line
+            if just_written:
+                raise
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise UsageError(
                 f"{self.target.runtime} cannot load '{self.model_path}' ({type(exc).__name__}: {first}): "
@@ -109,7 +104,7 @@ class Runner:
         feed = {}
         rows = len(batch["input_ids"])
         for name, (_typ, shape) in self.input_shapes().items():
-            if name.startswith("past_key_values."):
+            if is_past(name):
                 heads, dim = shape[1], shape[3]
                 if not isinstance(heads, int) or not isinstance(dim, int):
                     raise UsageError(f"input '{name}' has no static head shape ({shape}); re-export the model")
@@ -174,20 +169,54 @@ class Runner:
         raise NotImplementedError
 
 
+def records_from_file(path: Path) -> list[Any]:
+    """Guard records from a runtime's saved layer list: OpenVINO's rows or TensorRT's inspector JSON."""
+    if path.stat().st_size > 256 << 20:
+        raise UsageError(f"{path} is larger than any layer list ffsplit writes")
+    from ffsplit.artifact import parse_json
+
+    data = parse_json(path.read_text(encoding="utf-8"), str(path))
+    if isinstance(data, dict):
+        from ffsplit.runtimes.tensorrt import records_from_inspector
+
+        return records_from_inspector(data)
+    from ffsplit.runtimes.openvino import records_from_layers
+
+    return records_from_layers(data)
+
+
+# runtime name -> the module that registers its runner; imported on first use, so an optional
+# runtime's package (openvino, tensorrt) is only needed by the targets that use it.
+RUNTIME_MODULES = {
+    "onnxruntime": "ffsplit.runtimes.onnxruntime",
+    "openvino": "ffsplit.runtimes.openvino",
+    "tensorrt": "ffsplit.runtimes.tensorrt",
+}
+_RUNNERS: dict[str, type[Runner]] = {}
+
+
+def register_runtime(name: str) -> Callable[[type[Runner]], type[Runner]]:
+    """Class decorator: the runner for targets whose ``runtime`` is ``name``."""
+
+    def add(cls: type[Runner]) -> type[Runner]:
+        if name in _RUNNERS and _RUNNERS[name] is not cls:
+            raise ValueError(f"runtime {name!r} registered twice")
+        _RUNNERS[name] = cls
+        return cls
+
+    return add
+
+
+def runner_class(runtime: str) -> type[Runner]:
+    if runtime not in _RUNNERS and runtime in RUNTIME_MODULES:
+        importlib.import_module(RUNTIME_MODULES[runtime])
+    if runtime not in _RUNNERS:
+        raise UsageError(f"unknown runtime '{runtime}': use {', '.join(RUNTIME_MODULES)}")
+    return _RUNNERS[runtime]
+
+
 def make_runner(
     model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
 ) -> Runner:
     """The runner for ``target``'s runtime (not yet activated); ``timing`` for side-by-side benchmarks."""
-    if target.runtime == "onnxruntime":
-        from ffsplit.runtimes.onnxruntime import OrtRunner
-
-        return OrtRunner(model_path, target, runtime_dir=runtime_dir, timing=timing)
-    if target.runtime == "openvino":
-        from ffsplit.runtimes.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(model_path, target, runtime_dir=runtime_dir, timing=timing)
-    if target.runtime == "tensorrt":
-        from ffsplit.runtimes.tensorrt import TrtRunner
-
-        return TrtRunner(model_path, target, runtime_dir=runtime_dir, timing=timing)
-    raise UsageError(f"target '{target.name}': unknown runtime '{target.runtime}'")
+    return runner_class(target.runtime)(model_path, target, runtime_dir=runtime_dir, timing=timing)

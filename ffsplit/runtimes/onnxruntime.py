@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ffsplit.runtimes.base import Runner, onnx_inputs
+from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
 from ffsplit.runtimes.targets import Target
 
@@ -71,6 +71,7 @@ def provider_options(
     return out
 
 
+@register_runtime("onnxruntime")
 class OrtRunner(Runner):
     """Runs one ONNX model in ONNX Runtime; the optimised graph the session runs is saved for the guard."""
 

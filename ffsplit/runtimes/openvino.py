@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.base import Runner
+from ffsplit.runtimes.base import Runner, register_runtime
 from ffsplit.runtimes.targets import Target
 
 LAYERS_FILE = "layers.json"
@@ -115,6 +115,7 @@ def quantize_ir(onnx_path: Path, target: Target, feeds: list[dict[str, np.ndarra
     return out
 
 
+@register_runtime("openvino")
 class OpenVinoRunner(Runner):
     """Runs one ONNX model with OpenVINO on the target's device."""
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ffsplit.errors import UsageError
+from ffsplit.signature import has_past
 
 DEFAULT_SHAPES = {"batch": [1, 8, 32], "sequence": [1, 128, 512], "past": [1, 128, 512]}
 _TERM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -64,7 +65,7 @@ def input_ranges(inputs: Mapping[str, list[Any]], shapes: Mapping[str, list[int]
 
 def phases(inputs: Mapping[str, list[Any]]) -> tuple[str, ...]:
     """The phases a graph needs a profile for: KV-cache graphs get prefill and decode apart."""
-    return ("prefill", "decode") if any(n.startswith("past_key_values.") for n in inputs) else ("encoder",)
+    return ("prefill", "decode") if has_past(inputs) else ("encoder",)
 
 
 def trt_shape_string(ranges: Mapping[str, Range], which: int) -> str:

@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from ffsplit.artifact import sha256_file
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.base import Runner, onnx_inputs
+from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
 from ffsplit.runtimes.targets import Target
+from ffsplit.signature import has_past, is_past
 
 ENGINE_FILE = "model.plan"
 ENGINE_INFO = "engine.json"
@@ -145,14 +147,6 @@ def _onnx_inputs(model_path: Path) -> dict[str, list[Any]]:
     return {name: dims for name, (_t, dims) in onnx_inputs(model_path).items()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_engine(model_path: Path, target: Target, folder: Path) -> Path:  # pragma: no cover - needs a GPU
     """Build (or reuse, when its key matches) the engine for ``model_path`` in ``folder``."""
     import tensorrt as trt
@@ -175,7 +169,7 @@ def build_engine(model_path: Path, target: Target, folder: Path) -> Path:  # pra
     pinned = layer_precisions(names, target.heavy_precision)
     major, minor = torch.cuda.get_device_capability()
     key = engine_key(
-        onnx_sha256=_sha256(model_path), compute_capability=f"{major}.{minor}", trt_version=trt.__version__,
+        onnx_sha256=sha256_file(model_path), compute_capability=f"{major}.{minor}", trt_version=trt.__version__,
         profiles=profs, flags=flags, pinned=pinned,
     )
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,6 +207,7 @@ def _profile(profile_cls: Any, ranges: dict[str, Range]) -> Any:  # pragma: no c
     return profile
 
 
+@register_runtime("tensorrt")
 class TrtRunner(Runner):  # pragma: no cover - needs a GPU
     """Runs an artifact's TensorRT engine (built or rebuilt on activate) through Polygraphy's runner."""
 
@@ -245,8 +240,8 @@ class TrtRunner(Runner):  # pragma: no cover - needs a GPU
     def feed_from(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Prefill gets one masked past slot: the engine's profiles have no zero-size dimension."""
         feed = super().feed_from(batch)
-        if any(k.startswith("past_key_values.") for k in feed):
-            for k in [k for k in feed if k.startswith("past_key_values.")]:
+        if has_past(feed):
+            for k in [k for k in feed if is_past(k)]:
                 b, h, _, d = feed[k].shape
                 feed[k] = np.zeros((b, h, 1, d), dtype=feed[k].dtype)
             feed["attention_mask"] = np.concatenate(

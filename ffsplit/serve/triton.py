@@ -36,8 +36,7 @@ from typing import Any
 
 from ffsplit.artifact import MODEL_FILE, remove_tree, signals_held, staged_output
 from ffsplit.errors import UsageError
-
-_TYPES = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP16", 9: "TYPE_BOOL", 11: "TYPE_FP64"}
+from ffsplit.signature import ELEMENT_TYPES, onnx_signature
 
 
 @dataclass
@@ -55,22 +54,15 @@ class Signature:
 
 def signature(model_path: Path) -> Signature:
     """Inputs and outputs of an ONNX model, batch dimension dropped (Triton adds it with max_batch_size)."""
-    import onnx
+    inputs, outputs = onnx_signature(model_path)
 
-    proto = onnx.load(str(model_path), load_external_data=False)
-    init = {i.name for i in proto.graph.initializer}
+    def tensors(values: dict[str, tuple[int, list[int | str]]]) -> list[Tensor]:
+        return [
+            Tensor(name, ELEMENT_TYPES.get(t, ("", "TYPE_FP32"))[1], [d if isinstance(d, int) and d > 0 else -1 for d in dims][1:])
+            for name, (t, dims) in values.items()
+        ]
 
-    def tensors(values: Any) -> list[Tensor]:
-        out = []
-        for v in values:
-            if v.name in init:
-                continue
-            t = v.type.tensor_type
-            dims = [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim][1:]
-            out.append(Tensor(v.name, _TYPES.get(t.elem_type, "TYPE_FP32"), dims))
-        return out
-
-    return Signature(tensors(proto.graph.input), tensors(proto.graph.output))
+    return Signature(tensors(inputs), tensors(outputs))
 
 
 def model_config(
@@ -222,7 +214,7 @@ def _model_dir(repo: Path, name: str) -> Path:
 
 def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Triton model repository serving ``artifact`` with Triton's own backend for its target."""
-    from ffsplit.api import open_artifact
+    from ffsplit.artifact import open_artifact
 
     art = open_artifact(artifact)
     model_dir = _model_dir(repo, name or _model_name(art.manifest))
@@ -292,7 +284,7 @@ class TritonPythonModel:
 
 def python_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Python-backend model running ``artifact`` with ONNX Runtime (what the pytriton server can run)."""
-    from ffsplit.api import open_artifact
+    from ffsplit.artifact import open_artifact
 
     art = open_artifact(artifact)
     if art.target.runtime != "onnxruntime" or art.target.on_gpu:

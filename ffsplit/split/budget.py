@@ -114,9 +114,11 @@ def choose(candidates: list[list[Candidate]], kind: str, limit: float) -> list[i
         new = np.full(GRID + 1, np.inf)
         pick = np.full(GRID + 1, -1, dtype=np.int64)
         for j, c in enumerate(cands):
-            steps = math.ceil(c.cost(kind) / unit - 1e-9)
-            if steps > GRID:
+            if c.cost(kind) > limit:
                 continue
+            # rounded up, so a plan that fits the grid fits the budget (never above); a candidate that
+            # alone meets the limit exactly fills the grid rather than falling off it by rounding
+            steps = min(math.ceil(c.cost(kind) / unit), GRID)
             shifted = np.full(GRID + 1, np.inf)
             shifted[steps:] = best[: GRID + 1 - steps] + c.error
             better = shifted < new

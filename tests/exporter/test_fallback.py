@@ -86,3 +86,25 @@ def test_no_fallback_when_dynamo_is_forced(tiny_bert_dir: Path, tmp_path: Path, 
     with pytest.raises(CheckFailed, match="fidelity"):
         api.export(str(tiny_bert_dir), tmp_path / "o", light="none", exporter="dynamo", **FAST)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_graph_pass_is_a_bug_not_a_reason_to_fall_back(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_dir: Path
+) -> None:
+    """Capture succeeded, then a pass broke: PassFailed (exit 3) naming it; TorchScript is never tried."""
+    from onnx_ir.passes import InPlacePass
+
+    from ffsplit.graph_passes.pipeline import PassFailed
+    from ffsplit.stages import capture
+
+    class ExplodingPass(InPlacePass):
+        def call(self, model):  # noqa: ANN001, ANN202
+            raise RuntimeError("boom")
+
+    real, captured = capture.graph_passes, []
+    monkeypatch.setattr(capture, "graph_passes", lambda *a: [*real(*a)[:1], ExplodingPass()])
+    real_capture = capture.capture
+    monkeypatch.setattr(capture, "capture", lambda plan, m, t, name: captured.append(name) or real_capture(plan, m, t, name))
+    with pytest.raises(PassFailed, match=r"ExplodingPass failed \(after TagBranchesPass\): RuntimeError: boom"):
+        api.export(str(tiny_bert_dir), tmp_path / "o", light="none", **FAST)
+    assert captured == ["dynamo"] and not (tmp_path / "o").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from ffsplit import api
+from ffsplit.artifact import open_artifact, rebuild
 from ffsplit.exporter.export import WRAPPER_PREFIX
 from ffsplit.parity.check import torch_output
 from ffsplit.parity.layers import compare_layers, find_probes, first_failure
@@ -18,8 +18,8 @@ from ffsplit.split.calibration import encode_batches, evaluation_texts
 
 
 def _inputs(art_dir: Path) -> tuple:  # noqa: ANN001
-    art = api.open_artifact(art_dir)
-    loaded, split = api._rebuild(art)
+    art = open_artifact(art_dir)
+    loaded, split = rebuild(art)
     texts = [t.text for t in evaluation_texts(4)]
     batch = next(encode_batches(loaded.tokenizer, texts, batch_size=4, max_length=32))
     modules = {p["module"]: p["layer"] for p in art.manifest["layers"]}

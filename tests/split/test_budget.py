@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ffsplit import api
@@ -31,6 +31,7 @@ def _cand(params: int, error: float) -> Candidate:
     ),
     frac=st.floats(0.2, 1.0),
 )
+@example(layers=[[(1, 0.0)]], frac=0.9999999999999999)  # one parameter over a limit just under it: refused
 def test_knapsack_is_feasible_and_optimal(layers: list[list[tuple[int, float]]], frac: float) -> None:
     cands = [[_cand(p, e) for p, e in layer] for layer in layers]
     limit = frac * sum(max(c.params for c in layer) for layer in cands)

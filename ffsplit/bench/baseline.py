@@ -1,0 +1,55 @@
+"""The bench baseline: the original model exported the way the split one was, cached on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ffsplit.artifact import MODEL_FILE, LoadedArtifact
+
+
+def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
+    """The original model exported the same way as the split one, cached by source hash and versions.
+
+    For an NNCF target the original also gets NNCF's static int8 (nothing ignored, calibrated on as
+    many bundled calibration texts as the export used): the strongest recipe on that runtime.
+    """
+    from ffsplit.exporter import export_program, save_model
+    from ffsplit.graph_passes.pipeline import generic_passes, run_passes
+    from ffsplit.split.calibration import calibration_texts
+    from ffsplit.stages.capture import nncf_ir
+    from ffsplit.stages.prepare import versions
+
+    v = versions()
+    # the graph gets the same target-independent passes as the split one (cleanup, NaN guards, fusions)
+    fusions = art.target.fusions
+    nncf = art.target.int8_compute == "nncf"
+    calib = art.manifest["calibration"]
+    key = (f"{art.manifest['source']['sha256'][:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
+           f"-g3-{fusions}" + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else ""))
+    root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
+    path = root / MODEL_FILE
+    if path.is_file():
+        return path
+    if log:
+        log("exporting the original model once for comparison (cached) ...")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
+    try:
+        program = export_program(loaded.model, loaded.tokenizer, loaded.task)
+        program, _ = run_passes(program, generic_passes(fusions=fusions))
+        save_model(program, tmp / MODEL_FILE)
+        if nncf:
+            if log:
+                log("quantising the original with NNCF for comparison (cached) ...")
+            texts = calibration_texts(limit=calib["texts"], max_length=calib["max_length"])
+            nncf_ir(tmp / MODEL_FILE, art.target, loaded.tokenizer, texts, calib["max_length"])
+        with contextlib.suppress(OSError):  # another process cached it first
+            os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -1,0 +1,193 @@
+"""The export plan: the CLI's options as a dataclass, resolved once into every decision an export makes.
+
+``resolve(options)`` runs every pre-flight check that needs no model loaded
+(target, recipes, precisions, limits, numbers, the calibration text, the
+source folder and task) and decides, once, what later stages and ``check``
+read instead of re-deriving: whether the artifact must be exact, the float
+precision of each branch, smoothing, the graph storage forms and the limits.
+Bad input raises UsageError here, before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ffsplit import bounds
+from ffsplit.errors import UsageError
+from ffsplit.runtimes.targets import Target, load_target
+
+DEFAULT_LIGHT = "lowrank:256"
+SMOOTH_ALPHA = 0.5
+# Limits a user may set on what a lossy recipe costs (original vs split and vs runtime).
+COMPRESSION_METRICS = (
+    "cosine_mean", "cosine_min", "retrieval_at10", "label_agreement", "top1_agreement", "top5_agreement",
+    "perplexity_ratio",
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``ffsplit export`` takes, as Python users pass it to ``api.export``."""
+
+    model: str
+    out: str | Path
+    target: str = "cpu"
+    heavy_ratio: float | None = None
+    light: str | None = None
+    heavy: str | None = None
+    budget: str | None = None
+    calib: str | None = None
+    calib_size: int = 256
+    eval_size: int = 256
+    max_length: int = 128
+    min_cosine: float | None = None
+    min_retrieval: float | None = None
+    limits: dict[str, float] | None = None
+    force: bool = False
+    trust_remote_code: bool = False
+    task: str = "auto"
+    exporter: str = "auto"
+
+
+@dataclass
+class ExportPlan:
+    """Every decision of one export, made before the model is loaded."""
+
+    options: ExportOptions
+    target: Target
+    recipe: Any  # LightRecipe, or the int4 candidate when a budget picks per layer
+    heavy: str  # heavy branch precision
+    heavy_ratio: float
+    budget: tuple[str, float] | None
+    nncf: bool  # NNCF quantises the light branch in the OpenVINO IR
+    light_float: str  # float precision of a light branch without an integer recipe
+    planned_light: str  # what the guard holds the light branch to
+    exact: bool  # the artifact must equal the original to fp32 rounding
+    smooth_alpha: float | None  # SmoothQuant-style smoothing of int8 light input projections
+    int8_qmax: int
+    overrides: dict[str, float | None]
+    exporters: tuple[str, ...]
+    texts: list[str]  # calibration texts
+    source_dir: Path
+    task: Any  # TaskSpec
+    limits: dict[str, dict[str, float]]
+    out: Path
+    given_out: str | Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def graph_storage(self) -> dict[str, str]:
+        return {"int8": self.target.int8_compute, "int4": self.target.int4_compute}
+
+
+def require_supported(target: Target) -> None:
+    reason = target.unavailable_reason()
+    if reason:
+        raise UsageError(f"target '{target.name}' cannot run on this machine: {reason}")
+
+
+def require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
+    """Refuse, before any work, a precision the target's runtime would not realise."""
+    from ffsplit.graph_passes.quantize_branch_weights_pass import matmulnbits_block_ok
+
+    if heavy in ("fp16", "bf16") and not target.on_gpu:
+        raise UsageError(
+            f"--heavy {heavy}: target '{target.name}' runs on the CPU, which has no {heavy} MatMul here and would "
+            "compute the heavy branch in fp32; use fp32 or int8 on CPU targets, or a GPU target such as cuda-fp16"
+        )
+    for recipe in recipes:
+        if recipe.quant == "int4" and target.int4_compute == "matmulnbits" and not matmulnbits_block_ok(recipe.block):
+            raise UsageError(
+                f"light recipe '{recipe}': int4 block {recipe.block} cannot be stored as MatMulNBits; "
+                "use a power of two from 16, e.g. int4:32"
+            )
+
+
+def _check_overrides(overrides: dict[str, float | None]) -> None:
+    for name, v in overrides.items():
+        if name not in COMPRESSION_METRICS:
+            raise UsageError(f"unknown limit '{name}': use one of {', '.join(COMPRESSION_METRICS)}")
+        if v is None:
+            continue
+        if name == "perplexity_ratio":  # a ceiling on ppl / original ppl
+            bounds.require_float(f"--limit {name}", v, 1.0, 1e6)
+        else:
+            bounds.require_float(f"--limit {name}", v, 0.0, 1.0)
+
+
+def _check_numbers(o: ExportOptions) -> None:
+    from ffsplit.split.calibration import evaluation_texts
+
+    bounds.require_int("--calib-size", o.calib_size, 1, bounds.MAX_TEXTS)
+    bounds.require_int("--eval-size", o.eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS, "(retrieval@10 needs 11)")
+    bounds.require_int("--max-length", o.max_length, 2, bounds.MAX_LENGTH)
+    if len(evaluation_texts(o.eval_size)) < bounds.MIN_EVAL_TEXTS:
+        raise UsageError("fewer than 11 bundled evaluation texts were found on this machine (retrieval@10 needs 11)")
+
+
+def resolve(o: ExportOptions) -> ExportPlan:
+    """The plan for ``o``; UsageError for anything wrong that can be found without loading the model."""
+    from ffsplit.artifact import resolve_out
+    from ffsplit.exporter.export import EXPORTERS
+    from ffsplit.loading import read_config, resolve_model
+    from ffsplit.parity.check import limits_for
+    from ffsplit.split.apply import heavy_count
+    from ffsplit.split.budget import parse_budget
+    from ffsplit.split.calibration import calibration_texts
+    from ffsplit.split.compress import INT8_QMAX, parse_heavy, parse_light
+    from ffsplit.tasks import get_task
+
+    tgt = load_target(o.target)
+    require_supported(tgt)
+    budget = None
+    if o.budget is not None:
+        if o.light is not None or o.heavy_ratio is not None:
+            raise UsageError("--budget chooses the light recipe and heavy ratio per layer: drop --light and --heavy-ratio")
+        budget = parse_budget(o.budget)
+    nncf = tgt.int8_compute == "nncf"
+    light = o.light
+    if light is None:  # a target that asks for an integer light branch makes it the default recipe
+        light = "none" if nncf else tgt.light_precision if tgt.light_precision in ("int8", "int4") else DEFAULT_LIGHT
+    heavy_ratio = 0.1 if o.heavy_ratio is None else o.heavy_ratio
+    recipe = parse_light(light)
+    if nncf and (recipe.quant or budget is not None):
+        raise UsageError(
+            f"target '{tgt.name}' quantises the light branch with NNCF: drop the quantiser from --light "
+            f"('{light}'; none, lowrank:R or prune:P are fine) and --budget"
+        )
+    heavy = parse_heavy(o.heavy or tgt.heavy_precision)
+    if nncf and heavy != "fp32":
+        raise UsageError(
+            f"--heavy {heavy}: target '{tgt.name}' keeps the heavy branch out of NNCF's int8 (its ignored scope); "
+            "use --heavy fp32, or cpu-int8-full for an int8 heavy branch"
+        )
+    # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
+    light_float = tgt.light_precision if tgt.light_precision in ("fp16", "bf16") and not recipe.quant else "fp32"
+    require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
+    # exact only if nothing else in the graph is quantised either (cpu-int8-full's attention projections)
+    exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32" and not nncf
+    heavy_count(1 << 20, heavy_ratio)  # range check only
+    overrides = {"cosine_mean": o.min_cosine, "retrieval_at10": o.min_retrieval, **(o.limits or {})}
+    _check_overrides(overrides)
+    if o.exporter not in ("auto", *EXPORTERS):
+        raise UsageError(f"unknown exporter '{o.exporter}': use auto, {' or '.join(EXPORTERS)}")
+    _check_numbers(o)
+    texts = calibration_texts(o.calib, limit=o.calib_size, max_length=o.max_length)
+    source_dir = resolve_model(o.model)
+    spec = get_task(o.task, read_config(source_dir))  # an unknown task fails before any work
+    # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
+    # path for a KV cache: dynamo's own error is the useful one.
+    exporters = EXPORTERS if o.exporter == "auto" else (o.exporter,)
+    if spec.past and o.exporter == "auto":
+        exporters = ("dynamo",)
+    return ExportPlan(
+        options=o, target=tgt, recipe=recipe, heavy=heavy, heavy_ratio=heavy_ratio, budget=budget, nncf=nncf,
+        light_float=light_float, planned_light="int8" if nncf else light_float, exact=exact,
+        # runtimes that round activations to int8 get the light input projections smoothed
+        smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
+        int8_qmax=INT8_QMAX[tgt.int8_weight_range], overrides=overrides, exporters=exporters, texts=texts,
+        source_dir=source_dir, task=spec, limits=limits_for(tgt, spec.name, exact=exact, overrides=overrides),
+        out=resolve_out(o.out), given_out=o.out,
+    )

@@ -1,0 +1,80 @@
+"""Capture the split model as ONNX with one exporter strategy, then run the target's graph passes and save.
+
+Like torch.onnx's capture strategies, ``capture`` returns what it got and the
+exception that stopped it, catching only capture errors: a failure after
+capture (a graph pass, the checker, NNCF) is a bug, never a reason to try the
+next exporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ffsplit.errors import UsageError
+from ffsplit.plan import ExportPlan
+
+
+@dataclass
+class Captured:
+    exporter: str
+    model: Any  # onnx_ir.Model, or None when capture failed
+    error: BaseException | None = None
+
+    @property
+    def failure(self) -> str:
+        """The root cause, on one line, for the manifest's exporter attempts."""
+        from ffsplit.exporter.export import describe_failure
+
+        return "" if self.error is None else f"export: {describe_failure(self.error)}"
+
+
+def capture(plan: ExportPlan, model: Any, tokenizer: Any, exporter: str) -> Captured:
+    from ffsplit.exporter import export_program
+
+    try:
+        return Captured(exporter, export_program(model, tokenizer, plan.task, exporter=exporter))
+    except (UsageError, OSError):  # bad input, or the machine (a full disk)
+        raise
+    except Exception as exc:  # the exporter could not capture this model
+        return Captured(exporter, None, exc)
+
+
+def graph_passes(plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str, Any], act_absmax: Any) -> list[Any]:
+    """Tag, generic and precision passes for the plan's target (EmbedManifestPass runs after, in ``save``)."""
+    from ffsplit.exporter.export import WRAPPER_PREFIX
+    from ffsplit.graph_passes.pipeline import target_passes
+
+    tensorrt = plan.target.runtime == "tensorrt"
+    return target_passes(
+        split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX, grids=grids,
+        int8_form=plan.target.int8_compute, int4_form=plan.target.int4_compute,
+        # TensorRT realises float precisions in the engine builder, not in the graph
+        heavy_precision=plan.heavy if not tensorrt else "fp32",
+        light_precision=plan.light_float if not tensorrt else "fp32",
+        act_absmax=act_absmax, other_matmuls=plan.target.other_matmuls, int8_qmax=plan.int8_qmax,
+        fusions=plan.target.fusions,
+    )
+
+
+def save(model: Any, passes: list[Any], manifest: dict[str, Any], path: Path) -> Any:
+    """Run ``passes``, record them in ``manifest``, embed it and save; returns the default-domain opset."""
+    from ffsplit.exporter import save_model
+    from ffsplit.graph_passes import EmbedManifestPass
+    from ffsplit.graph_passes.pipeline import run_passes
+
+    model, manifest["graph_passes"] = run_passes(model, passes)
+    EmbedManifestPass(manifest=manifest)(model)
+    save_model(model, path)
+    return model.opset_imports.get("", None)
+
+
+def nncf_ir(onnx_path: Path, target: Any, tokenizer: Any, texts: list[str], max_length: int) -> Path:
+    """The target's OpenVINO IR for ``onnx_path``: NNCF static int8 calibrated on ``texts``."""
+    from ffsplit.runtimes.base import onnx_inputs
+    from ffsplit.runtimes.openvino import quantize_ir
+    from ffsplit.split.calibration import calibration_feeds
+
+    feeds = calibration_feeds(tokenizer, texts, max_length=max_length, names=set(onnx_inputs(onnx_path)))
+    return quantize_ir(onnx_path, target, feeds)

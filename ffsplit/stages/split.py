@@ -1,0 +1,77 @@
+"""Split every FFN of a copy of the source model into heavy and light branches, per the plan."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from ffsplit.plan import ExportPlan
+
+
+@dataclass
+class Split:
+    model: Any  # the split torch model (the source is left untouched)
+    plans: list[dict[str, Any]]  # per layer, as the manifest records them
+    grids: dict[str, Any]  # weight path -> WeightGrid, for the graph's integer storage
+    act_absmax: dict[str, float] | None  # static activation ranges (QDQ targets)
+    state: dict[str, Any]  # what split.safetensors holds
+    budget: dict[str, Any] | None
+
+
+def _per_layer(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> tuple[Any, dict[str, Any] | None]:
+    """Per layer (heavy ratio, recipe) chosen by --budget, with its summary; (None, None) without one."""
+    if plan.budget is None:
+        return None, None
+    from ffsplit.split.budget import plan_budget
+    from ffsplit.split.compress import parse_light
+    from ffsplit.split.modules import count_params
+
+    kind, value = plan.budget
+    ffns = [adapter.weights(layer) for layer in adapter.layer_modules(loaded.model)]
+    other_bytes = 4 * (count_params(loaded.model) - sum(f.params() for f in ffns))
+    chosen, summary = plan_budget(ffns, profiles, kind, value, other_bytes=other_bytes)
+    return [(c.heavy, parse_light(c.recipe)) for c in chosen], summary
+
+
+def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> Split:
+    import torch
+
+    from ffsplit.graph_passes.precision import WeightGrid
+    from ffsplit.split.apply import split_model, split_state
+    from ffsplit.split.profile import input_absmax
+
+    per_layer, budget = _per_layer(plan, loaded, adapter, profiles)
+    model = copy.deepcopy(loaded.model)
+    plan_objs, indices, quantized = split_model(
+        model, adapter, profiles, heavy_ratio=plan.heavy_ratio, recipe=plan.recipe, heavy_precision=plan.heavy,
+        light_precision=plan.planned_light, per_layer=per_layer, smooth_alpha=plan.smooth_alpha,
+        int8_qmax=plan.int8_qmax,
+    )
+    if budget is not None:
+        for plan_obj, row in zip(plan_objs, budget["plan"], strict=True):
+            plan_obj.calib_error = row["error"]
+    if plan.nncf:  # the light weights ship as int8 in the IR (per-channel scales aside)
+        for p in plan_objs:
+            p.ffn_bytes_after += p.light_params - p.light_bytes
+            p.light_bytes = p.light_params
+    grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
+    act_absmax = None
+    if plan.target.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):
+        # static activation scales: each int8 multiply's input range over the calibration text
+        absmax = input_absmax(
+            model, [p.removesuffix(".weight") for p, g in grids.items() if g.bits == 8], loaded.tokenizer,
+            plan.texts, max_length=plan.options.max_length, position_ids=loaded.task.position_ids,
+        )
+        act_absmax = {f"{k}.weight": v for k, v in absmax.items()}
+    state = split_state(model, plan_objs)
+    state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
+    # The grid of every quantised weight, for the per-branch precision pass to store exactly.
+    for path, qw in quantized.items():
+        if qw.smooth is not None:
+            state[f"quant.{path}.smooth"] = qw.smooth.contiguous()
+        state[f"quant.{path}.q"] = qw.q
+        state[f"quant.{path}.scale"] = qw.scale.contiguous()
+        if qw.zero_point is not None:
+            state[f"quant.{path}.zero_point"] = qw.zero_point.contiguous()
+    return Split(model, [p.to_json() for p in plan_objs], grids, act_absmax, state, budget)

@@ -1,0 +1,42 @@
+"""Verify what a runtime runs: the separation guard on its executed graph, and the three-way parity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ffsplit import bounds
+from ffsplit.errors import CheckFailed, UsageError
+
+
+def guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run the separation guard on what the runtime executes; CheckFailed names the layers."""
+    from ffsplit.graph_passes import check_separation, expected_matmuls, expected_precisions
+
+    found, realized, findings = check_separation(
+        runner.layer_records(), expected_matmuls(plans), expected_precisions(plans)
+    )
+    if findings:
+        raise CheckFailed(f"branch separation failed in what {runner.target.runtime} runs: " + "; ".join(findings))
+    return {
+        "passed": True, "graph": runner.runtime_graph, "matmuls": {str(k): v for k, v in found.items()},
+        "precisions": {str(k): {b: sorted(set(v)) for b, v in br.items()} for k, br in realized.items()},
+    }
+
+
+def parity(
+    original: Any, split: Any, runner: Any, tokenizer: Any, task: Any, *,
+    limits: dict[str, dict[str, float]], eval_size: int, max_length: int, batch_size: int = 16,
+    max_positions: int | None = None,
+) -> Any:
+    """The three-way ParityReport on ``eval_size`` bundled evaluation texts."""
+    from ffsplit.parity.check import compare_three, evaluate
+    from ffsplit.split.calibration import evaluation_texts
+
+    texts = [t.text for t in evaluation_texts(eval_size)]
+    if len(texts) < bounds.MIN_EVAL_TEXTS:
+        raise UsageError(f"--eval-size {eval_size}: only {len(texts)} evaluation texts here, retrieval@10 needs 11")
+    metrics = compare_three(
+        original, split, runner, tokenizer, texts, task, batch_size=batch_size, max_length=max_length,
+        max_positions=max_positions,
+    )
+    return evaluate(metrics, limits, task=task, texts=len(texts))
