@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -111,6 +112,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     """The stages of one export, written into the staging folder ``stage``."""
     from safetensors.torch import save_file
 
+    from ffsplit.inference import sentence_files
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.shapes import clamp_shapes
     from ffsplit.stages import capture, prepare, split, verify
@@ -130,6 +132,9 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     save_file(done.state, str(stage / SPLIT_WEIGHTS))
     loaded.tokenizer.save_pretrained(stage)
     loaded.model.config.save_pretrained(stage)
+    for rel in sentence_files(plan.source_dir):  # pooling and normalisation stay with a sentence-transformers model
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plan.source_dir / rel, stage / rel, follow_symlinks=False)
     runtime_dir = stage / RUNTIME_DIR / plan.target.name
     attempts: list[dict[str, str]] = []
     report = None
@@ -149,7 +154,11 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
                 capture.nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length)
         with stages.stage("build", log):
             runner = make_runner(stage / MODEL_FILE, plan.target, runtime_dir=runtime_dir).activate(just_written=True)
-            manifest["separation"] = verify.guard(runner, done.plans)
+            manifest["separation"] = verify.guard(runner, done.plans, raising=False)
+            if not manifest["separation"]["passed"]:
+                runner.deactivate()
+                manifest["timings"] = stages.seconds
+                raise CheckFailed(manifest["separation"]["failure"], details=manifest)
         with stages.stage("check", log):
             report = verify.parity(
                 loaded.model, done.model, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
@@ -163,15 +172,17 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
         attempts.append({"exporter": name, "failed": "parity: " + "; ".join(report.failures())})
         if log and name != plan.exporters[-1]:
             log(f"the {name} export missed fidelity; trying the next exporter")
+    manifest["timings"] = stages.seconds
     if report is None:
+        manifest["exporter"] = {"name": None, "attempts": attempts}
         raise CheckFailed(
             "every exporter failed, nothing written: "
-            + "; ".join(f"{a['exporter']}: {a['failed']}" for a in attempts) + f". What you can do: {EXPORT_ADVICE}"
+            + "; ".join(f"{a['exporter']}: {a['failed']}" for a in attempts) + f". What you can do: {EXPORT_ADVICE}",
+            details=manifest,
         )
     manifest["parity"] = report.to_json()
-    manifest["timings"] = stages.seconds
     if not report.passed:
-        raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()))
+        raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()), details=manifest)
     return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
 
 
@@ -223,30 +234,45 @@ def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], prof
 
 
 def check(
-    folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None, log: Any = None
+    folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None,
+    limits: dict[str, float] | None = None, log: Any = None,
 ) -> Any:
-    """Re-run the separation guard and the three-way parity of an artifact; CheckFailed when either fails."""
+    """Re-run the separation guard and the three-way parity of an artifact.
+
+    Returns the ParityReport with the guard's record in ``separation``; ``passed`` is false when either
+    failed. ``limits`` (metric -> value, as ``--limit``) replace the export's limits on what compression
+    may cost (original vs split and vs runtime); fidelity is never relaxed.
+    """
+    from ffsplit.parity.check import TASK_METRICS
+    from ffsplit.plan import check_overrides
     from ffsplit.runtimes.base import make_runner
     from ffsplit.stages import verify
 
     if eval_size is not None:
         bounds.require_int("--eval-size", eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS)
+    check_overrides(dict(limits or {}))
     art = open_artifact(folder)
     require_supported(art.target)
     m = art.manifest
+    wanted = {k: v for k, v in (limits or {}).items() if v is not None}
+    missing = sorted(set(wanted) - set(TASK_METRICS[m["task"]]))
+    if missing:
+        raise UsageError(f"--limit {', '.join(missing)}: {m['task']} does not measure it; use {', '.join(TASK_METRICS[m['task']])}")
+    applied = {name: {**lims, **(wanted if name != "fidelity" else {})} for name, lims in m["checks"]["limits"].items()}
     loaded, split = rebuild(art, source, log)
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
         if log:
             log("building the runtime session and checking branch separation ...")
         with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp)) as runner:
-            verify.guard(runner, m["layers"])
+            separation = verify.guard(runner, m["layers"], raising=False)
             if log:
                 log("running parity ...")
             report = verify.parity(
-                loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=m["checks"]["limits"],
+                loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=applied,
                 eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
                 max_positions=m["source"].get("max_positions"),
             )
+    report.separation = separation
     return report
 
 

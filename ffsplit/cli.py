@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ffsplit import __version__
-from ffsplit.errors import FFSplitError, UsageError
+from ffsplit.errors import CheckFailed, FFSplitError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,7 +141,11 @@ def _add_artifact_verbs(sub: Any) -> None:
     c = sub.add_parser("check", help="re-run the separation guard and three-way parity of an output folder")
     c.add_argument("dir")
     c.add_argument("--eval-size", type=int, help="evaluation texts (default: as at export)")
-    c.add_argument("--json", help="write the parity report to this file")
+    c.add_argument(
+        "--limit", action="append", default=[], metavar="METRIC=VALUE",
+        help="replace an export limit on what compression may cost, repeatable (as for export); fidelity stays",
+    )
+    c.add_argument("--json", help="write the report (parity and separation) to this file, pass or fail")
     c.add_argument("--per-layer", action="store_true", help="also compare every FFN module's output (as ffsplit debug)")
     c.add_argument("--source", help=_SOURCE_HELP)
 
@@ -161,6 +165,8 @@ def _add_artifact_verbs(sub: Any) -> None:
     b.add_argument("--min-seconds", type=float, default=2.0, help="keep timing at least this long per shape (default 2)")
     b.add_argument("--json", help="write the timings to this file")
     b.add_argument("--report", help="write a markdown report (machine, timings, size, accuracy) to this file")
+    b.add_argument("--min-speedup", type=float, metavar="X",
+                   help="exit 1 when ffsplit's speedup over the original is below X at any batch and sequence")
     b.add_argument("--source", help=_SOURCE_HELP)
 
     i = sub.add_parser("inspect", help="print the per-layer table and per-branch ops / precision of an output folder")
@@ -181,13 +187,29 @@ def _add_artifact_verbs(sub: Any) -> None:
 
 
 def _params_line(m: dict[str, Any]) -> str:
+    """Bytes first: an int8 or int4 light branch keeps its parameter count and shrinks its bytes."""
     p = m["params"]
+    heavy = sum(r.get("heavy_bytes", 0) for r in m["layers"])
+    light = sum(r.get("light_bytes", 0) for r in m["layers"])
     return (
-        f"FFN parameters {p['ffn_before']:,} -> {p['ffn_after']:,} ({p['ffn_reduction']:.1%} fewer), "
-        f"FFN bytes at recipe precision {p.get('ffn_bytes_before', 0):,} -> {p.get('ffn_bytes_after', 0):,} "
-        f"({p.get('ffn_bytes_reduction', 0):.1%} fewer); "
-        f"model {p['total_before']:,} -> {p['total_after']:,} ({p['total_reduction']:.1%} fewer)"
+        f"FFN weights {p['ffn_bytes_before'] / 1e6:,.2f} MB -> {p['ffn_bytes_after'] / 1e6:,.2f} MB "
+        f"({p['ffn_bytes_reduction']:.1%} smaller; heavy {heavy / 1e6:,.2f} MB, light {light / 1e6:,.2f} MB); "
+        f"FFN parameters {p['ffn_before']:,} -> {p['ffn_after']:,} ({p['ffn_reduction']:.1%} fewer); "
+        f"model parameters {p['total_before']:,} -> {p['total_after']:,} ({p['total_reduction']:.1%} fewer)"
     )
+
+
+def _size_line(out: Path, m: dict[str, Any]) -> str:
+    """Size on disk: what the target runs beside the source's weights, and the whole folder."""
+    def size(paths: list[Path]) -> float:
+        return sum(q.stat().st_size for q in paths if q.is_file()) / 1e6
+
+    graph = size([out / name for name in m["files"] if name == "model.onnx" or name.startswith("model.onnx.")])
+    source = Path(m["source"]["path"])
+    weights = size([*source.glob("*.safetensors")]) if source.is_dir() else 0.0
+    total = size([out / name for name in m["files"]])
+    return (f"on disk: model.onnx {graph:,.1f} MB (source weights {weights:,.1f} MB); the folder {total:,.1f} MB "
+            "(with split.safetensors for check and the runtime's files)")
 
 
 def _layer_table(m: dict[str, Any]) -> str:
@@ -226,16 +248,15 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from ffsplit import api
     from ffsplit.parity.check import format_table
 
-    res = api.export(
-        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, budget=a.budget, calib=a.calib,
-        calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
-        min_retrieval=a.min_retrieval, limits=_limits(a.limit), force=a.force, trust_remote_code=a.trust_remote_code, task=a.task,
-        exporter=a.exporter,
-        log=_log, progress=sys.stderr.isatty(),
-    )
+    try:
+        res = _export(a, api)
+    except CheckFailed as exc:  # --json still says what was measured, and why nothing was written
+        _write_json(a.json, {**(exc.details or {}), "passed": False, "error": str(exc)})
+        raise
     m = res.manifest
     print(_layer_table(m))
     print(_params_line(m))
+    print(_size_line(res.out, m))
     if m.get("budget"):
         b = m["budget"]
         print(f"budget {b['kind']}={b['value']:g}: used {b['used']:,} of {b['limit']:,.0f} "
@@ -244,16 +265,27 @@ def _cmd_export(a: argparse.Namespace) -> int:
     print(format_table(res.report))
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))
     print(f"wrote {res.out}")
-    _write_json(a.json, m)
+    _write_json(a.json, {**m, "passed": True})
     return 0
+
+
+def _export(a: argparse.Namespace, api: Any) -> Any:
+    return api.export(
+        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, budget=a.budget, calib=a.calib,
+        calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
+        min_retrieval=a.min_retrieval, limits=_limits(a.limit), force=a.force, trust_remote_code=a.trust_remote_code, task=a.task,
+        exporter=a.exporter,
+        log=_log, progress=sys.stderr.isatty(),
+    )
 
 
 def _cmd_check(a: argparse.Namespace) -> int:
     from ffsplit import api
     from ffsplit.parity.check import format_table
 
-    report = api.check(a.dir, eval_size=a.eval_size, source=a.source, log=_log)
-    print("branch separation in the runtime's optimised graph: pass")
+    report = api.check(a.dir, eval_size=a.eval_size, source=a.source, limits=_limits(a.limit), log=_log)
+    sep = report.separation or {}
+    print(f"branch separation in the runtime's optimised graph: {'pass' if sep.get('passed') else 'FAIL'}")
     print(format_table(report))
     _write_json(a.json, report.to_json())
     failed = not report.passed
@@ -298,8 +330,11 @@ def _cmd_debug(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from ffsplit import api
+    from ffsplit import api, bounds
     from ffsplit.bench.harness import format_table
+
+    if a.min_speedup is not None:
+        bounds.require_float("--min-speedup", a.min_speedup, 0.0, 1000.0, lo_open=True)
 
     rows = api.bench(
         a.dir, batches=a.batch, sequences=a.seq, runs=a.runs, warmup=a.warmup, min_seconds=a.min_seconds,
@@ -307,6 +342,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     )
     print(format_table(rows))
     _write_json(a.json, [r.to_json() for r in rows])
+    slow = [r for r in rows if r.model == "ffsplit" and a.min_speedup is not None and (r.speedup or 0) < a.min_speedup]
     if a.report:
         from ffsplit.bench.harness import report_markdown
 
@@ -317,6 +353,11 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
         write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command))
         print(f"wrote {a.report}")
+    if slow:
+        worst = min(slow, key=lambda r: r.speedup or 0)
+        print(f"ffsplit: check failed: speedup {worst.speedup:.2f}x at batch {worst.batch} x sequence {worst.sequence} "
+              f"is below --min-speedup {a.min_speedup:g} ({len(slow)} of the shapes)", file=sys.stderr)
+        return 1
     return 0
 
 

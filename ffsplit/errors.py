@@ -1,4 +1,4 @@
-"""The exceptions that map to ffsplit's exit codes (DESIGN.md, "Exit codes")."""
+"""The exceptions that map to ffsplit's exit codes (ARCHITECTURE.md, "Exit codes")."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ class UsageError(FFSplitError):
 
 
 class CheckFailed(FFSplitError):
-    """A parity check, a separation guard or a threshold failed (exit 1)."""
+    """A parity check, a separation guard or a threshold failed (exit 1).
+
+    ``details``: what was measured before the failure (an export's manifest so far), for ``--json``.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = details

@@ -105,7 +105,7 @@ def require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
             )
 
 
-def _check_overrides(overrides: dict[str, float | None]) -> None:
+def check_overrides(overrides: dict[str, float | None]) -> None:
     for name, v in overrides.items():
         if name not in COMPRESSION_METRICS:
             raise UsageError(f"unknown limit '{name}': use one of {', '.join(COMPRESSION_METRICS)}")
@@ -170,7 +170,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
     exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32" and not nncf
     heavy_count(1 << 20, heavy_ratio)  # range check only
     overrides = {"cosine_mean": o.min_cosine, "retrieval_at10": o.min_retrieval, **(o.limits or {})}
-    _check_overrides(overrides)
+    check_overrides(overrides)
     if o.exporter not in ("auto", *EXPORTERS):
         raise UsageError(f"unknown exporter '{o.exporter}': use auto, {' or '.join(EXPORTERS)}")
     _check_numbers(o)

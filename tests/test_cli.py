@@ -116,13 +116,18 @@ def test_export_bad_input(
 
 def test_export_fails_closed_when_parity_misses(tmp_path: Path, tiny_bert_dir: Path) -> None:
     out = tmp_path / "out"
+    report = tmp_path / "report.json"
     r = run_cli("export", str(tiny_bert_dir), "--out", str(out), "--light", "lowrank:1", *FAST_ARGS,
-                "--limit", "cosine_min=1.0")
+                "--limit", "cosine_min=1.0", "--json", str(report))
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("ffsplit: check failed: parity failed, nothing written: compression (original torch vs split torch) cosine_min")
     assert "short by" in last and "Traceback" not in r.stderr
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    # --json still says what was measured and why nothing was written (for CI)
+    failed = json.loads(report.read_text())
+    assert failed["passed"] is False and failed["error"].startswith("parity failed")
+    assert failed["parity"]["comparisons"]["compression"]["passed"] is False and failed["separation"]["passed"]
 
 
 def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path) -> None:
@@ -136,6 +141,15 @@ def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path)
     assert "fidelity" in r.stdout and "FAIL" not in r.stdout
     report = json.loads((tmp_path / "check.json").read_text())
     assert report["passed"] and report["comparisons"]["fidelity"]["metrics"]["max_abs"] < 1e-4
+    assert report["separation"]["passed"] and report["separation"]["matmuls"]["0"] == {"heavy": 2, "light": 4}
+    # --limit tightens what compression may cost at check time; the JSON is written on failure too
+    r = run_cli("check", str(tiny_lowrank_artifact), "--limit", "cosine_min=1.0", "--json", str(tmp_path / "c2.json"))
+    report = json.loads((tmp_path / "c2.json").read_text())
+    assert r.returncode == 1 and not report["passed"] and report["separation"]["passed"]
+    assert report["comparisons"]["compression"]["limits"]["cosine_min"] == 1.0
+    assert report["comparisons"]["fidelity"]["limits"] == manifest["checks"]["limits"]["fidelity"]
+    r = run_cli("check", str(tiny_lowrank_artifact), "--limit", "top1_agreement=0.5")
+    assert r.returncode == 2 and "feature-extraction does not measure it" in r.stderr
 
     r = run_cli("inspect", str(tiny_lowrank_artifact))
     assert r.returncode == 0, r.stderr
@@ -162,6 +176,11 @@ def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path)
     report = (tmp_path / "bench.md").read_text()
     assert "| ffsplit | 2 | 16 | 3 |" in report and "Machine: cpu " in report and "onnxruntime" in report
     assert "Accuracy of what ships" in report and "retrieval_at10" in report
+    # a speed gate for CI: no machine makes this tiny model 1000x faster
+    r = run_cli("bench", str(tiny_lowrank_artifact), "--batch", "1", "--seq", "8", "--runs", "2", "--warmup", "0",
+                "--min-seconds", "0", "--min-speedup", "1000")
+    assert r.returncode == 1 and "is below --min-speedup 1000" in r.stderr
+    assert run_cli("bench", str(tiny_lowrank_artifact), "--min-speedup", "-1").returncode == 2
 
 
 def test_targets_verb() -> None:

@@ -65,6 +65,34 @@ def test_cpu_int8_target(tmp_path: Path) -> None:
     ops = [n.op_type for n in optimized.graph.node if n.name.startswith("ffsplit/")]
     assert ops.count("DynamicQuantizeMatMul") == 12
     assert (out / "model.onnx").stat().st_size < 0.8 * 90e6  # light FFN weights stored as int8
+    # the report leads with bytes: an int8 light branch keeps its parameter count, not its size
+    import re
+
+    line = next(x for x in r.stdout.splitlines() if x.startswith("FFN weights"))
+    smaller = float(re.search(r"MB \((\d+\.\d)% smaller", line).group(1))
+    assert 50 < smaller < 75 and "(0.0% fewer)" in line  # 4 bytes -> 1 per light weight; no weight removed
+    assert re.search(r"^on disk: model\.onnx \d+\.\d MB \(source weights 90\.9 MB\)", r.stdout, re.M)
     r = run_cli("debug", str(out), "--batch", "4")
     assert r.returncode == 0, r.stderr
     assert "within tolerance" in r.stdout
+
+
+def test_encode_is_sentence_transformers_within_the_checked_accuracy(minilm_artifact: Path) -> None:
+    """ffsplit.load(folder).encode against SentenceTransformer(source).encode on held-out text: the pooled,
+    normalised embeddings agree as closely as the export's limits on what ships say they must."""
+    from sentence_transformers import SentenceTransformer
+
+    import ffsplit
+    from ffsplit.loading import resolve_model
+    from ffsplit.split.calibration import evaluation_texts
+
+    texts = [t.text for t in evaluation_texts(300)][256:300]  # beyond the 64 the export checked
+    want = SentenceTransformer(str(resolve_model("minilm")), device="cpu", local_files_only=True).encode(texts)
+    with ffsplit.load(minilm_artifact) as model:
+        got = model.encode(texts, batch_size=16)
+        assert model.pooling.normalize and model.pooling.modes == ("mean",)
+    m = json.loads((minilm_artifact / "manifest.json").read_text())
+    limits = m["checks"]["limits"]["shipped"]
+    cos = (got * want).sum(1)  # both unit length
+    assert got.shape == want.shape == (44, 384)
+    assert cos.min() >= limits["cosine_min"] and cos.mean() >= limits["cosine_mean"], (cos.min(), cos.mean())

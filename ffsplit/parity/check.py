@@ -162,13 +162,15 @@ class ParityReport:
     task: str = "feature-extraction"
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
     texts: int = 0
+    separation: dict[str, Any] | None = None  # the guard's record, when `check` ran it beside parity
 
     @property
     def passed(self) -> bool:
-        return all(c["passed"] for c in self.comparisons.values())
+        guard_ok = self.separation is None or bool(self.separation.get("passed"))
+        return guard_ok and all(c["passed"] for c in self.comparisons.values())
 
     def failures(self) -> list[str]:
-        out = []
+        out = [] if self.separation is None or self.separation.get("passed") else [str(self.separation["failure"])]
         for name, comp in self.comparisons.items():
             for metric, lim in comp["limits"].items():
                 value = comp["metrics"][metric]
@@ -179,10 +181,13 @@ class ParityReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "passed": self.passed, "task": self.task, "texts": self.texts,
             "comparisons": self.comparisons, "failures": self.failures(),
         }
+        if self.separation is not None:
+            out["separation"] = self.separation
+        return out
 
 
 def evaluate(

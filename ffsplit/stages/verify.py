@@ -8,19 +8,24 @@ from ffsplit import bounds
 from ffsplit.errors import CheckFailed, UsageError
 
 
-def guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run the separation guard on what the runtime executes; CheckFailed names the layers."""
+def guard(runner: Any, plans: list[dict[str, Any]], *, raising: bool = True) -> dict[str, Any]:
+    """Run the separation guard on what the runtime executes. A failure names the layers: CheckFailed,
+    or with ``raising=False`` the record with ``passed`` false, its ``findings`` and the one-line ``failure``."""
     from ffsplit.graph_passes import check_separation, expected_matmuls, expected_precisions
 
     found, realized, findings = check_separation(
         runner.layer_records(), expected_matmuls(plans), expected_precisions(plans)
     )
-    if findings:
-        raise CheckFailed(f"branch separation failed in what {runner.target.runtime} runs: " + "; ".join(findings))
-    return {
-        "passed": True, "graph": runner.runtime_graph, "matmuls": {str(k): v for k, v in found.items()},
+    record: dict[str, Any] = {
+        "passed": not findings, "graph": runner.runtime_graph, "matmuls": {str(k): v for k, v in found.items()},
         "precisions": {str(k): {b: sorted(set(v)) for b, v in br.items()} for k, br in realized.items()},
     }
+    if findings:
+        record["findings"] = list(findings)
+        record["failure"] = f"branch separation failed in what {runner.target.runtime} runs: " + "; ".join(findings)
+        if raising:
+            raise CheckFailed(record["failure"])
+    return record
 
 
 def parity(

@@ -1,0 +1,122 @@
+"""ffsplit.load: an artifact used from Python, on its own target, with sentence-transformers semantics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, save_family_model
+
+import ffsplit
+from ffsplit import api
+from ffsplit.errors import UsageError
+from ffsplit.inference import Pooling
+
+TEXTS = ["a cat sat on the mat", "the weather is nice today", "an entirely different and much longer sentence " * 3]
+
+
+def _sentence_transformers_folder(src: Path, dest: Path, pooling: dict[str, bool], normalize: bool) -> Path:
+    """``src`` made into a sentence-transformers folder (Transformer -> Pooling [-> Normalize])."""
+    shutil.copytree(src, dest)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (dest / "modules.json").write_text(json.dumps(modules))
+    (dest / "1_Pooling").mkdir()
+    (dest / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **pooling}))
+    (dest / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def st_artifact(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("st")
+    src = _sentence_transformers_folder(tiny_bert_dir, root / "src", {"pooling_mode_mean_tokens": True}, normalize=True)
+    api.export(str(src), root / "out", light="none", progress=False, **FAST)
+    return src, root / "out"
+
+
+def test_export_keeps_the_sentence_transformers_files(st_artifact: tuple[Path, Path]) -> None:
+    _, out = st_artifact
+    for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+        assert (out / name).is_file(), name
+    assert "1_Pooling/config.json" in json.loads((out / "manifest.json").read_text())["files"]
+
+
+def test_encode_equals_sentence_transformers(st_artifact: tuple[Path, Path]) -> None:
+    """The exact artifact's embeddings are SentenceTransformer(source).encode's, pooling and Normalize included."""
+    from sentence_transformers import SentenceTransformer
+
+    src, out = st_artifact
+    want = SentenceTransformer(str(src), device="cpu", local_files_only=True).encode(TEXTS, batch_size=2)
+    with ffsplit.load(out) as model:
+        got = model.encode(TEXTS, batch_size=2)
+        assert model.pooling == Pooling(("mean",), normalize=True, max_seq_length=64)
+    assert got.shape == want.shape == (3, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("modes", [("cls",), ("max",), ("mean_sqrt_len_tokens",), ("lasttoken",), ("cls", "max", "mean")])
+def test_pooling_matches_sentence_transformers_pooling(modes: tuple[str, ...]) -> None:
+    from sentence_transformers.models import Pooling as STPooling
+
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(3, 7, 8)).astype(np.float32)
+    mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] * 1 + [0] * 6])
+    st = STPooling(8, pooling_mode=modes)
+    want = st({"token_embeddings": torch.from_numpy(hidden), "attention_mask": torch.from_numpy(mask)})["sentence_embedding"]
+    np.testing.assert_allclose(Pooling(modes)(hidden, mask), want.numpy(), atol=1e-5)
+
+
+def test_a_plain_folder_gets_mean_pooling_and_the_wrong_verb_is_refused(tiny_none_artifact: Path) -> None:
+    with ffsplit.load(tiny_none_artifact) as model:
+        assert model.pooling.modes == ("mean",) and not model.pooling.normalize
+        assert model.encode(TEXTS).shape == (3, 32)
+        with pytest.raises(UsageError, match="exported for feature-extraction: use encode"):
+            model.predict(TEXTS)
+        with pytest.raises(UsageError, match="a list of strings"):
+            model.encode("one string")
+
+
+def test_a_pooling_path_outside_the_folder_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from ffsplit.inference import sentence_files
+
+    src = _sentence_transformers_folder(tiny_bert_dir, tmp_path / "src", {"pooling_mode_mean_tokens": True}, False)
+    modules = json.loads((src / "modules.json").read_text())
+    modules[1]["path"] = "../../etc"
+    (src / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UsageError, match="not a plain folder name"):
+        sentence_files(src)
+
+
+def test_generate_runs_the_kv_cache_loop(family_root: Path, tmp_path: Path, cache_dir: Path) -> None:
+    from ffsplit.loading import load_model
+    from ffsplit.parity.generation import greedy_torch
+
+    src = save_family_model("gpt2", family_root)
+    api.export(str(src), tmp_path / "o", light="none", progress=False, calib_size=8, eval_size=16, max_length=16)
+    with ffsplit.load(tmp_path / "o") as model:
+        got = model.generate(["hello there", "a"], max_new_tokens=5)
+        with pytest.raises(UsageError, match="exported for causal-lm-with-past: use generate"):
+            model.encode(["x"])
+    loaded = load_model(str(src), task="causal-lm-with-past")
+    enc = loaded.tokenizer(["hello there", "a"], padding=True, return_tensors="np")
+    want = greedy_torch(loaded.model, enc["input_ids"], enc["attention_mask"], 5)
+    assert got == loaded.tokenizer.batch_decode(want, skip_special_tokens=True)
+
+
+def test_both_pooling_config_forms_are_read(tmp_path: Path) -> None:
+    """sentence-transformers writes ``pooling_mode`` now and ``pooling_mode_<x>: true`` before; both are read."""
+    from ffsplit.inference import _pooling_modes
+
+    assert _pooling_modes({"pooling_mode": "cls"}, tmp_path) == ("cls",)
+    assert _pooling_modes({"pooling_mode": ["max", "mean"]}, tmp_path) == ("max", "mean")
+    assert _pooling_modes({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, tmp_path) == ("cls", "mean")
+    with pytest.raises(UsageError, match="pooling weightedmean is not one ffsplit computes"):
+        _pooling_modes({"pooling_mode_weightedmean_tokens": True, "pooling_mode_mean_tokens": False}, tmp_path)
