@@ -113,8 +113,10 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     from safetensors.torch import save_file
 
     from ffsplit.inference import sentence_files
+    from ffsplit.parity.golden import GOLDEN_FILE, GOLDEN_TEXTS, write_golden
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.shapes import clamp_shapes
+    from ffsplit.split.calibration import encode_batches, evaluation_texts
     from ffsplit.stages import capture, prepare, split, verify
 
     stages = Stages()
@@ -165,6 +167,10 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
                 eval_size=plan.options.eval_size, max_length=plan.options.max_length,
                 max_positions=source["max_positions"],
             )
+            # what `check --golden` re-runs later, without torch or the source model
+            texts = [t.text for t in evaluation_texts(GOLDEN_TEXTS)]
+            batch = next(encode_batches(loaded.tokenizer, texts, batch_size=GOLDEN_TEXTS, max_length=plan.options.max_length))
+            write_golden(stage / GOLDEN_FILE, runner, {k: v.numpy() for k, v in batch.items()}, loaded.task)
             runner.deactivate()
         manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
         if report.comparisons["fidelity"]["passed"]:
@@ -243,7 +249,7 @@ def check(
     failed. ``limits`` (metric -> value, as ``--limit``) replace the export's limits on what compression
     may cost (original vs split and vs runtime); fidelity is never relaxed.
     """
-    from ffsplit.parity.check import TASK_METRICS
+    from ffsplit.parity.limits import TASK_METRICS
     from ffsplit.plan import check_overrides
     from ffsplit.runtimes.base import make_runner
     from ffsplit.stages import verify

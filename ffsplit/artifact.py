@@ -478,7 +478,7 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     manifest both ways, external data of every ONNX file, and the manifest
     against the copy embedded in model.onnx.
     """
-    from ffsplit.parity.check import TASK_METRICS
+    from ffsplit.parity.limits import TASK_METRICS
     from ffsplit.runtimes.targets import Target
 
     folder = Path(folder)

@@ -146,6 +146,10 @@ def _add_artifact_verbs(sub: Any) -> None:
         help="replace an export limit on what compression may cost, repeatable (as for export); fidelity stays",
     )
     c.add_argument("--json", help="write the report (parity and separation) to this file, pass or fail")
+    c.add_argument("--golden", action="store_true",
+                   help="only re-run the golden inputs saved at export on the target and compare the outputs "
+                   "(needs neither torch nor the source model; for CI)")
+    c.add_argument("--tolerance", type=float, help="with --golden: max abs difference (default: the fidelity max_abs)")
     c.add_argument("--per-layer", action="store_true", help="also compare every FFN module's output (as ffsplit debug)")
     c.add_argument("--source", help=_SOURCE_HELP)
 
@@ -280,6 +284,8 @@ def _export(a: argparse.Namespace, api: Any) -> Any:
 
 
 def _cmd_check(a: argparse.Namespace) -> int:
+    if a.golden:
+        return _check_golden(a)
     from ffsplit import api
     from ffsplit.parity.check import format_table
 
@@ -294,6 +300,25 @@ def _cmd_check(a: argparse.Namespace) -> int:
     if a.per_layer:
         failed = _print_layers(api.debug(a.dir, source=a.source, log=_log)) or failed
     return 1 if failed else 0
+
+
+def _check_golden(a: argparse.Namespace) -> int:
+    from ffsplit import bounds
+    from ffsplit.parity.golden import check_golden
+
+    if a.limit or a.per_layer or a.source or a.eval_size:
+        raise UsageError("--golden runs only the saved inputs: drop --limit, --per-layer, --source and --eval-size")
+    if a.tolerance is not None:
+        bounds.require_float("--tolerance", a.tolerance, 0.0, 1e6)
+    result = check_golden(a.dir, tolerance=a.tolerance)
+    print(f"golden {result['output']} on {result['target']}: max abs {result['max_abs']:.3g} "
+          f"(tolerance {result['tolerance']:.3g}, {result['rows']} texts): {'pass' if result['passed'] else 'FAIL'}")
+    _write_json(a.json, result)
+    if not result["passed"]:
+        print(f"ffsplit: check failed: golden {result['output']} moved by {result['max_abs']:.3g} > "
+              f"{result['tolerance']:.3g}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _print_layers(results: list[Any]) -> bool:

@@ -132,7 +132,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
     from ffsplit.artifact import resolve_out
     from ffsplit.exporter.export import EXPORTERS
     from ffsplit.loading import read_config, resolve_model
-    from ffsplit.parity.check import limits_for
+    from ffsplit.parity.limits import limits_for
     from ffsplit.split.apply import heavy_count
     from ffsplit.split.budget import parse_budget
     from ffsplit.split.calibration import calibration_texts

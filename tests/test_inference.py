@@ -101,6 +101,9 @@ def test_generate_runs_the_kv_cache_loop(family_root: Path, tmp_path: Path, cach
 
     src = save_family_model("gpt2", family_root)
     api.export(str(src), tmp_path / "o", light="none", progress=False, calib_size=8, eval_size=16, max_length=16)
+    from ffsplit.testing import assert_golden
+
+    assert_golden(tmp_path / "o")  # last-position logits of a KV-cache graph, saved at export
     with ffsplit.load(tmp_path / "o") as model:
         got = model.generate(["hello there", "a"], max_new_tokens=5)
         with pytest.raises(UsageError, match="exported for causal-lm-with-past: use generate"):

@@ -18,34 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ffsplit.parity.limits import COMPARISONS, DEFAULT_LIMITS, TASK_METRICS, UPPER_BOUNDED, limits_for
 from ffsplit.parity.metrics import METRICS, Outputs
-from ffsplit.runtimes.targets import Target
 from ffsplit.split.calibration import encode_batches, model_inputs, positions_from_mask
 from ffsplit.tasks import TaskSpec
 
-COMPARISONS: dict[str, tuple[str, str, str]] = {
-    # name -> (reference, compared, what it says)
-    "compression": ("original", "split", "original torch vs split torch"),
-    "fidelity": ("split", "runtime", "split torch vs runtime"),
-    "shipped": ("original", "runtime", "original torch vs runtime"),
-}
-# Metrics where smaller is better; every other limit is a floor.
-UPPER_BOUNDED = frozenset({"max_abs", "mean_abs", "perplexity_ratio"})
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "feature-extraction": ("max_abs", "mean_abs", "cosine_min", "cosine_mean", "retrieval_at10"),
-    "text-classification": ("max_abs", "mean_abs", "label_agreement"),
-    "causal-lm": ("max_abs", "mean_abs", "top1_agreement", "top5_agreement", "perplexity", "perplexity_ratio"),
-    "causal-lm-with-past": (
-        "max_abs", "mean_abs", "top1_agreement", "top5_agreement", "perplexity", "perplexity_ratio",
-        "generation_agreement",
-    ),
-}
-DEFAULT_LIMITS = {
-    "fidelity": {"max_abs": 1e-4, "cosine_min": 0.99999, "generation_agreement": 1.0},
-    "exact": {"max_abs": 1e-4, "cosine_min": 0.99999, "generation_agreement": 1.0},
-    "compression": {"cosine_mean": 0.95, "cosine_min": 0.85, "retrieval_at10": 0.8},
-}
-
+__all__ = [
+    "COMPARISONS", "DEFAULT_LIMITS", "TASK_METRICS", "UPPER_BOUNDED", "ParityReport", "compare_three", "evaluate",
+    "format_table", "limits_for", "run_torch", "torch_output",
+]
 
 def torch_output(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], task: TaskSpec, only: set[str] | None = None
@@ -129,32 +110,6 @@ def compare_three(
         for name, (ref, other, _) in COMPARISONS.items():
             results[name]["generation_agreement"] = agreement(generated[ref], generated[other])
     return results
-
-
-def limits_for(
-    target: Target, task: str, *, exact: bool, overrides: Mapping[str, float | None] | None = None
-) -> dict[str, dict[str, float]]:
-    """Per comparison, metric -> limit, for the metrics ``task`` has.
-
-    ``exact`` (recipe none) holds the split to fp32 rounding; otherwise the
-    target's compression limits apply, with ``overrides`` on top. Fidelity is
-    never relaxed by overrides.
-    """
-    have = set(TASK_METRICS[task])
-
-    def pick(group: str) -> dict[str, float]:
-        values = target.parity.get(group, DEFAULT_LIMITS[group])
-        return {k: float(v) for k, v in values.items() if k in have}
-
-    fidelity = pick("fidelity")
-    if exact:
-        lossy = pick("exact")
-        shipped = {k: (v * 2 if k in UPPER_BOUNDED else v) for k, v in lossy.items()}
-    else:
-        lossy = pick("compression")
-        lossy.update({k: float(v) for k, v in (overrides or {}).items() if v is not None and k in have})
-        shipped = dict(lossy)
-    return {"compression": lossy, "fidelity": fidelity, "shipped": shipped}
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""Golden outputs: inputs and the runtime's outputs saved at export, re-run by ``check --golden``.
+
+A regression test for CI that needs neither torch nor the source model: the
+artifact's own runtime, on the artifact's own inputs, must reproduce what it
+gave when the export passed its three-way check. Stored as ``golden.npz``
+(numpy arrays only, read with ``allow_pickle=False``); for causal LMs only the
+last position's logits, which is what generation reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffsplit.errors import CheckFailed, UsageError
+
+GOLDEN_FILE = "golden.npz"
+GOLDEN_TEXTS = 4
+_MAX_GOLDEN_BYTES = 256 << 20
+
+
+def _kept(output: np.ndarray, decoder: bool) -> np.ndarray:
+    return output[:, -1] if decoder else output
+
+
+def write_golden(path: Path, runner: Any, batch: dict[str, np.ndarray], task: Any) -> None:
+    """Run ``batch`` (a tokenised batch) through ``runner`` and save its feed and the task's output."""
+    feed = runner.feed_from(batch)
+    out = runner.infer(feed)[task.output]
+    arrays = {f"in.{k}": np.asarray(v) for k, v in feed.items()}
+    arrays[f"out.{task.output}"] = _kept(np.asarray(out), task.decoder)
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_golden(path: Path) -> tuple[dict[str, np.ndarray], str, np.ndarray]:
+    """(feed, output name, expected output); UsageError when the file is missing or not ffsplit's."""
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist: the artifact predates golden outputs; re-run ffsplit export")
+    if path.stat().st_size > _MAX_GOLDEN_BYTES:
+        raise UsageError(f"{path} is larger than any golden file ffsplit writes")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # numpy raises several types for a damaged archive
+        raise UsageError(f"{path} is damaged ({type(exc).__name__}): re-run ffsplit export") from None
+    outs = [k for k in arrays if k.startswith("out.")]
+    if len(outs) != 1 or not any(k.startswith("in.") for k in arrays):
+        raise UsageError(f"{path} is not an ffsplit golden file: re-run ffsplit export")
+    feed = {k[3:]: v for k, v in arrays.items() if k.startswith("in.")}
+    return feed, outs[0][4:], arrays[outs[0]]
+
+
+def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[str, Any]:
+    """Re-run the golden inputs on the artifact's target; CheckFailed when an output moved beyond
+    ``tolerance`` (default: the artifact's fidelity ``max_abs``). Returns the JSON-ready result."""
+    from ffsplit.artifact import MODEL_FILE, open_artifact
+    from ffsplit.plan import require_supported
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.tasks import TASKS
+
+    art = open_artifact(folder)
+    require_supported(art.target)
+    task = TASKS[art.manifest["task"]]
+    feed, name, want = read_golden(art.folder / GOLDEN_FILE)
+    tol = tolerance if tolerance is not None else float(art.manifest["checks"]["limits"]["fidelity"].get("max_abs", 1e-4))
+    with make_runner(art.folder / MODEL_FILE, art.target) as runner:
+        got = _kept(np.asarray(runner.infer(feed)[name]), task.decoder)
+    if got.shape != want.shape:
+        raise CheckFailed(f"golden {name}: shape {got.shape}, expected {want.shape}")
+    max_abs = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+    result = {"passed": max_abs <= tol, "output": name, "max_abs": max_abs, "tolerance": tol,
+              "rows": int(want.shape[0]), "target": art.target.name}
+    return result
