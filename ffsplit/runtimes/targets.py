@@ -335,6 +335,43 @@ def list_targets() -> list[Target]:
     return [load_target(p.stem) for p in sorted(_builtin_dir().glob("*.toml"), key=lambda p: p.stem)]
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"target file '{path}' is not valid TOML ({exc}): fix the file") from None
+    except OSError as exc:
+        raise UsageError(f"target file '{path}' cannot be read ({exc.strerror})") from None
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: tables merge key by key, every other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _extended(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A target file with ``extends = "<shipped target>"``: that target's every table, with this file's on top."""
+    base = data["extends"]
+    names = sorted(p.stem for p in _builtin_dir().glob("*.toml"))
+    if not isinstance(base, str) or base not in names:
+        raise UsageError(f"target file '{path}': extends = {str(base)[:40]!r} is not a shipped target: use one of "
+                         f"{', '.join(names)}")
+    rest = {k: v for k, v in data.items() if k != "extends"}
+    return _merged(_read_toml(_builtin_dir() / f"{base}.toml"), rest)
+
+
+def _lossy_at_runtime(data: dict[str, Any]) -> bool:
+    """Whether the runtime rounds what split torch computes in fp32 (so fidelity cannot be fp32-tight)."""
+    return (
+        data.get("int8_compute", "weight-only") in ("dynamic", "qdq", "nncf")
+        or data.get("heavy_precision") in ("fp16", "bf16") or data.get("light_precision") in ("fp16", "bf16")
+        or data.get("other_matmuls", "fp32") == "int8"
+    )
+
+
 def load_target(spec: str) -> Target:
     """A shipped target by name, or a TOML file by path."""
     if spec.endswith(".toml") or "/" in spec:
@@ -353,13 +390,16 @@ def load_target(spec: str) -> Target:
             names = ", ".join(sorted(p.stem for p in _builtin_dir().glob("*.toml")))
             raise UsageError(f"unknown target '{spec}': use one of {names}, or a path to a target .toml")
         name = spec
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"target file '{path}' is not valid TOML ({exc}): fix the file") from None
-    except OSError as exc:
-        raise UsageError(f"target file '{path}' cannot be read ({exc.strerror})") from None
+    data = _read_toml(path)
+    if "extends" in data:
+        data = _extended(data, path)
     errors = _validate(data)
+    if not errors and "fidelity" not in data.get("parity", {}) and _lossy_at_runtime(data):
+        errors.append(
+            "the runtime computes in lower precision than split torch (int8 compute, fp16 / bf16 or int8 other "
+            "multiplies), so it needs its own tolerances: add [parity.fidelity] (e.g. max_abs = 1.0, cosine_min = "
+            "0.99), or extends = a shipped target that has them"
+        )
     if errors:
         # values and keys come from the file: keep the message on one line
         raise UsageError(f"target file '{path}' is invalid: " + "; ".join(errors).replace("\r", "\\r").replace("\n", "\\n"))

@@ -124,3 +124,46 @@ def test_new_keys_are_checked(tmp_path: Path) -> None:
     t = load_target("openvino-int8")
     assert (t.int8_compute, t.int8_weight_range, t.other_matmuls, t.fusions) == ("nncf", "reduced", "int8", "none")
     assert load_target("cpu-int8-full").fusions == "ort" and load_target("cpu").fusions == "none"
+
+
+def test_extends_inherits_every_table_and_lays_the_file_on_top(tmp_path: Path) -> None:
+    from ffsplit.parity.limits import limits_for
+
+    f = tmp_path / "mine.toml"
+    f.write_text('extends = "cpu-int8"\n[parity.compression]\ncosine_min = 0.5\n[shapes]\nsequence = [1, 64, 256]\n')
+    mine, base = load_target(str(f)), load_target("cpu-int8")
+    assert mine.name == "mine" and mine.int8_compute == base.int8_compute == "dynamic" and mine.fusions == "ort"
+    assert mine.parity["fidelity"] == base.parity["fidelity"] and mine.session_config == base.session_config
+    assert mine.parity["compression"] == {**base.parity["compression"], "cosine_min": 0.5}
+    assert mine.shapes["sequence"] == [1, 64, 256]
+    assert limits_for(mine, "feature-extraction", exact=False)["compression"]["cosine_mean"] == 0.95
+
+
+@pytest.mark.parametrize("base", ["tpu", "../cpu", "/etc/passwd", 3])
+def test_extends_takes_only_a_shipped_target(base: object, tmp_path: Path) -> None:
+    f = tmp_path / "mine.toml"
+    f.write_text(f"extends = {base!r}\n".replace("'", '"'))
+    with pytest.raises(UsageError, match="is not a shipped target: use one of cpu"):
+        load_target(str(f))
+
+
+def test_a_lossy_target_without_fidelity_tolerances_is_refused_up_front(tmp_path: Path) -> None:
+    f = tmp_path / "fast.toml"
+    f.write_text('runtime = "onnxruntime"\nproviders = ["CPUExecutionProvider"]\nheavy_precision = "fp32"\n'
+                 'light_precision = "int8"\nint8_compute = "dynamic"\n')
+    with pytest.raises(UsageError, match=r"needs its own tolerances: add \[parity.fidelity\]"):
+        load_target(str(f))
+    f.write_text(f.read_text() + "[parity.fidelity]\nmax_abs = 1.0\ncosine_min = 0.99\n")
+    assert load_target(str(f)).parity["fidelity"] == {"max_abs": 1.0, "cosine_min": 0.99}
+
+
+def test_a_partial_compression_table_keeps_the_other_defaults(tmp_path: Path) -> None:
+    from ffsplit.parity.limits import DEFAULT_LIMITS, limits_for
+
+    f = tmp_path / "p.toml"
+    f.write_text('runtime = "onnxruntime"\nproviders = ["CPUExecutionProvider"]\nheavy_precision = "fp32"\nlight_precision = "fp32"\n'
+                 "[parity.compression]\ncosine_min = 0.7\n")
+    lims = limits_for(load_target(str(f)), "causal-lm", exact=False)["compression"]
+    assert lims["top1_agreement"] == DEFAULT_LIMITS["compression"]["top1_agreement"] == 0.85
+    assert "cosine_min" not in lims  # causal-lm measures no cosine
+    assert limits_for(load_target(str(f)), "feature-extraction", exact=False)["compression"]["cosine_min"] == 0.7
