@@ -27,8 +27,10 @@ from ffsplit.artifact import (
     check_external_data,
     list_files,
     load_source,
+    not_deployed,
     open_artifact,
     rebuild,
+    require_unpacked,
     staged_output,
     write_manifest,
 )
@@ -38,7 +40,8 @@ from ffsplit.plan import require_supported
 from ffsplit.runtimes.targets import Target, list_targets
 
 __all__ = [
-    "ExportResult", "LoadedArtifact", "bench", "check", "debug", "export", "inspect_artifact", "open_artifact", "targets",
+    "ExportResult", "LoadedArtifact", "bench", "check", "debug", "export", "inspect_artifact", "open_artifact", "pack",
+    "targets",
 ]
 
 
@@ -115,6 +118,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     from ffsplit.inference import sentence_files
     from ffsplit.parity.golden import GOLDEN_FILE, GOLDEN_TEXTS, write_golden
     from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.openvino import nncf_ir
     from ffsplit.runtimes.shapes import clamp_shapes
     from ffsplit.split.calibration import encode_batches, evaluation_texts
     from ffsplit.stages import capture, prepare, split, verify
@@ -153,7 +157,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             continue
         if plan.nncf:
             with stages.stage("quantize (NNCF)", log):
-                capture.nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length)
+                nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length)
         with stages.stage("build", log):
             runner = make_runner(stage / MODEL_FILE, plan.target, runtime_dir=runtime_dir).activate(just_written=True)
             manifest["separation"] = verify.guard(runner, done.plans, raising=False)
@@ -165,7 +169,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             report = verify.parity(
                 loaded.model, done.model, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
                 eval_size=plan.options.eval_size, max_length=plan.options.max_length,
-                max_positions=source["max_positions"],
+                max_positions=source["max_positions"], progress=progress,
             )
             # what `check --golden` re-runs later, without torch or the source model
             texts = [t.text for t in evaluation_texts(GOLDEN_TEXTS)]
@@ -194,9 +198,9 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
 
 def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], done: Any) -> dict[str, Any]:
     """The manifest of one export before its graph exists (exporter, separation and parity come later)."""
+    from ffsplit.artifact import versions
     from ffsplit.split.calibration import corpus_digest, evaluation_texts
     from ffsplit.split.modules import count_params
-    from ffsplit.stages.prepare import versions
 
     o, budget = plan.options, done.budget is not None
     eval_texts = [t.text for t in evaluation_texts(o.eval_size)]
@@ -241,7 +245,7 @@ def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], prof
 
 def check(
     folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None,
-    limits: dict[str, float] | None = None, log: Any = None,
+    limits: dict[str, float] | None = None, log: Any = None, progress: bool = False,
 ) -> Any:
     """Re-run the separation guard and the three-way parity of an artifact.
 
@@ -258,6 +262,7 @@ def check(
         bounds.require_int("--eval-size", eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS)
     check_overrides(dict(limits or {}))
     art = open_artifact(folder)
+    require_unpacked(art, "check")
     require_supported(art.target)
     m = art.manifest
     wanted = {k: v for k, v in (limits or {}).items() if v is not None}
@@ -276,7 +281,7 @@ def check(
             report = verify.parity(
                 loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=applied,
                 eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
-                max_positions=m["source"].get("max_positions"),
+                max_positions=m["source"].get("max_positions"), progress=progress,
             )
     report.separation = separation
     return report
@@ -303,6 +308,7 @@ def debug(
     if tolerance is not None:
         bounds.require_float("--tolerance", tolerance, 0.0, 1e6, lo_open=True)
     art = open_artifact(folder)
+    require_unpacked(art, "debug")
     require_supported(art.target)
     m = art.manifest
     loaded, split = rebuild(art, source, log)
@@ -367,6 +373,25 @@ def bench(
                 times = time_interleaved({"original": orig, "ffsplit": split}, feed, warmup=warmup, runs=runs, min_seconds=min_seconds)
                 rows.extend(summarise(times, batch=b, sequence=s, reference="original"))
     return rows
+
+
+def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """A slim copy of a verified artifact holding only what its target runs, with the tokenizer, config,
+    sentence-transformers files and golden outputs; its manifest lists what was left out. ``ffsplit.load``,
+    ``check --golden``, ``bench``, ``triton`` and ``serve`` work on it; the three-way ``check`` needs the full one."""
+    art = open_artifact(folder)
+    require_unpacked(art, "pack")
+    present, _ = list_files(art.folder)
+    keep = sorted(rel for rel in art.manifest["files"] if not not_deployed(rel))
+    dropped = sorted(rel for rel in art.manifest["files"] if not_deployed(rel))
+    with staged_output(out, force=force, protected={"artifact": art.folder}) as stage:
+        for rel in keep:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(present[rel], stage / rel, follow_symlinks=False)
+        manifest = {k: v for k, v in art.manifest.items() if k != "files"}
+        manifest["packed"] = {"dropped": dropped}
+        written = write_manifest(stage, manifest)
+    return written
 
 
 def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, Any]:

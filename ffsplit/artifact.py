@@ -516,7 +516,7 @@ def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_rem
             )
         spec = src["spec"]
     loaded = load_model(spec, task=art.manifest["task"], trust_remote_code=trust_remote_code)
-    from ffsplit.stages.prepare import source_record
+    from ffsplit.loading import source_record
 
     if source_record(loaded)["sha256"] != src["sha256"]:
         raise UsageError(
@@ -558,3 +558,42 @@ def split_state(path: Path) -> dict[str, Any]:
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"{path} is damaged ({type(exc).__name__}: {first}): re-run ffsplit export") from None
+
+
+def versions() -> dict[str, str]:
+    """The versions an artifact records (and the bench baseline cache is keyed on)."""
+    import platform
+
+    import onnx
+    import onnx_ir
+    import onnxruntime
+    import torch
+    import transformers
+
+    from ffsplit import __version__
+
+    return {
+        "ffsplit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnx_ir": onnx_ir.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def not_deployed(rel: str) -> bool:
+    """Files of an artifact a deployment does not run: the split torch weights (``check`` rebuilds the
+    split model from them) and the graphs and layer lists the guard read (the runtime rebuilds those)."""
+    return rel == SPLIT_WEIGHTS or (
+        rel.startswith(f"{RUNTIME_DIR}/") and rel.rsplit("/", 1)[-1] in ("optimized.onnx", "layers.json")
+    )
+
+
+def require_unpacked(art: LoadedArtifact, verb: str) -> None:
+    if art.manifest.get("packed"):
+        raise UsageError(
+            f"{art.folder} is a packed folder (no {SPLIT_WEIGHTS}): `{verb}` needs the full artifact; "
+            "run `ffsplit check DIR --golden` here, or point at the folder `ffsplit export` wrote"
+        )

@@ -177,6 +177,11 @@ def _add_artifact_verbs(sub: Any) -> None:
     i.add_argument("dir")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
+    pk = sub.add_parser("pack", help="copy an output folder with only what its target runs (for deployment)")
+    pk.add_argument("dir")
+    pk.add_argument("--out", required=True, help="the slim folder to write (must not exist unless --force)")
+    pk.add_argument("--force", action="store_true", help="replace --out if it is an ffsplit output")
+
     tr = sub.add_parser("triton", help="write a Triton model repository for an output folder")
     tr.add_argument("dir")
     tr.add_argument("--repo", required=True, help="the model repository folder (created or added to)")
@@ -289,7 +294,8 @@ def _cmd_check(a: argparse.Namespace) -> int:
     from ffsplit import api
     from ffsplit.parity.check import format_table
 
-    report = api.check(a.dir, eval_size=a.eval_size, source=a.source, limits=_limits(a.limit), log=_log)
+    report = api.check(a.dir, eval_size=a.eval_size, source=a.source, limits=_limits(a.limit), log=_log,
+                       progress=sys.stderr.isatty())
     sep = report.separation or {}
     print(f"branch separation in the runtime's optimised graph: {'pass' if sep.get('passed') else 'FAIL'}")
     print(format_table(report))
@@ -373,8 +379,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
         manifest = api.inspect_artifact(a.dir, graphs=False)
         command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
-        from ffsplit.artifact import write_text_atomic
-        from ffsplit.stages.prepare import versions
+        from ffsplit.artifact import versions, write_text_atomic
 
         write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command))
         print(f"wrote {a.report}")
@@ -383,6 +388,19 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         print(f"ffsplit: check failed: speedup {worst.speedup:.2f}x at batch {worst.batch} x sequence {worst.sequence} "
               f"is below --min-speedup {a.min_speedup:g} ({len(slow)} of the shapes)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_pack(a: argparse.Namespace) -> int:
+    from ffsplit import api
+
+    m = api.pack(a.dir, a.out, force=a.force)
+    out = Path(a.out).resolve()
+    size = sum((out / rel).stat().st_size for rel in m["files"]) / 1e6
+    before = sum(p.stat().st_size for p in Path(a.dir).rglob("*") if p.is_file() and not p.is_symlink()) / 1e6
+    print(f"left out (not run by target {m['target']['name']}): {', '.join(m['packed']['dropped']) or 'nothing'}")
+    print(f"{len(m['files'])} files, {size:,.1f} MB (the full folder: {before:,.1f} MB)")
+    print(f"wrote {out}")
     return 0
 
 
@@ -461,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     handlers = {
         "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,
-        "inspect": _cmd_inspect, "debug": _cmd_debug, "triton": _cmd_triton, "serve": _cmd_serve, "targets": _cmd_targets, "support": _cmd_support,
+        "inspect": _cmd_inspect, "debug": _cmd_debug, "pack": _cmd_pack, "triton": _cmd_triton, "serve": _cmd_serve, "targets": _cmd_targets, "support": _cmd_support,
     }
     try:
         _outputs_writable(args)

@@ -181,3 +181,18 @@ def usable_positions(model: Any, *, past: bool = False) -> int | None:
     if isinstance(window, int) and 0 < window < limit:
         limit = window
     return max(limit, 1)
+
+
+def source_record(loaded: Any) -> dict[str, Any]:
+    """What the manifest records of the source model: where, what, its hash and usable positions."""
+    from ffsplit.artifact import sha256_files
+
+    cfg = loaded.model.config
+    return {
+        "spec": loaded.spec,
+        "path": str(loaded.path),
+        "model_type": cfg.model_type,
+        "architecture": type(loaded.model).__name__,
+        "sha256": sha256_files(model_files(loaded.path), loaded.path),
+        "max_positions": usable_positions(loaded.model, past=loaded.task.past),
+    }

@@ -18,7 +18,7 @@ from typing import Any
 # The newest manifest layout: 2 added `checks` (the limits `check` applies, decided at export).
 FORMAT = 2
 # Keys written after the model was saved; every other key is also embedded in model.onnx.
-POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "files"})
+POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "files", "packed"})
 
 Check = Callable[[Any, str, list[str]], None]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -203,8 +203,10 @@ SCHEMA = table(
         "parity": table({"passed": boolean}),
         "timings": mapping(number(0.0), max_len=100),
         "files": mapping(text(64, _HEX64), max_len=100_000),
+        # a slim copy made by `ffsplit pack`: what it left out (the torch side of `check`, the guard's graphs)
+        "packed": table({"dropped": items(text(1000), max_len=100_000)}),
     },
-    optional_keys=frozenset({"timings", "exporter"}),
+    optional_keys=frozenset({"timings", "exporter", "packed"}),
 )
 
 

@@ -83,3 +83,31 @@ def test_bad_manifest(tmp_path: Path, content: str | None) -> None:
         (tmp_path / "manifest.json").write_text(content)
     with pytest.raises(UsageError):
         read_manifest(tmp_path)
+
+
+def test_pack_keeps_what_the_target_runs(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    """A slim folder: no split weights, no guard graphs; it loads, encodes and passes --golden like the full one."""
+    import numpy as np
+    from conftest import run_cli
+
+    import ffsplit
+
+    out = tmp_path / "slim"
+    r = run_cli("pack", str(tiny_none_artifact), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = read_manifest(out)
+    assert m["packed"]["dropped"] == ["runtime/cpu/optimized.onnx", "split.safetensors"]
+    assert not (out / "split.safetensors").exists() and (out / "golden.npz").is_file()
+    assert sorted(m["files"]) == sorted(set(read_manifest(tiny_none_artifact)["files"]) - set(m["packed"]["dropped"]))
+    with ffsplit.load(out) as slim, ffsplit.load(tiny_none_artifact) as full:
+        texts = ["a cat", "the weather is nice today"]
+        np.testing.assert_array_equal(slim.encode(texts), full.encode(texts))
+    assert run_cli("check", str(out), "--golden").returncode == 0
+    r = run_cli("check", str(out))
+    assert r.returncode == 2 and "is a packed folder (no split.safetensors)" in r.stderr
+    # --force replaces a packed output (it is ffsplit's), never the artifact it came from
+    assert run_cli("pack", str(tiny_none_artifact), "--out", str(out), "--force").returncode == 0
+    r = run_cli("pack", str(out), "--out", str(tmp_path / "again"))
+    assert r.returncode == 2 and "needs the full artifact" in r.stderr
+    r = run_cli("pack", str(tiny_none_artifact), "--out", str(tiny_none_artifact), "--force")
+    assert r.returncode == 2 and read_manifest(tiny_none_artifact).get("packed") is None

@@ -158,6 +158,9 @@ def test_interrupted_export_keeps_the_previous_folder(sig: int, tiny_none_artifa
         [sys.executable, "-m", "ffsplit", "export", str(tiny_bert_dir), "--out", str(out), "--force", "--light", "none",
          "--calib-size", "8", "--eval-size", "16", "--max-length", "16"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # a shell that starts the suite in the background makes it ignore SIGINT, and Python keeps an inherited
+        # ignore; a user's terminal does not, so the export gets the default disposition, as it would there
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # wait until it is working (its staging folder exists), then interrupt
     deadline = time.time() + 120

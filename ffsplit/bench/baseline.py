@@ -18,11 +18,11 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     For an NNCF target the original also gets NNCF's static int8 (nothing ignored, calibrated on as
     many bundled calibration texts as the export used): the strongest recipe on that runtime.
     """
+    from ffsplit.artifact import versions
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
+    from ffsplit.runtimes.openvino import nncf_ir
     from ffsplit.split.calibration import calibration_texts
-    from ffsplit.stages.capture import nncf_ir
-    from ffsplit.stages.prepare import versions
 
     v = versions()
     # the graph gets the same target-independent passes as the split one (cleanup, NaN guards, fusions)

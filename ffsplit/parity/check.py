@@ -74,6 +74,7 @@ def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> l
 def compare_three(
     original: torch.nn.Module, split: torch.nn.Module, runner, tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
     *, batch_size: int, max_length: int, max_positions: int | None = None, generate_tokens: int = 32,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Run the three models batch by batch and return each comparison's metrics.
 
@@ -87,7 +88,9 @@ def compare_three(
     batches += edge_batches(tokenizer, texts, max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
-    for batch in batches:
+    from tqdm.auto import tqdm
+
+    for batch in tqdm(batches, desc="checking parity", unit="batch", disable=not progress, leave=False):
         np_batch = {k: v.numpy() for k, v in batch.items()}
         outs = {
             "original": torch_output(original, batch, task, graph_inputs),
@@ -159,18 +162,22 @@ def evaluate(
 
 
 def format_table(report: ParityReport) -> str:
+    """Each comparison's metrics, and under them the limit each was held to (``>=`` a floor, ``<=`` a ceiling)."""
     metrics = list(TASK_METRICS[report.task])
     width = max(14, *(len(m) + 1 for m in metrics))
     head = f"{'comparison':<13} {'what':<30} " + " ".join(f"{m:>{width}}" for m in metrics) + "  result"
     lines = [head, "-" * len(head)]
+
+    def number(m: str, v: float) -> str:
+        return f"{v:.2e}" if m in ("max_abs", "mean_abs") else f"{v:.4f}"
+
     for name, comp in report.comparisons.items():
-        cells = []
-        for m in metrics:
-            v = comp["metrics"][m]
-            cell = f"{v:.2e}" if m in ("max_abs", "mean_abs") else f"{v:.4f}"
-            if m in comp["limits"]:
-                cell += "*"
-            cells.append(f"{cell:>{width}}")
+        cells = [f"{number(m, comp['metrics'][m]):>{width}}" for m in metrics]
         lines.append(f"{name:<13} {comp['what']:<30} " + " ".join(cells) + ("  pass" if comp["passed"] else "  FAIL"))
-    lines.append(f"(* checked against a limit; {report.texts} evaluation texts, padded batches)")
+        limits = [
+            f"{('<= ' if m in UPPER_BOUNDED else '>= ') + number(m, comp['limits'][m]):>{width}}" if m in comp["limits"]
+            else " " * width for m in metrics
+        ]
+        lines.append((f"{'':<13} {'  limits':<30} " + " ".join(limits)).rstrip())
+    lines.append(f"({report.texts} evaluation texts in padded batches, plus sequence-1 and longest-length batches)")
     return "\n".join(lines)

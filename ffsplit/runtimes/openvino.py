@@ -158,3 +158,12 @@ class OpenVinoRunner(Runner):
 
     def _layer_records(self) -> list[Any]:
         return records_from_layers(runtime_layers(self.compiled))
+
+
+def nncf_ir(onnx_path: Path, target: Any, tokenizer: Any, texts: list[str], max_length: int) -> Path:
+    """The target's OpenVINO IR for ``onnx_path``: NNCF static int8 calibrated on ``texts``."""
+    from ffsplit.runtimes.base import onnx_inputs
+    from ffsplit.split.calibration import calibration_feeds
+
+    feeds = calibration_feeds(tokenizer, texts, max_length=max_length, names=set(onnx_inputs(onnx_path)))
+    return quantize_ir(onnx_path, target, feeds)

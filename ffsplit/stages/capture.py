@@ -68,13 +68,3 @@ def save(model: Any, passes: list[Any], manifest: dict[str, Any], path: Path) ->
     EmbedManifestPass(manifest=manifest)(model)
     save_model(model, path)
     return model.opset_imports.get("", None)
-
-
-def nncf_ir(onnx_path: Path, target: Any, tokenizer: Any, texts: list[str], max_length: int) -> Path:
-    """The target's OpenVINO IR for ``onnx_path``: NNCF static int8 calibrated on ``texts``."""
-    from ffsplit.runtimes.base import onnx_inputs
-    from ffsplit.runtimes.openvino import quantize_ir
-    from ffsplit.split.calibration import calibration_feeds
-
-    feeds = calibration_feeds(tokenizer, texts, max_length=max_length, names=set(onnx_inputs(onnx_path)))
-    return quantize_ir(onnx_path, target, feeds)

@@ -2,48 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from typing import Any
 
-from ffsplit import __version__
 from ffsplit.errors import UsageError
+from ffsplit.loading import source_record
 from ffsplit.plan import ExportPlan
-
-
-def versions() -> dict[str, str]:
-    """The versions an artifact records (and the bench baseline cache is keyed on)."""
-    import onnx
-    import onnx_ir
-    import onnxruntime
-    import torch
-    import transformers
-
-    return {
-        "ffsplit": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnx_ir": onnx_ir.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-
-
-def source_record(loaded: Any) -> dict[str, Any]:
-    """What the manifest records of the source model: where, what, its hash and usable positions."""
-    from ffsplit.artifact import sha256_files
-    from ffsplit.loading import model_files, usable_positions
-
-    cfg = loaded.model.config
-    return {
-        "spec": loaded.spec,
-        "path": str(loaded.path),
-        "model_type": cfg.model_type,
-        "architecture": type(loaded.model).__name__,
-        "sha256": sha256_files(model_files(loaded.path), loaded.path),
-        "max_positions": usable_positions(loaded.model, past=loaded.task.past),
-    }
 
 
 @dataclass
