@@ -120,7 +120,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.openvino import nncf_ir
     from ffsplit.runtimes.shapes import clamp_shapes
-    from ffsplit.split.calibration import encode_batches, evaluation_texts
+    from ffsplit.split.calibration import encode_batches
     from ffsplit.stages import capture, prepare, split, verify
 
     stages = Stages()
@@ -168,12 +168,12 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
         with stages.stage("check", log):
             report = verify.parity(
                 loaded.model, done.model, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
-                eval_size=plan.options.eval_size, max_length=plan.options.max_length,
+                texts=plan.eval_texts, max_length=plan.options.max_length,
                 max_positions=source["max_positions"], progress=progress,
             )
             # what `check --golden` re-runs later, without torch or the source model
-            texts = [t.text for t in evaluation_texts(GOLDEN_TEXTS)]
-            batch = next(encode_batches(loaded.tokenizer, texts, batch_size=GOLDEN_TEXTS, max_length=plan.options.max_length))
+            batch = next(encode_batches(loaded.tokenizer, plan.eval_texts[:GOLDEN_TEXTS], batch_size=GOLDEN_TEXTS,
+                                        max_length=plan.options.max_length))
             write_golden(stage / GOLDEN_FILE, runner, {k: v.numpy() for k, v in batch.items()}, loaded.task)
             runner.deactivate()
         manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
@@ -199,11 +199,11 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
 def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], done: Any) -> dict[str, Any]:
     """The manifest of one export before its graph exists (exporter, separation and parity come later)."""
     from ffsplit.artifact import versions
-    from ffsplit.split.calibration import corpus_digest, evaluation_texts
+    from ffsplit.split.calibration import corpus_digest
     from ffsplit.split.modules import count_params
 
     o, budget = plan.options, done.budget is not None
-    eval_texts = [t.text for t in evaluation_texts(o.eval_size)]
+    eval_texts = plan.eval_texts
     return {
         "format": FORMAT,
         "ffsplit_version": __version__,
@@ -231,7 +231,7 @@ def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], prof
             "sha256": corpus_digest(plan.texts),
         },
         "evaluation": {
-            "source": "bundled: Python standard library docstrings (disjoint from calibration)",
+            "source": str(o.eval) if o.eval else "bundled: Python standard library docstrings (disjoint from calibration)",
             "texts": len(eval_texts),
             "sha256": corpus_digest(eval_texts),
         },
@@ -245,13 +245,16 @@ def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], prof
 
 def check(
     folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None,
-    limits: dict[str, float] | None = None, log: Any = None, progress: bool = False,
+    limits: dict[str, float] | None = None, eval_file: str | Path | None = None, log: Any = None,
+    progress: bool = False,
 ) -> Any:
     """Re-run the separation guard and the three-way parity of an artifact.
 
     Returns the ParityReport with the guard's record in ``separation``; ``passed`` is false when either
     failed. ``limits`` (metric -> value, as ``--limit``) replace the export's limits on what compression
-    may cost (original vs split and vs runtime); fidelity is never relaxed.
+    may cost (original vs split and vs runtime); fidelity is never relaxed. ``eval_file`` checks on the
+    user's texts; without it, on what the export was checked on (its ``--eval`` file, which must be
+    unchanged, or the bundled set).
     """
     from ffsplit.parity.limits import TASK_METRICS
     from ffsplit.plan import check_overrides
@@ -270,6 +273,7 @@ def check(
     if missing:
         raise UsageError(f"--limit {', '.join(missing)}: {m['task']} does not measure it; use {', '.join(TASK_METRICS[m['task']])}")
     applied = {name: {**lims, **(wanted if name != "fidelity" else {})} for name, lims in m["checks"]["limits"].items()}
+    texts = _check_texts(m, eval_file, eval_size)
     loaded, split = rebuild(art, source, log)
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
         if log:
@@ -280,11 +284,27 @@ def check(
                 log("running parity ...")
             report = verify.parity(
                 loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=applied,
-                eval_size=eval_size or m["evaluation"]["texts"], max_length=m["calibration"]["max_length"],
+                texts=texts, max_length=m["calibration"]["max_length"],
                 max_positions=m["source"].get("max_positions"), progress=progress,
             )
     report.separation = separation
     return report
+
+
+def _check_texts(m: dict[str, Any], eval_file: str | Path | None, eval_size: int | None) -> list[str]:
+    """The evaluation texts of a check: ``eval_file``, else the export's own (its file must not have changed)."""
+    from ffsplit.split.calibration import corpus_digest, eval_texts
+
+    limit, max_length = eval_size or m["evaluation"]["texts"], m["calibration"]["max_length"]
+    recorded = m["evaluation"].get("source", "")
+    if eval_file is not None or recorded.startswith("bundled"):
+        return eval_texts(eval_file, limit=limit, max_length=max_length)
+    if not Path(recorded).is_file():
+        raise UsageError(f"the export was checked on '{recorded}', which is not there now: pass --eval FILE")
+    texts = eval_texts(recorded, limit=limit, max_length=max_length)
+    if eval_size is None and corpus_digest(texts) != m["evaluation"].get("sha256"):
+        raise UsageError(f"'{recorded}' changed since the export was checked on it: pass --eval FILE to check on it as it is")
+    return texts
 
 
 def debug(

@@ -69,7 +69,7 @@ def _outputs_writable(a: argparse.Namespace) -> None:
 
     for flag in ("json", "report"):
         value = getattr(a, flag, None)
-        if isinstance(value, str):
+        if isinstance(value, str) and value != "-":  # "-": inspect --json without a file prints
             check_output_file(value, f"--{flag}")
 
 
@@ -114,6 +114,8 @@ def _add_export(sub: Any) -> None:
         "ffn-params=FRACTION | flops=FRACTION | size-mb=MB (instead of --light / --heavy-ratio)",
     )
     e.add_argument("--calib", help="calibration text file, one text per line (default: bundled text)")
+    e.add_argument("--eval", help="evaluation text file for the parity check, one text per line, at least 11 "
+                   "(default: bundled text disjoint from calibration)")
     e.add_argument("--calib-size", type=int, default=256, help="calibration texts used (default 256)")
     e.add_argument("--eval-size", type=int, default=256, help="evaluation texts for the parity check (default 256)")
     e.add_argument("--max-length", type=int, default=128, help="token limit for calibration and evaluation (default 128)")
@@ -141,6 +143,7 @@ def _add_artifact_verbs(sub: Any) -> None:
     c = sub.add_parser("check", help="re-run the separation guard and three-way parity of an output folder")
     c.add_argument("dir")
     c.add_argument("--eval-size", type=int, help="evaluation texts (default: as at export)")
+    c.add_argument("--eval", help="check on this text file, one text per line (default: what the export used)")
     c.add_argument(
         "--limit", action="append", default=[], metavar="METRIC=VALUE",
         help="replace an export limit on what compression may cost, repeatable (as for export); fidelity stays",
@@ -175,7 +178,9 @@ def _add_artifact_verbs(sub: Any) -> None:
 
     i = sub.add_parser("inspect", help="print the per-layer table and per-branch ops / precision of an output folder")
     i.add_argument("dir")
-    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the manifest and the per-graph summary as JSON to FILE, as other verbs do "
+                   "(without FILE: print it)")
 
     pk = sub.add_parser("pack", help="copy an output folder with only what its target runs (for deployment)")
     pk.add_argument("dir")
@@ -280,7 +285,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 def _export(a: argparse.Namespace, api: Any) -> Any:
     return api.export(
-        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, budget=a.budget, calib=a.calib,
+        a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, budget=a.budget, calib=a.calib, eval=a.eval,
         calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
         min_retrieval=a.min_retrieval, limits=_limits(a.limit), force=a.force, trust_remote_code=a.trust_remote_code, task=a.task,
         exporter=a.exporter,
@@ -294,8 +299,8 @@ def _cmd_check(a: argparse.Namespace) -> int:
     from ffsplit import api
     from ffsplit.parity.check import format_table
 
-    report = api.check(a.dir, eval_size=a.eval_size, source=a.source, limits=_limits(a.limit), log=_log,
-                       progress=sys.stderr.isatty())
+    report = api.check(a.dir, eval_size=a.eval_size, source=a.source, limits=_limits(a.limit), eval_file=a.eval,
+                       log=_log, progress=sys.stderr.isatty())
     sep = report.separation or {}
     print(f"branch separation in the runtime's optimised graph: {'pass' if sep.get('passed') else 'FAIL'}")
     print(format_table(report))
@@ -312,8 +317,8 @@ def _check_golden(a: argparse.Namespace) -> int:
     from ffsplit import bounds
     from ffsplit.parity.golden import check_golden
 
-    if a.limit or a.per_layer or a.source or a.eval_size:
-        raise UsageError("--golden runs only the saved inputs: drop --limit, --per-layer, --source and --eval-size")
+    if a.limit or a.per_layer or a.source or a.eval_size or a.eval:
+        raise UsageError("--golden runs only the saved inputs: drop --limit, --per-layer, --source, --eval and --eval-size")
     if a.tolerance is not None:
         bounds.require_float("--tolerance", a.tolerance, 0.0, 1e6)
     result = check_golden(a.dir, tolerance=a.tolerance)
@@ -408,9 +413,11 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     from ffsplit import api
 
     m = api.inspect_artifact(a.dir)
-    if a.json:
+    if a.json == "-":
         print(json.dumps(m, indent=2))
         return 0
+    if a.json:
+        _write_json(a.json, m)
     src = m["source"]
     print(f"source: {src['spec']} ({src['architecture']}, {src['model_type']})  task: {m['task']}  target: {m['target']['name']}")
     print(f"recipe: heavy ratio {m['recipe']['heavy_ratio']}, light {m['recipe']['light']['recipe']}, "

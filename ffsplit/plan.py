@@ -39,6 +39,7 @@ class ExportOptions:
     heavy: str | None = None
     budget: str | None = None
     calib: str | None = None
+    eval: str | None = None  # evaluation text file (one text per line); the bundled set when None
     calib_size: int = 256
     eval_size: int = 256
     max_length: int = 128
@@ -70,6 +71,7 @@ class ExportPlan:
     overrides: dict[str, float | None]
     exporters: tuple[str, ...]
     texts: list[str]  # calibration texts
+    eval_texts: list[str]  # what parity is checked on
     source_dir: Path
     task: Any  # TaskSpec
     limits: dict[str, dict[str, float]]
@@ -118,13 +120,9 @@ def check_overrides(overrides: dict[str, float | None]) -> None:
 
 
 def _check_numbers(o: ExportOptions) -> None:
-    from ffsplit.split.calibration import evaluation_texts
-
     bounds.require_int("--calib-size", o.calib_size, 1, bounds.MAX_TEXTS)
     bounds.require_int("--eval-size", o.eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS, "(retrieval@10 needs 11)")
     bounds.require_int("--max-length", o.max_length, 2, bounds.MAX_LENGTH)
-    if len(evaluation_texts(o.eval_size)) < bounds.MIN_EVAL_TEXTS:
-        raise UsageError("fewer than 11 bundled evaluation texts were found on this machine (retrieval@10 needs 11)")
 
 
 def resolve(o: ExportOptions) -> ExportPlan:
@@ -135,7 +133,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
     from ffsplit.parity.limits import limits_for
     from ffsplit.split.apply import heavy_count
     from ffsplit.split.budget import parse_budget
-    from ffsplit.split.calibration import calibration_texts
+    from ffsplit.split.calibration import calibration_texts, eval_texts
     from ffsplit.split.compress import INT8_QMAX, parse_heavy, parse_light
     from ffsplit.tasks import get_task
 
@@ -175,6 +173,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
         raise UsageError(f"unknown exporter '{o.exporter}': use auto, {' or '.join(EXPORTERS)}")
     _check_numbers(o)
     texts = calibration_texts(o.calib, limit=o.calib_size, max_length=o.max_length)
+    evaluation = eval_texts(o.eval, limit=o.eval_size, max_length=o.max_length)
     source_dir = resolve_model(o.model)
     spec = get_task(o.task, read_config(source_dir))  # an unknown task fails before any work
     # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
@@ -188,6 +187,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
         # runtimes that round activations to int8 get the light input projections smoothed
         smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
         int8_qmax=INT8_QMAX[tgt.int8_weight_range], overrides=overrides, exporters=exporters, texts=texts,
+        eval_texts=evaluation,
         source_dir=source_dir, task=spec, limits=limits_for(tgt, spec.name, exact=exact, overrides=overrides),
         out=resolve_out(o.out), given_out=o.out,
     )

@@ -159,6 +159,9 @@ def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path)
     assert "    0 light  fp32       MatMul x4" in r.stdout
     r = run_cli("inspect", str(tiny_lowrank_artifact), "--json")
     info = json.loads(r.stdout)
+    r = run_cli("inspect", str(tiny_lowrank_artifact), "--json", str(tmp_path / "inspect.json"))
+    assert r.returncode == 0 and json.loads((tmp_path / "inspect.json").read_text()) == info
+    assert "graph model.onnx:" in r.stdout  # the table still prints
     assert info["layers"][0]["light_recipe"] == "lowrank:8"
     assert info["graphs"]["model.onnx"]["1"]["light"]["precisions"] == ["fp32"]
     assert info["graphs"]["model.onnx"]["1"]["light"]["ops"]["MatMul"] == 4
@@ -244,3 +247,31 @@ def test_check_and_bench_a_kv_cache_artifact(family_root: Path, tmp_path: Path, 
     r = run_main(capsys, "bench", str(out), "--batch", "1", "--seq", "16", "--runs", "2", "--warmup", "0",
                  "--min-seconds", "0")
     assert r.returncode == 0, r.stderr
+
+
+def test_export_and_check_on_the_users_evaluation_text(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """--eval FILE: parity on the user's domain, recorded in the manifest, reused by check while unchanged."""
+    texts = tmp_path / "domain.txt"
+    texts.write_text("\n".join(f"invoice {i} for order {i * 7} was paid late" for i in range(20)) + "\n")
+    out = tmp_path / "out"
+    r = run_cli("export", str(tiny_bert_dir), "--out", str(out), "--light", "none", "--eval", str(texts),
+                "--calib-size", "16", "--max-length", "32")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["evaluation"]["source"] == str(texts) and m["evaluation"]["texts"] == 20
+    assert m["parity"]["texts"] == 20
+    r = run_cli("check", str(out), "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["texts"] == 20
+    texts.write_text(texts.read_text() + "a line past the 20 checked changes nothing\n")
+    assert run_cli("check", str(out)).returncode == 0
+    texts.write_text(texts.read_text().replace("invoice 3 ", "receipt 3 "))
+    r = run_cli("check", str(out))
+    assert r.returncode == 2 and "changed since the export was checked on it: pass --eval FILE" in r.stderr
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(f"line {i}" for i in range(12)))
+    r = run_cli("check", str(out), "--eval", str(other), "--json", str(tmp_path / "c2.json"))
+    assert r.returncode == 0 and json.loads((tmp_path / "c2.json").read_text())["texts"] == 12
+    other.write_text("only\nfive\nlines\nin\nhere\n")
+    r = run_cli("export", str(tiny_bert_dir), "--out", str(tmp_path / "o2"), "--eval", str(other))
+    assert r.returncode == 2 and "has 5 texts: give at least 11" in r.stderr and not (tmp_path / "o2").exists()

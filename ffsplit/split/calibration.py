@@ -119,20 +119,25 @@ def _interleave(texts: list[Text]) -> list[Text]:
 
 
 def calibration_texts(calib_file: str | Path | None = None, *, limit: int = 512, max_length: int = 128) -> list[str]:
-    """Calibration text: the bundled set, or one text per non-empty line of ``calib_file``.
-
-    A file is read line by line and stops after ``limit`` texts; each line is
-    cut to what ``max_length`` tokens can hold before it reaches a tokenizer,
-    so one huge line costs its length in reading, not gigabytes in tokenizing.
-    """
+    """Calibration text: the bundled set, or one text per non-empty line of ``calib_file``."""
     if calib_file is None:
         texts = [t.text for t in bundled_corpus()[0][:limit]]
         if not texts:
             raise UsageError("no bundled calibration text was found on this machine: pass --calib FILE")
         return texts
-    path = Path(calib_file)
+    return text_lines(calib_file, limit=limit, max_length=max_length, what="calibration")
+
+
+def text_lines(file: str | Path, *, limit: int, max_length: int, what: str) -> list[str]:
+    """One text per non-empty line of a user's ``what`` (calibration, evaluation) file.
+
+    A file is read line by line and stops after ``limit`` texts; each line is
+    cut to what ``max_length`` tokens can hold before it reaches a tokenizer,
+    so one huge line costs its length in reading, not gigabytes in tokenizing.
+    """
+    path = Path(file)
     if not path.is_file():
-        raise UsageError(f"calibration file '{calib_file}' not found: pass a text file with one text per line")
+        raise UsageError(f"{what} file '{file}' not found: pass a text file with one text per line")
     cap = max(4096, 32 * max_length)  # bytes: far more than max_length tokens of any language
     texts: list[str] = []
     offset = 0
@@ -140,14 +145,12 @@ def calibration_texts(calib_file: str | Path | None = None, *, limit: int = 512,
         with open(path, "rb") as f:
             for raw in _capped_lines(f, cap):
                 if b"\x00" in raw:
-                    raise UsageError(
-                        f"calibration file '{calib_file}' is binary: pass a UTF-8 text file, one text per line"
-                    )
+                    raise UsageError(f"{what} file '{file}' is binary: pass a UTF-8 text file, one text per line")
                 try:
                     line = raw.decode("utf-8", errors="strict" if len(raw) < cap else "ignore").strip()
                 except UnicodeDecodeError as exc:
                     raise UsageError(
-                        f"calibration file '{calib_file}' is not UTF-8 (byte {offset + exc.start}): re-encode it as UTF-8"
+                        f"{what} file '{file}' is not UTF-8 (byte {offset + exc.start}): re-encode it as UTF-8"
                     ) from None
                 offset += len(raw)
                 if line:
@@ -155,9 +158,9 @@ def calibration_texts(calib_file: str | Path | None = None, *, limit: int = 512,
                     if len(texts) >= limit:
                         break
     except OSError as exc:
-        raise UsageError(f"calibration file '{calib_file}' cannot be read ({exc.strerror})") from None
+        raise UsageError(f"{what} file '{file}' cannot be read ({exc.strerror})") from None
     if not texts:
-        raise UsageError(f"calibration file '{calib_file}' is empty: give at least one line of text")
+        raise UsageError(f"{what} file '{file}' is empty: give at least one line of text")
     return texts
 
 
@@ -175,6 +178,21 @@ def _capped_lines(f: BinaryIO, cap: int) -> Iterator[bytes]:
 
 def evaluation_texts(limit: int = 256) -> list[Text]:
     return list(bundled_corpus()[1][:limit])
+
+
+def eval_texts(eval_file: str | Path | None, *, limit: int, max_length: int) -> list[str]:
+    """The texts parity is checked on: the user's file (``--eval``), or the bundled evaluation set."""
+    from ffsplit.bounds import MIN_EVAL_TEXTS
+
+    if eval_file is None:
+        texts = [t.text for t in evaluation_texts(limit)]
+        if len(texts) < MIN_EVAL_TEXTS:
+            raise UsageError("fewer than 11 bundled evaluation texts were found on this machine (retrieval@10 needs 11)")
+        return texts
+    texts = text_lines(eval_file, limit=limit, max_length=max_length, what="evaluation")
+    if len(texts) < MIN_EVAL_TEXTS:
+        raise UsageError(f"evaluation file '{eval_file}' has {len(texts)} texts: give at least 11 (retrieval@10 needs 11)")
+    return texts
 
 
 def corpus_digest(texts: list[str]) -> str:

@@ -30,16 +30,14 @@ def guard(runner: Any, plans: list[dict[str, Any]], *, raising: bool = True) -> 
 
 def parity(
     original: Any, split: Any, runner: Any, tokenizer: Any, task: Any, *,
-    limits: dict[str, dict[str, float]], eval_size: int, max_length: int, batch_size: int = 16,
+    limits: dict[str, dict[str, float]], texts: list[str], max_length: int, batch_size: int = 16,
     max_positions: int | None = None, progress: bool = False,
 ) -> Any:
-    """The three-way ParityReport on ``eval_size`` bundled evaluation texts."""
+    """The three-way ParityReport on ``texts`` (the evaluation texts)."""
     from ffsplit.parity.check import compare_three, evaluate
-    from ffsplit.split.calibration import evaluation_texts
 
-    texts = [t.text for t in evaluation_texts(eval_size)]
     if len(texts) < bounds.MIN_EVAL_TEXTS:
-        raise UsageError(f"--eval-size {eval_size}: only {len(texts)} evaluation texts here, retrieval@10 needs 11")
+        raise UsageError(f"only {len(texts)} evaluation texts: retrieval@10 needs 11")
     metrics = compare_three(
         original, split, runner, tokenizer, texts, task, batch_size=batch_size, max_length=max_length,
         max_positions=max_positions, progress=progress,
