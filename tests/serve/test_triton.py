@@ -103,3 +103,19 @@ def test_real_server_answers_concurrent_requests_like_onnxruntime(tiny_none_arti
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
     assert server.process.poll() is not None and not server.workdir.exists()
+
+
+def test_python_backend_repository_holds_no_path_of_this_machine(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    """The repository can be copied to another server: the graph sits in the version folder, and neither
+    the artifact's folder nor this environment's site-packages is written into it."""
+    import sysconfig
+
+    from ffsplit.serve.triton import python_repository
+
+    model_dir = python_repository(tiny_none_artifact, tmp_path / "repo", name="m")
+    assert (model_dir / "1" / "model.onnx").read_bytes() == (tiny_none_artifact / "model.onnx").read_bytes()
+    written = "".join(p.read_text(errors="ignore") for p in model_dir.rglob("*") if p.suffix in (".py", ".pbtxt"))
+    for here in (str(tiny_none_artifact), str(tmp_path), sysconfig.get_paths()["purelib"], sys.prefix):
+        assert here not in written, here
+    cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    assert cfg["backend"] == "python" and "model_path" not in str(cfg)
