@@ -171,6 +171,11 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
                 texts=plan.eval_texts, max_length=plan.options.max_length,
                 max_positions=source["max_positions"], progress=progress,
             )
+            if plan.pooling is not None:  # the graph's sentence_embedding is the source's pooling
+                report.sentence_embedding = verify.pooled_output(
+                    runner, loaded.tokenizer, plan.eval_texts, plan.pooling, output=loaded.task.output,
+                    max_length=plan.options.max_length,
+                )
             # what `check --golden` re-runs later, without torch or the source model
             batch = next(encode_batches(loaded.tokenizer, plan.eval_texts[:GOLDEN_TEXTS], batch_size=GOLDEN_TEXTS,
                                         max_length=plan.options.max_length))
@@ -287,8 +292,25 @@ def check(
                 texts=texts, max_length=m["calibration"]["max_length"],
                 max_positions=m["source"].get("max_positions"), progress=progress,
             )
+            pooling = _graph_pooling(art)
+            if pooling is not None:
+                report.sentence_embedding = verify.pooled_output(
+                    runner, loaded.tokenizer, texts, pooling, output=loaded.task.output,
+                    max_length=m["calibration"]["max_length"],
+                )
     report.separation = separation
     return report
+
+
+def _graph_pooling(art: LoadedArtifact) -> Any:
+    """The pooling behind an artifact's ``sentence_embedding`` output, or None when its graph has none."""
+    from ffsplit.exporter.export import SENTENCE_OUTPUT
+    from ffsplit.inference import read_pooling
+    from ffsplit.signature import onnx_signature
+
+    if SENTENCE_OUTPUT not in onnx_signature(art.folder / MODEL_FILE)[1]:
+        return None
+    return read_pooling(art.folder, default_length=None)
 
 
 def _check_texts(m: dict[str, Any], eval_file: str | Path | None, eval_size: int | None) -> list[str]:

@@ -143,6 +143,7 @@ class Model:
         from ffsplit.artifact import MODEL_FILE, open_artifact
         from ffsplit.plan import require_supported
         from ffsplit.runtimes.base import make_runner
+        from ffsplit.signature import onnx_signature
         from ffsplit.tasks import TASKS
 
         self.artifact = open_artifact(folder, verify=verify)
@@ -160,6 +161,7 @@ class Model:
         self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.name == "feature-extraction" \
             else Pooling(max_seq_length=max_positions)
         self.runner = make_runner(self.folder / MODEL_FILE, self.artifact.target).activate()
+        self.outputs = set(onnx_signature(self.folder / MODEL_FILE)[1])
 
     def close(self) -> None:
         if self.runner.active:
@@ -202,10 +204,12 @@ class Model:
         self._require("feature-extraction")
         pooling = self.pooling if normalize_embeddings is None else \
             Pooling(self.pooling.modes, normalize_embeddings, self.pooling.max_seq_length)
-        out = [
-            pooling(self.runner.infer(self.runner.feed_from(b))[self.task.output], b["attention_mask"])
-            for b in self._batches(texts, batch_size, show_progress_bar)
-        ]
+        # the graph's own sentence_embedding when it has one (a sentence-transformers source), else pooled here
+        in_graph = normalize_embeddings is None and "sentence_embedding" in self.outputs
+        out = []
+        for b in self._batches(texts, batch_size, show_progress_bar):
+            result = self.runner.infer(self.runner.feed_from(b))
+            out.append(result["sentence_embedding"] if in_graph else pooling(result[self.task.output], b["attention_mask"]))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def predict(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:

@@ -72,6 +72,7 @@ class ExportPlan:
     exporters: tuple[str, ...]
     texts: list[str]  # calibration texts
     eval_texts: list[str]  # what parity is checked on
+    pooling: Any  # inference.Pooling of a sentence-transformers source (feature-extraction), else None
     source_dir: Path
     task: Any  # TaskSpec
     limits: dict[str, dict[str, float]]
@@ -178,6 +179,11 @@ def resolve(o: ExportOptions) -> ExportPlan:
     spec = get_task(o.task, read_config(source_dir))  # an unknown task fails before any work
     # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
     # path for a KV cache: dynamo's own error is the useful one.
+    pooling = None
+    if spec.name == "feature-extraction" and (source_dir / "modules.json").is_file():
+        from ffsplit.inference import read_pooling
+
+        pooling = read_pooling(source_dir, default_length=None)  # its sentence_embedding goes in the graph
     exporters = EXPORTERS if o.exporter == "auto" else (o.exporter,)
     if spec.past and o.exporter == "auto":
         exporters = ("dynamo",)
@@ -187,7 +193,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
         # runtimes that round activations to int8 get the light input projections smoothed
         smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
         int8_qmax=INT8_QMAX[tgt.int8_weight_range], overrides=overrides, exporters=exporters, texts=texts,
-        eval_texts=evaluation,
+        eval_texts=evaluation, pooling=pooling,
         source_dir=source_dir, task=spec, limits=limits_for(tgt, spec.name, exact=exact, overrides=overrides),
         out=resolve_out(o.out), given_out=o.out,
     )

@@ -47,7 +47,8 @@ def test_artifact_loads_in_plain_onnxruntime(minilm_artifact: Path) -> None:
     enc = tok(["a cat sat on the mat", "a longer sentence about something else"], padding=True, return_tensors="np")
     sess = ort.InferenceSession(str(minilm_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
-    (hidden,) = sess.run(None, {k: v for k, v in enc.items() if k in names})
+    hidden, pooled = sess.run(["last_hidden_state", "sentence_embedding"], {k: v for k, v in enc.items() if k in names})
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5)  # MiniLM's Normalize, in the graph
     assert hidden.shape[:2] == enc["input_ids"].shape and hidden.shape[2] == 384
     assert np.isfinite(hidden).all()
 

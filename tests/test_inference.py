@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, save_family_model
+from conftest import FAST, run_cli, save_family_model
 
 import ffsplit
 from ffsplit import api
@@ -46,6 +46,18 @@ def test_export_keeps_the_sentence_transformers_files(st_artifact: tuple[Path, P
     for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
         assert (out / name).is_file(), name
     assert "1_Pooling/config.json" in json.loads((out / "manifest.json").read_text())["files"]
+
+
+def test_the_graph_carries_the_pooled_embedding(st_artifact: tuple[Path, Path]) -> None:
+    """A sentence-transformers source gets a sentence_embedding output next to the token output, and the
+    export's check proves it is the source's pooling of the graph's own token output."""
+    import onnx
+
+    _, out = st_artifact
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert [o.name for o in graph.output] == ["last_hidden_state", "sentence_embedding"]
+    pooled = json.loads((out / "manifest.json").read_text())["parity"]["sentence_embedding"]
+    assert pooled["passed"] and pooled["max_abs"] < 1e-5 and pooled["pooling"] == ["mean"] and pooled["normalize"]
 
 
 def test_encode_equals_sentence_transformers(st_artifact: tuple[Path, Path]) -> None:
@@ -123,3 +135,19 @@ def test_both_pooling_config_forms_are_read(tmp_path: Path) -> None:
     assert _pooling_modes({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, tmp_path) == ("cls", "mean")
     with pytest.raises(UsageError, match="pooling weightedmean is not one ffsplit computes"):
         _pooling_modes({"pooling_mode_weightedmean_tokens": True, "pooling_mode_mean_tokens": False}, tmp_path)
+
+
+def test_concatenated_pooling_in_the_graph(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """cls and max concatenated, no Normalize, in the current config form: graph, encode and
+    sentence-transformers agree."""
+    from sentence_transformers import SentenceTransformer
+
+    src = _sentence_transformers_folder(tiny_bert_dir, tmp_path / "src", {"pooling_mode": ["cls", "max"]}, False)
+    api.export(str(src), tmp_path / "out", light="none", progress=False, **FAST)
+    want = SentenceTransformer(str(src), device="cpu", local_files_only=True).encode(TEXTS)
+    with ffsplit.load(tmp_path / "out") as model:
+        assert "sentence_embedding" in model.outputs
+        np.testing.assert_allclose(model.encode(TEXTS), want, atol=1e-5)
+    assert want.shape == (3, 64)
+    r = run_cli("check", str(tmp_path / "out"), "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["sentence_embedding"]["passed"]

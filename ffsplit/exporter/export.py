@@ -15,6 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -31,23 +32,51 @@ WRAPPER_PREFIX = "model."
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf cannot hold 2 GiB
 
 
+SENTENCE_OUTPUT = "sentence_embedding"
+
+
+def pooled(hidden: torch.Tensor, mask: torch.Tensor, modes: tuple[str, ...], normalize: bool) -> torch.Tensor:
+    """sentence-transformers' Pooling (then Normalize) in torch, so the graph carries the embedding users want."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    parts = []
+    for mode in modes:
+        if mode == "cls":
+            parts.append(hidden[:, 0])
+        elif mode == "max":
+            parts.append(torch.where(m > 0, hidden, torch.full_like(hidden, -1e9)).amax(1))
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            count = m.sum(1).clamp(min=1e-9)
+            parts.append((hidden * m).sum(1) / (count if mode == "mean" else count.sqrt()))
+        elif mode == "lasttoken":
+            last = (mask.sum(1) - 1).clamp(min=0)
+            parts.append(hidden[torch.arange(hidden.shape[0]), last])
+        else:
+            raise UsageError(f"pooling '{mode}' cannot be put in the graph")
+    out = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+    return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+
 class TaskWrapper(nn.Module):
-    """Model -> the task's one output, taking exactly ``names`` as positional tensor inputs.
+    """Model -> the task's output (and, given ``pooling``, the pooled ``sentence_embedding`` after it),
+    taking exactly ``names`` as positional tensor inputs.
 
     The forward signature is set per instance so torch.export binds each input by name.
     """
 
-    def __init__(self, model: nn.Module, task: TaskSpec, names: list[str]) -> None:
+    def __init__(self, model: nn.Module, task: TaskSpec, names: list[str], pooling: Any = None) -> None:
         super().__init__()
         self.model = model
         self.output = task.output
         self.names = list(names)
 
-        def forward(*args: torch.Tensor) -> torch.Tensor:
+        def forward(*args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
             kwargs = dict(zip(self.names, args, strict=True))
             if task.decoder:
                 kwargs["use_cache"] = False  # this graph has no KV cache outputs
-            return getattr(self.model(**kwargs), self.output)
+            out = getattr(self.model(**kwargs), self.output)
+            if pooling is None:
+                return out
+            return out, pooled(out, kwargs["attention_mask"], pooling.modes, pooling.normalize)
 
         forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in self.names]
@@ -224,23 +253,27 @@ def sample_inputs(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:  # no
 EXPORTERS = ("dynamo", "torchscript")
 
 
-def _export_torchscript(wrapper: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], output: str) -> ir.Model:
+def _export_torchscript(wrapper: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str]) -> ir.Model:
     """The legacy TorchScript exporter (fallback only). Its node names carry the module scope
     (``/model/encoder/layer.0/intermediate/heavy/fc_in/MatMul``), which the tag pass reads
     when there is no metadata."""
     with tempfile.TemporaryDirectory(prefix="ffsplit-ts-") as tmp, quiet_exporter(), torch.no_grad():
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            wrapper, args, str(path), dynamo=False, input_names=names, output_names=[output],
+            wrapper, args, str(path), dynamo=False, input_names=names, output_names=outputs,
             dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=18,
         )
         return ir.load(path)
 
 
 def export_program(
-    model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo"  # noqa: ANN001
+    model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo",  # noqa: ANN001
+    pooling: Any = None,
 ) -> ir.Model:
-    """Export ``model`` for ``task`` with ``exporter``; returns the in-memory ONNX IR model."""
+    """Export ``model`` for ``task`` with ``exporter``; returns the in-memory ONNX IR model.
+
+    ``pooling`` (feature-extraction; an ``inference.Pooling``) adds a ``sentence_embedding`` output.
+    """
     spec = TASKS[task] if isinstance(task, str) else task
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter '{exporter}': use auto, {' or '.join(EXPORTERS)}")
@@ -249,9 +282,10 @@ def export_program(
             raise UsageError("the TorchScript exporter cannot export a KV cache here: use --exporter dynamo")
         return _export_with_past(model, tokenizer)
     names = input_names_for(tokenizer, model, spec)
-    wrapper = TaskWrapper(model, spec, names).eval()
+    outputs = [spec.output] + ([SENTENCE_OUTPUT] if pooling is not None else [])
+    wrapper = TaskWrapper(model, spec, names, pooling).eval()
     if exporter == "torchscript":
-        return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, spec.output)
+        return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, outputs)
     batch, seq, _ = _dims(model, past=False)
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
@@ -259,7 +293,7 @@ def export_program(
             tuple(sample_inputs(tokenizer, names).values()),
             dynamo=True,
             input_names=names,
-            output_names=[spec.output],
+            output_names=outputs,
             dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
             verbose=False,
         )

@@ -121,14 +121,20 @@ class ParityReport:
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
     texts: int = 0
     separation: dict[str, Any] | None = None  # the guard's record, when `check` ran it beside parity
+    sentence_embedding: dict[str, Any] | None = None  # the graph's pooled output vs its token output, pooled
 
     @property
     def passed(self) -> bool:
         guard_ok = self.separation is None or bool(self.separation.get("passed"))
-        return guard_ok and all(c["passed"] for c in self.comparisons.values())
+        pooled_ok = self.sentence_embedding is None or bool(self.sentence_embedding["passed"])
+        return guard_ok and pooled_ok and all(c["passed"] for c in self.comparisons.values())
 
     def failures(self) -> list[str]:
         out = [] if self.separation is None or self.separation.get("passed") else [str(self.separation["failure"])]
+        pooled = self.sentence_embedding
+        if pooled is not None and not pooled["passed"]:
+            out.append(f"sentence_embedding (the graph's pooling vs its token output pooled) max_abs "
+                       f"{pooled['max_abs']:.3g} > {pooled['limit']:.3g}")
         for name, comp in self.comparisons.items():
             for metric, lim in comp["limits"].items():
                 value = comp["metrics"][metric]
@@ -145,6 +151,8 @@ class ParityReport:
         }
         if self.separation is not None:
             out["separation"] = self.separation
+        if self.sentence_embedding is not None:
+            out["sentence_embedding"] = self.sentence_embedding
         return out
 
 

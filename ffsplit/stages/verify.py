@@ -43,3 +43,23 @@ def parity(
         max_positions=max_positions, progress=progress,
     )
     return evaluate(metrics, limits, task=task, texts=len(texts))
+
+
+def pooled_output(runner: Any, tokenizer: Any, texts: list[str], pooling: Any, *, output: str, max_length: int,
+                  limit: float = 1e-4) -> dict[str, Any]:
+    """The graph's ``sentence_embedding`` against sentence-transformers' pooling of the graph's own
+    token output, on the evaluation texts: the pooling in the graph is the one the source declares."""
+    import numpy as np
+
+    from ffsplit.exporter.export import SENTENCE_OUTPUT
+    from ffsplit.split.calibration import encode_batches
+
+    worst = 0.0
+    for batch in encode_batches(tokenizer, texts, batch_size=16, max_length=max_length):
+        np_batch = {k: v.numpy() for k, v in batch.items()}
+        out = runner.infer(runner.feed_from(np_batch))
+        want = pooling(out[output], np_batch["attention_mask"])
+        worst = max(worst, float(np.abs(out[SENTENCE_OUTPUT] - want).max()))
+    return {"max_abs": worst, "limit": limit, "passed": worst <= limit,
+            "pooling": list(pooling.modes), "normalize": pooling.normalize}
+
