@@ -46,14 +46,14 @@ def test_torchscript_exporter_by_request(tiny_bert_dir: Path, tmp_path: Path, ca
 def _patched(monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
     real = ffsplit.exporter.export_program
 
-    def fake(model, tokenizer, task, *, exporter="dynamo"):  # noqa: ANN001, ANN202
+    def fake(model, tokenizer, task, *, exporter="dynamo", **options):  # noqa: ANN001, ANN003, ANN202
         if exporter != "dynamo":
-            return real(model, tokenizer, task, exporter=exporter)
+            return real(model, tokenizer, task, exporter=exporter, **options)
         if broken == "export":  # torch's wrapper says little; the cause is in the chain
             raise RuntimeError("Failed to export the model with torch.export. Next steps:") from ValueError(
                 "dynamo could not trace this model\n  because of line 3"
             )
-        program = real(model, tokenizer, task, exporter=exporter)
+        program = real(model, tokenizer, task, exporter=exporter, **options)
         # A wrong graph that still runs: one heavy weight doubled.
         import onnx_ir as ir
 
