@@ -140,7 +140,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     loaded.model.config.save_pretrained(stage)
     for rel in sentence_files(plan.source_dir):  # pooling and normalisation stay with a sentence-transformers model
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(plan.source_dir / rel, stage / rel, follow_symlinks=False)
+        shutil.copyfile(plan.source_dir / rel, stage / rel)  # contents: the artifact holds no links
     runtime_dir = stage / RUNTIME_DIR / plan.target.name
     attempts: list[dict[str, str]] = []
     report = None

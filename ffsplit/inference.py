@@ -65,10 +65,12 @@ class Pooling:
 
 
 def _small_json(path: Path) -> Any:
+    """A small JSON config. A source folder may hold links (the Hugging Face cache links every file
+    to a blob); an artifact never does (its file check refuses links)."""
     from ffsplit.artifact import parse_json
 
-    if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_CONFIG_BYTES:
-        raise UsageError(f"{path} is not a small regular file: re-export, or remove the sentence-transformers files")
+    if not path.is_file() or path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise UsageError(f"{path} is not a small regular file: fix or remove the sentence-transformers files")
     return parse_json(path.read_text(encoding="utf-8"), str(path))
 
 
@@ -78,6 +80,9 @@ def sentence_files(folder: Path) -> list[str]:
     if not modules.is_file():
         return []
     found = [name for name in SENTENCE_FILES if (folder / name).is_file()]
+    for name in found:
+        if (folder / name).stat().st_size > _MAX_CONFIG_BYTES:
+            raise UsageError(f"{folder / name} is larger than any sentence-transformers config: fix or remove it")
     pooling = _pooling_dir(folder)
     if pooling is not None and (folder / pooling / "config.json").is_file():
         found.append(f"{pooling}/config.json")

@@ -151,3 +151,19 @@ def test_concatenated_pooling_in_the_graph(tiny_bert_dir: Path, tmp_path: Path, 
     assert want.shape == (3, 64)
     r = run_cli("check", str(tmp_path / "out"), "--json", str(tmp_path / "c.json"))
     assert r.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["sentence_embedding"]["passed"]
+
+
+def test_a_source_of_links_like_the_hub_cache_exports_regular_files(tiny_bert_dir: Path, tmp_path: Path,
+                                                                     cache_dir: Path) -> None:
+    """The Hugging Face cache links every file of a snapshot to a blob: read through the links, copy contents."""
+    real = _sentence_transformers_folder(tiny_bert_dir, tmp_path / "blobs", {"pooling_mode_mean_tokens": True}, True)
+    snap = tmp_path / "snapshot"
+    (snap / "1_Pooling").mkdir(parents=True)
+    for f in real.rglob("*"):
+        if f.is_file():
+            (snap / f.relative_to(real)).symlink_to(f)
+    api.export(str(snap), tmp_path / "out", light="none", progress=False, **FAST)
+    for rel in ("modules.json", "1_Pooling/config.json"):
+        assert (tmp_path / "out" / rel).is_file() and not (tmp_path / "out" / rel).is_symlink()
+    with ffsplit.load(tmp_path / "out") as model:
+        assert model.pooling.normalize
