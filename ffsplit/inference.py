@@ -125,10 +125,10 @@ def read_pooling(folder: Path, *, default_length: int | None) -> Pooling:
     """The pooling a sentence-transformers folder declares; plain mean pooling for any other folder."""
     if not (folder / "modules.json").is_file():
         return Pooling(max_seq_length=default_length)
+    pooling = _pooling_dir(folder)  # also refuses a modules.json that is not a list of modules
     data = _small_json(folder / "modules.json")
     normalize = any(isinstance(m, dict) and str(m.get("type", "")).endswith("models.Normalize") for m in data)
     modes: tuple[str, ...] = ("mean",)
-    pooling = _pooling_dir(folder)
     if pooling is not None and (folder / pooling / "config.json").is_file():
         modes = _pooling_modes(_small_json(folder / pooling / "config.json"), folder / pooling / "config.json")
     length = default_length
