@@ -64,17 +64,34 @@ def sha256_files(paths: list[Path], root: Path) -> str:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM for a step that must not be cut short (a swap, a clean-up); they land after it."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError):  # not the main thread, or no POSIX signals
+    """Hold SIGINT / SIGTERM for a step that must not be cut short (a swap, a clean-up); they land after it.
+
+    Python runs signal handlers in the main thread whichever thread the kernel delivered to, and
+    torch, ONNX Runtime and OpenMP start threads whose signal masks a ``pthread_sigmask`` here would
+    not cover; so the handlers themselves are swapped for one that only records the signal, and the
+    first recorded signal is handed to the previous handler when the step is done.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pending: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in sigs}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending:
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                if pending[0] == signal.SIGINT:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), pending[0])
 
 
 def remove_tree(path: Path) -> None:

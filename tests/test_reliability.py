@@ -233,3 +233,38 @@ def test_cli_never_crashes(tmp_path: Path, verb: str, rest: list[str]) -> None:
         assert err.strip(), args
     assert not any(p.name.startswith(".") and "ffsplit" in p.name for p in Path.cwd().iterdir())
     assert not Path("nope").exists()
+
+
+def test_held_signals_land_after_the_step_whichever_thread_the_kernel_picks() -> None:
+    """A signal sent during signals_held() never interrupts the step, even when a thread that is not the
+    main one (torch and ONNX Runtime start many) receives it; the handler runs once, after the step."""
+    import threading
+
+    from ffsplit.artifact import signals_held
+
+    events: list[str] = []
+    go, done = threading.Event(), threading.Event()
+
+    def worker() -> None:  # started before the step, like a runtime's thread pool: its mask lets SIGTERM in
+        go.wait(5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.wait(5)
+
+    previous = signal.signal(signal.SIGTERM, lambda _s, _f: events.append("handler"))
+    pool = threading.Thread(target=worker)
+    pool.start()
+    try:
+        with signals_held():
+            go.set()
+            deadline = time.time() + 0.5
+            while time.time() < deadline:  # many bytecode boundaries, where a handler would run
+                pass
+            events.append("step done")
+        deadline = time.time() + 2
+        while "handler" not in events and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        done.set()
+        pool.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert events == ["step done", "handler"]
