@@ -160,7 +160,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
                 nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length)
         with stages.stage("build", log):
             runner = make_runner(stage / MODEL_FILE, plan.target, runtime_dir=runtime_dir).activate(just_written=True)
-            manifest["separation"] = verify.guard(runner, done.plans, raising=False)
+            manifest["separation"] = verify.guard(runner, done.plans)
             if not manifest["separation"]["passed"]:
                 runner.deactivate()
                 manifest["timings"] = stages.seconds
@@ -169,13 +169,8 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             report = verify.parity(
                 loaded.model, done.model, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
                 texts=plan.eval_texts, max_length=plan.options.max_length,
-                max_positions=source["max_positions"], progress=progress,
+                max_positions=source["max_positions"], progress=progress, pooling=plan.pooling,
             )
-            if plan.pooling is not None:  # the graph's sentence_embedding is the source's pooling
-                report.sentence_embedding = verify.pooled_output(
-                    runner, loaded.tokenizer, plan.eval_texts, plan.pooling, output=loaded.task.output,
-                    max_length=plan.options.max_length,
-                )
             # what `check --golden` re-runs later, without torch or the source model
             batch = next(encode_batches(loaded.tokenizer, plan.eval_texts[:GOLDEN_TEXTS], batch_size=GOLDEN_TEXTS,
                                         max_length=plan.options.max_length))
@@ -284,20 +279,14 @@ def check(
         if log:
             log("building the runtime session and checking branch separation ...")
         with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp)) as runner:
-            separation = verify.guard(runner, m["layers"], raising=False)
+            separation = verify.guard(runner, m["layers"])
             if log:
                 log("running parity ...")
             report = verify.parity(
                 loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=applied,
                 texts=texts, max_length=m["calibration"]["max_length"],
-                max_positions=m["source"].get("max_positions"), progress=progress,
+                max_positions=m["source"].get("max_positions"), progress=progress, pooling=_graph_pooling(art),
             )
-            pooling = _graph_pooling(art)
-            if pooling is not None:
-                report.sentence_embedding = verify.pooled_output(
-                    runner, loaded.tokenizer, texts, pooling, output=loaded.task.output,
-                    max_length=m["calibration"]["max_length"],
-                )
     report.separation = separation
     return report
 

@@ -11,12 +11,13 @@ value, its limit and whether it passed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ffsplit.parity.limits import COMPARISONS, DEFAULT_LIMITS, TASK_METRICS, UPPER_BOUNDED, limits_for
 from ffsplit.parity.metrics import METRICS, Outputs
@@ -27,6 +28,7 @@ __all__ = [
     "COMPARISONS", "DEFAULT_LIMITS", "TASK_METRICS", "UPPER_BOUNDED", "ParityReport", "compare_three", "evaluate",
     "format_table", "limits_for", "run_torch", "torch_output",
 ]
+
 
 def torch_output(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], task: TaskSpec, only: set[str] | None = None
@@ -74,7 +76,7 @@ def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> l
 def compare_three(
     original: torch.nn.Module, split: torch.nn.Module, runner, tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
     *, batch_size: int, max_length: int, max_positions: int | None = None, generate_tokens: int = 32,
-    progress: bool = False,
+    progress: bool = False, on_runtime: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run the three models batch by batch and return each comparison's metrics.
 
@@ -88,14 +90,15 @@ def compare_three(
     batches += edge_batches(tokenizer, texts, max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
-    from tqdm.auto import tqdm
-
     for batch in tqdm(batches, desc="checking parity", unit="batch", disable=not progress, leave=False):
         np_batch = {k: v.numpy() for k, v in batch.items()}
+        runtime = runner.infer(runner.feed_from(np_batch))
+        if on_runtime is not None:  # every output of the graph, for checks of its other outputs
+            on_runtime(np_batch, runtime)
         outs = {
             "original": torch_output(original, batch, task, graph_inputs),
             "split": torch_output(split, batch, task, graph_inputs),
-            "runtime": runner.infer(runner.feed_from(np_batch))[task.output],
+            "runtime": runtime[task.output],
         }
         for name, (ref, other, _) in COMPARISONS.items():
             accs[name].update(outs[ref], outs[other], np_batch)

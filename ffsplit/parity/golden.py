@@ -54,8 +54,9 @@ def read_golden(path: Path) -> tuple[dict[str, np.ndarray], str, np.ndarray]:
 
 
 def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[str, Any]:
-    """Re-run the golden inputs on the artifact's target; CheckFailed when an output moved beyond
-    ``tolerance`` (default: the artifact's fidelity ``max_abs``). Returns the JSON-ready result."""
+    """Re-run the golden inputs on the artifact's target: the JSON-ready result, ``passed`` false when the
+    output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its
+    shape changed."""
     from ffsplit.artifact import MODEL_FILE, open_artifact
     from ffsplit.plan import require_supported
     from ffsplit.runtimes.base import make_runner
@@ -71,6 +72,5 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
     if got.shape != want.shape:
         raise CheckFailed(f"golden {name}: shape {got.shape}, expected {want.shape}")
     max_abs = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
-    result = {"passed": max_abs <= tol, "output": name, "max_abs": max_abs, "tolerance": tol,
-              "rows": int(want.shape[0]), "target": art.target.name}
-    return result
+    return {"passed": max_abs <= tol, "output": name, "max_abs": max_abs, "tolerance": tol,
+            "rows": int(want.shape[0]), "target": art.target.name}

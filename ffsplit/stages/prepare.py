@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ffsplit.errors import UsageError
 from ffsplit.loading import source_record
 from ffsplit.plan import ExportPlan
-
-
-@dataclass
-class Prepared:
-    loaded: Any  # LoadedModel
-    adapter: Any  # type[FFNAdapter]
-    source: dict[str, Any]
-    profiles: list[Any]  # LayerProfile per layer
 
 
 def load(plan: ExportPlan) -> tuple[Any, Any, dict[str, Any]]:
