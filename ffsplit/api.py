@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
 import shutil
 import tempfile
 import time
@@ -30,6 +31,7 @@ from ffsplit.artifact import (
     not_deployed,
     open_artifact,
     rebuild,
+    require_built,
     require_unpacked,
     staged_output,
     write_manifest,
@@ -40,7 +42,7 @@ from ffsplit.plan import require_supported
 from ffsplit.runtimes.targets import Target, list_targets
 
 __all__ = [
-    "ExportResult", "LoadedArtifact", "bench", "check", "debug", "export", "inspect_artifact", "open_artifact", "pack",
+    "ExportResult", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact", "open_artifact", "pack",
     "targets",
 ]
 
@@ -116,12 +118,9 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     from safetensors.torch import save_file
 
     from ffsplit.inference import sentence_files
-    from ffsplit.parity.golden import GOLDEN_FILE, GOLDEN_TEXTS, write_golden
-    from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.openvino import nncf_ir
     from ffsplit.runtimes.shapes import clamp_shapes
-    from ffsplit.split.calibration import encode_batches
-    from ffsplit.stages import capture, prepare, split, verify
+    from ffsplit.stages import capture, prepare, split
 
     stages = Stages()
     with stages.stage("load", log):
@@ -141,7 +140,6 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     for rel in sentence_files(plan.source_dir):  # pooling and normalisation stay with a sentence-transformers model
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(plan.source_dir / rel, stage / rel)  # contents: the artifact holds no links
-    runtime_dir = stage / RUNTIME_DIR / plan.target.name
     attempts: list[dict[str, str]] = []
     report = None
     for name in plan.exporters:  # try the next exporter when one cannot capture or misses fidelity
@@ -158,24 +156,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
         if plan.nncf:
             with stages.stage("quantize (NNCF)", log):
                 nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length)
-        with stages.stage("build", log):
-            runner = make_runner(stage / MODEL_FILE, plan.target, runtime_dir=runtime_dir).activate(just_written=True)
-            manifest["separation"] = verify.guard(runner, done.plans)
-            if not manifest["separation"]["passed"]:
-                runner.deactivate()
-                manifest["timings"] = stages.seconds
-                raise CheckFailed(manifest["separation"]["failure"], details=manifest)
-        with stages.stage("check", log):
-            report = verify.parity(
-                loaded.model, done.model, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
-                texts=plan.eval_texts, max_length=plan.options.max_length,
-                max_positions=source["max_positions"], progress=progress, pooling=plan.pooling,
-            )
-            # what `check --golden` re-runs later, without torch or the source model
-            batch = next(encode_batches(loaded.tokenizer, plan.eval_texts[:GOLDEN_TEXTS], batch_size=GOLDEN_TEXTS,
-                                        max_length=plan.options.max_length))
-            write_golden(stage / GOLDEN_FILE, runner, {k: v.numpy() for k, v in batch.items()}, loaded.task)
-            runner.deactivate()
+        report = _verify_into(plan, stage, loaded, done, source, manifest, stages, log=log, progress=progress)
         manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
         if report.comparisons["fidelity"]["passed"]:
             break
@@ -194,6 +175,47 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     if not report.passed:
         raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()), details=manifest)
     return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
+
+
+def _verify_into(
+    plan: Any, stage: Path, loaded: Any, done: Any, source: dict[str, Any], manifest: dict[str, Any],
+    stages: Stages, *, log: Any, progress: bool,
+) -> Any:
+    """Build the runtime for the graph in ``stage``, guard it, run the three-way parity and save the golden
+    outputs; the ParityReport. A deferred build checks parity on the target's CPU stand-in and leaves the
+    guard to ``ffsplit build``; a failed guard raises CheckFailed."""
+    from ffsplit.parity.golden import GOLDEN_FILE, GOLDEN_TEXTS, write_golden
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.split.calibration import encode_batches
+    from ffsplit.stages import verify
+
+    runtime_dir = stage / RUNTIME_DIR / plan.target.name
+    with stages.stage("build" if not plan.deferred else "build (CPU stand-in)", log):
+        runner = make_runner(stage / MODEL_FILE, plan.runner_target,
+                             runtime_dir=None if plan.deferred else runtime_dir).activate(just_written=True)
+        if plan.deferred:
+            manifest["separation"] = {"graph": "none: the build is deferred", "passed": None}
+            manifest["build"] = {"status": "deferred", "target": plan.target.name, "reason": plan.deferred,
+                                 "checked_on": runner.name}
+        else:
+            manifest["build"] = {"status": "built", "target": plan.target.name}
+            manifest["separation"] = verify.guard(runner, done.plans)
+            if not manifest["separation"]["passed"]:
+                runner.deactivate()
+                manifest["timings"] = stages.seconds
+                raise CheckFailed(manifest["separation"]["failure"], details=manifest)
+    with stages.stage("check", log):
+        report = verify.parity(
+            loaded.model, done.model, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
+            texts=plan.eval_texts, max_length=plan.options.max_length,
+            max_positions=source["max_positions"], progress=progress, pooling=plan.pooling,
+        )
+        # what `check --golden` re-runs later, without torch or the source model
+        batch = next(encode_batches(loaded.tokenizer, plan.eval_texts[:GOLDEN_TEXTS], batch_size=GOLDEN_TEXTS,
+                                    max_length=plan.options.max_length))
+        write_golden(stage / GOLDEN_FILE, runner, {k: v.numpy() for k, v in batch.items()}, loaded.task)
+        runner.deactivate()
+    return report
 
 
 def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], done: Any) -> dict[str, Any]:
@@ -383,6 +405,7 @@ def bench(
     if not batches or not sequences:
         raise UsageError("--batch and --seq each need at least one size")
     art = open_artifact(folder)
+    require_built(art, "bench")
     require_supported(art.target)
     max_pos = art.manifest["source"].get("max_positions")
     for b in batches:
@@ -404,6 +427,80 @@ def bench(
                 times = time_interleaved({"original": orig, "ffsplit": split}, feed, warmup=warmup, runs=runs, min_seconds=min_seconds)
                 rows.extend(summarise(times, batch=b, sequence=s, reference="original"))
     return rows
+
+
+def build(folder: str | Path, *, target: str | None = None, tolerance: float | None = None, log: Any = None) -> dict[str, Any]:
+    """Build an artifact's runtime on this machine, guard it and replay its golden outputs; the artifact is
+    rewritten with the build recorded (``build``, ``separation``). Returns the new manifest.
+
+    The natural use: export on a CPU machine for a GPU target (its build is deferred), then ``build`` on the
+    GPU machine. ``target`` (a name or TOML file) may differ from the export's target only in how the
+    graph is run (shapes, providers, builder options), never in what the graph holds. Raises UsageError
+    when the target cannot run here or does not fit the graph, CheckFailed (nothing changed) when the guard
+    or the golden outputs fail.
+    """
+    from ffsplit.parity.golden import replay_golden
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.targets import load_target
+    from ffsplit.stages import verify
+
+    if tolerance is not None:
+        bounds.require_float("--tolerance", tolerance, 0.0, 1e6)
+    art = open_artifact(folder)
+    exported = Target.from_json(art.manifest["target"])
+    tgt = exported if target is None else load_target(target)
+    differ = exported.graph_differences(tgt)
+    if differ:
+        raise UsageError(f"target '{tgt.name}' needs another graph than the one exported for '{exported.name}' "
+                         f"({'; '.join(differ)}): re-run ffsplit export --target {target}")
+    if tgt.int8_compute == "nncf" and tgt.name != exported.name:
+        raise UsageError(f"the NNCF IR of this artifact belongs to '{exported.name}': build it under that name")
+    require_supported(tgt)
+    m = art.manifest
+    mine = f"{RUNTIME_DIR}/{tgt.name}/"
+    # the IR NNCF made at export is the graph the target runs; everything else there is rebuilt
+    kept = [rel for rel in m["files"] if not rel.startswith(mine) or (tgt.int8_compute == "nncf" and not not_deployed(rel))]
+    with staged_output(art.folder, force=True) as stage:
+        for rel in kept:  # linked, not copied: nothing below writes into a kept file
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(art.folder / rel, stage / rel, copy=rel.startswith(mine))
+        # the files as staged are the ones verified (the folder may have changed since it was opened)
+        check_staged = {**m, "files": {rel: m["files"][rel] for rel in kept}}
+        from ffsplit.artifact import verify_files
+
+        verify_files(stage, check_staged)
+        if log:
+            log(f"building for {tgt.name} and checking branch separation ...")
+        with make_runner(stage / MODEL_FILE, tgt, runtime_dir=stage / RUNTIME_DIR / tgt.name) as runner:
+            separation = verify.guard(runner, m["layers"])
+            if not separation["passed"]:
+                raise CheckFailed(separation["failure"], details={"separation": separation})
+            if log:
+                log("replaying the golden outputs ...")
+            golden = replay_golden(stage, runner, m, tolerance=tolerance)
+        if not golden["passed"]:
+            raise CheckFailed(
+                f"{tgt.name} moved the golden {golden['output']} by {golden['max_abs']:.3g} (tolerance "
+                f"{golden['tolerance']:.3g}), nothing changed: check the target's options, or `ffsplit check` "
+                "the artifact on this machine to see its parity", details={"separation": separation, "golden": golden},
+            )
+        record: dict[str, Any] = {"status": "built", "target": tgt.name, "golden": golden,
+                                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if tgt.name != exported.name or tgt.to_json() != exported.to_json():
+            record["runtime_target"] = tgt.to_json()
+        manifest = {k: v for k, v in m.items() if k != "files"}
+        manifest.update(build=record, separation=separation)
+        return write_manifest(stage, manifest)
+
+
+def _link_or_copy(src: Path, dst: Path, *, copy: bool) -> None:
+    if not copy:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            return
+        except OSError:  # another file system, or links not allowed: a copy is the same file
+            pass
+    shutil.copyfile(src, dst, follow_symlinks=False)
 
 
 def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:

@@ -503,6 +503,13 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     if verify:
         verify_artifact(folder, manifest)
     target = Target.from_json(manifest["target"], where=str(folder / "manifest.json"))
+    built = manifest.get("build", {}).get("runtime_target")
+    if built is not None:  # `ffsplit build --target` built this graph for another target with the same graph
+        runtime_target = Target.from_json(built, where=f"{folder / 'manifest.json'} (build)")
+        if runtime_target.graph_differences(target) or manifest["build"]["target"] != runtime_target.name:
+            raise UsageError(f"{folder / 'manifest.json'} is damaged (its build target does not run this graph): "
+                             "re-run ffsplit build")
+        target = runtime_target
     unknown = {
         k for limits in manifest["checks"]["limits"].values() for k in limits
     } - set(TASK_METRICS[manifest["task"]])
@@ -606,6 +613,17 @@ def not_deployed(rel: str) -> bool:
     return rel == SPLIT_WEIGHTS or (
         rel.startswith(f"{RUNTIME_DIR}/") and rel.rsplit("/", 1)[-1] in ("optimized.onnx", "layers.json")
     )
+
+
+def require_built(art: LoadedArtifact, verb: str) -> None:
+    """Refuse to run an artifact whose build was deferred: no guard has seen what its runtime executes."""
+    build = art.manifest.get("build") or {}
+    if build.get("status") == "deferred":
+        raise UsageError(
+            f"{art.folder} was exported for '{build['target']}' without building it (on that machine: "
+            f"{str(build.get('reason', 'it could not run'))[:200]}): run `ffsplit build {art.folder}` on a machine "
+            f"where '{build['target']}' runs, then `{verb}`"
+        )
 
 
 def require_unpacked(art: LoadedArtifact, verb: str) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``ffsplit export | check | debug | bench | inspect | triton | serve | targets | support``.
+"""Command line: ``ffsplit export | check | debug | bench | inspect | build | pack | triton | serve | targets | support``.
 
 This module parses arguments, calls ``ffsplit.api`` and prints. Exit codes:
 0 success, 1 a check failed, 2 bad input or usage (one line, no traceback),
@@ -182,6 +182,14 @@ def _add_artifact_verbs(sub: Any) -> None:
                    help="write the manifest and the per-graph summary as JSON to FILE, as other verbs do "
                    "(without FILE: print it)")
 
+    bd = sub.add_parser("build", help="build an output folder's runtime on this machine (e.g. the GPU one), guard it "
+                        "and replay its golden outputs")
+    bd.add_argument("dir")
+    bd.add_argument("--target", help="a target name or .toml with the same graph as the export's (other shapes, "
+                    "providers or builder options); default: the export's target")
+    bd.add_argument("--tolerance", type=float, help="max abs change of the golden outputs (default: the fidelity max_abs)")
+    bd.add_argument("--json", help="write the result to this file, pass or fail")
+
     pk = sub.add_parser("pack", help="copy an output folder with only what its target runs (for deployment)")
     pk.add_argument("dir")
     pk.add_argument("--out", required=True, help="the slim folder to write (must not exist unless --force)")
@@ -275,10 +283,18 @@ def _cmd_export(a: argparse.Namespace) -> int:
         b = m["budget"]
         print(f"budget {b['kind']}={b['value']:g}: used {b['used']:,} of {b['limit']:,.0f} "
               f"({b['used_fraction_of_limit']:.1%}); summed calibration error {b['total_error']:.4f}")
-    print(f"branch separation in the runtime's optimised graph: pass ({m['separation']['graph']})")
+    build = m.get("build") or {}
+    if build.get("status") == "deferred":
+        print(f"build deferred: target '{build['target']}' cannot run here ({build['reason']}); parity was "
+              f"checked on {build['checked_on']} (a CPU stand-in running the same graph); the separation guard "
+              "waits for the build")
+    else:
+        print(f"branch separation in the runtime's optimised graph: pass ({m['separation']['graph']})")
     print(format_table(res.report))
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))
     print(f"wrote {res.out}")
+    if build.get("status") == "deferred":
+        print(f"next, on a machine where '{build['target']}' runs: ffsplit build {res.out}")
     _write_json(a.json, {**m, "passed": True})
     return 0
 
@@ -396,6 +412,24 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(a: argparse.Namespace) -> int:
+    from ffsplit import api
+
+    try:
+        m = api.build(a.dir, target=a.target, tolerance=a.tolerance, log=_log)
+    except CheckFailed as exc:
+        _write_json(a.json, {**(exc.details or {}), "passed": False, "error": str(exc)})
+        raise
+    b = m["build"]
+    print(f"branch separation in what {b['target']} runs: pass ({m['separation']['graph']})")
+    g = b["golden"]
+    print(f"golden {g['output']} on {b['target']}: max abs {g['max_abs']:.3g} (tolerance {g['tolerance']:.3g}, "
+          f"{g['rows']} texts): pass")
+    print(f"built {b['target']} in {Path(a.dir).resolve()}")
+    _write_json(a.json, {**m, "passed": True})
+    return 0
+
+
 def _cmd_pack(a: argparse.Namespace) -> int:
     from ffsplit import api
 
@@ -486,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     handlers = {
         "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,
-        "inspect": _cmd_inspect, "debug": _cmd_debug, "pack": _cmd_pack, "triton": _cmd_triton, "serve": _cmd_serve, "targets": _cmd_targets, "support": _cmd_support,
+        "inspect": _cmd_inspect, "debug": _cmd_debug, "build": _cmd_build, "pack": _cmd_pack, "triton": _cmd_triton, "serve": _cmd_serve, "targets": _cmd_targets, "support": _cmd_support,
     }
     try:
         _outputs_writable(args)

@@ -145,13 +145,14 @@ class Model:
     def __init__(self, folder: str | Path, *, verify: bool = True) -> None:
         from transformers import AutoTokenizer
 
-        from ffsplit.artifact import MODEL_FILE, open_artifact
+        from ffsplit.artifact import MODEL_FILE, open_artifact, require_built
         from ffsplit.plan import require_supported
         from ffsplit.runtimes.base import make_runner
         from ffsplit.signature import onnx_signature
         from ffsplit.tasks import TASKS
 
         self.artifact = open_artifact(folder, verify=verify)
+        require_built(self.artifact, "ffsplit.load")
         require_supported(self.artifact.target)
         self.folder = self.artifact.folder
         self.task = TASKS[self.artifact.manifest["task"]]

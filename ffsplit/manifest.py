@@ -18,7 +18,8 @@ from typing import Any
 # The newest manifest layout: 2 added `checks` (the limits `check` applies, decided at export).
 FORMAT = 2
 # Keys written after the model was saved; every other key is also embedded in model.onnx.
-POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "files", "packed"})
+POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "files", "packed", "build"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 Check = Callable[[Any, str, list[str]], None]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -205,8 +206,13 @@ SCHEMA = table(
         "files": mapping(text(64, _HEX64), max_len=100_000),
         # a slim copy made by `ffsplit pack`: what it left out (the torch side of `check`, the guard's graphs)
         "packed": table({"dropped": items(text(1000), max_len=100_000)}),
+        # whether the runtime was built and guarded (at export, or later by `ffsplit build`) or is still to be
+        "build": table({
+            "status": text(choices=("built", "deferred")), "target": text(100, _NAME), "reason": optional(text()),
+            "runtime_target": optional(table({"name": text(100, _NAME)})),
+        }, optional_keys=frozenset({"reason", "runtime_target"})),
     },
-    optional_keys=frozenset({"timings", "exporter", "packed"}),
+    optional_keys=frozenset({"timings", "exporter", "packed", "build"}),
 )
 
 

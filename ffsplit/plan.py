@@ -78,11 +78,19 @@ class ExportPlan:
     limits: dict[str, dict[str, float]]
     out: Path
     given_out: str | Path
+    # why the target cannot run here (a GPU target on a machine without one): the export checks its graph
+    # on the target's CPU stand-in and leaves the build, guard included, to `ffsplit build`
+    deferred: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def graph_storage(self) -> dict[str, str]:
         return {"int8": self.target.int8_compute, "int4": self.target.int4_compute}
+
+    @property
+    def runner_target(self) -> Target:
+        """What the export's parity runs on: the target, or its CPU stand-in when the build is deferred."""
+        return self.target.stand_in() if self.deferred else self.target
 
 
 def require_supported(target: Target) -> None:
@@ -139,7 +147,9 @@ def resolve(o: ExportOptions) -> ExportPlan:
     from ffsplit.tasks import get_task
 
     tgt = load_target(o.target)
-    require_supported(tgt)
+    deferred = tgt.unavailable_reason()
+    if deferred and not tgt.on_gpu:  # a CPU runtime missing here is an install step, not a build for elsewhere
+        require_supported(tgt)
     budget = None
     if o.budget is not None:
         if o.light is not None or o.heavy_ratio is not None:
@@ -195,5 +205,5 @@ def resolve(o: ExportOptions) -> ExportPlan:
         int8_qmax=INT8_QMAX[tgt.int8_weight_range], overrides=overrides, exporters=exporters, texts=texts,
         eval_texts=evaluation, pooling=pooling,
         source_dir=source_dir, task=spec, limits=limits_for(tgt, spec.name, exact=exact, overrides=overrides),
-        out=resolve_out(o.out), given_out=o.out,
+        out=resolve_out(o.out), given_out=o.out, deferred=deferred,
     )

@@ -78,7 +78,8 @@ class ConvertBranchPrecisionPass(InPlacePass):
         )
         cast.outputs[0].dtype = to
         cast.outputs[0].shape = value.shape
-        cast.outputs[0].name = f"{value.name}_{way}"
+        # the other branch's pass casts the same FFN input: the branch keeps the names apart (SSA)
+        cast.outputs[0].name = f"{value.name}_{self.branch}_{way}"
         return cast
 
     def call(self, model: ir.Model) -> PassResult:

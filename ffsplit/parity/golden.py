@@ -57,20 +57,31 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
     """Re-run the golden inputs on the artifact's target: the JSON-ready result, ``passed`` false when the
     output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its
     shape changed."""
-    from ffsplit.artifact import MODEL_FILE, open_artifact
+    from ffsplit.artifact import MODEL_FILE, open_artifact, require_built
     from ffsplit.plan import require_supported
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.tasks import TASKS
 
     art = open_artifact(folder)
+    require_built(art, "check --golden")
     require_supported(art.target)
-    task = TASKS[art.manifest["task"]]
-    feed, name, want = read_golden(art.folder / GOLDEN_FILE)
-    tol = tolerance if tolerance is not None else float(art.manifest["checks"]["limits"]["fidelity"].get("max_abs", 1e-4))
     with make_runner(art.folder / MODEL_FILE, art.target) as runner:
-        got = _kept(np.asarray(runner.infer(feed)[name]), task.decoder)
+        return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
+
+
+def replay_golden(folder: Path, runner: Any, manifest: dict[str, Any], *, tolerance: float | None = None) -> dict[str, Any]:
+    """Run the golden inputs of the artifact in ``folder`` through an active ``runner`` and compare (see
+    ``check_golden``). The feed is rebuilt by the runner from the token inputs, so a runtime with its own
+    prefill form (TensorRT's one masked past slot) replays what another runtime recorded."""
+    from ffsplit.signature import is_past
+    from ffsplit.tasks import TASKS
+
+    task = TASKS[manifest["task"]]
+    feed, name, want = read_golden(Path(folder) / GOLDEN_FILE)
+    tol = tolerance if tolerance is not None else float(manifest["checks"]["limits"]["fidelity"].get("max_abs", 1e-4))
+    got = _kept(np.asarray(runner.infer(runner.feed_from({k: v for k, v in feed.items() if not is_past(k)}))[name]),
+                task.decoder)
     if got.shape != want.shape:
         raise CheckFailed(f"golden {name}: shape {got.shape}, expected {want.shape}")
     max_abs = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
     return {"passed": max_abs <= tol, "output": name, "max_abs": max_abs, "tolerance": tol,
-            "rows": int(want.shape[0]), "target": art.target.name}
+            "rows": int(want.shape[0]), "target": runner.target.name}

@@ -14,7 +14,7 @@ import math
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
@@ -34,6 +34,11 @@ INT8_WEIGHT_RANGES = ("full", "reduced")
 FUSIONS = ("none", "ort")
 SHAPE_AXES = ("batch", "sequence", "past")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# What the graph passes read from a target: two targets equal in these run the same model.onnx.
+GRAPH_FIELDS = (
+    "heavy_precision", "light_precision", "int8_compute", "int4_compute", "other_matmuls", "int8_weight_range",
+    "fusions",
+)
 
 _SCALAR = (str, int, float, bool)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -162,6 +167,31 @@ class Target:
     @property
     def on_gpu(self) -> bool:
         return self.runtime == "tensorrt" or any(p in GPU_PROVIDERS for p in self.providers)
+
+    def graph_differences(self, other: Target) -> list[str]:
+        """The fields that make ``other`` need a different model.onnx than this target (empty: the same
+        graph runs on both, so an artifact exported for one can be built for the other)."""
+        out = [f"{k} {getattr(self, k)} vs {getattr(other, k)}" for k in GRAPH_FIELDS
+               if getattr(self, k) != getattr(other, k)]
+        if self.floats_in_graph != other.floats_in_graph:
+            out.append("fp16 / bf16 " + " vs ".join(
+                "in the graph" if t.floats_in_graph else "by the TensorRT builder" for t in (self, other)))
+        return out
+
+    @property
+    def floats_in_graph(self) -> bool:
+        """Whether fp16 / bf16 branches are converted in model.onnx (TensorRT's builder does it instead)."""
+        return self.runtime != "tensorrt"
+
+    def stand_in(self) -> Target:
+        """ONNX Runtime on the CPU running this target's graph: what an export checks parity on when the
+        target cannot run on the machine (its build is deferred to ``ffsplit build``). For a TensorRT
+        target the graph is fp32 (the engine builder lowers it); a CUDA fp16 graph runs its fp16 nodes
+        in ONNX Runtime's CPU kernels, or fp32 with casts where it has none."""
+        return replace(
+            self, name=f"{self.name}.cpu-stand-in", runtime="onnxruntime", providers=("CPUExecutionProvider",),
+            provider_options={}, session_config={}, graph_optimization="all", tensorrt={}, openvino={},
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -214,9 +214,10 @@ def _model_dir(repo: Path, name: str) -> Path:
 
 def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Triton model repository serving ``artifact`` with Triton's own backend for its target."""
-    from ffsplit.artifact import open_artifact
+    from ffsplit.artifact import open_artifact, require_built
 
     art = open_artifact(artifact)
+    require_built(art, "triton")
     model_dir = _model_dir(repo, name or _model_name(art.manifest))
     name = model_dir.name
     target = art.target
@@ -288,9 +289,10 @@ class TritonPythonModel:
 
 def python_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Python-backend model running ``artifact`` with ONNX Runtime (what the pytriton server can run)."""
-    from ffsplit.artifact import open_artifact
+    from ffsplit.artifact import open_artifact, require_built
 
     art = open_artifact(artifact)
+    require_built(art, "serve")
     if art.target.runtime != "onnxruntime" or art.target.on_gpu:
         raise UsageError(f"ffsplit serve runs ONNX Runtime CPU artifacts; '{artifact}' targets {art.target.name}")
     return python_model(

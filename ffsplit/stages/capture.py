@@ -46,13 +46,12 @@ def graph_passes(plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str,
     from ffsplit.exporter.export import WRAPPER_PREFIX
     from ffsplit.graph_passes.pipeline import target_passes
 
-    tensorrt = plan.target.runtime == "tensorrt"
+    floats = plan.target.floats_in_graph
     return target_passes(
         split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX, grids=grids,
         int8_form=plan.target.int8_compute, int4_form=plan.target.int4_compute,
-        # TensorRT realises float precisions in the engine builder, not in the graph
-        heavy_precision=plan.heavy if not tensorrt else "fp32",
-        light_precision=plan.light_float if not tensorrt else "fp32",
+        heavy_precision=plan.heavy if floats else "fp32",
+        light_precision=plan.light_float if floats else "fp32",
         act_absmax=act_absmax, other_matmuls=plan.target.other_matmuls, int8_qmax=plan.int8_qmax,
         fusions=plan.target.fusions,
     )

@@ -81,3 +81,20 @@ def test_other_layers_untouched_and_nothing_to_do() -> None:
 def test_unknown_precision_refused() -> None:
     with pytest.raises(ValueError, match="fp8"):
         ConvertBranchPrecisionPass(branch="heavy", precision="fp8")
+
+
+def test_both_branches_converted_in_one_graph() -> None:
+    """GPU targets convert the heavy and the light branch, which read the same FFN input: each pass's casts
+    get names of their own (the graph stays SSA) and the result still computes the FFN."""
+    before = ir.from_proto(ffn_model(weights()))
+    model = ir.from_proto(ffn_model(weights()))
+    for branch in ("heavy", "light"):
+        assert ConvertBranchPrecisionPass(branch=branch, precision="fp16")(model).modified is True
+    check(model)
+    names = [v.name for n in model.graph for v in n.outputs]
+    assert len(names) == len(set(names))
+    realized = {n.name: realized_precision(n) for n in model.graph if n.op_type in MATMUL_OPS}
+    assert set(realized.values()) == {"fp16"}
+    x = inputs()
+    ref, got = _reference(before, x), _reference(model, x)
+    assert np.abs(ref - got).max() < 5e-3 * np.abs(ref).max()
