@@ -50,6 +50,9 @@ def test_gpu_target_exports_here_with_its_build_deferred(
     kinds = {i.data_type for i in graph.graph.initializer}
     if target == "cuda-fp16":  # the graph holds fp16 branches, and ONNX Runtime's CPU kernels checked them
         assert onnx.TensorProto.FLOAT16 in kinds
+        # and the report counts them at 2 bytes a weight
+        assert all(p["heavy_bytes"] == 2 * p["heavy_params"] and p["light_bytes"] == 2 * p["light_params"]
+                   for p in m["layers"])
     else:  # TensorRT's builder lowers an fp32 graph; the light branch is int8 Q/DQ
         assert onnx.TensorProto.FLOAT16 not in kinds and onnx.TensorProto.INT8 in kinds
     # what needs the target refuses here, pointing at `ffsplit build`

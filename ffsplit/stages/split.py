@@ -55,6 +55,13 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
         for p in plan_objs:
             p.ffn_bytes_after += p.light_params - p.light_bytes
             p.light_bytes = p.light_params
+    # a float branch the runtime holds in fp16 / bf16 (in the graph, or in TensorRT's engine) takes 2 bytes
+    halved = [b for b, precision in (("heavy", plan.heavy), ("light", plan.light_float)) if precision in ("fp16", "bf16")]
+    for p in plan_objs:
+        rest = p.ffn_bytes_after - p.heavy_bytes - p.light_bytes  # the merged output bias, fp32
+        for branch in halved:
+            setattr(p, f"{branch}_bytes", 2 * getattr(p, f"{branch}_params"))
+        p.ffn_bytes_after = p.heavy_bytes + p.light_bytes + rest
     grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
     act_absmax = None
     if plan.target.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):
