@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ffsplit.precisions import PRECISIONS
+
 # The newest manifest layout: 2 added `checks` (the limits `check` applies, decided at export).
 FORMAT = 2
 # Keys written after the model was saved; every other key is also embedded in model.onnx.
@@ -144,7 +146,7 @@ def anything(_v: Any, _where: str, _errors: list[str]) -> None:
     return None
 
 
-_PRECISION = text(choices=("fp32", "fp16", "bf16", "int8", "int4"))
+_PRECISION = text(choices=PRECISIONS)
 _COUNT = integer(0, BIG)
 _FRACTION = number(0.0, 1.0)
 _LIMITS = mapping(number(0.0, 1e6), max_len=32, key=re.compile(r"[a-z0-9_]{1,40}"))

@@ -16,15 +16,12 @@ from typing import Any
 
 from ffsplit import bounds
 from ffsplit.errors import UsageError
+from ffsplit.parity.limits import COMPRESSION_METRICS
+from ffsplit.precisions import HALF_FLOATS, INTEGERS
 from ffsplit.runtimes.targets import Target, load_target
 
 DEFAULT_LIGHT = "lowrank:256"
 SMOOTH_ALPHA = 0.5
-# Limits a user may set on what a lossy recipe costs (original vs split and vs runtime).
-COMPRESSION_METRICS = (
-    "cosine_mean", "cosine_min", "retrieval_at10", "label_agreement", "top1_agreement", "top5_agreement",
-    "perplexity_ratio",
-)
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,7 @@ def require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
     """Refuse, before any work, a precision the target's runtime would not realise."""
     from ffsplit.graph_passes.quantize_branch_weights_pass import matmulnbits_block_ok
 
-    if heavy in ("fp16", "bf16") and not target.on_gpu:
+    if heavy in HALF_FLOATS and not target.on_gpu:
         raise UsageError(
             f"--heavy {heavy}: target '{target.name}' runs on the CPU, which has no {heavy} MatMul here and would "
             "compute the heavy branch in fp32; use fp32 or int8 on CPU targets, or a GPU target such as cuda-fp16"
@@ -158,7 +155,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
     nncf = tgt.int8_compute == "nncf"
     light = o.light
     if light is None:  # a target that asks for an integer light branch makes it the default recipe
-        light = "none" if nncf else tgt.light_precision if tgt.light_precision in ("int8", "int4") else DEFAULT_LIGHT
+        light = "none" if nncf else tgt.light_precision if tgt.light_precision in INTEGERS else DEFAULT_LIGHT
     heavy_ratio = 0.1 if o.heavy_ratio is None else o.heavy_ratio
     recipe = parse_light(light)
     if nncf and (recipe.quant or budget is not None):
@@ -173,7 +170,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
             "use --heavy fp32, or cpu-int8-full for an int8 heavy branch"
         )
     # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
-    light_float = tgt.light_precision if tgt.light_precision in ("fp16", "bf16") and not recipe.quant else "fp32"
+    light_float = tgt.light_precision if tgt.light_precision in HALF_FLOATS and not recipe.quant else "fp32"
     require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
     # exact only if nothing else in the graph is quantised either (cpu-int8-full's attention projections)
     exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32" and not nncf

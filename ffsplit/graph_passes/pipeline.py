@@ -19,7 +19,10 @@
 4. ``ConvertBranchPrecisionPass``: the heavy (and, on GPU targets, the
    light) branch in fp16 / bf16 when asked; for TensorRT the engine builder
    does this instead (layer precisions), so the graph stays fp32.
-5. ``EmbedManifestPass``: the manifest into the model's metadata, last, so it
+5. ``CheckBranchSeparationPass``: the graph as written keeps one multiply per
+   projection and branch, at the planned precision where the graph holds it
+   (the separation guard checks the runtime's graph again later).
+6. ``EmbedManifestPass``: the manifest into the model's metadata, last, so it
    records the passes that ran.
 
 Any further fusion is the runtime's, and the separation guard checks afterwards
@@ -33,6 +36,7 @@ from collections.abc import Mapping, Sequence
 import onnx_ir as ir
 from onnx_ir.passes import PassBase, PassError, PassManager, PassResult, PostconditionError, PreconditionError
 
+from ffsplit.graph_passes.check_branch_separation_pass import CheckBranchSeparationPass
 from ffsplit.graph_passes.cleanup_graph_pass import CleanupGraphPass
 from ffsplit.graph_passes.convert_branch_precision_pass import ConvertBranchPrecisionPass
 from ffsplit.graph_passes.fuse_graph_pass import FuseGraphPass
@@ -41,6 +45,7 @@ from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeig
 from ffsplit.graph_passes.quantize_other_matmuls_pass import QuantizeOtherMatMulsPass
 from ffsplit.graph_passes.remove_softmax_nan_guard_pass import RemoveSoftmaxNanGuardPass
 from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
+from ffsplit.precisions import HALF_FLOATS
 
 
 class PassFailed(RuntimeError):
@@ -111,9 +116,9 @@ def precision_passes(
         )
     if other_matmuls == "int8" and int8_form != "nncf":  # NNCF quantises the rest in the OpenVINO IR
         passes.append(QuantizeOtherMatMulsPass(reduce_range=int8_qmax < 127))
-    if heavy_precision in ("fp16", "bf16"):
+    if heavy_precision in HALF_FLOATS:
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
-    if light_precision in ("fp16", "bf16"):
+    if light_precision in HALF_FLOATS:
         passes.append(ConvertBranchPrecisionPass(branch="light", precision=light_precision))
     return passes
 
@@ -122,10 +127,13 @@ def target_passes(
     *, split_modules: Mapping[str, int], prefix: str, grids: Mapping[str, WeightGrid], int8_form: str,
     int4_form: str, heavy_precision: str, light_precision: str = "fp32",
     act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32", int8_qmax: int = 127,
-    fusions: str = "none",
+    fusions: str = "none", expected: Mapping[int, Mapping[str, int]] | None = None,
+    precisions: Mapping[int, Mapping[str, str]] | None = None,
 ) -> list[PassBase]:
-    """Steps 1-4 for one export; the caller runs EmbedManifestPass once it knows what these did."""
-    return [
+    """Steps 1-4 for one export, then (given ``expected``) CheckBranchSeparationPass on the graph as written:
+    a pass that merged or lost a branch multiply, or missed a planned precision, is caught here as the bug it
+    is, before any runtime. The caller runs EmbedManifestPass once it knows what these did."""
+    passes = [
         TagBranchesPass(split_modules=split_modules, prefix=prefix),
         *precision_passes(
             grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision,
@@ -133,3 +141,6 @@ def target_passes(
             int8_qmax=int8_qmax, fusions=fusions,
         ),
     ]
+    if expected is not None:
+        passes.append(CheckBranchSeparationPass(expected=expected, precisions=precisions))
+    return passes

@@ -34,8 +34,8 @@ from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, Precondi
 
 from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid, add_initializer, replace_node
 from ffsplit.graph_passes.tag_branches_pass import node_tags
+from ffsplit.precisions import INT8_GRAPH_FORMS
 
-INT8_FORMS = ("weight-only", "dynamic", "qdq")
 INT4_FORMS = ("matmulnbits",)
 
 
@@ -99,8 +99,8 @@ class QuantizeBranchWeightsPass(InPlacePass):
         act_absmax: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
-        if int8_form not in INT8_FORMS:
-            raise ValueError(f"int8_form {int8_form!r} is not one of {INT8_FORMS}")
+        if int8_form not in INT8_GRAPH_FORMS:
+            raise ValueError(f"int8_form {int8_form!r} is not one of {INT8_GRAPH_FORMS}")
         if int4_form not in INT4_FORMS:
             raise ValueError(f"int4_form {int4_form!r} is not one of {INT4_FORMS}")
         self.grids = grids

@@ -35,6 +35,9 @@ DEFAULT_LIMITS = {
         "top1_agreement": 0.85, "top5_agreement": 0.95, "perplexity_ratio": 1.10,
     },
 }
+# What a target's [parity.<table>] may set, and the limits a user may set on what a lossy recipe costs.
+PARITY_KEYS: dict[str, tuple[str, ...]] = {table: tuple(values) for table, values in DEFAULT_LIMITS.items()}
+COMPRESSION_METRICS = PARITY_KEYS["compression"]
 
 
 def limits_for(

@@ -23,12 +23,11 @@ from typing import Any
 import tomllib
 
 from ffsplit.errors import UsageError
+from ffsplit.parity.limits import PARITY_KEYS
+from ffsplit.precisions import HALF_FLOATS, HEAVY_PRECISIONS, INT8_COMPUTE, PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
-HEAVY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-INT8_COMPUTE = ("weight-only", "dynamic", "qdq", "nncf")
 INT4_COMPUTE = ("matmulnbits",)
 INT8_WEIGHT_RANGES = ("full", "reduced")
 FUSIONS = ("none", "ort")
@@ -105,14 +104,6 @@ _OPENVINO: dict[str, type | tuple[type, ...]] = {"device": str, "config": dict}
 _TENSORRT: dict[str, type | tuple[type, ...]] = {
     "fp16": bool, "int8": bool, "bf16": bool, "obey_precision_constraints": bool, "workspace_mb": int,
     "builder_optimization_level": int, "timing_cache": bool,
-}
-_PARITY: dict[str, tuple[str, ...]] = {
-    "fidelity": ("max_abs", "cosine_min", "generation_agreement"),
-    "exact": ("max_abs", "cosine_min", "generation_agreement"),
-    "compression": (
-        "cosine_mean", "cosine_min", "retrieval_at10", "label_agreement", "top1_agreement", "top5_agreement",
-        "perplexity_ratio",
-    ),
 }
 
 
@@ -339,14 +330,14 @@ def _validate(data: dict[str, Any]) -> list[str]:
                 errors.append(f"'shapes.{axis}' must be [min, opt, max] integers from 1 to 1048576, in order")
     if isinstance(data.get("parity"), dict):
         for group, values in data["parity"].items():
-            if group not in _PARITY:
+            if group not in PARITY_KEYS:
                 errors.append(f"unknown key 'parity.{group}'")
                 continue
             if not isinstance(values, dict):
                 errors.append(f"'parity.{group}' must be a table")
                 continue
             for k, v in values.items():
-                if k not in _PARITY[group]:
+                if k not in PARITY_KEYS[group]:
                     errors.append(f"unknown key 'parity.{group}.{k}'")
                 elif not _is(v, (int, float)) or not math.isfinite(v):
                     errors.append(f"'parity.{group}.{k}' must be a finite number")
@@ -397,7 +388,7 @@ def _lossy_at_runtime(data: dict[str, Any]) -> bool:
     """Whether the runtime rounds what split torch computes in fp32 (so fidelity cannot be fp32-tight)."""
     return (
         data.get("int8_compute", "weight-only") in ("dynamic", "qdq", "nncf")
-        or data.get("heavy_precision") in ("fp16", "bf16") or data.get("light_precision") in ("fp16", "bf16")
+        or data.get("heavy_precision") in HALF_FLOATS or data.get("light_precision") in HALF_FLOATS
         or data.get("other_matmuls", "fp32") == "int8"
     )
 

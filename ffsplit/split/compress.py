@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from ffsplit.errors import UsageError
+from ffsplit.precisions import HEAVY_PRECISIONS, INTEGERS
 
 RECIPES_HELP = "none, lowrank:R, prune:P, int8, int4[:B][:sym|asym], or a structure+quantiser such as lowrank:128+int8"
-HEAVY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def parse_light(spec: str) -> LightRecipe:
         kind, _, arg = part.partition(":")
         if kind in ("lowrank", "prune") and "structure" in fields:
             raise UsageError(f"light recipe '{spec}' has two structural steps: use one of lowrank or prune")
-        if kind in ("int8", "int4") and "quant" in fields:
+        if kind in INTEGERS and "quant" in fields:
             raise UsageError(f"light recipe '{spec}' has two quantisers: use one of int8 or int4")
         if kind == "lowrank":
             if not arg.isdigit() or int(arg) < 1:

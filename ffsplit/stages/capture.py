@@ -44,6 +44,7 @@ def capture(plan: ExportPlan, model: Any, tokenizer: Any, exporter: str) -> Capt
 def graph_passes(plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str, Any], act_absmax: Any) -> list[Any]:
     """Tag, generic and precision passes for the plan's target (EmbedManifestPass runs after, in ``save``)."""
     from ffsplit.exporter.export import WRAPPER_PREFIX
+    from ffsplit.graph_passes import expected_matmuls, expected_precisions
     from ffsplit.graph_passes.pipeline import target_passes
 
     floats = plan.target.floats_in_graph
@@ -53,7 +54,9 @@ def graph_passes(plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str,
         heavy_precision=plan.heavy if floats else "fp32",
         light_precision=plan.light_float if floats else "fp32",
         act_absmax=act_absmax, other_matmuls=plan.target.other_matmuls, int8_qmax=plan.int8_qmax,
-        fusions=plan.target.fusions,
+        fusions=plan.target.fusions, expected=expected_matmuls(plans),
+        # the graph holds the planned precisions unless TensorRT's builder or NNCF realises them later
+        precisions=expected_precisions(plans) if floats and not plan.nncf else None,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ffsplit.plan import ExportPlan
+from ffsplit.precisions import HALF_FLOATS
 
 
 @dataclass
@@ -56,7 +57,7 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
             p.ffn_bytes_after += p.light_params - p.light_bytes
             p.light_bytes = p.light_params
     # a float branch the runtime holds in fp16 / bf16 (in the graph, or in TensorRT's engine) takes 2 bytes
-    halved = [b for b, precision in (("heavy", plan.heavy), ("light", plan.light_float)) if precision in ("fp16", "bf16")]
+    halved = [b for b, precision in (("heavy", plan.heavy), ("light", plan.light_float)) if precision in HALF_FLOATS]
     for p in plan_objs:
         rest = p.ffn_bytes_after - p.heavy_bytes - p.light_bytes  # the merged output bias, fp32
         for branch in halved:

@@ -62,3 +62,35 @@ def test_generic_passes_are_one_list() -> None:
     """Export, the bench baseline and the benchmarks all take this list: cleanup and NaN guards, plus fusions."""
     assert [type(p).__name__ for p in generic_passes()] == ["CleanupGraphPass", "RemoveSoftmaxNanGuardPass"]
     assert [type(p).__name__ for p in generic_passes(fusions="ort")][-1] == "FuseGraphPass"
+
+
+class UntagLightPass(InPlacePass):
+    """A stand-in for a buggy rewrite: the light branch's input projection loses its tag (as a fusion that
+    rebuilt the node without it would)."""
+
+    def call(self, model: ir.Model) -> PassResult:
+        for node in model.graph:
+            if node.name == "ffsplit/L0/light/fc_in":
+                node.name = "fused_matmul"
+        return PassResult(model, modified=True)
+
+
+def test_an_export_checks_separation_on_its_own_graph() -> None:
+    """target_passes ends with CheckBranchSeparationPass: a pass that loses a branch multiply is a bug named
+    at export, before any runtime sees the graph."""
+    from ffsplit.graph_passes import CheckBranchSeparationPass
+    from ffsplit.graph_passes.pipeline import target_passes
+    from tests.graph_passes.ffn_graphs import ffn_model, weights
+
+    expected = {0: {"heavy": 2, "light": 2}}
+    passes = target_passes(split_modules={"ffn": 0}, prefix="m", grids={}, int8_form="weight-only",
+                           int4_form="matmulnbits", heavy_precision="fp32", expected=expected)
+    assert isinstance(passes[-1], CheckBranchSeparationPass)
+    assert not isinstance(target_passes(split_modules={"ffn": 0}, prefix="m", grids={}, int8_form="weight-only",
+                                        int4_form="matmulnbits", heavy_precision="fp32")[-1], CheckBranchSeparationPass)
+    check = CheckBranchSeparationPass(expected=expected, precisions={0: {"heavy": "fp32", "light": "fp32"}})
+    model, done = run_passes(ir.from_proto(ffn_model(weights())), [check])
+    assert done == [{"pass": "CheckBranchSeparationPass", "modified": False}]
+    with pytest.raises(PassFailed, match=r"CheckBranchSeparationPass failed \(after UntagLightPass\).*"
+                                         r"1 light matmul nodes, expected 2"):
+        run_passes(ir.from_proto(ffn_model(weights())), [UntagLightPass(), CheckBranchSeparationPass(expected=expected)])
