@@ -6,6 +6,8 @@ PIP := $(PY) -m pip
 # The CPU build of torch lies on disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
 TRITON_WHEELS := nvidia-pytriton==0.7.0 tritonclient==2.73.0
+# The wheel's Python backend stub is built against numpy 1: it gets this one (ffsplit serve).
+STUB_NUMPY := numpy==1.26.4
 
 .PHONY: demo test install install-test lint clean
 
@@ -30,6 +32,7 @@ install-test: $(VENV)/.torch
 	# The Triton server binary (nvidia-pytriton) and its HTTP client, without their Python
 	# dependencies (pytriton pins numpy below 2), into a folder of their own; see `ffsplit serve`.
 	$(PIP) install --quiet --no-deps --upgrade --target $(VENV)/ffsplit-triton $(TRITON_WHEELS)
+	$(PIP) install --quiet --no-deps --upgrade --target $(VENV)/ffsplit-triton/stub-numpy $(STUB_NUMPY)
 
 demo: install
 	# The fastest target that holds retrieval@10 >= 0.95 on held-out text here (README, Measured results):

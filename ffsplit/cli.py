@@ -199,8 +199,10 @@ def _add_artifact_verbs(sub: Any) -> None:
     tr.add_argument("dir")
     tr.add_argument("--repo", required=True, help="the model repository folder (created or added to)")
     tr.add_argument("--name", help="model name in the repository (default: ffsplit-<model>-<target>)")
-    tr.add_argument("--backend", choices=["auto", "python"], default="auto",
-                    help="auto: Triton's onnxruntime / tensorrt backend; python: a Python-backend model over ONNX Runtime")
+    tr.add_argument("--backend", choices=["auto", "python", "text"], default="auto",
+                    help="auto: Triton's onnxruntime / tensorrt backend; python: a Python-backend model over ONNX "
+                    "Runtime; text: a Python-backend model taking strings and returning what ffsplit.load gives "
+                    "(sentence_embedding or logits), the slim artifact inside")
 
     sv = sub.add_parser("serve", help="serve an output folder with a local Triton server until interrupted")
     sv.add_argument("dir")
@@ -471,9 +473,9 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def _cmd_triton(a: argparse.Namespace) -> int:
-    from ffsplit.serve.triton import python_repository, write_repository
+    from ffsplit.serve.triton import python_repository, text_repository, write_repository
 
-    write = python_repository if a.backend == "python" else write_repository
+    write = {"python": python_repository, "text": text_repository}.get(a.backend, write_repository)
     model_dir = write(Path(a.dir), Path(a.repo), name=a.name)
     print(f"wrote {model_dir} (config.pbtxt and version 1)")
     return 0
@@ -486,6 +488,9 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     server = start_server(Path(a.dir), http_port=a.http_port, grpc_port=a.grpc_port, log=_log)
     print(f"serving model '{server.model}' at http://{server.url}/v2/models/{server.model} (Ctrl-C stops)", flush=True)
+    if server.text_model:
+        print(f"and its text front end '{server.text_model}' (input 'text', strings) at "
+              f"http://{server.url}/v2/models/{server.text_model}", flush=True)
     try:
         while server.process.poll() is None:
             time.sleep(0.5)

@@ -98,11 +98,45 @@ def test_real_server_answers_concurrent_requests_like_onnxruntime(tiny_none_arti
 
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(ask, requests))
+
+        # the text front end: strings in, what ffsplit.load gives out, under the same concurrent load
+        def ask_text(texts: list[str]) -> np.ndarray:
+            client = httpclient.InferenceServerClient(server.url)
+            t = httpclient.InferInput("text", [len(texts), 1], "BYTES")
+            t.set_data_from_numpy(np.array([[s.encode()] for s in texts], dtype=object))
+            return client.infer(server.text_model, [t]).as_numpy("sentence_embedding")
+
+        phrases = [" ".join(["word"] * (1 + i % 9)) + f" number {i}, café" for i in range(16)]
+        text_requests = [phrases[i: i + 1 + i % 3] for i in range(0, 16, 2)]
+        with ThreadPoolExecutor(8) as pool:
+            got_text = list(pool.map(ask_text, text_requests))
     finally:
         server.stop()
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    import ffsplit
+
+    with ffsplit.load(tiny_none_artifact) as model:
+        for texts, g in zip(text_requests, got_text, strict=True):
+            np.testing.assert_allclose(g, model.encode(texts), rtol=1e-5, atol=1e-5)
     assert server.process.poll() is not None and not server.workdir.exists()
+
+
+def test_text_repository_carries_the_slim_artifact_and_no_path_of_this_machine(
+    tiny_none_artifact: Path, tmp_path: Path,
+) -> None:
+    import ffsplit
+    from ffsplit.serve.triton import text_repository
+
+    model_dir = text_repository(tiny_none_artifact, tmp_path / "repo", name="t")
+    cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    assert cfg["backend"] == "python" and cfg["input"]["data_type"] == "TYPE_STRING"  # one input, one output
+    assert cfg["output"]["name"] == "sentence_embedding" and cfg["output"]["dims"] == [32]
+    inside = model_dir / "1" / "artifact"
+    assert not (inside / "split.safetensors").exists()  # packed: what the runtime runs, and the tokenizer
+    assert ffsplit.load(inside).encode(["x"]).shape == (1, 32)
+    written = (model_dir / "1" / "model.py").read_text() + (model_dir / "config.pbtxt").read_text()
+    assert str(tiny_none_artifact) not in written and str(tmp_path) not in written
 
 
 def test_python_backend_repository_holds_no_path_of_this_machine(tiny_none_artifact: Path, tmp_path: Path) -> None:
