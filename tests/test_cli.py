@@ -230,25 +230,6 @@ def test_bench_refuses_a_sequence_past_the_model_maximum(tiny_none_artifact: Pat
     _assert_usage_error(r, None, "longer than the model's maximum")
 
 
-def test_check_and_bench_a_kv_cache_artifact(family_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], cache_dir: Path) -> None:
-    """A decoder checkpoint: --task auto exports the KV-cache graph; check re-runs the generation test."""
-    from conftest import save_family_model
-
-    out = tmp_path / "gpt2"
-    r = run_main(capsys, "export", str(save_family_model("gpt2", family_root)), "--out", str(out), "--light", "none",
-                 *FAST_ARGS)
-    assert r.returncode == 0, r.stderr
-    assert "generation_agreement" in r.stdout
-    r = run_main(capsys, "check", str(out), "--json", str(tmp_path / "c.json"))
-    assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "c.json").read_text())
-    assert report["task"] == "causal-lm-with-past"
-    assert report["comparisons"]["fidelity"]["metrics"]["generation_agreement"] == 1.0
-    r = run_main(capsys, "bench", str(out), "--batch", "1", "--seq", "16", "--runs", "2", "--warmup", "0",
-                 "--min-seconds", "0")
-    assert r.returncode == 0, r.stderr
-
-
 def test_export_and_check_on_the_users_evaluation_text(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
     """--eval FILE: parity on the user's domain, recorded in the manifest, reused by check while unchanged."""
     texts = tmp_path / "domain.txt"

@@ -11,13 +11,15 @@ import pytest
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
+SHORT = ("--calib-size", "64", "--max-length", "64")
 
 
 @pytest.fixture(scope="module")
 def minilm_artifact(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "minilm-lowrank"
     # int8 factors on the cpu target: stored as int8, dequantised exactly in the kernel
-    r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128+int8", "--eval-size", "64",
+    # 64 calibration texts of up to 64 tokens (4k tokens, ten times d_model) keep this at a fraction of the default run
+    r = run_cli("export", "minilm", "--out", str(out), "--light", "lowrank:128+int8", "--eval-size", "64", *SHORT,
                 "--limit", "cosine_mean=0.8", "--limit", "cosine_min=0.6", "--limit", "retrieval_at10=0.4")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == f"wrote {out}" and (out / "manifest.json").is_file()
@@ -58,7 +60,7 @@ def test_cpu_int8_target(tmp_path: Path) -> None:
     import onnx
 
     out = tmp_path / "minilm-int8"
-    r = run_cli("export", "minilm", "--out", str(out), "--target", "cpu-int8", "--eval-size", "48")
+    r = run_cli("export", "minilm", "--out", str(out), "--target", "cpu-int8", "--eval-size", "48", *SHORT)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in range(6)}
