@@ -289,6 +289,15 @@ def _validate(data: dict[str, Any]) -> list[str]:
     ):
         if isinstance(data.get(key), str) and data[key] not in allowed:
             errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
+    errors += _runtime_option_problems(data)
+    errors += _shape_problems(data.get("shapes"))
+    errors += _parity_problems(data.get("parity"))
+    return errors
+
+
+def _runtime_option_problems(data: dict[str, Any]) -> list[str]:
+    """Providers and their options, session config, OpenVINO and TensorRT tables."""
+    errors: list[str] = []
     if isinstance(data.get("providers"), list) and not all(isinstance(p, str) for p in data["providers"]):
         errors.append("'providers' must be a list of strings")
     if isinstance(data.get("provider_options"), dict):
@@ -319,8 +328,13 @@ def _validate(data: dict[str, Any]) -> list[str]:
             v = data["tensorrt"].get(k)
             if _is(v, int) and not 0 <= v <= (1 << 24 if k == "workspace_mb" else 5):
                 errors.append(f"'tensorrt.{k}' = {v} is out of range")
-    if isinstance(data.get("shapes"), dict):
-        for axis, rng in data["shapes"].items():
+    return errors
+
+
+def _shape_problems(shapes: Any) -> list[str]:
+    errors: list[str] = []
+    if isinstance(shapes, dict):
+        for axis, rng in shapes.items():
             if axis not in SHAPE_AXES:
                 errors.append(f"unknown key 'shapes.{axis}'")
             elif not (
@@ -328,8 +342,13 @@ def _validate(data: dict[str, Any]) -> list[str]:
                 and rng[0] <= rng[1] <= rng[2]
             ):
                 errors.append(f"'shapes.{axis}' must be [min, opt, max] integers from 1 to 1048576, in order")
-    if isinstance(data.get("parity"), dict):
-        for group, values in data["parity"].items():
+    return errors
+
+
+def _parity_problems(parity: Any) -> list[str]:
+    errors: list[str] = []
+    if isinstance(parity, dict):
+        for group, values in parity.items():
             if group not in PARITY_KEYS:
                 errors.append(f"unknown key 'parity.{group}'")
                 continue

@@ -9,7 +9,7 @@ activation-aware low-rank compressor whitens with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +32,50 @@ class LayerProfile:
     input_absmax: torch.Tensor | None = None  # (d_model,) max |x_j| per input channel: activation smoothing
 
 
+def _plus(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    return value if total is None else total + value
+
+
+@dataclass
+class _Sums:
+    """What the profiling hook adds up for one layer over the calibration tokens (padding masked out)."""
+
+    samples: int  # how many FFN inputs to keep
+    moments: bool
+    abs_act: torch.Tensor | None = None
+    act: torch.Tensor | None = None
+    moment_x: torch.Tensor | None = None
+    moment_a: torch.Tensor | None = None
+    absmax: torch.Tensor | None = None
+    kept: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x: torch.Tensor, a: torch.Tensor) -> None:
+        """``x``: the real tokens' FFN inputs (n, d_model); ``a``: their activations (n, d_ff), fp32."""
+        if len(x):
+            m = x.abs().amax(0)
+            self.absmax = m if self.absmax is None else torch.maximum(self.absmax, m)
+        self.abs_act = _plus(self.abs_act, a.abs().sum(0).double())
+        self.act = _plus(self.act, a.sum(0).double())
+        have = sum(len(t) for t in self.kept)
+        if have < self.samples:  # the first real tokens, in calibration order: deterministic
+            self.kept.append(x[: self.samples - have].detach().clone())
+        if self.moments:
+            # fp32 within a batch (fast), fp64 across batches (no drift over many tokens).
+            self.moment_x = _plus(self.moment_x, (x.T @ x).double())
+            self.moment_a = _plus(self.moment_a, (a.T @ a).double())
+
+    def profile(self, w_out: torch.Tensor, tokens: int) -> LayerProfile:
+        assert self.abs_act is not None and self.act is not None, "no calibration token reached this layer"
+        mean_abs = self.abs_act / tokens
+        return LayerProfile(
+            scores=mean_abs * w_out.double().norm(dim=0), mean_abs_act=mean_abs,
+            input_moment=None if self.moment_x is None else self.moment_x / tokens,
+            act_moment=None if self.moment_a is None else self.moment_a / tokens,
+            tokens=tokens, act_mean=self.act / tokens,
+            samples=torch.cat(self.kept) if self.kept else None, input_absmax=self.absmax,
+        )
+
+
 @torch.no_grad()
 def profile_model(
     model: torch.nn.Module,
@@ -47,13 +91,7 @@ def profile_model(
     samples: int = 0,
 ) -> list[LayerProfile]:
     layers = adapter.layer_modules(model)
-    n = len(layers)
-    sum_abs: list[torch.Tensor | None] = [None] * n
-    sum_a: list[torch.Tensor | None] = [None] * n
-    kept: list[list[torch.Tensor]] = [[] for _ in range(n)]
-    mom_x: list[torch.Tensor | None] = [None] * n
-    mom_a: list[torch.Tensor | None] = [None] * n
-    amax: list[torch.Tensor | None] = [None] * n
+    sums = [_Sums(samples, moments) for _ in layers]
     state: dict[str, torch.Tensor] = {}
     tokens = 0
 
@@ -64,30 +102,12 @@ def profile_model(
             # OPT flattens its tokens before fc1; others keep (batch, seq, d).
             if x_all.shape[0] != keep.shape[0]:
                 raise AssertionError(f"FFN input has {x_all.shape[0]} tokens, the mask {keep.shape[0]}")
-            x = x_all[keep].float()
-            if len(x):
-                m = x.abs().amax(0)
-                amax[i] = m if amax[i] is None else torch.maximum(amax[i], m)
             z = output.reshape(-1, output.shape[-1])[keep]
-            a = adapter.activation(layer, x_all[keep], z).float()
-            s = a.abs().sum(0).double()
-            sum_abs[i] = s if sum_abs[i] is None else sum_abs[i] + s
-            have = sum(len(t) for t in kept[i])
-            if have < samples:  # the first real tokens, in calibration order: deterministic
-                kept[i].append(x[: samples - have].detach().clone())
-            sa = a.sum(0).double()
-            sum_a[i] = sa if sum_a[i] is None else sum_a[i] + sa
-            if moments:
-                # fp32 within a batch (fast), fp64 across batches (no drift over many tokens).
-                mx, ma = (x.T @ x).double(), (a.T @ a).double()
-                mom_x[i] = mx if mom_x[i] is None else mom_x[i] + mx
-                mom_a[i] = ma if mom_a[i] is None else mom_a[i] + ma
+            sums[i].add(x_all[keep].float(), adapter.activation(layer, x_all[keep], z).float())
 
         return hook
 
-    handles = []
-    for i, layer in enumerate(layers):
-        handles.append(adapter.hooked(layer).register_forward_hook(make_hook(i, layer)))
+    handles = [adapter.hooked(layer).register_forward_hook(make_hook(i, layer)) for i, layer in enumerate(layers)]
     try:
         batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
         for batch in tqdm(batches, desc="profiling", unit="batch", disable=not progress, leave=False):
@@ -97,24 +117,7 @@ def profile_model(
     finally:
         for h in handles:
             h.remove()
-
-    out = []
-    for i, layer in enumerate(layers):
-        w_out = adapter.weights(layer).w_out.double()
-        mean_abs = sum_abs[i] / tokens
-        out.append(
-            LayerProfile(
-                scores=mean_abs * w_out.norm(dim=0),
-                mean_abs_act=mean_abs,
-                input_moment=None if mom_x[i] is None else mom_x[i] / tokens,
-                act_moment=None if mom_a[i] is None else mom_a[i] / tokens,
-                tokens=tokens,
-                act_mean=sum_a[i] / tokens,
-                samples=torch.cat(kept[i]) if kept[i] else None,
-                input_absmax=amax[i],
-            )
-        )
-    return out
+    return [total.profile(adapter.weights(layer).w_out, tokens) for total, layer in zip(sums, layers, strict=True)]
 
 
 @torch.no_grad()
