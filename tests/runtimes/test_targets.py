@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.targets import Target, gpu_present, list_targets, load_target
+from ffsplit.runtimes.targets import GRAPH_FIELDS, Target, gpu_present, list_targets, load_target
 
 
 def test_cpu_target_is_shipped_and_usable() -> None:
@@ -167,3 +167,31 @@ def test_a_partial_compression_table_keeps_the_other_defaults(tmp_path: Path) ->
     assert lims["top1_agreement"] == DEFAULT_LIMITS["compression"]["top1_agreement"] == 0.85
     assert "cosine_min" not in lims  # causal-lm measures no cosine
     assert limits_for(load_target(str(f)), "feature-extraction", exact=False)["compression"]["cosine_min"] == 0.7
+
+
+def test_graph_differences_name_what_shapes_the_graph(tmp_path: Path) -> None:
+    """Targets that run the same model.onnx may differ in how it runs (shapes, providers, builder options);
+    precisions, int8 / int4 forms, weight range, fusions and where fp16 is realised make another graph."""
+    cpu = load_target("cpu")
+    (tmp_path / "wide.toml").write_text('extends = "cpu"\nproviders = ["CUDAExecutionProvider"]\n'
+                                        "[shapes]\nbatch = [1, 64, 256]\n")
+    assert cpu.graph_differences(load_target(str(tmp_path / "wide.toml"))) == []
+    assert cpu.graph_differences(load_target("cpu-int8")) == [
+        "light_precision fp32 vs int8", "int8_compute weight-only vs dynamic", "int8_weight_range full vs reduced",
+        "fusions none vs ort",
+    ]
+    # both fp16 and both weight-only, but TensorRT lowers an fp32 graph while CUDA's graph holds fp16
+    assert load_target("cuda-fp16").graph_differences(load_target("tensorrt-fp16")) == [
+        "fp16 / bf16 in the graph vs by the TensorRT builder"
+    ]
+
+
+def test_stand_in_runs_the_same_graph_on_the_cpu() -> None:
+    for name in ("cuda-fp16", "tensorrt-int8"):
+        target = load_target(name)
+        stand_in = target.stand_in()
+        assert stand_in.runtime == "onnxruntime" and stand_in.providers == ("CPUExecutionProvider",)
+        assert not stand_in.on_gpu and stand_in.unavailable_reason() is None
+        assert stand_in.provider_options == {} and stand_in.tensorrt == {}
+        assert [getattr(stand_in, f) for f in GRAPH_FIELDS] == [getattr(target, f) for f in GRAPH_FIELDS]
+        assert stand_in.parity == target.parity  # held to the target's own tolerances
