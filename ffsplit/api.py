@@ -20,7 +20,6 @@ from typing import Any
 
 from ffsplit import __version__, bounds
 from ffsplit.artifact import (
-    FORMAT,
     MODEL_FILE,
     RUNTIME_DIR,
     SPLIT_WEIGHTS,
@@ -38,6 +37,7 @@ from ffsplit.artifact import (
 )
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.exporter.export import EXPORT_ADVICE
+from ffsplit.manifest import FORMAT, Manifest
 from ffsplit.plan import require_supported
 from ffsplit.runtimes.targets import Target, list_targets
 
@@ -291,23 +291,23 @@ def check(
     require_supported(art.target)
     m = art.manifest
     wanted = {k: v for k, v in (limits or {}).items() if v is not None}
-    missing = sorted(set(wanted) - set(TASK_METRICS[m["task"]]))
+    missing = sorted(set(wanted) - set(TASK_METRICS[m.task]))
     if missing:
-        raise UsageError(f"--limit {', '.join(missing)}: {m['task']} does not measure it; use {', '.join(TASK_METRICS[m['task']])}")
-    applied = {name: {**lims, **(wanted if name != "fidelity" else {})} for name, lims in m["checks"]["limits"].items()}
+        raise UsageError(f"--limit {', '.join(missing)}: {m.task} does not measure it; use {', '.join(TASK_METRICS[m.task])}")
+    applied = {name: {**lims, **(wanted if name != "fidelity" else {})} for name, lims in m.limits.items()}
     texts = _check_texts(m, eval_file, eval_size)
     loaded, split = rebuild(art, source, log)
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
         if log:
             log("building the runtime session and checking branch separation ...")
         with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp)) as runner:
-            separation = verify.guard(runner, m["layers"])
+            separation = verify.guard(runner, m.layers)
             if log:
                 log("running parity ...")
             report = verify.parity(
                 loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=applied,
-                texts=texts, max_length=m["calibration"]["max_length"],
-                max_positions=m["source"].get("max_positions"), progress=progress, pooling=_graph_pooling(art),
+                texts=texts, max_length=m.max_length, max_positions=m.source.max_positions, progress=progress,
+                pooling=_graph_pooling(art),
             )
     report.separation = separation
     return report
@@ -324,18 +324,18 @@ def _graph_pooling(art: LoadedArtifact) -> Any:
     return read_pooling(art.folder, default_length=None)
 
 
-def _check_texts(m: dict[str, Any], eval_file: str | Path | None, eval_size: int | None) -> list[str]:
+def _check_texts(m: Manifest, eval_file: str | Path | None, eval_size: int | None) -> list[str]:
     """The evaluation texts of a check: ``eval_file``, else the export's own (its file must not have changed)."""
     from ffsplit.split.calibration import corpus_digest, eval_texts
 
-    limit, max_length = eval_size or m["evaluation"]["texts"], m["calibration"]["max_length"]
-    recorded = m["evaluation"].get("source", "")
-    if eval_file is not None or recorded.startswith("bundled"):
+    evaluation = m.evaluation
+    limit, max_length, recorded = eval_size or evaluation.texts, m.max_length, evaluation.source
+    if eval_file is not None or evaluation.bundled:
         return eval_texts(eval_file, limit=limit, max_length=max_length)
     if not Path(recorded).is_file():
         raise UsageError(f"the export was checked on '{recorded}', which is not there now: pass --eval FILE")
     texts = eval_texts(recorded, limit=limit, max_length=max_length)
-    if eval_size is None and corpus_digest(texts) != m["evaluation"].get("sha256"):
+    if eval_size is None and corpus_digest(texts) != evaluation.sha256:
         raise UsageError(f"'{recorded}' changed since the export was checked on it: pass --eval FILE to check on it as it is")
     return texts
 
@@ -365,9 +365,9 @@ def debug(
     require_supported(art.target)
     m = art.manifest
     loaded, split = rebuild(art, source, log)
-    tol = tolerance if tolerance is not None else float(art.target.parity.get("fidelity", {}).get("max_abs", 1e-4))
+    tol = tolerance if tolerance is not None else float(m.limits["fidelity"].get("max_abs", 1e-4))
     texts = [t.text for t in evaluation_texts(batch)]
-    enc = next(encode_batches(loaded.tokenizer, texts, batch_size=batch, max_length=m["calibration"]["max_length"]))
+    enc = next(encode_batches(loaded.tokenizer, texts, batch_size=batch, max_length=m.max_length))
     try:
         model = ir.load(art.folder / MODEL_FILE)
     except Exception as exc:
@@ -378,7 +378,7 @@ def debug(
     return compare_layers(
         split, model, lambda path: make_runner(path, art.target).activate(), enc,
         lambda mod, b: torch_output(mod, b, loaded.task, graph_inputs),
-        split_modules={p["module"]: p["layer"] for p in m["layers"]}, prefix=WRAPPER_PREFIX, tolerance=tol,
+        split_modules={p["module"]: p["layer"] for p in m.layers}, prefix=WRAPPER_PREFIX, tolerance=tol,
     )
 
 
@@ -407,7 +407,7 @@ def bench(
     art = open_artifact(folder)
     require_built(art, "bench")
     require_supported(art.target)
-    max_pos = art.manifest["source"].get("max_positions")
+    max_pos = art.manifest.source.max_positions
     for b in batches:
         for s in sequences:
             bounds.require_shape(b, s, max_pos)
@@ -459,20 +459,20 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
     m = art.manifest
     mine = f"{RUNTIME_DIR}/{tgt.name}/"
     # the IR NNCF made at export is the graph the target runs; everything else there is rebuilt
-    kept = [rel for rel in m["files"] if not rel.startswith(mine) or (tgt.int8_compute == "nncf" and not not_deployed(rel))]
+    kept = [rel for rel in m.files if not rel.startswith(mine) or (tgt.int8_compute == "nncf" and not not_deployed(rel))]
     with staged_output(art.folder, force=True) as stage:
         for rel in kept:  # linked, not copied: nothing below writes into a kept file
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(art.folder / rel, stage / rel, copy=rel.startswith(mine))
         # the files as staged are the ones verified (the folder may have changed since it was opened)
-        check_staged = {**m, "files": {rel: m["files"][rel] for rel in kept}}
+        check_staged = {**m, "files": {rel: m.files[rel] for rel in kept}}
         from ffsplit.artifact import verify_files
 
         verify_files(stage, check_staged)
         if log:
             log(f"building for {tgt.name} and checking branch separation ...")
         with make_runner(stage / MODEL_FILE, tgt, runtime_dir=stage / RUNTIME_DIR / tgt.name) as runner:
-            separation = verify.guard(runner, m["layers"])
+            separation = verify.guard(runner, m.layers)
             if not separation["passed"]:
                 raise CheckFailed(separation["failure"], details={"separation": separation})
             if log:
@@ -510,8 +510,8 @@ def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[st
     art = open_artifact(folder)
     require_unpacked(art, "pack")
     present, _ = list_files(art.folder)
-    keep = sorted(rel for rel in art.manifest["files"] if not not_deployed(rel))
-    dropped = sorted(rel for rel in art.manifest["files"] if not_deployed(rel))
+    keep = sorted(rel for rel in art.manifest.files if not not_deployed(rel))
+    dropped = sorted(rel for rel in art.manifest.files if not_deployed(rel))
     with staged_output(out, force=force, protected={"artifact": art.folder}) as stage:
         for rel in keep:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)

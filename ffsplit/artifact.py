@@ -26,13 +26,13 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ffsplit.errors import CheckFailed, UsageError
-from ffsplit.manifest import FORMAT, POST_EXPORT_KEYS, manifest_problems
+from ffsplit.manifest import POST_EXPORT_KEYS, Manifest
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -343,7 +343,7 @@ def parse_json(text: str, where: str) -> Any:
         raise UsageError(f"{where} is not valid JSON ({str(exc)[:120]}): re-run ffsplit export") from None
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
+def read_manifest(folder: str | Path) -> Manifest:
     """manifest.json, parsed with bounds and checked against the schema (UsageError when it departs)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -357,20 +357,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text: re-run ffsplit export") from None
-    manifest = parse_json(text, str(path))
-    if not isinstance(manifest, dict):
-        raise UsageError(f"{path} is not an ffsplit manifest (not a JSON object): re-run ffsplit export")
-    if manifest.get("format") != FORMAT:
-        found = manifest.get("format")
-        raise UsageError(
-            f"{path} is not an ffsplit manifest of format {FORMAT} (format {str(found)[:20]}"
-            f"{', made by an older ffsplit' if isinstance(found, int) and found < FORMAT else ''}): re-run ffsplit export"
-        )
-    problems = manifest_problems(manifest)
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise UsageError(f"{path} is damaged ({'; '.join(problems[:3])}{more}): re-run ffsplit export")
-    return manifest
+    return Manifest.from_json(parse_json(text, str(path)), where=str(path))
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -388,7 +375,7 @@ def _safe_relative(rel: str) -> bool:
     return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def verify_files(folder: Path, manifest: Mapping[str, Any]) -> None:
     """Refuse an artifact whose files differ from what its manifest lists, either way."""
     folder = Path(folder)
     present, problems = list_files(folder)
@@ -441,7 +428,7 @@ def check_external_data(model_path: Path) -> None:
     onnx_metadata(model_path)
 
 
-def check_embedded_manifest(folder: Path, manifest: dict[str, Any], meta: dict[str, str] | None = None) -> None:
+def check_embedded_manifest(folder: Path, manifest: Mapping[str, Any], meta: dict[str, str] | None = None) -> None:
     """manifest.json must agree with the copy embedded in model.onnx (whose hash the manifest lists).
 
     Everything decided before the model was saved (source, target with its
@@ -468,7 +455,7 @@ def check_embedded_manifest(folder: Path, manifest: dict[str, Any], meta: dict[s
         )
 
 
-def verify_artifact(folder: Path, manifest: dict[str, Any]) -> None:
+def verify_artifact(folder: Path, manifest: Mapping[str, Any]) -> None:
     """Everything ``check`` / ``bench`` / ``debug`` / ``triton`` trust, before anything runs."""
     verify_files(folder, manifest)
     # each ONNX file is parsed once: its external data checked, and model.onnx's metadata kept
@@ -484,8 +471,8 @@ class LoadedArtifact:
     """An output folder opened for use: its manifest (schema-checked) and its target (validated)."""
 
     folder: Path
-    manifest: dict[str, Any]
-    target: Any  # runtimes.targets.Target
+    manifest: Manifest
+    target: Any  # runtimes.targets.Target: what it runs on (the build's target, when `ffsplit build` chose one)
 
 
 def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
@@ -503,20 +490,18 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     if verify:
         verify_artifact(folder, manifest)
     target = Target.from_json(manifest["target"], where=str(folder / "manifest.json"))
-    built = manifest.get("build", {}).get("runtime_target")
+    built = manifest.build.runtime_target
     if built is not None:  # `ffsplit build --target` built this graph for another target with the same graph
         runtime_target = Target.from_json(built, where=f"{folder / 'manifest.json'} (build)")
-        if runtime_target.graph_differences(target) or manifest["build"]["target"] != runtime_target.name:
+        if runtime_target.graph_differences(target) or manifest.build.target != runtime_target.name:
             raise UsageError(f"{folder / 'manifest.json'} is damaged (its build target does not run this graph): "
                              "re-run ffsplit build")
         target = runtime_target
-    unknown = {
-        k for limits in manifest["checks"]["limits"].values() for k in limits
-    } - set(TASK_METRICS[manifest["task"]])
+    unknown = {k for limits in manifest.limits.values() for k in limits} - set(TASK_METRICS[manifest.task])
     if unknown:
         raise UsageError(
             f"{folder / 'manifest.json'} is damaged (limits on {', '.join(sorted(unknown))}, which "
-            f"{manifest['task']} does not measure): re-run ffsplit export"
+            f"{manifest.task} does not measure): re-run ffsplit export"
         )
     return LoadedArtifact(folder, manifest, target)
 
@@ -525,24 +510,24 @@ def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_rem
     """The source model of an artifact (the recorded one, or ``source``), refused if it changed since the export."""
     from ffsplit.loading import load_model
 
-    src = art.manifest["source"]
+    src = art.manifest.source
     if source is not None:
         spec = str(source)
-    elif Path(src["path"]).is_dir():
-        spec = src["path"]
+    elif Path(src.path).is_dir():
+        spec = src.path
     else:
         from ffsplit.loading import ALIASES
 
-        if src["spec"] not in ALIASES:
+        if src.spec not in ALIASES:
             raise UsageError(
-                f"the source model this folder was exported from is no longer at '{src['path']}': "
+                f"the source model this folder was exported from is no longer at '{src.path}': "
                 "pass --source PATH to where it is now"
             )
-        spec = src["spec"]
-    loaded = load_model(spec, task=art.manifest["task"], trust_remote_code=trust_remote_code)
+        spec = src.spec
+    loaded = load_model(spec, task=art.manifest.task, trust_remote_code=trust_remote_code)
     from ffsplit.loading import source_record
 
-    if source_record(loaded)["sha256"] != src["sha256"]:
+    if source_record(loaded)["sha256"] != src.sha256:
         raise UsageError(
             f"source model at '{loaded.path}' is not the one exported (its hash differs): pass --source with the "
             "exact model the export used, or re-run ffsplit export"
@@ -562,7 +547,7 @@ def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = No
     split = copy.deepcopy(loaded.model)
     state = split_state(art.folder / SPLIT_WEIGHTS)
     try:
-        rebuild_split(split, adapter, art.manifest["layers"], state)
+        rebuild_split(split, adapter, art.manifest.layers, state)
     except (KeyError, ValueError, RuntimeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(
@@ -617,17 +602,17 @@ def not_deployed(rel: str) -> bool:
 
 def require_built(art: LoadedArtifact, verb: str) -> None:
     """Refuse to run an artifact whose build was deferred: no guard has seen what its runtime executes."""
-    build = art.manifest.get("build") or {}
-    if build.get("status") == "deferred":
+    build = art.manifest.build
+    if build.deferred:
         raise UsageError(
-            f"{art.folder} was exported for '{build['target']}' without building it (on that machine: "
-            f"{str(build.get('reason', 'it could not run'))[:200]}): run `ffsplit build {art.folder}` on a machine "
-            f"where '{build['target']}' runs, then `{verb}`"
+            f"{art.folder} was exported for '{build.target}' without building it (on that machine: "
+            f"{str(build.reason or 'it could not run')[:200]}): run `ffsplit build {art.folder}` on a machine "
+            f"where '{build.target}' runs, then `{verb}`"
         )
 
 
 def require_unpacked(art: LoadedArtifact, verb: str) -> None:
-    if art.manifest.get("packed"):
+    if art.manifest.packed:
         raise UsageError(
             f"{art.folder} is a packed folder (no {SPLIT_WEIGHTS}): `{verb}` needs the full artifact; "
             "run `ffsplit check DIR --golden` here, or point at the folder `ffsplit export` wrote"

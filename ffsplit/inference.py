@@ -155,7 +155,7 @@ class Model:
         require_built(self.artifact, "ffsplit.load")
         require_supported(self.artifact.target)
         self.folder = self.artifact.folder
-        self.task = TASKS[self.artifact.manifest["task"]]
+        self.task = TASKS[self.artifact.manifest.task]
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
         except Exception as exc:
@@ -163,7 +163,7 @@ class Model:
         self.tokenizer.padding_side = self.task.padding_side
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        max_positions = self.artifact.manifest["source"].get("max_positions")
+        max_positions = self.artifact.manifest.source.max_positions
         self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.name == "feature-extraction" \
             else Pooling(max_seq_length=max_positions)
         self.runner = make_runner(self.folder / MODEL_FILE, self.artifact.target).activate()

@@ -1,4 +1,5 @@
-"""The manifest's schema: every section a verb reads, with its type and bounds, checked before use.
+"""The manifest: its schema (every section a verb reads, with its type and bounds) and ``Manifest``, the typed
+view of a checked one that the verbs read.
 
 A manifest is a file ffsplit did not just write: it may have been edited by
 hand, damaged, or crafted. ``manifest_problems`` lists every way one departs
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from ffsplit.errors import UsageError
 from ffsplit.precisions import PRECISIONS
 
 # The newest manifest layout: 2 added `checks` (the limits `check` applies, decided at export).
@@ -223,3 +226,136 @@ def manifest_problems(manifest: Any) -> list[str]:
     errors: list[str] = []
     SCHEMA(manifest, "manifest", errors)
     return errors
+
+
+# -- the typed view verbs read
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model an artifact was exported from."""
+
+    spec: str  # what the user passed (a folder or an alias)
+    path: str
+    sha256: str
+    model_type: str
+    architecture: str
+    max_positions: int | None  # the longest input the model computes (None when unknown)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The texts the export's parity was checked on."""
+
+    texts: int
+    source: str  # a file path, or "bundled: ..."
+    sha256: str | None
+
+    @property
+    def bundled(self) -> bool:
+        return self.source.startswith("bundled")
+
+
+@dataclass(frozen=True)
+class Build:
+    """Whether the artifact's runtime was built and guarded, and for which target."""
+
+    status: str  # "built" | "deferred"
+    target: str
+    reason: str | None = None  # why a deferred build could not run where the export ran
+    runtime_target: Mapping[str, Any] | None = None  # a target of the same graph that `ffsplit build` used
+
+    @property
+    def deferred(self) -> bool:
+        return self.status == "deferred"
+
+
+class Manifest(Mapping[str, Any]):
+    """A schema-checked manifest of format ``FORMAT``: typed properties for what the verbs read, and the
+    JSON object as written underneath (``manifest["key"]``, ``to_json()``), so nothing is lost in a round trip.
+
+    Build one with ``Manifest.from_json``, which refuses anything that departs from the schema.
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str = "the manifest") -> Manifest:
+        if not isinstance(data, dict):
+            raise UsageError(f"{where} is not an ffsplit manifest (not a JSON object): re-run ffsplit export")
+        if data.get("format") != FORMAT:
+            found = data.get("format")
+            older = ", made by an older ffsplit" if isinstance(found, int) and found < FORMAT else ""
+            raise UsageError(f"{where} is not an ffsplit manifest of format {FORMAT} (format {str(found)[:20]}"
+                             f"{older}): re-run ffsplit export")
+        problems = manifest_problems(data)
+        if problems:
+            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise UsageError(f"{where} is damaged ({'; '.join(problems[:3])}{more}): re-run ffsplit export")
+        return cls(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Manifest(task={self.task!r}, target={self.target_name!r}, layers={len(self.layers)})"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    @property
+    def task(self) -> str:
+        return str(self._data["task"])
+
+    @property
+    def target_name(self) -> str:
+        return str(self._data["target"]["name"])
+
+    @property
+    def source(self) -> Source:
+        s = self._data["source"]
+        return Source(s["spec"], s["path"], s["sha256"], s["model_type"], s["architecture"], s.get("max_positions"))
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return list(self._data["layers"])
+
+    @property
+    def exact(self) -> bool:
+        return bool(self._data["checks"]["exact"])
+
+    @property
+    def limits(self) -> dict[str, dict[str, float]]:
+        """Per comparison, metric -> limit: what `check` holds the artifact to (decided at export)."""
+        return {name: dict(values) for name, values in self._data["checks"]["limits"].items()}
+
+    @property
+    def max_length(self) -> int:
+        """The longest calibration and evaluation text, in tokens."""
+        return int(self._data["calibration"]["max_length"])
+
+    @property
+    def evaluation(self) -> Evaluation:
+        e = self._data["evaluation"]
+        return Evaluation(int(e["texts"]), str(e.get("source", "")), e.get("sha256"))
+
+    @property
+    def files(self) -> dict[str, str]:
+        return dict(self._data["files"])
+
+    @property
+    def packed(self) -> bool:
+        return bool(self._data.get("packed"))
+
+    @property
+    def build(self) -> Build:
+        """The build record; artifacts written before build-later were built at export."""
+        b = self._data.get("build") or {"status": "built", "target": self.target_name}
+        return Build(b["status"], b["target"], b.get("reason"), b.get("runtime_target"))

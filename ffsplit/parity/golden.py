@@ -10,11 +10,14 @@ last position's logits, which is what generation reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ffsplit.errors import CheckFailed, UsageError
+
+if TYPE_CHECKING:
+    from ffsplit.manifest import Manifest
 
 GOLDEN_FILE = "golden.npz"
 GOLDEN_TEXTS = 4
@@ -68,16 +71,16 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
         return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
 
 
-def replay_golden(folder: Path, runner: Any, manifest: dict[str, Any], *, tolerance: float | None = None) -> dict[str, Any]:
+def replay_golden(folder: Path, runner: Any, manifest: Manifest, *, tolerance: float | None = None) -> dict[str, Any]:
     """Run the golden inputs of the artifact in ``folder`` through an active ``runner`` and compare (see
     ``check_golden``). The feed is rebuilt by the runner from the token inputs, so a runtime with its own
     prefill form (TensorRT's one masked past slot) replays what another runtime recorded."""
     from ffsplit.signature import is_past
     from ffsplit.tasks import TASKS
 
-    task = TASKS[manifest["task"]]
+    task = TASKS[manifest.task]
     feed, name, want = read_golden(Path(folder) / GOLDEN_FILE)
-    tol = tolerance if tolerance is not None else float(manifest["checks"]["limits"]["fidelity"].get("max_abs", 1e-4))
+    tol = tolerance if tolerance is not None else float(manifest.limits["fidelity"].get("max_abs", 1e-4))
     got = _kept(np.asarray(runner.infer(runner.feed_from({k: v for k, v in feed.items() if not is_past(k)}))[name]),
                 task.decoder)
     if got.shape != want.shape:

@@ -235,7 +235,7 @@ def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> 
         files = [(p, p.name) for p in [art.folder / MODEL_FILE, *art.folder.glob(MODEL_FILE + ".data")]]
     cfg = model_config(
         name, sig, platform=platform, backend=None, shapes=target.shapes,
-        kind="KIND_GPU" if target.on_gpu else "KIND_CPU", sequence=art.manifest["task"] == "causal-lm-with-past",
+        kind="KIND_GPU" if target.on_gpu else "KIND_CPU", sequence=art.manifest.task == "causal-lm-with-past",
     )
     # staged beside the repository's other models and renamed in when whole (a full disk leaves nothing)
     with staged_output(model_dir, force=False) as stage:
@@ -356,7 +356,7 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
 
     art = open_artifact(artifact)
     require_built(art, "triton --text")
-    task = art.manifest["task"]
+    task = art.manifest.task
     if task not in TEXT_TASKS:
         raise UsageError(f"a text front end serves embeddings or class logits; '{artifact}' is {task}: "
                          "serve its tensors (without --text)")
@@ -373,7 +373,7 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
     with staged_output(model_dir, force=False) as stage:
         (stage / "1").mkdir()
         (stage / "1" / "model.py").write_text(TEXT_MODEL, encoding="utf-8")
-        if art.manifest.get("packed"):  # already slim (and verified)
+        if art.manifest.packed:  # already slim (and verified)
             shutil.copytree(art.folder, stage / "1" / "artifact", symlinks=True)
         else:
             pack(art.folder, stage / "1" / "artifact")
@@ -391,7 +391,7 @@ def text_served(artifact: Path) -> bool:
     """Whether ``serve`` adds a text front end: embedding and classification artifacts."""
     from ffsplit.artifact import read_manifest
 
-    return read_manifest(artifact)["task"] in TEXT_TASKS
+    return read_manifest(artifact).task in TEXT_TASKS
 
 
 def python_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
@@ -404,7 +404,7 @@ def python_repository(artifact: Path, repo: Path, *, name: str | None = None) ->
         raise UsageError(f"ffsplit serve runs ONNX Runtime CPU artifacts; '{artifact}' targets {art.target.name}")
     return python_model(
         art.folder / MODEL_FILE, repo, name=name or _model_name(art.manifest), shapes=art.target.shapes,
-        session_config=art.target.session_config, sequence=art.manifest["task"] == "causal-lm-with-past",
+        session_config=art.target.session_config, sequence=art.manifest.task == "causal-lm-with-past",
     )
 
 
