@@ -56,6 +56,8 @@ def test_gpu_target_exports_here_with_its_build_deferred(
     else:  # TensorRT's builder lowers an fp32 graph; the light branch is int8 Q/DQ
         assert onnx.TensorProto.FLOAT16 not in kinds and onnx.TensorProto.INT8 in kinds
     # what needs the target refuses here, pointing at `ffsplit build`
+    r = run_cli("inspect", str(out))
+    assert r.returncode == 0 and "build: deferred (no NVIDIA GPU" in r.stdout and f"`ffsplit build {out}`" in r.stdout
     r = run_cli("build", str(out))
     assert r.returncode == 2 and f"target '{target}' cannot run on this machine: no NVIDIA GPU" in r.stderr
     for args in (("bench", str(out)), ("check", str(out), "--golden")):

@@ -153,7 +153,7 @@ def test_export_check_inspect_bench(tiny_lowrank_artifact: Path, tmp_path: Path)
 
     r = run_cli("inspect", str(tiny_lowrank_artifact))
     assert r.returncode == 0, r.stderr
-    assert "lowrank:8" in r.stdout and "fp32/fp32" in r.stdout
+    assert "lowrank:8" in r.stdout and "fp32/fp32" in r.stdout and "build: built for cpu" in r.stdout
     # per layer and branch, ops and realised precision in the exported and the runtime's graph
     assert "graph model.onnx:" in r.stdout and "graph runtime/cpu/optimized.onnx:" in r.stdout
     assert "    0 light  fp32       MatMul x4" in r.stdout
