@@ -77,11 +77,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
 
-    from ffsplit.artifact import load_source, open_artifact
+    from ffsplit.artifact import open_artifact
     from ffsplit.bench.baseline import baseline_onnx
     from ffsplit.bench.harness import machine_info, make_feed
     from ffsplit.serve.triton import start_server, triton_home
     from ffsplit.split.calibration import evaluation_texts
+    from ffsplit.stages.reload import load_source
 
     sys.path.insert(0, str(triton_home()))
     art = open_artifact(a.artifact)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ffsplit.version import __version__
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from ffsplit.inference import Model
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 

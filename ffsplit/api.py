@@ -26,10 +26,9 @@ from ffsplit.artifact import (
     LoadedArtifact,
     check_external_data,
     list_files,
-    load_source,
     not_deployed,
     open_artifact,
-    rebuild,
+    pack_artifact,
     require_built,
     require_unpacked,
     staged_output,
@@ -38,8 +37,8 @@ from ffsplit.artifact import (
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.exporter.export import EXPORT_ADVICE
 from ffsplit.manifest import FORMAT, Manifest
-from ffsplit.plan import require_supported
-from ffsplit.runtimes.targets import Target, list_targets
+from ffsplit.runtimes.targets import Target, list_targets, require_supported
+from ffsplit.stages.reload import load_source, rebuild
 
 __all__ = [
     "ExportResult", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact", "open_artifact", "pack",
@@ -117,7 +116,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     """The stages of one export, written into the staging folder ``stage``."""
     from safetensors.torch import save_file
 
-    from ffsplit.inference import sentence_files
+    from ffsplit.pooling import sentence_files
     from ffsplit.runtimes.openvino import nncf_ir
     from ffsplit.runtimes.shapes import clamp_shapes
     from ffsplit.stages import capture, prepare, split
@@ -278,7 +277,7 @@ def check(
     user's texts; without it, on what the export was checked on (its ``--eval`` file, which must be
     unchanged, or the bundled set).
     """
-    from ffsplit.parity.limits import TASK_METRICS
+    from ffsplit.limits import TASK_METRICS
     from ffsplit.plan import check_overrides
     from ffsplit.runtimes.base import make_runner
     from ffsplit.stages import verify
@@ -315,9 +314,8 @@ def check(
 
 def _graph_pooling(art: LoadedArtifact) -> Any:
     """The pooling behind an artifact's ``sentence_embedding`` output, or None when its graph has none."""
-    from ffsplit.exporter.export import SENTENCE_OUTPUT
-    from ffsplit.inference import read_pooling
-    from ffsplit.signature import onnx_signature
+    from ffsplit.pooling import read_pooling
+    from ffsplit.signature import SENTENCE_OUTPUT, onnx_signature
 
     if SENTENCE_OUTPUT not in onnx_signature(art.folder / MODEL_FILE)[1]:
         return None
@@ -507,19 +505,7 @@ def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[st
     """A slim copy of a verified artifact holding only what its target runs, with the tokenizer, config,
     sentence-transformers files and golden outputs; its manifest lists what was left out. ``ffsplit.load``,
     ``check --golden``, ``bench``, ``triton`` and ``serve`` work on it; the three-way ``check`` needs the full one."""
-    art = open_artifact(folder)
-    require_unpacked(art, "pack")
-    present, _ = list_files(art.folder)
-    keep = sorted(rel for rel in art.manifest.files if not not_deployed(rel))
-    dropped = sorted(rel for rel in art.manifest.files if not_deployed(rel))
-    with staged_output(out, force=force, protected={"artifact": art.folder}) as stage:
-        for rel in keep:
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(present[rel], stage / rel, follow_symlinks=False)
-        manifest = {k: v for k, v in art.manifest.items() if k != "files"}
-        manifest["packed"] = {"dropped": dropped}
-        written = write_manifest(stage, manifest)
-    return written
+    return pack_artifact(folder, out, force=force)
 
 
 def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, Any]:
@@ -529,7 +515,7 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
     import onnx_ir as ir
 
     from ffsplit.graph_passes.precision import branch_summary, records_summary
-    from ffsplit.runtimes.base import records_from_file
+    from ffsplit.runtimes.records import records_from_file
 
     art = open_artifact(folder, verify=False)
     info = dict(art.manifest)

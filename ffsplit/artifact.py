@@ -17,7 +17,6 @@ read external data from outside the folder.
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import fcntl
 import glob
@@ -482,7 +481,7 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     manifest both ways, external data of every ONNX file, and the manifest
     against the copy embedded in model.onnx.
     """
-    from ffsplit.parity.limits import TASK_METRICS
+    from ffsplit.limits import TASK_METRICS
     from ffsplit.runtimes.targets import Target
 
     folder = Path(folder)
@@ -506,69 +505,6 @@ def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     return LoadedArtifact(folder, manifest, target)
 
 
-def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> Any:
-    """The source model of an artifact (the recorded one, or ``source``), refused if it changed since the export."""
-    from ffsplit.loading import load_model
-
-    src = art.manifest.source
-    if source is not None:
-        spec = str(source)
-    elif Path(src.path).is_dir():
-        spec = src.path
-    else:
-        from ffsplit.loading import ALIASES
-
-        if src.spec not in ALIASES:
-            raise UsageError(
-                f"the source model this folder was exported from is no longer at '{src.path}': "
-                "pass --source PATH to where it is now"
-            )
-        spec = src.spec
-    loaded = load_model(spec, task=art.manifest.task, trust_remote_code=trust_remote_code)
-    from ffsplit.loading import source_record
-
-    if source_record(loaded)["sha256"] != src.sha256:
-        raise UsageError(
-            f"source model at '{loaded.path}' is not the one exported (its hash differs): pass --source with the "
-            "exact model the export used, or re-run ffsplit export"
-        )
-    return loaded
-
-
-def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = None) -> tuple[Any, Any]:
-    """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors."""
-    from ffsplit.split.adapters import find_adapter
-    from ffsplit.split.apply import rebuild_split
-
-    if log:
-        log("loading the source model and rebuilding the split ...")
-    loaded = load_source(art, source)
-    adapter = find_adapter(loaded.model)
-    split = copy.deepcopy(loaded.model)
-    state = split_state(art.folder / SPLIT_WEIGHTS)
-    try:
-        rebuild_split(split, adapter, art.manifest.layers, state)
-    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UsageError(
-            f"{art.folder / SPLIT_WEIGHTS} does not fit the manifest's layers ({type(exc).__name__}: {first}): "
-            "re-run ffsplit export"
-        ) from None
-    return loaded, split
-
-
-def split_state(path: Path) -> dict[str, Any]:
-    """The SplitFFN weights in split.safetensors, refused in one line if the file is damaged."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("heavy_index.", "quant."))}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UsageError(f"{path} is damaged ({type(exc).__name__}: {first}): re-run ffsplit export") from None
-
-
 def versions() -> dict[str, str]:
     """The versions an artifact records (and the bench baseline cache is keyed on)."""
     import platform
@@ -579,7 +515,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from ffsplit import __version__
+    from ffsplit.version import __version__
 
     return {
         "ffsplit": __version__,
@@ -598,6 +534,24 @@ def not_deployed(rel: str) -> bool:
     return rel == SPLIT_WEIGHTS or (
         rel.startswith(f"{RUNTIME_DIR}/") and rel.rsplit("/", 1)[-1] in ("optimized.onnx", "layers.json")
     )
+
+
+def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Copy a verified artifact to ``out`` without the files its target does not run (``not_deployed``);
+    the copy's manifest lists them under ``packed``. Returns the copy's manifest."""
+    art = open_artifact(folder)
+    require_unpacked(art, "pack")
+    present, _ = list_files(art.folder)
+    keep = sorted(rel for rel in art.manifest.files if not not_deployed(rel))
+    dropped = sorted(rel for rel in art.manifest.files if not_deployed(rel))
+    with staged_output(out, force=force, protected={"artifact": art.folder}) as stage:
+        for rel in keep:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(present[rel], stage / rel, follow_symlinks=False)
+        manifest = {k: v for k, v in art.manifest.items() if k != "files"}
+        manifest["packed"] = {"dropped": dropped}
+        written = write_manifest(stage, manifest)
+    return written
 
 
 def require_built(art: LoadedArtifact, verb: str) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 from ffsplit import bounds
 from ffsplit.errors import UsageError
-from ffsplit.parity.limits import COMPRESSION_METRICS
+from ffsplit.limits import COMPRESSION_METRICS
 from ffsplit.precisions import HALF_FLOATS, INTEGERS
-from ffsplit.runtimes.targets import Target, load_target
+from ffsplit.runtimes.targets import Target, load_target, require_supported
 
 DEFAULT_LIGHT = "lowrank:256"
 SMOOTH_ALPHA = 0.5
@@ -69,7 +69,7 @@ class ExportPlan:
     exporters: tuple[str, ...]
     texts: list[str]  # calibration texts
     eval_texts: list[str]  # what parity is checked on
-    pooling: Any  # inference.Pooling of a sentence-transformers source (feature-extraction), else None
+    pooling: Any  # pooling.Pooling of a sentence-transformers source (feature-extraction), else None
     source_dir: Path
     task: Any  # TaskSpec
     limits: dict[str, dict[str, float]]
@@ -88,12 +88,6 @@ class ExportPlan:
     def runner_target(self) -> Target:
         """What the export's parity runs on: the target, or its CPU stand-in when the build is deferred."""
         return self.target.stand_in() if self.deferred else self.target
-
-
-def require_supported(target: Target) -> None:
-    reason = target.unavailable_reason()
-    if reason:
-        raise UsageError(f"target '{target.name}' cannot run on this machine: {reason}")
 
 
 def require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
@@ -135,8 +129,8 @@ def resolve(o: ExportOptions) -> ExportPlan:
     """The plan for ``o``; UsageError for anything wrong that can be found without loading the model."""
     from ffsplit.artifact import resolve_out
     from ffsplit.exporter.export import EXPORTERS
+    from ffsplit.limits import limits_for
     from ffsplit.loading import read_config, resolve_model
-    from ffsplit.parity.limits import limits_for
     from ffsplit.split.apply import heavy_count
     from ffsplit.split.budget import parse_budget
     from ffsplit.split.calibration import calibration_texts, eval_texts
@@ -188,7 +182,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
     # path for a KV cache: dynamo's own error is the useful one.
     pooling = None
     if spec.name == "feature-extraction" and (source_dir / "modules.json").is_file():
-        from ffsplit.inference import read_pooling
+        from ffsplit.pooling import read_pooling
 
         pooling = read_pooling(source_dir, default_length=None)  # its sentence_embedding goes in the graph
     exporters = EXPORTERS if o.exporter == "auto" else (o.exporter,)

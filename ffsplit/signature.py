@@ -10,6 +10,8 @@ from __future__ import annotations
 PAST = "past_key_values"
 PRESENT = "present"
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# the pooled, normalised embedding a sentence-transformers source's graph outputs beside its token states
+SENTENCE_OUTPUT = "sentence_embedding"
 
 
 def past_names(layers: int) -> tuple[list[str], list[str]]:

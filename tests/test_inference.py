@@ -14,7 +14,7 @@ from conftest import FAST, run_cli, save_family_model
 import ffsplit
 from ffsplit import api
 from ffsplit.errors import UsageError
-from ffsplit.inference import Pooling
+from ffsplit.pooling import Pooling
 
 TEXTS = ["a cat sat on the mat", "the weather is nice today", "an entirely different and much longer sentence " * 3]
 
@@ -97,7 +97,7 @@ def test_a_plain_folder_gets_mean_pooling_and_the_wrong_verb_is_refused(tiny_non
 
 
 def test_a_pooling_path_outside_the_folder_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    from ffsplit.inference import sentence_files
+    from ffsplit.pooling import sentence_files
 
     src = _sentence_transformers_folder(tiny_bert_dir, tmp_path / "src", {"pooling_mode_mean_tokens": True}, False)
     modules = json.loads((src / "modules.json").read_text())
@@ -128,7 +128,7 @@ def test_generate_runs_the_kv_cache_loop(family_root: Path, tmp_path: Path, cach
 
 def test_both_pooling_config_forms_are_read(tmp_path: Path) -> None:
     """sentence-transformers writes ``pooling_mode`` now and ``pooling_mode_<x>: true`` before; both are read."""
-    from ffsplit.inference import _pooling_modes
+    from ffsplit.pooling import _pooling_modes
 
     assert _pooling_modes({"pooling_mode": "cls"}, tmp_path) == ("cls",)
     assert _pooling_modes({"pooling_mode": ["max", "mean"]}, tmp_path) == ("max", "mean")

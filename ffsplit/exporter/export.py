@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
-from ffsplit.signature import INPUT_ORDER, past_names
+from ffsplit.signature import INPUT_ORDER, SENTENCE_OUTPUT, past_names
 from ffsplit.split.calibration import positions_from_mask
 from ffsplit.tasks import TASKS, TaskSpec
 
@@ -32,7 +32,6 @@ WRAPPER_PREFIX = "model."
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf cannot hold 2 GiB
 
 
-SENTENCE_OUTPUT = "sentence_embedding"
 
 
 def pooled(hidden: torch.Tensor, mask: torch.Tensor, modes: tuple[str, ...], normalize: bool) -> torch.Tensor:
@@ -272,7 +271,7 @@ def export_program(
 ) -> ir.Model:
     """Export ``model`` for ``task`` with ``exporter``; returns the in-memory ONNX IR model.
 
-    ``pooling`` (feature-extraction; an ``inference.Pooling``) adds a ``sentence_embedding`` output.
+    ``pooling`` (feature-extraction; a ``pooling.Pooling``) adds a ``sentence_embedding`` output.
     """
     spec = TASKS[task] if isinstance(task, str) else task
     if exporter not in EXPORTERS:

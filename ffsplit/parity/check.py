@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ffsplit.parity.limits import COMPARISONS, DEFAULT_LIMITS, TASK_METRICS, UPPER_BOUNDED, limits_for
+from ffsplit.limits import COMPARISONS, DEFAULT_LIMITS, TASK_METRICS, UPPER_BOUNDED, limits_for
 from ffsplit.parity.metrics import METRICS, Outputs
 from ffsplit.split.calibration import encode_batches, model_inputs, positions_from_mask
 from ffsplit.tasks import TaskSpec

@@ -61,8 +61,8 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
     output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its
     shape changed."""
     from ffsplit.artifact import MODEL_FILE, open_artifact, require_built
-    from ffsplit.plan import require_supported
     from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.targets import require_supported
 
     art = open_artifact(folder)
     require_built(art, "check --golden")

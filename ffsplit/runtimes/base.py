@@ -169,22 +169,6 @@ class Runner:
         raise NotImplementedError
 
 
-def records_from_file(path: Path) -> list[Any]:
-    """Guard records from a runtime's saved layer list: OpenVINO's rows or TensorRT's inspector JSON."""
-    if path.stat().st_size > 256 << 20:
-        raise UsageError(f"{path} is larger than any layer list ffsplit writes")
-    from ffsplit.artifact import parse_json
-
-    data = parse_json(path.read_text(encoding="utf-8"), str(path))
-    if isinstance(data, dict):
-        from ffsplit.runtimes.tensorrt import records_from_inspector
-
-        return records_from_inspector(data)
-    from ffsplit.runtimes.openvino import records_from_layers
-
-    return records_from_layers(data)
-
-
 # runtime name -> the module that registers its runner; imported on first use, so an optional
 # runtime's package (openvino, tensorrt) is only needed by the targets that use it.
 RUNTIME_MODULES = {

@@ -28,15 +28,10 @@ import numpy as np
 
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.base import Runner, register_runtime
+from ffsplit.runtimes.records import LAYERS_FILE, records_from_layers
 from ffsplit.runtimes.targets import Target
 
-LAYERS_FILE = "layers.json"
 IR_FILE = "model.xml"
-# OpenVINO CPU layer types that multiply by a weight matrix.
-MATMUL_LAYERS = frozenset({"FullyConnected", "MatMul", "Gemm", "FullyConnectedCompressed"})
-_PRECISIONS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}
-
-
 def runtime_layers(compiled: Any) -> list[dict[str, str]]:
     """Every layer of a compiled model's runtime graph: name, type, precision and original ONNX nodes."""
     rows = []
@@ -51,22 +46,6 @@ def runtime_layers(compiled: Any) -> list[dict[str, str]]:
             "original": get("originalLayersNames"),
         })
     return rows
-
-
-def records_from_layers(rows: list[dict[str, str]]) -> list[Any]:
-    """The guard's records from an OpenVINO runtime layer list."""
-    from ffsplit.graph_passes import LayerRecord
-    from ffsplit.graph_passes.tag_branches_pass import tags_in
-
-    out = []
-    for row in rows:
-        if row["type"] not in MATMUL_LAYERS:
-            continue
-        tags = tuple(sorted(set(tags_in(row["original"]))))
-        if tags:
-            precision = _PRECISIONS.get(row["precision"].lower(), row["precision"] or "unknown")
-            out.append(LayerRecord(row["name"], row["type"], tags, precision))
-    return out
 
 
 def ir_path(onnx_path: Path, target: Target) -> Path:

@@ -23,7 +23,7 @@ from typing import Any
 import tomllib
 
 from ffsplit.errors import UsageError
-from ffsplit.parity.limits import PARITY_KEYS
+from ffsplit.limits import PARITY_KEYS
 from ffsplit.precisions import HALF_FLOATS, HEAVY_PRECISIONS, INT8_COMPUTE, PRECISIONS
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
@@ -369,6 +369,13 @@ def _parity_problems(parity: Any) -> list[str]:
 
 def _builtin_dir() -> Path:
     return Path(str(resources.files("ffsplit.runtimes") / "targets"))
+
+
+def require_supported(target: Target) -> None:
+    """Refuse, in one line, a target whose runtime or hardware this machine lacks."""
+    reason = target.unavailable_reason()
+    if reason:
+        raise UsageError(f"target '{target.name}' cannot run on this machine: {reason}")
 
 
 def list_targets() -> list[Target]:

@@ -32,29 +32,14 @@ import numpy as np
 from ffsplit.artifact import sha256_file
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
+from ffsplit.runtimes.records import LAYERS_FILE, records_from_inspector
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
 from ffsplit.runtimes.targets import Target
 from ffsplit.signature import has_past, is_past
 
 ENGINE_FILE = "model.plan"
 ENGINE_INFO = "engine.json"
-LAYERS_FILE = "layers.json"
 TIMING_CACHE = "timing.cache"
-# TensorRT layer types that multiply by a weight matrix.
-MATMUL_LAYERS = frozenset({"MatrixMultiply", "FullyConnected", "Convolution", "Gemm", "Myelin", "gemm"})
-# Words in the inspector's "Format/Datatype", most specific first.
-_DATATYPES = (
-    ("int8", "int8"), ("int4", "int4"), ("fp8", "fp8"), ("bfloat16", "bf16"), ("bf16", "bf16"), ("half", "fp16"),
-    ("fp16", "fp16"), ("float", "fp32"), ("fp32", "fp32"),
-)
-
-
-def inspector_precision(datatype: str) -> str:
-    """``"Row major linear FP32"`` -> fp32, ``"Half"`` -> fp16, ``"Int8 ..."`` -> int8."""
-    text = datatype.lower()
-    return next((name for word, name in _DATATYPES if word in text), "unknown")
-
-
 def profiles(target: Target, inputs: Mapping[str, list[Any]]) -> list[dict[str, Range]]:
     """One optimisation profile per phase: input -> (min, opt, max) shapes."""
     out = []
@@ -117,30 +102,6 @@ def engine_is_current(folder: Path, key: str) -> bool:
         return json.loads(info.read_text(encoding="utf-8")).get("key") == key
     except (OSError, ValueError):
         return False
-
-
-def records_from_inspector(info: str | Mapping[str, Any]) -> list[Any]:
-    """The guard's records from the engine inspector's JSON (``LayerInformationFormat.JSON``, detailed).
-
-    A layer's name joins the ONNX nodes TensorRT fused into it (``a + b``);
-    its precision is the data type of its first input.
-    """
-    from ffsplit.graph_passes import LayerRecord
-    from ffsplit.graph_passes.tag_branches_pass import tags_in
-
-    data = json.loads(info) if isinstance(info, str) else info
-    out = []
-    for layer in data.get("Layers", []):
-        if isinstance(layer, str):  # ONE-line verbosity: names only
-            continue
-        name = str(layer.get("Name", ""))
-        kind = str(layer.get("LayerType", ""))
-        tags = tuple(sorted(set(tags_in(" " + name + " " + str(layer.get("Metadata", ""))))))
-        if not tags or kind not in MATMUL_LAYERS:
-            continue
-        inputs = layer.get("Inputs") or [{}]
-        out.append(LayerRecord(name, kind, tags, inspector_precision(str(inputs[0].get("Format/Datatype", "")))))
-    return out
 
 
 def _onnx_inputs(model_path: Path) -> dict[str, list[Any]]:

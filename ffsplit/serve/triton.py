@@ -350,9 +350,8 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
     """A Python-backend model that takes text (``text``, one string per row) and returns what ``ffsplit.load``
     gives: ``sentence_embedding`` (feature-extraction: the source's pooling and normalisation, or mean
     pooling) or ``logits`` (text-classification). The slim artifact (``pack``) sits in its version folder."""
-    from ffsplit.api import pack
-    from ffsplit.artifact import open_artifact, require_built
-    from ffsplit.exporter.export import SENTENCE_OUTPUT
+    from ffsplit.artifact import open_artifact, pack_artifact, require_built
+    from ffsplit.signature import SENTENCE_OUTPUT
 
     art = open_artifact(artifact)
     require_built(art, "triton --text")
@@ -376,7 +375,7 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
         if art.manifest.packed:  # already slim (and verified)
             shutil.copytree(art.folder, stage / "1" / "artifact", symlinks=True)
         else:
-            pack(art.folder, stage / "1" / "artifact")
+            pack_artifact(art.folder, stage / "1" / "artifact")
         (stage / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
     return model_dir
 

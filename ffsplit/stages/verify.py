@@ -38,8 +38,8 @@ def parity(
     """
     import numpy as np
 
-    from ffsplit.exporter.export import SENTENCE_OUTPUT
     from ffsplit.parity.check import compare_three, evaluate
+    from ffsplit.signature import SENTENCE_OUTPUT
 
     if len(texts) < bounds.MIN_EVAL_TEXTS:
         raise UsageError(f"only {len(texts)} evaluation texts: retrieval@10 needs 11")

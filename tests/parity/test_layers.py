@@ -9,12 +9,13 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from ffsplit.artifact import open_artifact, rebuild
+from ffsplit.artifact import open_artifact
 from ffsplit.exporter.export import WRAPPER_PREFIX
 from ffsplit.parity.check import torch_output
 from ffsplit.parity.layers import compare_layers, find_probes, first_failure
 from ffsplit.runtimes.onnxruntime import OrtRunner
 from ffsplit.split.calibration import encode_batches, evaluation_texts
+from ffsplit.stages.reload import rebuild
 
 
 def _inputs(art_dir: Path) -> tuple:  # noqa: ANN001

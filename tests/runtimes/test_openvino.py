@@ -11,7 +11,7 @@ import pytest
 from ffsplit import api
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.base import make_runner
-from ffsplit.runtimes.openvino import OpenVinoRunner, records_from_layers
+from ffsplit.runtimes.openvino import OpenVinoRunner
 from ffsplit.runtimes.targets import load_target
 
 LENIENT = {"cosine_mean": 0.5, "cosine_min": 0.3, "retrieval_at10": 0.2}
@@ -34,19 +34,6 @@ def test_runner_interface_matches_onnxruntime(tiny_none_artifact: Path, tmp_path
     }
     assert json.loads((tmp_path / "layers.json").read_text())  # kept for inspect
     assert not runner.active
-
-
-def test_layer_rows_to_records() -> None:
-    rows = [
-        {"name": "fc1", "type": "FullyConnected", "precision": "i8", "original": "ffsplit/L2/light/a,ffsplit/L2/light/gelu"},
-        {"name": "fc2", "type": "FullyConnected", "precision": "f32", "original": "ffsplit/L2/heavy/b"},
-        {"name": "add", "type": "Eltwise", "precision": "f32", "original": "ffsplit/L2/merge/add"},
-        {"name": "qkv", "type": "FullyConnected", "precision": "f32", "original": "node_q"},
-    ]
-    records = records_from_layers(rows)
-    assert [(r.name, r.tags, r.precision) for r in records] == [
-        ("fc1", ((2, "light"),), "int8"), ("fc2", ((2, "heavy"),), "fp32"),
-    ]
 
 
 def test_export_and_check_on_openvino(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:

@@ -127,7 +127,7 @@ def test_new_keys_are_checked(tmp_path: Path) -> None:
 
 
 def test_extends_inherits_every_table_and_lays_the_file_on_top(tmp_path: Path) -> None:
-    from ffsplit.parity.limits import limits_for
+    from ffsplit.limits import limits_for
 
     f = tmp_path / "mine.toml"
     f.write_text('extends = "cpu-int8"\n[parity.compression]\ncosine_min = 0.5\n[shapes]\nsequence = [1, 64, 256]\n')
@@ -158,7 +158,7 @@ def test_a_lossy_target_without_fidelity_tolerances_is_refused_up_front(tmp_path
 
 
 def test_a_partial_compression_table_keeps_the_other_defaults(tmp_path: Path) -> None:
-    from ffsplit.parity.limits import DEFAULT_LIMITS, limits_for
+    from ffsplit.limits import DEFAULT_LIMITS, limits_for
 
     f = tmp_path / "p.toml"
     f.write_text('runtime = "onnxruntime"\nproviders = ["CPUExecutionProvider"]\nheavy_precision = "fp32"\nlight_precision = "fp32"\n'

@@ -1,13 +1,10 @@
-"""TensorRT's pure logic, without a GPU: profiles, pinned layers, flags, engine keys, the inspector's layer list."""
+"""TensorRT's pure logic, without a GPU: profiles, pinned layers, flags, engine keys (the inspector's layer list: test_records)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
-from ffsplit.graph_passes import check_separation
 from ffsplit.runtimes.targets import load_target
 from ffsplit.runtimes.tensorrt import (
     ENGINE_FILE,
@@ -15,10 +12,8 @@ from ffsplit.runtimes.tensorrt import (
     builder_flags,
     engine_is_current,
     engine_key,
-    inspector_precision,
     layer_precisions,
     profiles,
-    records_from_inspector,
 )
 from tests.runtimes.test_shapes import ENCODER, KV
 
@@ -72,43 +67,3 @@ def test_engine_key_changes_with_everything_it_depends_on(tmp_path: Path) -> Non
     assert not engine_is_current(tmp_path, engine_key(**{**base, "compute_capability": "7.5"}))
     (tmp_path / ENGINE_INFO).write_text("{not json")
     assert not engine_is_current(tmp_path, key)
-
-
-def _layer(name: str, kind: str, dtype: str) -> dict:
-    return {"Name": name, "LayerType": kind, "Inputs": [{"Name": "x", "Format/Datatype": dtype}], "Outputs": []}
-
-
-INSPECTOR = {
-    "Layers": [
-        _layer("ffsplit/L0/heavy/node_MatMul_1 + ffsplit/L0/heavy/node_gelu", "MatrixMultiply", "Half"),
-        _layer("ffsplit/L0/heavy/node_linear_5", "MatrixMultiply", "Row major linear FP16 format"),
-        _layer("ffsplit/L0/light/node_MatMul_2", "MatrixMultiply", "Int8 format"),
-        _layer("ffsplit/L0/light/node_linear_7 + ffsplit/L0/merge/node_add", "MatrixMultiply", "Int8"),
-        _layer("node_attention", "MatrixMultiply", "Half"),
-        _layer("ffsplit/L0/light/quantize_input", "Scale", "Float"),
-    ],
-    "Bindings": ["input_ids"],
-}
-
-
-@pytest.mark.parametrize(
-    ("text", "want"), [("Half", "fp16"), ("Row major linear FP32", "fp32"), ("Int8 NC/32HW32", "int8"),
-                       ("BFloat16", "bf16"), ("", "unknown")],
-)
-def test_inspector_precision(text: str, want: str) -> None:
-    assert inspector_precision(text) == want
-
-
-def test_inspector_layers_feed_the_guard() -> None:
-    records = records_from_inspector(json.dumps(INSPECTOR))
-    assert [r.precision for r in records] == ["fp16", "fp16", "int8", "int8"]
-    counts = {0: {"heavy": 2, "light": 2}}
-    found, realized, findings = check_separation(records, counts, {0: {"heavy": "fp16", "light": "int8"}})
-    assert findings == [] and realized == {0: {"heavy": ["fp16", "fp16"], "light": ["int8", "int8"]}}
-    # TensorRT fusing both branches into one kernel, or lowering the heavy branch, is a failure
-    merged = json.loads(json.dumps(INSPECTOR))
-    merged["Layers"][1]["Name"] += " + ffsplit/L0/light/node_MatMul_2"
-    merged["Layers"][0]["Inputs"][0]["Format/Datatype"] = "Int8"
-    _, _, findings = check_separation(records_from_inspector(merged), counts, {0: {"heavy": "fp16", "light": "int8"}})
-    assert any("computes L0 heavy, L0 light in one kernel" in f for f in findings)
-    assert any("heavy MatrixMultiply" in f and "runs at int8, the target asked for fp16" in f for f in findings)

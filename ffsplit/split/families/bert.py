@@ -1,6 +1,6 @@
 """BERT and its descendants (RoBERTa, XLM-R, ELECTRA, CamemBERT, MPNet)."""
 
-from ffsplit.split.adapters import FFNAdapter, register
+from ffsplit.split.ffn_adapter import FFNAdapter, register
 
 
 @register

@@ -1,6 +1,6 @@
 """DistilBERT."""
 
-from ffsplit.split.adapters import FFNAdapter, register
+from ffsplit.split.ffn_adapter import FFNAdapter, register
 
 
 @register

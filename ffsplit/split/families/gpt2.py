@@ -1,6 +1,6 @@
 """GPT-2."""
 
-from ffsplit.split.adapters import FFNAdapter, register
+from ffsplit.split.ffn_adapter import FFNAdapter, register
 
 
 @register

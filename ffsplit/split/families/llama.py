@@ -1,6 +1,6 @@
 """Decoders with a Llama-style gated MLP: Llama, Mistral, Qwen2, Qwen3, Gemma."""
 
-from ffsplit.split.adapters import FFNAdapter, register
+from ffsplit.split.ffn_adapter import FFNAdapter, register
 
 
 @register

@@ -1,6 +1,6 @@
 """ModernBERT: a GeGLU MLP with one fused input projection ``Wi``."""
 
-from ffsplit.split.adapters import FFNAdapter, register
+from ffsplit.split.ffn_adapter import FFNAdapter, register
 
 
 @register

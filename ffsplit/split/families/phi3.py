@@ -1,6 +1,6 @@
 """Phi-3: a gated MLP whose gate and up projections are fused in one ``gate_up_proj``."""
 
-from ffsplit.split.adapters import FFNAdapter, register
+from ffsplit.split.ffn_adapter import FFNAdapter, register
 
 
 @register

@@ -1,0 +1,74 @@
+"""The torch side of an existing artifact, for ``check``, ``debug`` and ``bench``: its source model (refused
+if it changed since the export) and its split model rebuilt from ``split.safetensors``."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from ffsplit.artifact import SPLIT_WEIGHTS, LoadedArtifact
+from ffsplit.errors import UsageError
+
+
+def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> Any:
+    """The source model of an artifact (the recorded one, or ``source``), refused if it changed since the export."""
+    from ffsplit.loading import load_model
+
+    src = art.manifest.source
+    if source is not None:
+        spec = str(source)
+    elif Path(src.path).is_dir():
+        spec = src.path
+    else:
+        from ffsplit.loading import ALIASES
+
+        if src.spec not in ALIASES:
+            raise UsageError(
+                f"the source model this folder was exported from is no longer at '{src.path}': "
+                "pass --source PATH to where it is now"
+            )
+        spec = src.spec
+    loaded = load_model(spec, task=art.manifest.task, trust_remote_code=trust_remote_code)
+    from ffsplit.loading import source_record
+
+    if source_record(loaded)["sha256"] != src.sha256:
+        raise UsageError(
+            f"source model at '{loaded.path}' is not the one exported (its hash differs): pass --source with the "
+            "exact model the export used, or re-run ffsplit export"
+        )
+    return loaded
+
+
+def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = None) -> tuple[Any, Any]:
+    """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors."""
+    from ffsplit.split.adapters import find_adapter
+    from ffsplit.split.apply import rebuild_split
+
+    if log:
+        log("loading the source model and rebuilding the split ...")
+    loaded = load_source(art, source)
+    adapter = find_adapter(loaded.model)
+    split = copy.deepcopy(loaded.model)
+    state = read_split_weights(art.folder / SPLIT_WEIGHTS)
+    try:
+        rebuild_split(split, adapter, art.manifest.layers, state)
+    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"{art.folder / SPLIT_WEIGHTS} does not fit the manifest's layers ({type(exc).__name__}: {first}): "
+            "re-run ffsplit export"
+        ) from None
+    return loaded, split
+
+
+def read_split_weights(path: Path) -> dict[str, Any]:
+    """The SplitFFN weights in split.safetensors, refused in one line if the file is damaged."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("heavy_index.", "quant."))}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{path} is damaged ({type(exc).__name__}: {first}): re-run ffsplit export") from None
