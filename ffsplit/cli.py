@@ -456,11 +456,13 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
         _write_json(a.json, m)
     src = m["source"]
     print(f"source: {src['spec']} ({src['architecture']}, {src['model_type']})  task: {m['task']}  target: {m['target']['name']}")
-    build = m.get("build") or {"status": "built", "target": m["target"]["name"]}
-    if build["status"] == "deferred":
-        print(f"build: deferred ({build.get('reason')}): run `ffsplit build {a.dir}` where '{build['target']}' runs")
+    from ffsplit.manifest import Manifest
+
+    build = Manifest(m).build  # the manifest inspect read was schema-checked; inspect adds `graphs`
+    if build.deferred:
+        print(f"build: deferred ({build.reason}): run `ffsplit build {a.dir}` where '{build.target}' runs")
     else:
-        print(f"build: built for {build['target']}")
+        print(f"build: built for {build.target}")
     print(f"recipe: heavy ratio {m['recipe']['heavy_ratio']}, light {m['recipe']['light']['recipe']}, "
           f"heavy precision {m['recipe'].get('heavy_precision', 'fp32')}")
     if m.get("budget"):

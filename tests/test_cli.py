@@ -1,4 +1,5 @@
-"""Every CLI verb through a subprocess, and every bad input of the foundation: exit 2, one line, nothing left."""
+"""Every CLI verb through cli.main in process (one smoke test through the installed console script), and
+every bad input of the foundation: exit 2, one line, nothing left."""
 
 from __future__ import annotations
 
