@@ -15,6 +15,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under xdist each worker gets its share of the cores: two workers whose torch and BLAS pools each take
+# every core oversubscribe them (make test on 2 cores: the two slowest files took 146 s, 117 s at one
+# thread per worker). Set before torch or numpy start their pools.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 def _fixed_seeds() -> None:
@@ -281,6 +288,13 @@ def run_console_script(*args: str, timeout: float = 600) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-m", "ffsplit", *args], capture_output=True, text=True, env=dict(os.environ), timeout=timeout
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _WORKERS > 1:  # a pool torch started before OMP_NUM_THREADS was read
+        import torch
+
+        torch.set_num_threads(_THREADS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
