@@ -19,9 +19,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # every core oversubscribe them (make test on 2 cores: the two slowest files took 146 s, 117 s at one
 # thread per worker). Set before torch or numpy start their pools.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
-if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+if _WORKERS > 1:  # a thread count the user set wins
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def _fixed_seeds() -> None:
@@ -294,7 +293,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if _WORKERS > 1:  # a pool torch started before OMP_NUM_THREADS was read
         import torch
 
-        torch.set_num_threads(_THREADS)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

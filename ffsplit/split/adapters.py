@@ -18,14 +18,7 @@ from torch import nn
 
 import ffsplit.split.families  # noqa: F401  (each family module registers its adapter on import)
 from ffsplit.errors import UsageError
-from ffsplit.split.ffn_adapter import (  # noqa: F401  (the names tests and callers import from here)
-    _REGISTRY,
-    FFNAdapter,
-    FFNWeights,
-    backbone,
-    projection,
-    register,
-)
+from ffsplit.split.ffn_adapter import _REGISTRY, FFNAdapter, backbone, projection
 
 
 def registry() -> dict[str, type[FFNAdapter]]:

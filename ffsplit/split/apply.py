@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
-from ffsplit.split.adapters import FFNAdapter, FFNWeights
 from ffsplit.split.compress import (
     LightRecipe,
     Quantized,
@@ -20,6 +19,7 @@ from ffsplit.split.compress import (
     quantize,
     smooth_int8,
 )
+from ffsplit.split.ffn_adapter import FFNAdapter, FFNWeights
 from ffsplit.split.modules import Branch, SplitFFN, count_params, dense_branch, lowrank_branch
 from ffsplit.split.profile import LayerProfile
 

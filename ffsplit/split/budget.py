@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ffsplit.errors import UsageError
-from ffsplit.split.adapters import FFNWeights
 from ffsplit.split.apply import heavy_count, split_layer
 from ffsplit.split.compress import parse_light
+from ffsplit.split.ffn_adapter import FFNWeights
 from ffsplit.split.profile import LayerProfile
 
 BUDGET_KINDS = ("ffn-params", "flops", "size-mb")

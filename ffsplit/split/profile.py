@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ffsplit.split.adapters import FFNAdapter
 from ffsplit.split.calibration import encode_batches, model_inputs
+from ffsplit.split.ffn_adapter import FFNAdapter
 
 
 @dataclass

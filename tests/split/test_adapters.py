@@ -13,10 +13,11 @@ from ffsplit import api
 from ffsplit.errors import UsageError
 from ffsplit.loading import load_model
 from ffsplit.parity.check import torch_output
-from ffsplit.split.adapters import FFNAdapter, find_adapter, register, registry
+from ffsplit.split.adapters import find_adapter, registry
 from ffsplit.split.apply import split_model
 from ffsplit.split.calibration import calibration_texts, encode_batches
 from ffsplit.split.compress import parse_light
+from ffsplit.split.ffn_adapter import FFNAdapter, register
 from ffsplit.split.profile import profile_model
 
 FAMILY_TESTS = Path(__file__).parent / "families"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ffsplit.errors import UsageError
 from ffsplit.loading import load_model
-from ffsplit.split.adapters import FFNWeights, find_adapter
+from ffsplit.split.adapters import find_adapter
 from ffsplit.split.apply import (
     heavy_count,
     rebuild_split,
@@ -23,6 +23,7 @@ from ffsplit.split.apply import (
 )
 from ffsplit.split.calibration import calibration_texts, encode_batches
 from ffsplit.split.compress import LightRecipe, parse_light
+from ffsplit.split.ffn_adapter import FFNWeights
 from ffsplit.split.modules import SplitFFN
 from ffsplit.split.profile import LayerProfile, profile_model
 
