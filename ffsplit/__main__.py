@@ -1,5 +1,5 @@
 """Entry point for ``python -m ffsplit``."""
 
-from ffsplit.cli import main
+from ffsplit.cli import run
 
-raise SystemExit(main())
+run()

@@ -8,8 +8,10 @@ This module parses arguments, calls ``ffsplit.api`` and prints. Exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
+import os
 import signal
 import sys
 import traceback
@@ -557,5 +559,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def run() -> NoReturn:
+    """The console script and ``python -m ffsplit``: ``main``'s exit code, 130 after an interrupt included.
+
+    CPython marks an interrupt "unhandled" when a KeyboardInterrupt leaves any
+    ``exec()`` of a string (dataclasses and namedtuple build methods that way
+    while modules import), even if ``main`` catches it afterwards; ``python -m``
+    then ends the process by SIGINT on its way out (exit -2, for a SIGTERM
+    too) instead of with 130. The clean-up has run by then, so after an
+    interrupt the process ends here, with the code ``main`` returned.
+    """
+    code = main()
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
