@@ -154,7 +154,8 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             continue
         if plan.nncf:
             with stages.stage("quantize (NNCF)", log):
-                nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length)
+                nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
+                        keep_heavy=plan.heavy == "fp32")
         report = _verify_into(plan, stage, loaded, done, source, manifest, stages, log=log, progress=progress)
         manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
         if report.comparisons["fidelity"]["passed"]:

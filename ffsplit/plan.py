@@ -158,10 +158,10 @@ def resolve(o: ExportOptions) -> ExportPlan:
             f"('{light}'; none, lowrank:R or prune:P are fine) and --budget"
         )
     heavy = parse_heavy(o.heavy or tgt.heavy_precision)
-    if nncf and heavy != "fp32":
+    if nncf and heavy not in ("fp32", "int8"):
         raise UsageError(
-            f"--heavy {heavy}: target '{tgt.name}' keeps the heavy branch out of NNCF's int8 (its ignored scope); "
-            "use --heavy fp32, or cpu-int8-full for an int8 heavy branch"
+            f"--heavy {heavy}: target '{tgt.name}' runs the heavy branch fp32 (NNCF's ignored scope) or int8 with "
+            "activation scales of its own: use --heavy fp32 or --heavy int8"
         )
     # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
     light_float = tgt.light_precision if tgt.light_precision in HALF_FLOATS and not recipe.quant else "fp32"

@@ -32,6 +32,8 @@ from ffsplit.runtimes.records import LAYERS_FILE, records_from_layers
 from ffsplit.runtimes.targets import Target
 
 IR_FILE = "model.xml"
+
+
 def runtime_layers(compiled: Any) -> list[dict[str, str]]:
     """Every layer of a compiled model's runtime graph: name, type, precision and original ONNX nodes."""
     rows = []
@@ -67,19 +69,25 @@ def heavy_nodes(model: Any) -> list[str]:
     return out
 
 
-def quantize_ir(onnx_path: Path, target: Target, feeds: list[dict[str, np.ndarray]]) -> Path:
-    """NNCF static int8 of ``onnx_path`` with the heavy branch in the ignored scope; the IR at ``ir_path``.
+def quantize_ir(
+    onnx_path: Path, target: Target, feeds: list[dict[str, np.ndarray]], *, keep_heavy: bool = True
+) -> Path:
+    """NNCF static int8 of ``onnx_path``; the IR at ``ir_path``.
 
-    ``feeds`` are the calibration inputs (one tokenised text each). Weights are
-    kept within +-64 when the target asks for the reduced int8 range, which
-    CPUs without VNNI need (NNCF's overflow fix).
+    ``feeds`` are the calibration inputs (one tokenised text each). With
+    ``keep_heavy`` the heavy-branch MatMuls are in NNCF's ignored scope (fp32);
+    without it NNCF quantises them too, and since they are multiplies of their
+    own, the heavy hitters' large activations get an int8 scale of their own
+    instead of stretching the light neurons' one. Weights are kept within +-64
+    when the target asks for the reduced int8 range, which CPUs without VNNI
+    need (NNCF's overflow fix).
     """
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     model = ov.convert_model(str(onnx_path))
-    heavy = heavy_nodes(model)
+    heavy = heavy_nodes(model) if keep_heavy else []
     overflow = OverflowFix.ENABLE if target.int8_weight_range == "reduced" else OverflowFix.DISABLE
     quantized = nncf.quantize(
         model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
@@ -139,10 +147,12 @@ class OpenVinoRunner(Runner):
         return records_from_layers(runtime_layers(self.compiled))
 
 
-def nncf_ir(onnx_path: Path, target: Any, tokenizer: Any, texts: list[str], max_length: int) -> Path:
-    """The target's OpenVINO IR for ``onnx_path``: NNCF static int8 calibrated on ``texts``."""
+def nncf_ir(
+    onnx_path: Path, target: Any, tokenizer: Any, texts: list[str], max_length: int, *, keep_heavy: bool = True
+) -> Path:
+    """The target's OpenVINO IR for ``onnx_path``: NNCF static int8 calibrated on ``texts`` (``quantize_ir``)."""
     from ffsplit.runtimes.base import onnx_inputs
     from ffsplit.split.calibration import calibration_feeds
 
     feeds = calibration_feeds(tokenizer, texts, max_length=max_length, names=set(onnx_inputs(onnx_path)))
-    return quantize_ir(onnx_path, target, feeds)
+    return quantize_ir(onnx_path, target, feeds, keep_heavy=keep_heavy)

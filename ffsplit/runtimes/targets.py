@@ -29,7 +29,9 @@ from ffsplit.precisions import HALF_FLOATS, HEAVY_PRECISIONS, INT8_COMPUTE, PREC
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 INT4_COMPUTE = ("matmulnbits",)
-INT8_WEIGHT_RANGES = ("full", "reduced")
+INT8_WEIGHT_RANGES = ("auto", "full", "reduced")
+# x86 instructions that add u8 x s8 products straight into int32 (no int16 step that full-range weights saturate)
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 FUSIONS = ("none", "ort")
 SHAPE_AXES = ("batch", "sequence", "past")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -220,6 +222,7 @@ class Target:
         known = {f for f in cls.__dataclass_fields__ if f not in ("source", "description")}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["providers"] = tuple(kwargs.get("providers", ()))
+        kwargs["int8_weight_range"] = weight_range(kwargs.get("int8_weight_range", "full"))
         return cls(**kwargs)
 
     def unavailable_reason(self) -> str | None:
@@ -461,7 +464,7 @@ def load_target(spec: str) -> Target:
         int8_compute=data.get("int8_compute", "weight-only"),
         int4_compute=data.get("int4_compute", "matmulnbits"),
         other_matmuls=data.get("other_matmuls", "fp32"),
-        int8_weight_range=data.get("int8_weight_range", "full"),
+        int8_weight_range=weight_range(data.get("int8_weight_range", "full")),
         fusions=data.get("fusions", "none"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),
@@ -471,3 +474,26 @@ def load_target(spec: str) -> Target:
         parity=data.get("parity", {}),
         source=str(path),
     )
+
+
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies u8 x s8 into int32 directly (AVX512-VNNI, AVX-VNNI or AMX)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(f in flags for f in VNNI_FLAGS)
+
+
+def weight_range(value: str, *, vnni: bool | None = None) -> str:
+    """``auto`` as this machine needs it: full-range int8 weights where the CPU has VNNI, else within +-64.
+
+    Without VNNI, x86 int8 kernels (ONNX Runtime's MLAS, OpenVINO) add pairs of
+    u8 x s8 products in int16, which full-range weights saturate; with it,
+    the +-64 range only throws away a bit of every weight. The choice is made
+    when the target is read, so an export records the concrete value it used.
+    """
+    if value != "auto":
+        return value
+    return "full" if (cpu_has_vnni() if vnni is None else vnni) else "reduced"

@@ -212,6 +212,7 @@ def split_model(
     recipe: LightRecipe,
     heavy_precision: str = "fp32",
     light_precision: str = "fp32",
+    planned_heavy: str | None = None,
     per_layer: list[tuple[int, LightRecipe]] | None = None,
     smooth_alpha: float | None = None,
     int8_qmax: int = 127,
@@ -219,6 +220,9 @@ def split_model(
     """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
     every quantised weight (by full parameter path). ``per_layer`` (budget mode) gives each layer
     its own heavy count and recipe instead of ``heavy_ratio`` and ``recipe``.
+    ``light_precision`` and ``planned_heavy`` are what the runtime realises
+    when it quantises a branch itself (NNCF): recorded in the plan, not applied
+    to the weights here.
 
     Module paths in the plan are relative to ``model`` (a task model or a backbone).
     """
@@ -244,7 +248,7 @@ def split_model(
         plans.append(
             LayerPlan(
                 layer=i, module=module, d_model=d_model, d_ff=d_ff, heavy=k, light=d_ff - k,
-                light_recipe=str(recipe), heavy_precision=heavy_precision,
+                light_recipe=str(recipe), heavy_precision=planned_heavy or heavy_precision,
                 light_precision=recipe.quant or light_precision,
                 ffn_params_before=before, heavy_params=count_params(split.heavy),
                 light_params=count_params(split.light), ffn_params_after=count_params(split),

@@ -45,17 +45,21 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
     per_layer, budget = _per_layer(plan, loaded, adapter, profiles)
     model = copy.deepcopy(loaded.model)
     plan_objs, indices, quantized = split_model(
-        model, adapter, profiles, heavy_ratio=plan.heavy_ratio, recipe=plan.recipe, heavy_precision=plan.heavy,
+        model, adapter, profiles, heavy_ratio=plan.heavy_ratio, recipe=plan.recipe,
+        heavy_precision="fp32" if plan.nncf else plan.heavy, planned_heavy=plan.heavy,
         light_precision=plan.planned_light, per_layer=per_layer, smooth_alpha=plan.smooth_alpha,
         int8_qmax=plan.int8_qmax,
     )
     if budget is not None:
         for plan_obj, row in zip(plan_objs, budget["plan"], strict=True):
             plan_obj.calib_error = row["error"]
-    if plan.nncf:  # the light weights ship as int8 in the IR (per-channel scales aside)
+    if plan.nncf:  # the light weights (and an int8 heavy branch) ship as int8 in the IR (scales aside)
         for p in plan_objs:
             p.ffn_bytes_after += p.light_params - p.light_bytes
             p.light_bytes = p.light_params
+            if plan.heavy == "int8":
+                p.ffn_bytes_after += p.heavy_params - p.heavy_bytes
+                p.heavy_bytes = p.heavy_params
     # a float branch the runtime holds in fp16 / bf16 (in the graph, or in TensorRT's engine) takes 2 bytes
     halved = [b for b, precision in (("heavy", plan.heavy), ("light", plan.light_float)) if precision in HALF_FLOATS]
     for p in plan_objs:

@@ -33,23 +33,48 @@ def test_heavy_stays_fp32_and_the_rest_runs_int8(ov_int8_artifact: Path) -> None
     assert m["parity"]["passed"] and m["parity"]["comparisons"]["compression"]["metrics"]["max_abs"] < 1e-4
 
 
-def test_a_plain_openvino_compile_runs_what_was_checked(ov_int8_artifact: Path) -> None:
+def test_a_plain_openvino_compile_with_the_targets_config_runs_what_was_checked(ov_int8_artifact: Path) -> None:
+    """What a user's own OpenVINO code gets when it passes the target's config (README: on a CPU with bf16,
+    OpenVINO's default precision is bf16 and it does not take the hint stored in the IR)."""
     import openvino as ov
 
     from ffsplit.runtimes.base import make_runner
 
     ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 9)).astype(np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    with make_runner(ov_int8_artifact / "model.onnx", api.open_artifact(ov_int8_artifact).target) as runner:
+    target = api.open_artifact(ov_int8_artifact).target
+    with make_runner(ov_int8_artifact / "model.onnx", target) as runner:
         checked = runner.infer(feed)["last_hidden_state"]
-    compiled = ov.Core().compile_model(str(ov_int8_artifact / "runtime" / "openvino-int8" / "model.xml"), "CPU")
+    ir = ov_int8_artifact / "runtime" / "openvino-int8" / "model.xml"
+    compiled = ov.Core().compile_model(str(ir), "CPU", target.openvino["config"])
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     plain = compiled.create_infer_request().infer(feed)[compiled.outputs[0]]
     np.testing.assert_array_equal(np.asarray(plain), checked)
+    # the hint also travels in the IR, for OpenVINO builds that read it from there
+    assert "INFERENCE_PRECISION_HINT value=\"f32\"" in ir.read_text()
 
 
 def test_check_reruns_on_the_shipped_ir(ov_int8_artifact: Path) -> None:
     report = api.check(ov_int8_artifact)
     assert report.passed
+
+
+def test_heavy_int8_gets_activation_scales_of_its_own(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """--heavy int8: NNCF quantises the heavy multiplies too (no ignored scope), each with its own input
+    quantiser, and the guard holds OpenVINO to int8 on both branches, still apart."""
+    out = tmp_path / "h8"
+    api.export(str(tiny_bert_dir), out, target="openvino-int8", heavy="int8", progress=False, **FAST)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["separation"]["matmuls"] == {str(i): {"heavy": 2, "light": 2} for i in range(2)}
+    assert m["separation"]["precisions"] == {str(i): {"heavy": ["int8"], "light": ["int8"]} for i in range(2)}
+    assert all(row["heavy_precision"] == "int8" and row["heavy_bytes"] == row["heavy_params"] for row in m["layers"])
+    ir = (out / "runtime" / "openvino-int8" / "model.xml").read_text()
+    assert "<ignored_scope>" not in ir or "heavy" not in ir.split("<ignored_scope>")[1].split("</ignored_scope>")[0]
+    # split torch stays exact (NNCF rounds at run time): what compression costs is measured on the runtime
+    assert m["parity"]["comparisons"]["compression"]["metrics"]["max_abs"] < 1e-4
+    with pytest.raises(UsageError, match="--heavy fp32 or --heavy int8"):
+        api.export(str(tiny_bert_dir), tmp_path / "o", target="openvino-int8", heavy="fp16", progress=False, **FAST)
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_quantiser_in_the_light_recipe_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.targets import GRAPH_FIELDS, Target, gpu_present, list_targets, load_target
+from ffsplit.runtimes.targets import (
+    GRAPH_FIELDS,
+    Target,
+    cpu_has_vnni,
+    gpu_present,
+    list_targets,
+    load_target,
+    weight_range,
+)
 
 
 def test_cpu_target_is_shipped_and_usable() -> None:
@@ -115,15 +123,35 @@ def test_new_keys_are_checked(tmp_path: Path) -> None:
     for old, new, fragment in (
         ('int8_compute = "dynamic"', 'int8_compute = "nncf"', "int8_compute 'nncf' (NNCF static int8 in an OpenVINO IR) needs runtime 'openvino'"),
         ('fusions = "ort"', 'fusions = "tensorrt"', "fusions 'tensorrt' is not one of none, ort"),
-        ('int8_weight_range = "reduced"', 'int8_weight_range = "7bit"', "int8_weight_range '7bit' is not one of full, reduced"),
+        ('int8_weight_range = "auto"', 'int8_weight_range = "7bit"', "int8_weight_range '7bit' is not one of auto, full, reduced"),
     ):
         path = tmp_path / "t.toml"
         path.write_text(base.replace(old, new))
         with pytest.raises(UsageError, match=re.escape(fragment)):
             load_target(str(path))
     t = load_target("openvino-int8")
-    assert (t.int8_compute, t.int8_weight_range, t.other_matmuls, t.fusions) == ("nncf", "reduced", "int8", "none")
+    assert (t.int8_compute, t.other_matmuls, t.fusions) == ("nncf", "int8", "none")
+    assert t.int8_weight_range == ("full" if cpu_has_vnni() else "reduced")  # auto, resolved for this CPU
     assert load_target("cpu-int8-full").fusions == "ort" and load_target("cpu").fusions == "none"
+
+
+def test_auto_weight_range_follows_the_cpu(tmp_path: Path) -> None:
+    """auto is resolved when a target is read (so a manifest records what the export used): full range only
+    on a CPU whose int8 kernels add u8 x s8 products into int32 (VNNI), else within +-64."""
+    assert weight_range("auto", vnni=True) == "full" and weight_range("auto", vnni=False) == "reduced"
+    assert weight_range("reduced", vnni=True) == "reduced" and weight_range("full", vnni=False) == "full"
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert cpu_has_vnni(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\nbugs\t\t: avx_vnni_fake\n")
+    assert not cpu_has_vnni(info)
+    assert not cpu_has_vnni(tmp_path / "missing")
+    path = tmp_path / "mine.toml"
+    path.write_text('extends = "cpu-int8"\nint8_weight_range = "reduced"\n')
+    assert load_target(str(path)).int8_weight_range == "reduced"
+    # a manifest holds the concrete value; a forged "auto" is resolved here rather than trusted
+    data = load_target("cpu-int8").to_json()
+    assert Target.from_json({**data, "int8_weight_range": "auto"}).int8_weight_range in ("full", "reduced")
 
 
 def test_extends_inherits_every_table_and_lays_the_file_on_top(tmp_path: Path) -> None:
@@ -176,7 +204,8 @@ def test_graph_differences_name_what_shapes_the_graph(tmp_path: Path) -> None:
     (tmp_path / "wide.toml").write_text('extends = "cpu"\nproviders = ["CUDAExecutionProvider"]\n'
                                         "[shapes]\nbatch = [1, 64, 256]\n")
     assert cpu.graph_differences(load_target(str(tmp_path / "wide.toml"))) == []
-    assert cpu.graph_differences(load_target("cpu-int8")) == [
+    (tmp_path / "narrow.toml").write_text('extends = "cpu-int8"\nint8_weight_range = "reduced"\n')
+    assert cpu.graph_differences(load_target(str(tmp_path / "narrow.toml"))) == [
         "light_precision fp32 vs int8", "int8_compute weight-only vs dynamic", "int8_weight_range full vs reduced",
         "fusions none vs ort",
     ]
