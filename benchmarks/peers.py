@@ -11,7 +11,9 @@ rewrites, the ones ``ffsplit bench`` gives its baseline):
 * ONNX Runtime static QDQ int8 (``quantize_static``, per channel, MinMax on 128 calibration texts);
 * OpenVINO fp32;
 * OpenVINO + NNCF static int8 (``model_type=TRANSFORMER``, 128 calibration texts): the recipe
-  sentence-transformers recommends on CPU.
+  sentence-transformers recommends on CPU;
+* that with the FFN down-projections in NNCF's ignored scope: NNCF's way to more accuracy (those
+  multiplies take the activations with outliers), the peer to compare with at equal accuracy.
 ffsplit points are ``ffsplit export`` artifacts for the cpu-int8, cpu-int8-full and openvino-int8
 targets (a few heavy ratios), run exactly as they ship.
 
@@ -166,14 +168,31 @@ def build(work: Path, log: Any) -> list[dict[str, Any]]:
 
     add("OpenVINO + NNCF static int8", "peer", made(work / "ov-nncf-int8" / "model.xml", nncf_int8), "openvino")
 
+    def nncf_int8_ffn_out_fp32(path: Path) -> None:
+        # what a user does for more accuracy from NNCF: the FFN down-projections, whose inputs carry the
+        # outliers, in the ignored scope (found by weight shape: d_ff x d_model)
+        down_shape = (lm.model.config.intermediate_size, lm.model.config.hidden_size)
+        import nncf
+        import onnx
+
+        graph = onnx.load(str(original), load_external_data=False).graph
+        shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+        down = [n.name for n in graph.node if n.op_type == "MatMul" and any(shapes.get(i) == down_shape for i in n.input)]
+        model = nncf.quantize(ov.convert_model(str(original)), nncf.Dataset(_calibration_feeds(lm.tokenizer)),
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=CALIBRATION,
+                              ignored_scope=nncf.IgnoredScope(names=down))
+        ov.save_model(model, str(path), compress_to_fp16=False)
+
+    add("OpenVINO + NNCF static int8, FFN down-projections fp32", "peer",
+        made(work / "ov-nncf-int8-ffn-out-fp32" / "model.xml", nncf_int8_ffn_out_fp32), "openvino")
+
     loose = {"cosine_mean": 0.0, "cosine_min": 0.0, "retrieval_at10": 0.0}
     runs = [
         ("ffsplit cpu-int8 (light int8, heavy 10% fp32)", {"target": "cpu-int8"}),
         ("ffsplit cpu-int8-full, heavy 10% fp32", {"target": "cpu-int8-full"}),
-        ("ffsplit cpu-int8-full, heavy 5% fp32", {"target": "cpu-int8-full", "heavy_ratio": 0.05}),
-        ("ffsplit cpu-int8-full, heavy 10% int8 (own scale)", {"target": "cpu-int8-full", "heavy": "int8"}),
         ("ffsplit openvino-int8, heavy 10% fp32", {"target": "openvino-int8"}),
-        ("ffsplit openvino-int8, heavy 20% fp32", {"target": "openvino-int8", "heavy_ratio": 0.2}),
+        ("ffsplit openvino-int8, heavy 5% fp32", {"target": "openvino-int8", "heavy_ratio": 0.05}),
+        ("ffsplit openvino-int8, heavy 10% int8 (own scales)", {"target": "openvino-int8", "heavy": "int8"}),
     ]
     for name, kwargs in runs:
         out = work / "".join(c if c.isalnum() else "-" for c in name)
@@ -285,15 +304,28 @@ def goals(configs: list[dict[str, Any]]) -> list[str]:
         return " / ".join(f"{_speed(c, ref, s):.2f}x" for s in shapes)
 
     nncf = by["OpenVINO + NNCF static int8"]
+    ov_peers = [c for c in configs if c["kind"] == "peer" and c["runtime"] == "openvino"]
     ov_points = [c for c in configs if c["kind"] == "ffsplit" and c["runtime"] == "openvino"]
+
+    def at_least_as_accurate(c: dict[str, Any], p: dict[str, Any]) -> bool:
+        return all(c["accuracy"][k] >= p["accuracy"][k] for k in ("retrieval_at10", "cosine_min"))
+
     for c in ov_points:
         fast = all(c["latency"][s]["p50_ms"] <= nncf["latency"][s]["p50_ms"] for s in shapes)
-        acc = c["accuracy"]["retrieval_at10"] >= 0.965 and c["accuracy"]["cosine_min"] >= 0.997
-        verdict = "met" if fast and acc else "**missed**"
+        verdict = "met" if fast and at_least_as_accurate(c, nncf) else "**missed**"
         lines.append(
-            f"- {c['name']} at least as fast as OpenVINO + NNCF int8 of the original at b1 and b8 "
-            f"({speeds(c, nncf)} of its speed) with retrieval@10 >= 0.965 and cosine min >= 0.997 "
-            f"({c['accuracy']['retrieval_at10']:.3f}, {c['accuracy']['cosine_min']:.4f}): {verdict}"
+            f"- {c['name']} at least as fast as OpenVINO + NNCF int8 of the original at b1 and b8 and at least as "
+            f"accurate ({speeds(c, nncf)} of its speed; retrieval@10 {c['accuracy']['retrieval_at10']:.3f} vs "
+            f"{nncf['accuracy']['retrieval_at10']:.3f}, cosine min {c['accuracy']['cosine_min']:.4f} vs "
+            f"{nncf['accuracy']['cosine_min']:.4f}): {verdict}"
+        )
+        # equal accuracy: the fastest OpenVINO peer that is at least as accurate as this point
+        rivals = [p for p in ov_peers if p["accuracy"]["cosine_min"] < 0.99999 and at_least_as_accurate(p, c)]
+        exact = [p for p in ov_peers if p["accuracy"]["cosine_min"] >= 0.99999]
+        rival = min(rivals or exact, key=lambda p: p["latency"]["8x128"]["p50_ms"])
+        lines.append(
+            f"  - at equal accuracy: against the fastest OpenVINO peer at least as accurate ({rival['name']}, "
+            f"retrieval@10 {rival['accuracy']['retrieval_at10']:.3f}) it runs at {speeds(c, rival)}"
         )
     ort_peers = [c for c in configs if c["kind"] == "peer" and c["runtime"] == "onnxruntime"]
     lossy = [p for p in ort_peers if p["accuracy"]["cosine_min"] < 0.99999]
@@ -405,7 +437,7 @@ def replot(results: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default=str(Path.home() / ".cache" / "ffsplit" / "peers-v2"), help="where models are built")
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "ffsplit" / "peers-v3"), help="where models are built")
     ap.add_argument("--runs", type=int, default=25, help="timed runs per model and shape")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--replot", action="store_true", help="only redraw peers.png from peers.json")

@@ -392,11 +392,17 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if a.min_speedup is not None:
         bounds.require_float("--min-speedup", a.min_speedup, 0.0, 1000.0, lo_open=True)
 
+    lossy = api.lossy_baseline(a.dir)
     rows = api.bench(
         a.dir, batches=a.batch, sequences=a.seq, runs=a.runs, warmup=a.warmup, min_seconds=a.min_seconds,
         source=a.source, log=_log,
     )
+    if lossy:
+        print(f"original = {lossy}")
     print(format_table(rows))
+    accuracy = api.bench_accuracy(a.dir, source=a.source, log=_log) if lossy else None
+    if accuracy:
+        print(_accuracy_table(accuracy))
     _write_json(a.json, [r.to_json() for r in rows])
     slow = [r for r in rows if r.model == "ffsplit" and a.min_speedup is not None and (r.speedup or 0) < a.min_speedup]
     if a.report:
@@ -406,7 +412,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
         from ffsplit.artifact import versions, write_text_atomic
 
-        write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command))
+        write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command, accuracy=accuracy,
+                                                          baseline=lossy))
         print(f"wrote {a.report}")
     if slow:
         worst = min(slow, key=lambda r: r.speedup or 0)
@@ -414,6 +421,15 @@ def _cmd_bench(a: argparse.Namespace) -> int:
               f"is below --min-speedup {a.min_speedup:g} ({len(slow)} of the shapes)", file=sys.stderr)
         return 1
     return 0
+
+
+def _accuracy_table(accuracy: dict[str, Any]) -> str:
+    """Both bench models' accuracy against the original torch model, one row each."""
+    names = list(accuracy["original"])
+    head = f"accuracy vs the original torch model on {accuracy['texts']} evaluation texts\n{'model':<10} " + " ".join(
+        f"{n:>15}" for n in names)
+    rows = [f"{m:<10} " + " ".join(f"{accuracy[m][n]:>15.4f}" for n in names) for m in ("original", "ffsplit")]
+    return "\n".join([head, *rows])
 
 
 def _cmd_build(a: argparse.Namespace) -> int:

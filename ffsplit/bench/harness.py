@@ -130,8 +130,12 @@ def machine_info() -> dict[str, str]:
     return {"cpu": cpu, "cores": str(os.cpu_count()), "os": platform.platform()}
 
 
-def report_markdown(manifest: dict, rows: list[Timing], versions: dict[str, str], command: str) -> str:
-    """One artifact's benchmark report: machine, timings side by side, size, accuracy from its checks."""
+def report_markdown(
+    manifest: dict, rows: list[Timing], versions: dict[str, str], command: str, *,
+    accuracy: dict | None = None, baseline: str | None = None,
+) -> str:
+    """One artifact's benchmark report: machine, timings side by side, size, accuracy from its checks (and,
+    for a lossy ``baseline``, both models' ``accuracy`` as ``bench`` measured it)."""
     src = manifest["source"]
     comps = manifest.get("parity", {}).get("comparisons", {})
     shipped = comps.get("shipped", {}).get("metrics", {})
@@ -150,6 +154,14 @@ def report_markdown(manifest: dict, rows: list[Timing], versions: dict[str, str]
     for r in rows:
         lines.append(f"| {r.model} | {r.batch} | {r.sequence} | {r.runs} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | "
                      f"{r.throughput:.1f} | {r.speedup:.2f}x |")
+    if baseline:
+        lines += ["", f"original = {baseline}."]
+    if accuracy:
+        names = list(accuracy["original"])
+        lines += ["", f"Accuracy against the original torch model on {accuracy['texts']} evaluation texts, both "
+                  "models measured by this run:", "", "| model | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        lines += [f"| {m} | " + " | ".join(f"{accuracy[m][n]:.4f}" for n in names) + " |" for m in ("original", "ffsplit")]
     if shipped:
         lines += ["", "Accuracy of what ships (original torch vs the runtime, from the export's parity check): "
                   + ", ".join(f"{k} {v:.4g}" for k, v in shipped.items() if isinstance(v, (int, float))) + "."]

@@ -118,6 +118,22 @@ def compare_three(
     return results
 
 
+
+def runtime_accuracy(
+    original: torch.nn.Module, runners: Mapping[str, Any], tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
+    *, batch_size: int, max_length: int,
+) -> dict[str, dict[str, float]]:
+    """Each runner's task metrics against the original torch model on ``texts`` in padded batches: what
+    each one costs, measured on the same inputs (``bench``: a lossy baseline next to ffsplit)."""
+    accs = {name: METRICS[task.name]() for name in runners}
+    graph_inputs = set(next(iter(runners.values())).input_signature())
+    for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
+        np_batch = {k: v.numpy() for k, v in batch.items()}
+        ref = torch_output(original, batch, task, graph_inputs)
+        for name, runner in runners.items():
+            accs[name].update(ref, runner.infer(runner.feed_from(np_batch))[task.output], np_batch)
+    return {name: acc.result() for name, acc in accs.items()}
+
 @dataclass
 class ParityReport:
     task: str = "feature-extraction"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST
+from conftest import FAST, run_cli
 
 from ffsplit import api
 from ffsplit.errors import UsageError
@@ -99,3 +99,21 @@ def test_static_int8_does_not_depend_on_the_batch(ov_int8_artifact: Path) -> Non
     inside = batch["last_hidden_state"][3][: len(alone)]
     assert len(texts) == 32 and batch["last_hidden_state"].shape[1] > len(alone)  # padded around it
     np.testing.assert_allclose(inside, alone, rtol=0, atol=1e-5)
+
+
+def test_bench_measures_the_lossy_baseline_and_ffsplit_alike(ov_int8_artifact: Path, tmp_path: Path) -> None:
+    """Against NNCF int8 of the original, a speed ratio alone would hide what each costs: bench names the
+    baseline and measures both models' accuracy on the export's evaluation texts, in its output and report."""
+    report = tmp_path / "bench.md"
+    r = run_cli("bench", str(ov_int8_artifact), "--batch", "1", "--runs", "2", "--warmup", "0", "--min-seconds", "0",
+                "--report", str(report))
+    assert r.returncode == 0, r.stderr
+    assert "original = the original model with NNCF static int8" in r.stdout
+    table = r.stdout.split("accuracy vs the original torch model on ")[1].splitlines()
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table[2:4]}
+    names = table[1].split()[1:]
+    assert sorted(rows) == ["ffsplit", "original"] and "retrieval_at10" in names
+    assert rows["original"][names.index("max_abs")] > 1e-3  # the baseline is int8, not the fp32 original
+    assert all(0.0 <= values[names.index(k)] <= 1.0 for values in rows.values() for k in ("cosine_min", "retrieval_at10"))
+    text = report.read_text()
+    assert "original = the original model with NNCF static int8" in text and "| ffsplit | " in text

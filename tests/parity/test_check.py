@@ -1,0 +1,43 @@
+"""runtime_accuracy: several runtimes measured against the original torch model on the same padded batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ffsplit.loading import load_model
+from ffsplit.parity.check import runtime_accuracy, torch_output
+from ffsplit.split.calibration import evaluation_texts
+
+
+class _TorchRunner:
+    """A runtime stand-in that runs the torch model itself, optionally adding a fixed perturbation."""
+
+    def __init__(self, model: object, task: object, noise: float) -> None:
+        self.model, self.task, self.noise, self.calls = model, task, noise, 0
+        self.rng = np.random.default_rng(0)
+
+    def input_signature(self) -> dict[str, object]:
+        return {"input_ids": None, "attention_mask": None, "token_type_ids": None}
+
+    def feed_from(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v for k, v in batch.items() if k in self.input_signature()}
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        self.calls += 1
+        out = torch_output(self.model, {k: torch.from_numpy(v) for k, v in feed.items()}, self.task)  # type: ignore[arg-type]
+        return {self.task.output: out + self.noise * self.rng.standard_normal(out.shape).astype(np.float32)}  # type: ignore[attr-defined]
+
+
+def test_each_runner_is_measured_against_the_original(tiny_bert_dir: Path) -> None:
+    lm = load_model(str(tiny_bert_dir))
+    texts = [t.text for t in evaluation_texts(24)]
+    exact, noisy = _TorchRunner(lm.model, lm.task, 0.0), _TorchRunner(lm.model, lm.task, 0.5)
+    m = runtime_accuracy(lm.model, {"exact": exact, "noisy": noisy}, lm.tokenizer, texts, lm.task,
+                         batch_size=8, max_length=32)
+    assert exact.calls == noisy.calls == 3  # every padded batch, each runner once
+    assert m["exact"]["max_abs"] == 0.0 and m["exact"]["cosine_min"] > 0.99999 and m["exact"]["retrieval_at10"] == 1.0
+    assert m["noisy"]["max_abs"] > 0.5 and m["noisy"]["cosine_mean"] < m["exact"]["cosine_mean"]
