@@ -283,6 +283,9 @@ def _cmd_export(a: argparse.Namespace) -> int:
     print(_layer_table(m))
     print(_params_line(m))
     print(_size_line(res.out, m))
+    weights = _weight_range_line(m)
+    if weights:
+        print(weights)
     if m.get("budget"):
         b = m["budget"]
         print(f"budget {b['kind']}={b['value']:g}: used {b['used']:,} of {b['limit']:,.0f} "
@@ -301,6 +304,19 @@ def _cmd_export(a: argparse.Namespace) -> int:
         print(f"next, on a machine where '{build['target']}' runs: ffsplit build {res.out}")
     _write_json(a.json, {**m, "passed": True})
     return 0
+
+
+def _weight_range_line(m: Any) -> str | None:
+    """Which int8 weight range the export used, when it quantised anything to int8: it decides where it runs well."""
+    tgt = m["target"]
+    int8 = tgt.get("other_matmuls") == "int8" or any(
+        "int8" in (row.get("heavy_precision"), row.get("light_precision")) for row in m["layers"])
+    if not int8:
+        return None
+    if tgt.get("int8_weight_range") == "full":
+        return ("int8 weights: full range (+-127); CPUs without VNNI saturate on them: to run there, export "
+                "with a target file saying int8_weight_range = \"reduced\"")
+    return "int8 weights: within +-64, safe on CPUs without VNNI (on one with VNNI, int8_weight_range = \"full\" is more accurate)"
 
 
 def _export(a: argparse.Namespace, api: Any) -> Any:
