@@ -118,7 +118,6 @@ def compare_three(
     return results
 
 
-
 def runtime_accuracy(
     original: torch.nn.Module, runners: Mapping[str, Any], tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
     *, batch_size: int, max_length: int,
@@ -133,6 +132,7 @@ def runtime_accuracy(
         for name, runner in runners.items():
             accs[name].update(ref, runner.infer(runner.feed_from(np_batch))[task.output], np_batch)
     return {name: acc.result() for name, acc in accs.items()}
+
 
 @dataclass
 class ParityReport:
