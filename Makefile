@@ -6,8 +6,9 @@ PIP := $(PY) -m pip
 # The CPU build of torch lies on disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_CPU := torch==2.13.0
 TRITON_WHEELS := nvidia-pytriton==0.7.0 tritonclient==2.73.0
-# The wheel's Python backend stub is built against numpy 1: it gets this one (ffsplit serve).
-STUB_NUMPY := numpy==1.26.4
+# The wheel's Python backend stub is built against numpy 1: it gets this one (ffsplit serve), and an
+# ml_dtypes built for numpy 1 (onnx and onnx_ir import it; ml_dtypes 0.7 needs numpy 2).
+STUB_NUMPY := numpy==1.26.4 ml_dtypes==0.5.4
 
 .PHONY: demo test install install-test lint clean
 

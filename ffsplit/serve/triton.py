@@ -517,7 +517,7 @@ def start_server(artifact: Path | None = None, *, models: dict[str, Path] | None
                 names.append(text_model)
             elif text_served(artifact) and log:
                 log(f"no text front end: its string inputs need numpy 1 for the server's Python stub: "
-                    f"pip install --no-deps --target {home / STUB_NUMPY} numpy==1.26.4")
+                    f"pip install --no-deps --target {home / STUB_NUMPY} numpy==1.26.4 ml_dtypes==0.5.4")
         for extra_name, path in (models or {}).items():
             names.append(python_model(path, work / "repo", name=extra_name).name)
         http_port = http_port or _free_port()
