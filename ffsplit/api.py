@@ -428,26 +428,24 @@ def bench(
     return rows
 
 
-def lossy_baseline(folder: str | Path) -> str | None:
-    """What ``bench`` compares an artifact with when that is not the original at full precision (else None)."""
-    art = open_artifact(folder)
-    if art.target.int8_compute == "nncf":
-        return "the original model with NNCF static int8 (nothing ignored), on OpenVINO"
-    return None
+def bench_accuracy(
+    folder: str | Path, *, source: str | Path | None = None, log: Any = None
+) -> dict[str, Any] | None:
+    """Accuracy of ``bench``'s two models against the original torch model, on the export's evaluation texts,
+    when ``bench``'s baseline is lossy too (NNCF int8 of the original); None when it is the original itself.
 
-
-def bench_accuracy(folder: str | Path, *, source: str | Path | None = None, log: Any = None) -> dict[str, Any]:
-    """Accuracy of ``bench``'s two models against the original torch model, on the export's evaluation texts.
-
-    Speed alone says little when the baseline is lossy too (NNCF int8 of the
-    original): this measures both on the same inputs. Returns ``texts`` and,
-    per model (``original``, ``ffsplit``), the task's metrics.
+    Speed alone says little against a lossy baseline: this measures both on
+    the same inputs. Returns ``baseline`` (what it is), ``texts`` and, per
+    model (``original``, ``ffsplit``), the task's metrics.
     """
-    from ffsplit.bench.baseline import baseline_onnx
+    from ffsplit.bench.baseline import baseline_onnx, lossy_baseline
     from ffsplit.parity.check import runtime_accuracy
     from ffsplit.runtimes.base import make_runner
 
     art = open_artifact(folder)
+    lossy = lossy_baseline(art.target)
+    if lossy is None:
+        return None
     require_built(art, "bench")
     require_supported(art.target)
     m = art.manifest
@@ -459,7 +457,7 @@ def bench_accuracy(folder: str | Path, *, source: str | Path | None = None, log:
     with make_runner(baseline, art.target) as orig, make_runner(art.folder / MODEL_FILE, art.target) as split:
         metrics = runtime_accuracy(loaded.model, {"original": orig, "ffsplit": split}, loaded.tokenizer, texts,
                                    loaded.task, batch_size=16, max_length=m.max_length)
-    return {"texts": len(texts), **metrics}
+    return {"baseline": lossy, "texts": len(texts), **metrics}
 
 
 def build(folder: str | Path, *, target: str | None = None, tolerance: float | None = None, log: Any = None) -> dict[str, Any]:

@@ -408,16 +408,14 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if a.min_speedup is not None:
         bounds.require_float("--min-speedup", a.min_speedup, 0.0, 1000.0, lo_open=True)
 
-    lossy = api.lossy_baseline(a.dir)
     rows = api.bench(
         a.dir, batches=a.batch, sequences=a.seq, runs=a.runs, warmup=a.warmup, min_seconds=a.min_seconds,
         source=a.source, log=_log,
     )
-    if lossy:
-        print(f"original = {lossy}")
     print(format_table(rows))
-    accuracy = api.bench_accuracy(a.dir, source=a.source, log=_log) if lossy else None
+    accuracy = api.bench_accuracy(a.dir, source=a.source, log=_log)
     if accuracy:
+        print(f"original = {accuracy['baseline']}")
         print(_accuracy_table(accuracy))
     _write_json(a.json, [r.to_json() for r in rows])
     slow = [r for r in rows if r.model == "ffsplit" and a.min_speedup is not None and (r.speedup or 0) < a.min_speedup]
@@ -428,8 +426,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
         from ffsplit.artifact import versions, write_text_atomic
 
-        write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command, accuracy=accuracy,
-                                                          baseline=lossy))
+        write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command, accuracy=accuracy))
         print(f"wrote {a.report}")
     if slow:
         worst = min(slow, key=lambda r: r.speedup or 0)

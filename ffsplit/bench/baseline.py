@@ -12,6 +12,13 @@ from typing import Any
 from ffsplit.artifact import MODEL_FILE, LoadedArtifact
 
 
+def lossy_baseline(target: Any) -> str | None:
+    """What the baseline of an artifact for ``target`` is when it is not the original at full precision."""
+    if target.int8_compute == "nncf":
+        return "the original model with NNCF static int8 (nothing ignored), on OpenVINO"
+    return None
+
+
 def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     """The original model exported the same way as the split one, cached by source hash and versions.
 
@@ -27,7 +34,7 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     v = versions()
     # the graph gets the same target-independent passes as the split one (cleanup, NaN guards, fusions)
     fusions = art.target.fusions
-    nncf = art.target.int8_compute == "nncf"
+    nncf = lossy_baseline(art.target) is not None
     calib = art.manifest["calibration"]
     key = (f"{art.manifest.source.sha256[:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
            f"-g3-{fusions}" + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else ""))

@@ -132,10 +132,10 @@ def machine_info() -> dict[str, str]:
 
 def report_markdown(
     manifest: dict, rows: list[Timing], versions: dict[str, str], command: str, *,
-    accuracy: dict | None = None, baseline: str | None = None,
+    accuracy: dict | None = None,
 ) -> str:
     """One artifact's benchmark report: machine, timings side by side, size, accuracy from its checks (and,
-    for a lossy ``baseline``, both models' ``accuracy`` as ``bench`` measured it)."""
+    against a lossy baseline, both models' ``accuracy`` as ``api.bench_accuracy`` measured it)."""
     src = manifest["source"]
     comps = manifest.get("parity", {}).get("comparisons", {})
     shipped = comps.get("shipped", {}).get("metrics", {})
@@ -154,11 +154,9 @@ def report_markdown(
     for r in rows:
         lines.append(f"| {r.model} | {r.batch} | {r.sequence} | {r.runs} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | "
                      f"{r.throughput:.1f} | {r.speedup:.2f}x |")
-    if baseline:
-        lines += ["", f"original = {baseline}."]
     if accuracy:
         names = list(accuracy["original"])
-        lines += ["", f"Accuracy against the original torch model on {accuracy['texts']} evaluation texts, both "
+        lines += ["", f"original = {accuracy['baseline']}.", "", f"Accuracy against the original torch model on {accuracy['texts']} evaluation texts, both "
                   "models measured by this run:", "", "| model | " + " | ".join(names) + " |",
                   "|---|" + "---|" * len(names)]
         lines += [f"| {m} | " + " | ".join(f"{accuracy[m][n]:.4f}" for n in names) + " |" for m in ("original", "ffsplit")]
