@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ffsplit.errors import CheckFailed, UsageError
+from ffsplit.jsonio import dumps
 from ffsplit.manifest import POST_EXPORT_KEYS, Manifest
 
 MANIFEST = "manifest.json"
@@ -104,15 +105,27 @@ def remove_tree(path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``path`` through a hidden temporary sibling; on any failure neither is left half-written."""
+    import tempfile
+
     path = Path(path)
-    tmp = path.parent / f".{path.name}.ffsplit-tmp-{os.getpid()}"
+    # a name nobody can have planted a link on: mkstemp creates it with O_CREAT | O_EXCL, never following one
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".ffsplit-tmp", dir=path.parent)
+    tmp = Path(name)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with signals_held(), contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output_file(path: str | Path | None, flag: str) -> Path | None:
@@ -127,6 +140,21 @@ def check_output_file(path: str | Path | None, flag: str) -> Path | None:
     if p.exists() and not p.is_file():
         raise UsageError(f"{flag} '{path}' is not a regular file: pass a file path")
     return p
+
+
+def refuse_inside(path: Path, folders: dict[str, Path], flag: str) -> None:
+    """Refuse a side output (``--json``, ``--report``, ``--repo``) inside an artifact folder a verb reads or
+    writes, or on the staging folder and lock beside it: writing there would replace one of the artifact's
+    files, or add one its manifest does not list, and the folder would stop being an ffsplit output."""
+    where = Path(path).expanduser()
+    where = where.parent.resolve() / where.name if where.name not in ("", ".", "..") else where.resolve()
+    for what, folder in folders.items():
+        folder = resolve_out(folder)
+        beside = where.parent == folder.parent and where.name.startswith(f".{folder.name}.ffsplit-")
+        if where == folder or folder in where.parents or beside:
+            raise UsageError(
+                f"{flag} '{path}' is inside the {what} '{folder}', whose files ffsplit owns: write it outside that folder"
+            )
 
 
 def _pid_of(fd: int) -> str:
@@ -257,14 +285,9 @@ def staged_output(out: str | Path, *, force: bool, protected: dict[str, Path] | 
     refuse_overlap(out, protected or {})
     _check_replaceable(out, force=force)
     parent = out.parent
-    created_parent = None
-    if not parent.exists():
-        created_parent = parent
-        while not created_parent.parent.exists():
-            created_parent = created_parent.parent
-        parent.mkdir(parents=True)
-    elif not parent.is_dir():
+    if parent.exists() and not parent.is_dir():
         raise UsageError(f"--out '{out}': '{parent}' is a file, not a folder: choose another --out")
+    created = make_parents(parent)
     try:
         with output_lock(out):
             finish_interrupted_runs(out)
@@ -285,9 +308,33 @@ def staged_output(out: str | Path, *, force: bool, protected: dict[str, Path] | 
                 remove_tree(stage)
                 raise
     except BaseException:
-        if created_parent is not None:
-            remove_tree(created_parent)
+        remove_empty_folders(created)
         raise
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the folders this call created, deepest first."""
+    created = []
+    p = folder
+    while not p.exists() and not p.is_symlink():
+        created.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Undo ``make_parents``: remove each folder it created, deepest first, only while it is empty.
+
+    Anything put there meanwhile (a user's file, another export's complete output) keeps its folder: a
+    clean-up removes only what its run created and still holds, never a tree.
+    """
+    with signals_held():
+        for p in created:
+            try:
+                os.rmdir(p)
+            except OSError:  # not empty (or gone, or replaced): leave it and everything above it
+                return
 
 
 def _check_replaceable(out: Path, *, force: bool) -> None:
@@ -365,7 +412,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise RuntimeError(f"ffsplit wrote something other than files into its output: {problems}")
     manifest = {**manifest, "files": {rel: sha256_file(p) for rel, p in sorted(files.items()) if rel != MANIFEST}}
-    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(folder / MANIFEST, dumps(manifest, strict=True, indent=2, sort_keys=False) + "\n")
     return manifest
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from typing import Any, NoReturn
 
 from ffsplit import __version__
 from ffsplit.errors import CheckFailed, FFSplitError, UsageError
+from ffsplit.jsonio import dumps
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,16 +62,28 @@ def _write_json(path: str | None, data: Any) -> None:
     from ffsplit.artifact import write_text_atomic
 
     if path:
-        write_text_atomic(Path(path), json.dumps(data, indent=2) + "\n")
+        write_text_atomic(Path(path), dumps(data, indent=2) + "\n")
+
+
+def _artifact_folders(a: argparse.Namespace) -> dict[str, Path]:
+    """The artifact folders a verb reads or writes: no side output may land inside one."""
+    folders = {}
+    if getattr(a, "dir", None):
+        folders["artifact"] = Path(a.dir)
+    if a.verb in ("export", "pack") and getattr(a, "out", None):
+        folders["output folder"] = Path(a.out)
+    return folders
 
 
 def _outputs_writable(a: argparse.Namespace) -> None:
-    """Refuse a --json / --report destination that cannot be written, before any work."""
-    from ffsplit.artifact import check_output_file
+    """Refuse a --json / --report destination that cannot be written, or lies inside an artifact, before any work."""
+    from ffsplit.artifact import check_output_file, refuse_inside
 
+    folders = _artifact_folders(a)
     for flag in ("json", "report"):
         value = getattr(a, flag, None)
         if isinstance(value, str) and value != "-":  # "-": inspect --json without a file prints
+            refuse_inside(Path(value), folders, f"--{flag}")
             check_output_file(value, f"--{flag}")
 
 
@@ -481,7 +493,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
     m = api.inspect_artifact(a.dir)
     if a.json == "-":
-        print(json.dumps(m, indent=2))
+        print(dumps(m, indent=2))
         return 0
     if a.json:
         _write_json(a.json, m)

@@ -54,6 +54,91 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+# -- data loss: a clean-up removes only what its own run created and still holds
+
+
+def test_a_failed_run_keeps_what_others_put_in_the_parent_it_created(tmp_path: Path) -> None:
+    """``--out new/a`` creates ``new/``; a run that fails afterwards removes ``new/`` only while it is empty."""
+    out = tmp_path / "new" / "deeper" / "a"
+    with pytest.raises(RuntimeError), staged_output(out, force=False) as stage:
+        (stage / "model.onnx").write_bytes(b"half")
+        (tmp_path / "new" / "notes.txt").write_text("the user's")  # saved there during the run
+        with staged_output(tmp_path / "new" / "deeper" / "b", force=False) as other:  # a second export completes
+            (other / "f").write_text("complete")
+        raise RuntimeError("parity failed")
+    assert (tmp_path / "new" / "notes.txt").read_text() == "the user's"
+    assert (tmp_path / "new" / "deeper" / "b" / "f").read_text() == "complete"
+    assert sorted(p.name for p in (tmp_path / "new" / "deeper").iterdir()) == ["b"]  # no stage, no lock, no a
+    # with nothing put there meanwhile, every folder the run created goes
+    with pytest.raises(RuntimeError), staged_output(tmp_path / "x" / "y" / "a", force=False):
+        raise RuntimeError("parity failed")
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupted_export_keeps_a_file_saved_beside_it(tiny_bert_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from ffsplit.stages import verify
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        (tmp_path / "new" / "keep.txt").write_text("saved during the run")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "parity", interrupted)
+    code, err = _main("export", str(tiny_bert_dir), "--out", str(tmp_path / "new" / "a"), "--light", "none", *FAST_ARGS)
+    assert code == 130, err
+    assert _tree(tmp_path / "new") == {"keep.txt": b"saved during the run"}
+
+
+@pytest.mark.parametrize("args", [
+    ["export", "M", "--out", "A", "--force", "--json", "A/model.onnx"],
+    ["export", "M", "--out", "A", "--force", "--json", "A/new.json"],
+    ["export", "M", "--out", "A", "--force", "--json", "A"],
+    ["check", "A", "--golden", "--json", "A/manifest.json"],
+    ["check", "A", "--json", "A/sub/../manifest.json"],
+    ["check", "A", "--golden", "--json", "P/.art.ffsplit-lock"],
+    ["bench", "A", "--report", "A/report.md"],
+    ["debug", "A", "--json", "A/runtime/x.json"],
+    ["build", "A", "--json", "A/manifest.json"],
+    ["inspect", "A", "--json", "A/model.onnx"],
+    ["triton", "A", "--repo", "A"],
+    ["triton", "A", "--repo", "A/repo"],
+])
+def test_side_outputs_inside_an_artifact_are_refused(args: list[str], tiny_none_artifact: Path, tiny_bert_dir: Path,
+                                                     tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    before = _tree(tmp_path)
+    subst = {"M": str(tiny_bert_dir), "A": str(art), "P": str(tmp_path)}
+    code, err = _main(*[subst.get(a) or a.replace("A/", f"{art}/").replace("P/", f"{tmp_path}/") for a in args])
+    _one_line_error(code, err, "whose files ffsplit owns")
+    assert _tree(tmp_path) == before
+
+
+def test_a_planted_link_on_the_temporary_name_is_never_followed(tmp_path: Path) -> None:
+    from ffsplit.artifact import write_text_atomic
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    dest = tmp_path / "d"
+    dest.mkdir()
+    for pid in range(os.getpid() - 2, os.getpid() + 3):  # every name the old scheme could have picked
+        (dest / f".r.json.ffsplit-tmp-{pid}").symlink_to(victim)
+    write_text_atomic(dest / "r.json", "{}")
+    assert victim.read_text() == "precious"
+    assert (dest / "r.json").is_file() and not (dest / "r.json").is_symlink()
+    assert (dest / "r.json").read_text() == "{}"
+    assert sorted(p.name for p in dest.iterdir() if not p.is_symlink()) == ["r.json"]  # no temporary left
+
+
+def test_non_finite_numbers_never_reach_a_json_file(tmp_path: Path) -> None:
+    from ffsplit.jsonio import dumps
+
+    with pytest.raises(ValueError):  # a record other verbs read back: a bug, never written
+        write_manifest(tmp_path, {"format": 3, "x": math.inf})
+    assert not (tmp_path / MANIFEST).exists()
+    assert json.loads(dumps({"a": [1.0, math.nan, -math.inf], "b": {"c": math.inf}})) == {"a": [1.0, None, None],
+                                                                                         "b": {"c": None}}
+
+
 # -- data loss: --force replaces only ffsplit's own outputs, never the source model
 
 
@@ -475,6 +560,9 @@ def test_a_moved_source_is_found_with_source(tiny_none_artifact: Path, tiny_bert
     (["export", "M", "--out", "O", "--calib-size", "0", "--calib", "C"], "--calib-size 0"),
     (["export", "M", "--out", "O", "--eval-size", "5"], "--eval-size 5"),
     (["export", "M", "--out", "O", "--limit", "cosine_min=nan"], "--limit cosine_min nan: pass a finite number"),
+    (["export", "M", "--out", "O", "--budget", "size-mb=inf"], "--budget size-mb=inf must be a finite size"),
+    (["export", "M", "--out", "O", "--budget", "size-mb=1e308"], "--budget size-mb=1e308 must be a finite size"),
+    (["export", "M", "--out", "O", "--budget", "size-mb=nan"], "--budget size-mb=nan must be a finite size"),
     (["bench", "A", "--batch", "100000"], "--batch 100000: pass a whole number from 1 to 1,024"),
     (["bench", "A", "--min-seconds", "inf"], "--min-seconds inf: pass a finite number"),
     (["bench", "A", "--runs", "0"], "--runs 0"),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 
 from ffsplit.artifact import EMBEDDED_KEY as MANIFEST_KEY
+from ffsplit.jsonio import dumps
 
 
 class EmbedManifestPass(InPlacePass):
@@ -16,7 +16,7 @@ class EmbedManifestPass(InPlacePass):
 
     def __init__(self, *, manifest: Mapping[str, object]) -> None:
         super().__init__()
-        self.text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+        self.text = dumps(manifest, strict=True, sort_keys=True, separators=(",", ":"))
 
     def call(self, model: ir.Model) -> PassResult:
         if model.metadata_props.get(MANIFEST_KEY) == self.text:

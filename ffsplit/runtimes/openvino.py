@@ -20,13 +20,13 @@ at ``runtime/<target>/model.xml`` beside model.onnx, fp32 weights kept fp32
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ffsplit.errors import UsageError
+from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, register_runtime
 from ffsplit.runtimes.records import LAYERS_FILE, records_from_layers
 from ffsplit.runtimes.targets import Target
@@ -134,7 +134,7 @@ class OpenVinoRunner(Runner):
         self.compiled = core.compile_model(core.read_model(str(self.model_file)), self.target.openvino.get("device", "CPU"), config)
         self.request = self.compiled.create_infer_request()
         if self.runtime_dir is not None:
-            (self.runtime_dir / LAYERS_FILE).write_text(json.dumps(runtime_layers(self.compiled), indent=1), encoding="utf-8")
+            (self.runtime_dir / LAYERS_FILE).write_text(dumps(runtime_layers(self.compiled), indent=1), encoding="utf-8")
 
     def _deactivate(self) -> None:
         self.compiled = self.request = None

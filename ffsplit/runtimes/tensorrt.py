@@ -31,6 +31,7 @@ import numpy as np
 
 from ffsplit.artifact import sha256_file
 from ffsplit.errors import UsageError
+from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.records import LAYERS_FILE, records_from_inspector
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
@@ -90,7 +91,7 @@ def engine_key(
         "profiles": [{k: [list(s) for s in v] for k, v in sorted(p.items())} for p in profiles],
         "flags": dict(sorted(flags.items())), "pinned": dict(sorted(pinned.items())),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def engine_is_current(folder: Path, key: str) -> bool:
@@ -157,7 +158,7 @@ def build_engine(model_path: Path, target: Target, folder: Path) -> Path:  # pra
     (folder / LAYERS_FILE).write_text(
         inspector.get_engine_information(trt.LayerInformationFormat.JSON), encoding="utf-8"
     )
-    (folder / ENGINE_INFO).write_text(json.dumps({"key": key, "pinned": len(pinned)}, indent=1), encoding="utf-8")
+    (folder / ENGINE_INFO).write_text(dumps({"key": key, "pinned": len(pinned)}, indent=1), encoding="utf-8")
     return folder / ENGINE_FILE
 
 

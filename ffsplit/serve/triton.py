@@ -39,6 +39,7 @@ from typing import Any
 
 from ffsplit.artifact import MODEL_FILE, remove_tree, signals_held, staged_output
 from ffsplit.errors import UsageError
+from ffsplit.jsonio import dumps
 from ffsplit.signature import ELEMENT_TYPES, onnx_signature
 
 
@@ -124,7 +125,7 @@ def _scalar(v: Any) -> str:
         return str(v)
     if isinstance(v, str) and _ENUMS.match(v):
         return v
-    return json.dumps(str(v))
+    return dumps(str(v))
 
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)|("(?:[^"\\]|\\.)*")|(-?[0-9.eE+-]+)|([{}\[\]:,]))')
@@ -200,8 +201,11 @@ def _model_name(manifest: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"ffsplit-{base}-{manifest['target']['name']}")[:128]
 
 
-def _model_dir(repo: Path, name: str) -> Path:
-    """``repo/name`` for a validated model name; the folder must not exist yet."""
+def _model_dir(repo: Path, name: str, artifact: Path) -> Path:
+    """``repo/name`` for a validated model name; the folder must not exist yet, nor lie inside ``artifact``."""
+    from ffsplit.artifact import refuse_inside
+
+    refuse_inside(repo, {"artifact": artifact}, "--repo")
     if not MODEL_NAME.fullmatch(name) or ".." in name:
         raise UsageError(
             f"--name '{name[:60]}' is not a Triton model name: use letters, digits, '_', '-' and '.', "
@@ -221,7 +225,7 @@ def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> 
 
     art = open_artifact(artifact)
     require_built(art, "triton")
-    model_dir = _model_dir(repo, name or _model_name(art.manifest))
+    model_dir = _model_dir(repo, name or _model_name(art.manifest), art.folder)
     name = model_dir.name
     target = art.target
     sig = signature(art.folder / MODEL_FILE)
@@ -366,7 +370,7 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
         raise UsageError(f"'{artifact}': output {source} has no fixed width ({width}): re-run ffsplit export")
     out_name = SENTENCE_OUTPUT if task == "feature-extraction" else "logits"
     sig = Signature([Tensor("text", "TYPE_STRING", [1])], [Tensor(out_name, "TYPE_FP32", [width])])
-    model_dir = _model_dir(repo, name or _model_name(art.manifest) + "-text")
+    model_dir = _model_dir(repo, name or _model_name(art.manifest) + "-text", art.folder)
     cfg = model_config(model_dir.name, sig, platform=None, backend="python", shapes=art.target.shapes,
                        kind="KIND_CPU", sequence=False)
     with staged_output(model_dir, force=False) as stage:
@@ -412,10 +416,10 @@ def python_model(
     session_config: dict[str, str] | None = None, sequence: bool = False,
 ) -> Path:
     """A Python-backend model over any ONNX file (an artifact's, or the original model's for comparison)."""
-    model_dir = _model_dir(repo, name)
+    model_dir = _model_dir(repo, name, model_path.parent)
     cfg = model_config(
         name, signature(model_path), platform=None, backend="python", shapes=shapes or {}, kind="KIND_CPU",
-        sequence=sequence, parameters={"session_config": json.dumps(session_config or {})},
+        sequence=sequence, parameters={"session_config": dumps(session_config or {})},
     )
     with staged_output(model_dir, force=False) as stage:
         (stage / "1").mkdir()

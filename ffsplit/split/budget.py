@@ -28,6 +28,9 @@ HEAVY_RATIOS = (0.05, 0.1, 0.2)
 GRID = 4000  # knapsack resolution: steps of budget / GRID
 
 
+MAX_SIZE_MB = 10_000_000  # 10 TB: past any model a machine holds
+
+
 def parse_budget(spec: str) -> tuple[str, float]:
     kind, sep, value = spec.strip().lower().partition("=")
     try:
@@ -38,8 +41,8 @@ def parse_budget(spec: str) -> tuple[str, float]:
         raise UsageError(f"--budget '{spec}' is not KIND=VALUE with KIND one of {', '.join(BUDGET_KINDS)}, e.g. ffn-params=0.5")
     if kind != "size-mb" and not 0.0 < v <= 1.0:
         raise UsageError(f"--budget {kind}={value} must be a fraction in (0, 1]")
-    if kind == "size-mb" and not v > 0:
-        raise UsageError(f"--budget size-mb={value} must be positive")
+    if kind == "size-mb" and not 0 < v <= MAX_SIZE_MB:  # NaN and infinity fail here too
+        raise UsageError(f"--budget size-mb={value} must be a finite size above 0 and at most {MAX_SIZE_MB:,} MB")
     return kind, v
 
 
