@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gc
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from ffsplit.artifact import (
     not_deployed,
     open_artifact,
     pack_artifact,
+    remove_tree,
     require_built,
     require_unpacked,
     staged_output,
@@ -40,6 +43,8 @@ from ffsplit.manifest import FORMAT, Manifest
 from ffsplit.runtimes.targets import Target, list_targets, require_supported
 from ffsplit.stages.reload import load_source, rebuild
 
+PARITY_DIR = ".parity"  # in the staging folder: the recorded torch outputs parity compares with
+
 __all__ = [
     "ExportResult", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact", "open_artifact", "pack",
     "targets",
@@ -48,19 +53,30 @@ __all__ = [
 
 @dataclass
 class Stages:
-    """Wall time of each stage, in order."""
+    """Wall time and peak resident memory of each stage, in order."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_mb: dict[str, float] = field(default_factory=dict)
+    per_stage: bool = True  # False where the kernel's peak cannot be reset: each figure is then the peak so far
 
     @contextmanager
     def stage(self, name: str, log: Any = None) -> Iterator[None]:
+        from ffsplit import resources
+
         if log:
             log(f"{name} ...")
+        self.per_stage = resources.reset_peak() and self.per_stage
         t0 = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 3)
+        self.peak_mb[name] = round(resources.peak_bytes() / 1e6, 1)
         if log:
-            log(f"{name} done in {self.seconds[name]:.1f} s")
+            log(f"{name} done in {self.seconds[name]:.1f} s, peak memory {self.peak_mb[name]:,.0f} MB")
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest keeps: ``timings`` (s) and ``memory`` (peak resident MB per stage)."""
+        return {"timings": self.seconds,
+                "memory": {"peak_mb": self.peak_mb, "per_stage": self.per_stage}}
 
 
 def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: int) -> dict[str, Any]:
@@ -113,13 +129,17 @@ def export(model: str, out: str | Path, *, log: Any = None, progress: bool = Tru
 
 
 def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportResult:
-    """The stages of one export, written into the staging folder ``stage``."""
-    from safetensors.torch import save_file
+    """The stages of one export, written into the staging folder ``stage``.
 
-    from ffsplit.pooling import sentence_files
+    One copy of the weights at a time: the original's outputs are recorded before it is split in place,
+    the split's before it is captured, and the torch model is freed once the graph is saved, before the
+    runtime is built (a retry with the next exporter loads and splits the source again).
+    """
     from ffsplit.runtimes.openvino import nncf_ir
     from ffsplit.runtimes.shapes import clamp_shapes
-    from ffsplit.stages import capture, prepare, split
+    from ffsplit.split.modules import count_params
+    from ffsplit.stages import capture, prepare, verify
+    from ffsplit.stages import split as split_stage
 
     stages = Stages()
     with stages.stage("load", log):
@@ -130,18 +150,21 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             plan.target = dataclasses.replace(plan.target, shapes=shapes)
     with stages.stage("profile", log):
         profiles = prepare.profile(plan, loaded, adapter, progress=progress)
-    with stages.stage("split", log):
-        done = split.split(plan, loaded, adapter, profiles)
-    manifest = _manifest(plan, loaded, adapter, source, profiles, done)
-    save_file(done.state, str(stage / SPLIT_WEIGHTS))
-    loaded.tokenizer.save_pretrained(stage)
-    loaded.model.config.save_pretrained(stage)
-    for rel in sentence_files(plan.source_dir):  # pooling and normalisation stay with a sentence-transformers model
-        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(plan.source_dir / rel, stage / rel)  # contents: the artifact holds no links
+    recorded = stage / PARITY_DIR  # removed before the manifest lists the folder's files
+    record = partial(verify.record, plan=plan, max_positions=source["max_positions"], progress=progress)
+    with stages.stage("original outputs", log):
+        original = record(loaded.model, loaded=loaded, folder=recorded / "original", desc="original model")
+    total_before = count_params(loaded.model)
+    done, manifest = _split_and_save(plan, stage, loaded, adapter, source, profiles, stages, log, total_before)
+    with stages.stage("split outputs", log):
+        split_out = record(done.model, loaded=loaded, folder=recorded / "split", desc="split model")
     attempts: list[dict[str, str]] = []
     report = None
     for name in plan.exporters:  # try the next exporter when one cannot capture or misses fidelity
+        if done is None:  # freed after the last attempt's capture: load and split the source again
+            with stages.stage("reload", log):
+                loaded = prepare.load(plan)[0]
+                done = split_stage.split(plan, loaded, adapter, profiles)
         with stages.stage(f"export ({name})", log):
             captured = capture.capture(plan, done.model, loaded.tokenizer, name)
             if captured.model is not None:
@@ -152,18 +175,23 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             if log:
                 log(f"the {name} exporter failed: {captured.failure}")
             continue
+        captured = done = None  # the graph is on disk: the torch model (and the IR) go before the runtime comes
+        loaded.model = None
+        gc.collect()
         if plan.nncf:
             with stages.stage("quantize (NNCF)", log):
                 nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
                         keep_heavy=plan.heavy == "fp32")
-        report = _verify_into(plan, stage, loaded, done, source, manifest, stages, log=log, progress=progress)
+        report = _verify_into(plan, stage, loaded, (original, split_out), source, manifest, stages, log=log,
+                              progress=progress)
         manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
         if report.comparisons["fidelity"]["passed"]:
             break
         attempts.append({"exporter": name, "failed": "parity: " + "; ".join(report.failures())})
         if log and name != plan.exporters[-1]:
             log(f"the {name} export missed fidelity; trying the next exporter")
-    manifest["timings"] = stages.seconds
+    remove_tree(recorded)
+    manifest.update(stages.record())
     if report is None:
         manifest["exporter"] = {"name": None, "attempts": attempts}
         raise CheckFailed(
@@ -177,8 +205,33 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
 
 
+def _split_and_save(
+    plan: Any, stage: Path, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], stages: Stages,
+    log: Any, total_before: int,
+) -> tuple[Any, dict[str, Any]]:
+    """Split the loaded model in place and write split.safetensors, the tokenizer, config and
+    sentence-transformers files; the Split (its saved state dropped) and the manifest so far."""
+    from safetensors.torch import save_file
+
+    from ffsplit.pooling import sentence_files
+    from ffsplit.stages import split
+
+    with stages.stage("split", log):
+        done = split.split(plan, loaded, adapter, profiles)
+    manifest = _manifest(plan, loaded, adapter, source, profiles, done, total_before)
+    with stages.stage("save split weights", log):
+        save_file(done.state, str(stage / SPLIT_WEIGHTS))
+        done.state = {}  # the int8 / int4 codes in it are held by the grids too; the rest are the model's
+        loaded.tokenizer.save_pretrained(stage)
+        loaded.model.config.save_pretrained(stage)
+        for rel in sentence_files(plan.source_dir):  # pooling and normalisation stay with a sentence-transformers model
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(plan.source_dir / rel, stage / rel)  # contents: the artifact holds no links
+    return done, manifest
+
+
 def _verify_into(
-    plan: Any, stage: Path, loaded: Any, done: Any, source: dict[str, Any], manifest: dict[str, Any],
+    plan: Any, stage: Path, loaded: Any, recorded: tuple[Any, Any], source: dict[str, Any], manifest: dict[str, Any],
     stages: Stages, *, log: Any, progress: bool,
 ) -> Any:
     """Build the runtime for the graph in ``stage``, guard it, run the three-way parity and save the golden
@@ -199,14 +252,14 @@ def _verify_into(
                                  "checked_on": runner.name}
         else:
             manifest["build"] = {"status": "built", "target": plan.target.name}
-            manifest["separation"] = verify.guard(runner, done.plans)
+            manifest["separation"] = verify.guard(runner, manifest["layers"])
             if not manifest["separation"]["passed"]:
                 runner.deactivate()
-                manifest["timings"] = stages.seconds
+                manifest.update(stages.record())
                 raise CheckFailed(manifest["separation"]["failure"], details=manifest)
     with stages.stage("check", log):
         report = verify.parity(
-            loaded.model, done.model, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
+            *recorded, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
             texts=plan.eval_texts, max_length=plan.options.max_length,
             max_positions=source["max_positions"], progress=progress, pooling=plan.pooling,
         )
@@ -218,7 +271,9 @@ def _verify_into(
     return report
 
 
-def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], done: Any) -> dict[str, Any]:
+def _manifest(
+    plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], done: Any, total_before: int,
+) -> dict[str, Any]:
     """The manifest of one export before its graph exists (exporter, separation and parity come later)."""
     from ffsplit.artifact import versions
     from ffsplit.split.calibration import corpus_digest
@@ -260,7 +315,7 @@ def _manifest(plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], prof
         # what `check` holds the artifact to, decided once in the plan (embedded in model.onnx with the rest)
         "checks": {"exact": plan.exact, "limits": plan.limits},
         "layers": done.plans,
-        "params": _param_counts(done.plans, count_params(loaded.model), count_params(done.model)),
+        "params": _param_counts(done.plans, total_before, count_params(done.model)),
         "versions": versions(),
     }
 

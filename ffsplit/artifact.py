@@ -579,7 +579,7 @@ def not_deployed(rel: str) -> bool:
     """Files of an artifact a deployment does not run: the split torch weights (``check`` rebuilds the
     split model from them) and the graphs and layer lists the guard read (the runtime rebuilds those)."""
     return rel == SPLIT_WEIGHTS or (
-        rel.startswith(f"{RUNTIME_DIR}/") and rel.rsplit("/", 1)[-1] in ("optimized.onnx", "layers.json")
+        rel.startswith(f"{RUNTIME_DIR}/") and rel.rsplit("/", 1)[-1] in ("optimized.onnx", "optimized.onnx.data", "layers.json")
     )
 
 

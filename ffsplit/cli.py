@@ -311,6 +311,10 @@ def _cmd_export(a: argparse.Namespace) -> int:
         print(f"branch separation in the runtime's optimised graph: pass ({m['separation']['graph']})")
     print(format_table(res.report))
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))
+    memory = m.get("memory")
+    if memory:
+        kind = "peak memory per stage" if memory["per_stage"] else "peak memory so far, after each stage"
+        print(f"{kind}: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in memory["peak_mb"].items()))
     print(f"wrote {res.out}")
     if build.get("status") == "deferred":
         print(f"next, on a machine where '{build['target']}' runs: ffsplit build {res.out}")

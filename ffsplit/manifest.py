@@ -23,7 +23,7 @@ from ffsplit.precisions import PRECISIONS
 # The newest manifest layout: 2 added `checks` (the limits `check` applies, decided at export).
 FORMAT = 2
 # Keys written after the model was saved; every other key is also embedded in model.onnx.
-POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "files", "packed", "build"})
+POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "memory", "files", "packed", "build"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 Check = Callable[[Any, str, list[str]], None]
@@ -208,6 +208,8 @@ SCHEMA = table(
         "separation": table({"graph": text(200)}),
         "parity": table({"passed": boolean}),
         "timings": mapping(number(0.0), max_len=100),
+        # peak resident memory per stage, in MB (per_stage false: each figure is the process's peak so far)
+        "memory": table({"peak_mb": mapping(number(0.0, BIG), max_len=100), "per_stage": boolean}),
         "files": mapping(text(64, _HEX64), max_len=100_000),
         # a slim copy made by `ffsplit pack`: what it left out (the torch side of `check`, the guard's graphs)
         "packed": table({"dropped": items(text(1000), max_len=100_000)}),
@@ -217,7 +219,7 @@ SCHEMA = table(
             "runtime_target": optional(table({"name": text(100, _NAME)})),
         }, optional_keys=frozenset({"reason", "runtime_target"})),
     },
-    optional_keys=frozenset({"timings", "exporter", "packed", "build"}),
+    optional_keys=frozenset({"timings", "memory", "exporter", "packed", "build"}),
 )
 
 

@@ -233,7 +233,7 @@ def forge_manifest(folder: Path, mutate: Callable[[dict], object]) -> dict:
 
     import onnx
 
-    from ffsplit.artifact import EMBEDDED_KEY, MANIFEST, write_manifest
+    from ffsplit.artifact import EMBEDDED_KEY, MANIFEST, list_files, sha256_file
     from ffsplit.manifest import POST_EXPORT_KEYS
 
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -244,7 +244,11 @@ def forge_manifest(folder: Path, mutate: Callable[[dict], object]) -> dict:
         if prop.key == EMBEDDED_KEY:
             prop.value = json.dumps(embedded, sort_keys=True, separators=(",", ":"), allow_nan=True)
     onnx.save(model, str(folder / "model.onnx"))
-    return write_manifest(folder, {k: v for k, v in manifest.items() if k != "files"})
+    # written as a forger would, not through write_manifest (which refuses what a forger may write: NaN)
+    files, _ = list_files(folder)
+    manifest["files"] = {rel: sha256_file(p) for rel, p in sorted(files.items()) if rel != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=True) + "\n")
+    return manifest
 
 
 def main_in_process(*args: str) -> tuple[int, str]:

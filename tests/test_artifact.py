@@ -111,3 +111,16 @@ def test_pack_keeps_what_the_target_runs(tiny_none_artifact: Path, tmp_path: Pat
     assert r.returncode == 2 and "needs the full artifact" in r.stderr
     r = run_cli("pack", str(tiny_none_artifact), "--out", str(tiny_none_artifact), "--force")
     assert r.returncode == 2 and read_manifest(tiny_none_artifact).get("packed") is None
+
+
+def test_every_stage_reports_its_time_and_peak_memory(tiny_none_artifact: Path) -> None:
+    """The manifest records the peak resident memory of each stage beside its time (a figure, not a bound:
+    memory targets live in benchmarks/decoders.py), and the recorded parity outputs are gone."""
+    m = json.loads((tiny_none_artifact / "manifest.json").read_text())
+    stages = ["load", "profile", "original outputs", "split", "save split weights", "split outputs",
+              "export (dynamo)", "build", "check"]
+    assert list(m["timings"]) == stages
+    assert list(m["memory"]["peak_mb"]) == stages
+    assert all(v > 0 for v in m["memory"]["peak_mb"].values())
+    assert isinstance(m["memory"]["per_stage"], bool)
+    assert not any(rel.startswith(".parity") for rel in m["files"]) and not (tiny_none_artifact / ".parity").exists()

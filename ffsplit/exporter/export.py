@@ -29,7 +29,9 @@ from ffsplit.tasks import TASKS, TaskSpec
 
 # Module path prefix the wrapper adds in front of the model's own paths.
 WRAPPER_PREFIX = "model."
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes; protobuf cannot hold 2 GiB
+# Weights past this many bytes go to model.onnx.data: protobuf cannot hold 2 GiB, and an inline graph is
+# serialised whole in memory (its weights twice over) while saving, which a large model cannot afford.
+EXTERNAL_DATA_THRESHOLD = 512_000_000
 
 
 
@@ -173,6 +175,14 @@ def input_names_for(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  
     if names[:2] != ["input_ids", "attention_mask"]:
         raise UsageError(f"the tokenizer and model give inputs {names}; ffsplit needs input_ids and attention_mask")
     return names
+
+
+def graph_input_names(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  # noqa: ANN001
+    """The token inputs the exported graph will take (a KV-cache graph's cache inputs aside), known before
+    the export: torch is run on exactly these when its outputs are recorded for parity."""
+    if task.past:
+        return ["input_ids", "attention_mask", "position_ids"]
+    return input_names_for(tokenizer, model, task)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

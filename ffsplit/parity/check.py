@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ from ffsplit.split.calibration import encode_batches, model_inputs, positions_fr
 from ffsplit.tasks import TaskSpec
 
 __all__ = [
-    "COMPARISONS", "DEFAULT_LIMITS", "TASK_METRICS", "UPPER_BOUNDED", "ParityReport", "compare_three", "evaluate",
+    "COMPARISONS", "DEFAULT_LIMITS", "TASK_METRICS", "UPPER_BOUNDED", "ParityReport", "RecordedOutputs", "compare_three",
+    "evaluate", "generation_prompts", "parity_batches",
     "format_table", "limits_for", "run_torch", "torch_output",
 ]
 
@@ -73,8 +75,56 @@ def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> l
     return batches
 
 
+def parity_batches(
+    tokenizer, texts: list[str], *, batch_size: int, max_length: int, max_positions: int | None  # noqa: ANN001
+) -> list[dict[str, torch.Tensor]]:
+    """What parity runs every model on: the texts in padded batches, then a sequence-1 batch and one at the
+    model's longest length."""
+    batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
+    return batches + edge_batches(tokenizer, texts, max_positions=max_positions)
+
+
+def generation_prompts(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """The prompts a KV-cache check generates from: (input_ids, attention_mask)."""
+    prompts = next(encode_batches(tokenizer, texts[:4], batch_size=4, max_length=16))
+    return prompts["input_ids"].numpy(), prompts["attention_mask"].numpy()
+
+
+class RecordedOutputs:
+    """One torch model's outputs on the parity batches, kept on disk, so the model can be freed before the
+    next one is loaded or built: a large model's export never holds two of them (and a runtime) at once.
+
+    Each batch's task output is one ``.npy`` file, read back one batch at a time; ``generated`` holds the greedy
+    tokens of a KV-cache task. Record and compare on the same ``parity_batches`` list.
+    """
+
+    def __init__(self, folder: Path, count: int, generated: np.ndarray | None) -> None:
+        self.folder, self.count, self.generated = folder, count, generated
+
+    @classmethod
+    def record(
+        cls, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: TaskSpec, graph_inputs: set[str],
+        folder: Path, *, prompts: tuple[np.ndarray, np.ndarray] | None = None, generate_tokens: int = 32,
+        progress: bool = False, desc: str = "recording outputs",
+    ) -> RecordedOutputs:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
+            np.save(folder / f"{i}.npy", torch_output(model, batch, task, graph_inputs), allow_pickle=False)
+        generated = None
+        if task.past and prompts is not None:
+            from ffsplit.parity.generation import greedy_torch
+
+            generated = greedy_torch(model, *prompts, generate_tokens)
+        return cls(folder, len(batches), generated)
+
+    def output(self, i: int) -> np.ndarray:
+        # read whole, one batch at a time: pages of a mapping would stay in this process's resident set
+        return np.load(self.folder / f"{i}.npy", allow_pickle=False)
+
+
 def compare_three(
-    original: torch.nn.Module, split: torch.nn.Module, runner, tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
+    original: torch.nn.Module | RecordedOutputs, split: torch.nn.Module | RecordedOutputs, runner,  # noqa: ANN001
+    tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
     *, batch_size: int, max_length: int, max_positions: int | None = None, generate_tokens: int = 32,
     progress: bool = False, on_runtime: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -83,36 +133,44 @@ def compare_three(
     Besides the evaluation text in padded batches, every task also sees a batch
     of sequence length 1 and one at the model's longest length; a KV-cache task
     additionally generates ``generate_tokens`` greedy tokens per prompt with each
-    model (the runtime through its own prefill + decode loop).
+    model (the runtime through its own prefill + decode loop). ``original`` and
+    ``split`` are torch models, or their ``RecordedOutputs`` on these batches.
     """
     accs = {name: METRICS[task.name]() for name in COMPARISONS}
-    batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
-    batches += edge_batches(tokenizer, texts, max_positions=max_positions)
+    batches = parity_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
-    for batch in tqdm(batches, desc="checking parity", unit="batch", disable=not progress, leave=False):
+    for model in (original, split):
+        if isinstance(model, RecordedOutputs) and model.count != len(batches):
+            raise AssertionError(f"recorded {model.count} batches, parity runs {len(batches)}")
+
+    def output(model: torch.nn.Module | RecordedOutputs, i: int, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        if isinstance(model, RecordedOutputs):
+            return model.output(i)
+        return torch_output(model, batch, task, graph_inputs)
+
+    for i, batch in enumerate(tqdm(batches, desc="checking parity", unit="batch", disable=not progress, leave=False)):
         np_batch = {k: v.numpy() for k, v in batch.items()}
         runtime = runner.infer(runner.feed_from(np_batch))
         if on_runtime is not None:  # every output of the graph, for checks of its other outputs
             on_runtime(np_batch, runtime)
-        outs = {
-            "original": torch_output(original, batch, task, graph_inputs),
-            "split": torch_output(split, batch, task, graph_inputs),
-            "runtime": runtime[task.output],
-        }
+        outs = {"original": output(original, i, batch), "split": output(split, i, batch), "runtime": runtime[task.output]}
         for name, (ref, other, _) in COMPARISONS.items():
             accs[name].update(outs[ref], outs[other], np_batch)
     results = {name: acc.result() for name, acc in accs.items()}
     if task.past:
         from ffsplit.parity.generation import agreement, greedy_runtime, greedy_torch
 
-        prompts = next(encode_batches(tokenizer, texts[:4], batch_size=4, max_length=16))
-        ids, mask = prompts["input_ids"].numpy(), prompts["attention_mask"].numpy()
-        generated = {
-            "original": greedy_torch(original, ids, mask, generate_tokens),
-            "split": greedy_torch(split, ids, mask, generate_tokens),
-            "runtime": greedy_runtime(runner, ids, mask, generate_tokens),
-        }
+        ids, mask = generation_prompts(tokenizer, texts)
+
+        def tokens(model: torch.nn.Module | RecordedOutputs) -> np.ndarray:
+            if isinstance(model, RecordedOutputs):
+                assert model.generated is not None, "recorded without the generation prompts"
+                return model.generated
+            return greedy_torch(model, ids, mask, generate_tokens)
+
+        generated = {"original": tokens(original), "split": tokens(split),
+                     "runtime": greedy_runtime(runner, ids, mask, generate_tokens)}
         for name, (ref, other, _) in COMPARISONS.items():
             results[name]["generation_agreement"] = agreement(generated[ref], generated[other])
     return results

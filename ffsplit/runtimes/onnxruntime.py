@@ -95,6 +95,12 @@ class OrtRunner(Runner):
 
     def _activate(self) -> None:
         opts = session_options(self.target, optimized_model_path=self.optimized_model_path, timing=self.timing)
+        if self.optimized_model_path is not None and (self.model_path.parent / f"{self.model_path.name}.data").exists():
+            # a model with external data keeps its weights beside the optimised graph too, where the guard
+            # reads them lazily (inline, a graph past 2 GB cannot be written, nor read without loading them all)
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                          OPTIMIZED_GRAPH + ".data")
+            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         dims = {name: shape for name, (_t, shape) in onnx_inputs(self.model_path).items()}
         providers = provider_options(self.target, dims, self.runtime_dir)
         self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)

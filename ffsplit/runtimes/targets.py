@@ -58,7 +58,8 @@ SESSION_CONFIG_KEYS = frozenset({
 })
 # Entries naming a file ONNX Runtime writes beside the graph it saves: a plain file name is accepted.
 SESSION_CONFIG_FILE_KEYS = frozenset({"session.optimized_model_external_initializers_file_name"})
-RESERVED_FILES = frozenset({"model.onnx", "model.onnx.data", "manifest.json", "split.safetensors", "optimized.onnx"})
+RESERVED_FILES = frozenset({"model.onnx", "model.onnx.data", "manifest.json", "split.safetensors", "optimized.onnx",
+                            "optimized.onnx.data"})
 # Provider options and OpenVINO properties that name files or folders (caches, dumps, plug-in
 # libraries): ffsplit keeps everything a runtime writes inside the artifact, so a target may not set them.
 _PATH_KEY = re.compile(r"path|file|dir|folder|dump|lib|location|table_name", re.IGNORECASE)

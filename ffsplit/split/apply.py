@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -165,12 +166,17 @@ def split_layer(
                 qw = quantize(lin.weight.detach(), recipe, int8_qmax)
             if qw is not None:
                 lin.weight.copy_(qw.weight)
-                quantized[f"light.{name}.weight"] = qw
+                # one copy of the dequantised weight: the grid's is the parameter itself
+                quantized[f"light.{name}.weight"] = dataclasses.replace(qw, weight=lin.weight.detach())
         for name, lin in _weights(heavy).items():
             w, qw = heavy_weight(lin.weight.detach(), heavy_precision, int8_qmax)
             lin.weight.copy_(w)
             if qw is not None:
-                quantized[f"heavy.{name}.weight"] = qw
+                quantized[f"heavy.{name}.weight"] = dataclasses.replace(qw, weight=lin.weight.detach())
+    if not recipe.exact and (profile.input_moment is None or profile.act_moment is None) \
+            and profile.samples is not None and len(profile.samples):
+        # no full moments were gathered (they take d_ff^2 per layer): the same errors, on sampled tokens
+        profile = dataclasses.replace(profile, **_sample_moments(ffn, profile.samples))
     if profile.input_moment is not None and profile.act_moment is not None and not recipe.exact:
         # What the light projections cost on real activations, after every step of the recipe.
         lights = _weights(light)
@@ -193,6 +199,23 @@ def split_layer(
             pruned = activation_error(w_d, torch.zeros_like(w_d), cov)
             errors["light_out_error"] = float((errors["light_out_error"] or 0.0) ** 2 + pruned**2) ** 0.5
     return SplitResult(SplitFFN(heavy, light, b_out), heavy_idx, errors, quantized)
+
+
+def _sample_moments(ffn: FFNWeights, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``input_moment`` and ``act_moment`` estimated from sampled FFN inputs ``x`` (n, d_model).
+
+    Held for one layer at a time while it is split, never for the whole model.
+    """
+    x = x.float()
+    h = torch.nn.functional.linear(x, ffn.w_in.float(), None if ffn.b_in is None else ffn.b_in.float())
+    if ffn.w_gate is None:
+        a = ffn.act(h)
+    else:
+        g = torch.nn.functional.linear(x, ffn.w_gate.float(), None if ffn.b_gate is None else ffn.b_gate.float())
+        a = ffn.act(g) * h
+    x64, a64 = x.double(), a.double()
+    n = max(len(x), 1)
+    return {"input_moment": x64.T @ x64 / n, "act_moment": a64.T @ a64 / n}
 
 
 def _module_path(model: nn.Module, module: nn.Module) -> str:

@@ -37,8 +37,12 @@ def load(plan: ExportPlan) -> tuple[Any, Any, dict[str, Any]]:
 def profile(plan: ExportPlan, loaded: Any, adapter: Any, *, progress: bool) -> list[Any]:
     from ffsplit.split.profile import profile_model
 
+    # Full second moments (d_ff^2 per layer: gigabytes at decoder sizes) only where a recipe computes with
+    # them (activation-aware low rank, and the budget's candidates); otherwise the light branch's errors
+    # are measured on sampled FFN inputs, one layer at a time.
+    moments = not plan.exact and (plan.budget is not None or plan.recipe.structure == "lowrank")
     return profile_model(
         loaded.model, adapter, loaded.tokenizer, plan.texts, max_length=plan.options.max_length,
-        moments=not plan.exact, progress=progress, position_ids=loaded.task.position_ids,
-        samples=512 if plan.budget else 0,
+        moments=moments, progress=progress, position_ids=loaded.task.position_ids,
+        samples=512 if plan.budget or not plan.exact else 0,
     )

@@ -1,8 +1,11 @@
-"""Split every FFN of a copy of the source model into heavy and light branches, per the plan."""
+"""Split every FFN of the source model, in place, into heavy and light branches, per the plan.
+
+In place, layer by layer: each original FFN is freed as its split replaces it, so a large model is never
+held twice (parity compares with the original's outputs, recorded before the split).
+"""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +15,7 @@ from ffsplit.precisions import HALF_FLOATS
 
 @dataclass
 class Split:
-    model: Any  # the split torch model (the source is left untouched)
+    model: Any  # the split torch model: the loaded source model itself, split in place
     plans: list[dict[str, Any]]  # per layer, as the manifest records them
     grids: dict[str, Any]  # weight path -> WeightGrid, for the graph's integer storage
     act_absmax: dict[str, float] | None  # static activation ranges (QDQ targets)
@@ -43,7 +46,7 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
     from ffsplit.split.profile import input_absmax
 
     per_layer, budget = _per_layer(plan, loaded, adapter, profiles)
-    model = copy.deepcopy(loaded.model)
+    model = loaded.model
     plan_objs, indices, quantized = split_model(
         model, adapter, profiles, heavy_ratio=plan.heavy_ratio, recipe=plan.recipe,
         heavy_precision="fp32" if plan.nncf else plan.heavy, planned_heavy=plan.heavy,

@@ -7,6 +7,8 @@ from typing import Any
 from ffsplit import bounds
 from ffsplit.errors import UsageError
 
+PARITY_BATCH = 16  # texts per padded parity batch
+
 
 def guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
     """Run the separation guard on what the runtime executes: its record, with ``passed`` false, the
@@ -28,10 +30,11 @@ def guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
 
 def parity(
     original: Any, split: Any, runner: Any, tokenizer: Any, task: Any, *,
-    limits: dict[str, dict[str, float]], texts: list[str], max_length: int, batch_size: int = 16,
+    limits: dict[str, dict[str, float]], texts: list[str], max_length: int, batch_size: int = PARITY_BATCH,
     max_positions: int | None = None, progress: bool = False, pooling: Any = None, pooled_limit: float = 1e-4,
 ) -> Any:
-    """The three-way ParityReport on ``texts`` (the evaluation texts).
+    """The three-way ParityReport on ``texts`` (the evaluation texts); ``original`` and ``split`` are torch
+    models or their outputs recorded by ``record`` on the same texts.
 
     Given the ``pooling`` behind a graph's ``sentence_embedding`` output, the same runtime pass also
     holds that output to sentence-transformers' pooling of the graph's own token output.
@@ -58,3 +61,19 @@ def parity(
         report.sentence_embedding = {"max_abs": worst[0], "limit": pooled_limit, "passed": worst[0] <= pooled_limit,
                                      "pooling": list(pooling.modes), "normalize": pooling.normalize}
     return report
+
+
+def record(
+    model: Any, plan: Any, loaded: Any, folder: Any, *, max_positions: int | None, progress: bool, desc: str,
+) -> Any:
+    """``model``'s outputs on the parity batches of ``plan``'s evaluation texts, recorded under ``folder``
+    (``RecordedOutputs``): what parity later compares the runtime with, after the model is freed."""
+    from ffsplit.exporter.export import graph_input_names
+    from ffsplit.parity.check import RecordedOutputs, generation_prompts, parity_batches
+
+    tok, task = loaded.tokenizer, loaded.task
+    batches = parity_batches(tok, plan.eval_texts, batch_size=PARITY_BATCH, max_length=plan.options.max_length,
+                             max_positions=max_positions)
+    inputs = set(graph_input_names(tok, model, task))
+    return RecordedOutputs.record(model, batches, task, inputs, folder, prompts=generation_prompts(tok, plan.eval_texts),
+                                  progress=progress, desc=desc)

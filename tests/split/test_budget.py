@@ -62,7 +62,7 @@ def test_knapsack_is_feasible_and_optimal(layers: list[list[tuple[int, float]]],
 @pytest.mark.parametrize(
     ("spec", "message"),
     [("ffn-params", "KIND=VALUE"), ("params=0.5", "KIND=VALUE"), ("ffn-params=1.5", "fraction"),
-     ("flops=0", "fraction"), ("size-mb=-2", "positive"), ("size-mb=x", "KIND=VALUE")],
+     ("flops=0", "fraction"), ("size-mb=-2", "finite size above 0"), ("size-mb=x", "KIND=VALUE")],
 )
 def test_parse_budget_rejects(spec: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):

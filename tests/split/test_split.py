@@ -171,3 +171,43 @@ def test_prune_error_falls_as_fewer_neurons_go(tiny_bert_dir: Path) -> None:
         texts = calibration_texts(limit=8)
         errors.append(float((_outputs(loaded.model, loaded.tokenizer, texts) - _outputs(split, loaded.tokenizer, texts)).abs().mean()))
     assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_sampled_errors_equal_full_moments_over_the_same_tokens() -> None:
+    """Without full moments (d_ff^2 per layer), a lossy recipe's errors come from sampled FFN inputs, one
+    layer at a time; over the same tokens they are the errors the full moments give."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    d_model, d_ff = 16, 64
+    ffn = FFNWeights(torch.randn(d_ff, d_model), torch.randn(d_ff), torch.randn(d_model, d_ff), None,
+                     torch.nn.SiLU(), torch.randn(d_ff, d_model), None)
+    x = torch.randn(200, d_model)
+    a = torch.nn.functional.silu(x @ ffn.w_gate.T) * (x @ ffn.w_in.T + ffn.b_in)
+    scores = a.abs().mean(0) * ffn.w_out.norm(dim=0)
+    full = LayerProfile(scores=scores.double(), mean_abs_act=a.abs().mean(0).double(),
+                        input_moment=(x.T @ x).double() / len(x), act_moment=(a.T @ a).double() / len(x),
+                        tokens=len(x))
+    sampled = dataclasses.replace(full, input_moment=None, act_moment=None, samples=x)
+    recipe = parse_light("int4:16")
+    want, got = split_layer(ffn, full, 16, recipe).errors, split_layer(ffn, sampled, 16, recipe).errors
+    assert got["light_in_error"] is not None and got["light_out_error"] is not None
+    assert got["light_in_error"] == pytest.approx(want["light_in_error"], rel=1e-5)
+    assert got["light_out_error"] == pytest.approx(want["light_out_error"], rel=1e-5)
+    # and no samples, no moments: no error figures rather than made-up ones
+    none = split_layer(ffn, dataclasses.replace(sampled, samples=None), 16, recipe).errors
+    assert none == {"light_in_error": None, "light_out_error": None}
+
+
+def test_a_quantised_weight_is_held_once(tiny_bert_dir: Path) -> None:
+    """The grid the graph pass stores and the parameter torch runs share one tensor: no second fp32 copy."""
+    loaded = load_model(str(tiny_bert_dir))
+    adapter = find_adapter(loaded.model)
+    profiles = profile_model(loaded.model, adapter, loaded.tokenizer, calibration_texts(limit=8), max_length=32,
+                             progress=False, moments=False, samples=64)
+    _, _, quantized = split_model(loaded.model, adapter, profiles, heavy_ratio=0.25, recipe=parse_light("int4"),
+                                  heavy_precision="int8")
+    params = dict(loaded.model.named_parameters())
+    assert {p.split(".")[-3] for p in quantized} == {"heavy", "light"}
+    for path, qw in quantized.items():
+        assert qw.weight.data_ptr() == params[path].data_ptr(), path

@@ -1,0 +1,53 @@
+"""Peak resident memory of this process, per stage.
+
+Users export models close to their machine's memory, so every export
+reports the peak resident set of each stage. On Linux the kernel's
+high-water mark (``VmHWM``) is reset at the start of a stage by writing
+``5`` to ``/proc/self/clear_refs``, so each stage's figure is its own peak,
+not the peak of everything before it. Where that is not possible (another
+OS, a kernel that refuses), the figure is the process's peak so far
+(``ru_maxrss``), and ``per_stage`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_CLEAR = Path("/proc/self/clear_refs")
+
+
+def reset_peak() -> bool:
+    """Start a new high-water mark; False when the peak cannot be reset here (it is then cumulative)."""
+    try:
+        with open(_CLEAR, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def peak_bytes() -> int:
+    """The resident high-water mark since the last ``reset_peak`` (since the start without one)."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS reports bytes, Linux KiB
+    return kb * 1024
+
+
+def current_bytes() -> int:
+    """The resident set now."""
+    kb = _status_kb("VmRSS")
+    return kb * 1024 if kb is not None else peak_bytes()
