@@ -112,6 +112,9 @@ def _nll(logits: np.ndarray, target: np.ndarray) -> float:
     return float((lse - logits[np.arange(len(target)), target]).sum())
 
 
+CHUNK = 256  # positions of LM logits compared at once
+
+
 @dataclass
 class CausalLMMetrics:
     """causal-lm: logit errors, next-token agreement (top-1; reference top-1 within top-5), perplexities."""
@@ -124,12 +127,21 @@ class CausalLMMetrics:
     nll_other: float = 0.0
 
     def update(self, ref: np.ndarray, other: np.ndarray, batch: dict[str, np.ndarray]) -> None:
+        # One row and CHUNK positions at a time: a (positions, vocabulary) slice of logits is hundreds of MB
+        # at a long sequence, and every step below makes a temporary of that size.
         mask = batch["attention_mask"].astype(bool)
-        self.err.add(ref[mask], other[mask])
-        # Position t predicts token t+1; both must be real tokens.
-        pred = mask[:, :-1] & mask[:, 1:]
-        r, o = ref[:, :-1][pred], other[:, :-1][pred]
-        target = batch["input_ids"][:, 1:][pred]
+        ids = batch["input_ids"]
+        seq = ref.shape[1]
+        for b in range(len(ref)):
+            for s in range(0, seq, CHUNK):
+                e = min(s + CHUNK, seq)
+                self.err.add(ref[b, s:e][mask[b, s:e]], other[b, s:e][mask[b, s:e]])
+                # Position t predicts token t+1; both must be real tokens.
+                pred = mask[b, s:e][: seq - 1 - s] & mask[b, s + 1 : e + 1]
+                n = len(pred)
+                self._next_token(ref[b, s : s + n][pred], other[b, s : s + n][pred], ids[b, s + 1 : s + 1 + n][pred])
+
+    def _next_token(self, r: np.ndarray, o: np.ndarray, target: np.ndarray) -> None:
         if not len(target):
             return
         best = r.argmax(-1)

@@ -111,3 +111,39 @@ def test_limits_follow_the_task_and_overrides() -> None:
     lm = limits_for(cpu, "causal-lm", exact=False, overrides={"perplexity_ratio": 1.5})
     assert lm["compression"] == {"top1_agreement": 0.85, "top5_agreement": 0.95, "perplexity_ratio": 1.5}
     assert lm["fidelity"] == {"max_abs": 1e-4}
+
+
+def test_causal_lm_metrics_in_chunks_equal_the_whole_batch_at_once() -> None:
+    """Long sequences are compared CHUNK positions at a time (bounded temporaries); the figures are those
+    of the whole padded batch computed in one go."""
+    from ffsplit.parity.metrics import CHUNK, CausalLMMetrics
+
+    rng = np.random.default_rng(0)
+    batch_size, seq, vocab = 3, 2 * CHUNK + 37, 50
+    ref = rng.standard_normal((batch_size, seq, vocab)).astype(np.float32)
+    other = ref + 0.7 * rng.standard_normal(ref.shape).astype(np.float32)
+    mask = np.ones((batch_size, seq), np.int64)
+    mask[1, :100] = 0  # left padding
+    mask[2, -CHUNK - 5:] = 0  # right padding across a chunk boundary
+    ids = rng.integers(0, vocab, (batch_size, seq))
+    acc = CausalLMMetrics()
+    acc.update(ref, other, {"attention_mask": mask, "input_ids": ids})
+    got = acc.result()
+
+    m = mask.astype(bool)
+    pred = m[:, :-1] & m[:, 1:]
+    r, o, target = ref[:, :-1][pred], other[:, :-1][pred], ids[:, 1:][pred]
+    best = r.argmax(-1)
+    beaten = (o > o[np.arange(len(target)), best][:, None]).sum(-1)
+
+    def nll(x: np.ndarray) -> float:
+        x = x.astype(np.float64)
+        lse = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+        return float((lse - x[np.arange(len(target)), target]).mean())
+
+    d = np.abs(ref[m].astype(np.float64) - other[m])
+    assert got["max_abs"] == pytest.approx(d.max()) and got["mean_abs"] == pytest.approx(d.mean())
+    assert got["top1_agreement"] == pytest.approx(float((best == o.argmax(-1)).mean()))
+    assert got["top5_agreement"] == pytest.approx(float((beaten < 5).mean()))
+    assert got["perplexity_reference"] == pytest.approx(np.exp(nll(r)), rel=1e-6)
+    assert got["perplexity"] == pytest.approx(np.exp(nll(o)), rel=1e-6)
