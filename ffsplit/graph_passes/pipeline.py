@@ -15,7 +15,9 @@
    the target's compute form. Precision comes before any fusion: a fused
    contrib op (ONNX Runtime's, at session build) hides weights from it.
    ``QuantizeOtherMatMulsPass`` (targets with ``other_matmuls = "int8"``)
-   puts the multiplies outside the SplitFFNs in dynamic int8 as well.
+   puts the multiplies outside the SplitFFNs in dynamic int8 as well, and
+   ``QuantizeOtherMatMulsInt4Pass`` (``other_matmuls = "int4"``) in blockwise
+   int4 (MatMulNBits, the int4 decoder recipes' form).
 4. ``ConvertBranchPrecisionPass``: the heavy (and, on GPU targets, the
    light) branch in fp16 / bf16 when asked; for TensorRT the engine builder
    does this instead (layer precisions), so the graph stays fp32.
@@ -42,6 +44,7 @@ from ffsplit.graph_passes.convert_branch_precision_pass import ConvertBranchPrec
 from ffsplit.graph_passes.fuse_graph_pass import FuseGraphPass
 from ffsplit.graph_passes.precision import WeightGrid
 from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeightsPass
+from ffsplit.graph_passes.quantize_other_matmuls_int4_pass import QuantizeOtherMatMulsInt4Pass
 from ffsplit.graph_passes.quantize_other_matmuls_pass import QuantizeOtherMatMulsPass
 from ffsplit.graph_passes.remove_softmax_nan_guard_pass import RemoveSoftmaxNanGuardPass
 from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
@@ -106,16 +109,19 @@ def generic_passes(*, fusions: str = "none") -> list[PassBase]:
 def precision_passes(
     *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
     light_precision: str = "fp32", act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32",
-    int8_qmax: int = 127, fusions: str = "none",
+    int8_qmax: int = 127, fusions: str = "none", int4_accuracy_level: int = 0,
 ) -> list[PassBase]:
     """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
     passes = generic_passes(fusions=fusions)
     if grids:
         passes.append(
-            QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form, act_absmax=act_absmax)
+            QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form, act_absmax=act_absmax,
+                                      int4_accuracy_level=int4_accuracy_level)
         )
     if other_matmuls == "int8" and int8_form != "nncf":  # NNCF quantises the rest in the OpenVINO IR
         passes.append(QuantizeOtherMatMulsPass(reduce_range=int8_qmax < 127))
+    if other_matmuls == "int4":
+        passes.append(QuantizeOtherMatMulsInt4Pass(accuracy_level=int4_accuracy_level))
     if heavy_precision in HALF_FLOATS:
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
     if light_precision in HALF_FLOATS:
@@ -128,7 +134,7 @@ def target_passes(
     int4_form: str, heavy_precision: str, light_precision: str = "fp32",
     act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32", int8_qmax: int = 127,
     fusions: str = "none", expected: Mapping[int, Mapping[str, int]] | None = None,
-    precisions: Mapping[int, Mapping[str, str]] | None = None,
+    precisions: Mapping[int, Mapping[str, str]] | None = None, int4_accuracy_level: int = 0,
 ) -> list[PassBase]:
     """Steps 1-4 for one export, then (given ``expected``) CheckBranchSeparationPass on the graph as written:
     a pass that merged or lost a branch multiply, or missed a planned precision, is caught here as the bug it
@@ -138,7 +144,7 @@ def target_passes(
         *precision_passes(
             grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision,
             light_precision=light_precision, act_absmax=act_absmax, other_matmuls=other_matmuls,
-            int8_qmax=int8_qmax, fusions=fusions,
+            int8_qmax=int8_qmax, fusions=fusions, int4_accuracy_level=int4_accuracy_level,
         ),
     ]
     if expected is not None:

@@ -89,9 +89,8 @@ def replace_node(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
     new.outputs[0].shape = out.shape
     new.outputs[0].type = out.type
     graph.insert_before(old, new)
-    ir.convenience.replace_all_uses_with(out, new.outputs[0])
-    if out.is_graph_output():
-        graph.outputs[graph.outputs.index(out)] = new.outputs[0]
+    # a graph output (the LM head's logits) moves to the new node too
+    ir.convenience.replace_all_uses_with(out, new.outputs[0], replace_graph_outputs=True)
     name = out.name
     graph.remove(old, safe=True)
     new.outputs[0].name = name

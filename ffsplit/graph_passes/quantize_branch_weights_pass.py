@@ -83,6 +83,15 @@ def matmulnbits_operands(grid: WeightGrid) -> tuple[np.ndarray, np.ndarray, np.n
     return b, scales, zps
 
 
+def matmulnbits_node(inputs: list[ir.Value | None], grid: WeightGrid, accuracy_level: int, keep: dict) -> ir.Node:
+    """A MatMulNBits over ``grid`` (accuracy level 0, fp32 arithmetic, is the default and left unwritten)."""
+    n_out, n_in = grid.q.shape
+    attrs = {"K": n_in, "N": n_out, "bits": 4, "block_size": int(grid.block)}  # type: ignore[arg-type]
+    if accuracy_level:
+        attrs["accuracy_level"] = accuracy_level
+    return ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, **keep)
+
+
 class QuantizeBranchWeightsPass(InPlacePass):
     """Replace the fp32 on-grid weights of tagged branch multiplies with their int8 / int4 grids.
 
@@ -92,13 +101,15 @@ class QuantizeBranchWeightsPass(InPlacePass):
             or ``qdq`` (activation and weight through Q/DQ).
         int4_form: ``matmulnbits``.
         act_absmax: for ``qdq``, the largest |input| calibration showed each grid's multiply, by grid name.
+        int4_accuracy_level: MatMulNBits' accuracy level (0: fp32 arithmetic; 4: int8 activations).
     """
 
     def __init__(
         self, *, grids: Mapping[str, WeightGrid], int8_form: str = "weight-only", int4_form: str = "matmulnbits",
-        act_absmax: Mapping[str, float] | None = None,
+        act_absmax: Mapping[str, float] | None = None, int4_accuracy_level: int = 0,
     ) -> None:
         super().__init__()
+        self.int4_accuracy_level = int4_accuracy_level
         if int8_form not in INT8_GRAPH_FORMS:
             raise ValueError(f"int8_form {int8_form!r} is not one of {INT8_GRAPH_FORMS}")
         if int4_form not in INT4_FORMS:
@@ -172,8 +183,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
             inputs = [x, init("q4", b), init("scales", scales)]
             if zps is not None:
                 inputs.append(init("zero_points", zps))
-            attrs = {"K": n_in, "N": n_out, "bits": 4, "block_size": int(grid.block)}  # type: ignore[arg-type]
-            new = ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, **keep)
+            new = matmulnbits_node(inputs, grid, self.int4_accuracy_level, keep)
         replace_node(graph, node, new)
 
     def call(self, model: ir.Model) -> PassResult:
