@@ -14,7 +14,11 @@ import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError
 
 from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid, add_initializer, replace_node
-from ffsplit.graph_passes.quantize_branch_weights_pass import matmulnbits_block_ok, matmulnbits_node, matmulnbits_operands
+from ffsplit.graph_passes.quantize_branch_weights_pass import (
+    matmulnbits_block_ok,
+    matmulnbits_node,
+    matmulnbits_operands,
+)
 from ffsplit.graph_passes.quantize_other_matmuls_pass import _untouched
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 

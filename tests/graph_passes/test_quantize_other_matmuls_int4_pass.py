@@ -42,7 +42,7 @@ def test_untagged_multiplies_become_int4_on_the_grid(level: int) -> None:
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
     else:  # int8 activations: close to the grid, not equal
         cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
-        assert 0.99 < cos and not np.allclose(got, want, atol=1e-6)
+        assert cos > 0.99 and not np.allclose(got, want, atol=1e-6)
     assert QuantizeOtherMatMulsInt4Pass()(out).modified is False  # nothing left to do
 
 
