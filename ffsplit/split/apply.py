@@ -173,49 +173,61 @@ def split_layer(
             lin.weight.copy_(w)
             if qw is not None:
                 quantized[f"heavy.{name}.weight"] = dataclasses.replace(qw, weight=lin.weight.detach())
-    if not recipe.exact and (profile.input_moment is None or profile.act_moment is None) \
-            and profile.samples is not None and len(profile.samples):
-        # no full moments were gathered (they take d_ff^2 per layer): the same errors, on sampled tokens
-        profile = dataclasses.replace(profile, **_sample_moments(ffn, profile.samples))
-    if profile.input_moment is not None and profile.act_moment is not None and not recipe.exact:
-        # What the light projections cost on real activations, after every step of the recipe.
-        lights = _weights(light)
-        mom_a = profile.act_moment[light_idx][:, light_idx]
-
-        def effective(prefix: str) -> torch.Tensor:
-            if prefix in lights:
-                return lights[prefix].weight.detach()
-            return lights[f"{prefix}.up"].weight.detach() @ lights[f"{prefix}.down"].weight.detach()
-
-        errors = {
-            "light_in_error": activation_error(w_in_l, effective("fc_in"), profile.input_moment),
-            "light_out_error": activation_error(w_out_l, effective("fc_out"), mom_a),
-        }
-        if recipe.structure == "prune" and len(dropped):
-            # Dropped neurons cost their centred contribution (their mean went into the bias).
-            mu = profile.act_mean[dropped] if profile.act_mean is not None else torch.zeros(len(dropped))
-            cov = profile.act_moment[dropped][:, dropped] - torch.outer(mu, mu)
-            w_d = ffn.w_out[:, dropped]
-            pruned = activation_error(w_d, torch.zeros_like(w_d), cov)
-            errors["light_out_error"] = float((errors["light_out_error"] or 0.0) ** 2 + pruned**2) ** 0.5
+    if not recipe.exact:
+        errors = _light_errors(ffn, profile, light, light_idx, dropped, w_in_l, w_out_l)
     return SplitResult(SplitFFN(heavy, light, b_out), heavy_idx, errors, quantized)
 
 
-def _sample_moments(ffn: FFNWeights, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``input_moment`` and ``act_moment`` estimated from sampled FFN inputs ``x`` (n, d_model).
-
-    Held for one layer at a time while it is split, never for the whole model.
-    """
+def _activations(ffn: FFNWeights, x: torch.Tensor) -> torch.Tensor:
+    """The FFN's activations (n, d_ff) on inputs ``x`` (n, d_model), in fp32."""
     x = x.float()
     h = torch.nn.functional.linear(x, ffn.w_in.float(), None if ffn.b_in is None else ffn.b_in.float())
     if ffn.w_gate is None:
-        a = ffn.act(h)
+        return ffn.act(h)
+    g = torch.nn.functional.linear(x, ffn.w_gate.float(), None if ffn.b_gate is None else ffn.b_gate.float())
+    return ffn.act(g) * h
+
+
+def _light_errors(
+    ffn: FFNWeights, profile: LayerProfile, light: Branch, light_idx: torch.Tensor, dropped: torch.Tensor,
+    w_in_l: torch.Tensor, w_out_l: torch.Tensor,
+) -> dict[str, float | None]:
+    """What the light projections cost on real activations, after every step of the recipe:
+    ``sqrt(E||(W - W') x||^2)``, from the full second moments when the profile has them, else from its
+    sampled FFN inputs (``||X (W - W')^T|| / sqrt(n)``, the same figure over those tokens, and n / d times
+    cheaper than forming a d x d moment); None without either."""
+    lights = _weights(light)
+
+    def effective(prefix: str) -> torch.Tensor:
+        if prefix in lights:
+            return lights[prefix].weight.detach()
+        return lights[f"{prefix}.up"].weight.detach() @ lights[f"{prefix}.down"].weight.detach()
+
+    mu = profile.act_mean[dropped] if profile.act_mean is not None else torch.zeros(len(dropped), dtype=torch.float64)
+    if profile.input_moment is not None and profile.act_moment is not None:
+        mom_a = profile.act_moment[light_idx][:, light_idx]
+        err_in = activation_error(w_in_l, effective("fc_in"), profile.input_moment)
+        err_out = activation_error(w_out_l, effective("fc_out"), mom_a)
+        if len(dropped):  # dropped neurons cost their centred contribution (their mean went into the bias)
+            cov = profile.act_moment[dropped][:, dropped] - torch.outer(mu, mu)
+            w_d = ffn.w_out[:, dropped]
+            err_out = float(err_out**2 + activation_error(w_d, torch.zeros_like(w_d), cov) ** 2) ** 0.5
+    elif profile.samples is not None and len(profile.samples):
+        x = profile.samples.double()
+        a = _activations(ffn, profile.samples).double()
+        root = math.sqrt(len(x))
+
+        def on_samples(inputs: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor) -> float:
+            return float(torch.linalg.norm(inputs @ (w.double() - w_hat.double()).T)) / root
+
+        err_in = on_samples(x, w_in_l, effective("fc_in"))
+        err_out = on_samples(a[:, light_idx], w_out_l, effective("fc_out"))
+        if len(dropped):
+            w_d = ffn.w_out[:, dropped]
+            err_out = float(err_out**2 + on_samples(a[:, dropped] - mu, w_d, torch.zeros_like(w_d)) ** 2) ** 0.5
     else:
-        g = torch.nn.functional.linear(x, ffn.w_gate.float(), None if ffn.b_gate is None else ffn.b_gate.float())
-        a = ffn.act(g) * h
-    x64, a64 = x.double(), a.double()
-    n = max(len(x), 1)
-    return {"input_moment": x64.T @ x64 / n, "act_moment": a64.T @ a64 / n}
+        return {"light_in_error": None, "light_out_error": None}
+    return {"light_in_error": err_in, "light_out_error": err_out}
 
 
 def _module_path(model: nn.Module, module: nn.Module) -> str:
