@@ -1,7 +1,8 @@
 """Decoders at the size users ship: export memory and time of generated Llama-shaped models.
 
     python benchmarks/decoders.py make --size 0.5b --out /tmp/llama-0.5b      # random weights, bf16
-    python benchmarks/decoders.py export /tmp/llama-0.5b --target cpu --light int4
+    python benchmarks/decoders.py export /tmp/llama-0.5b --record     # export memory and time
+    python benchmarks/decoders.py speed /tmp/llama-0.5b --record      # generation vs ORT int4 of the original
 
 ``make`` writes a Llama-shaped model with random weights (say so wherever a
 figure from it is quoted: random weights have no heavy hitters, so they
@@ -10,13 +11,20 @@ measure memory and speed, never accuracy) in the dtype users download
 generated, never committed. ``export`` runs ``ffsplit export`` on it in a
 child process and reports the child's peak resident memory against the
 size of the stored weights, with the per-stage peaks from the manifest;
-results go to ``benchmarks/results/decoders.json`` and ``decoders.md``.
+``speed`` exports the model with ffsplit's ``cpu-int4`` target (KV cache)
+and the original the same way through ffsplit's exporter, quantised by ONNX
+Runtime's own ``MatMulNBitsQuantizer`` (int4, block 32, symmetric, accuracy
+level 4: the recipe onnxruntime-genai ships for the CPU), and times both in
+one process, interleaved, through the same greedy KV-cache loop: time to
+first token (the prefill of a 128-token prompt) and decode tokens/s at batch
+1 and 4. Results are appended to ``benchmarks/results/decoders.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -94,6 +102,116 @@ def export(model_dir: Path, out: Path, args: list[str]) -> dict:
     return row
 
 
+def _opened_int4_target(folder: Path) -> Path:
+    """cpu-int4 with its accuracy limits opened: random weights have no heavy hitters (this measures speed)."""
+    path = folder / "cpu-int4-random-weights.toml"
+    path.write_text('extends = "cpu-int4"\n[parity.fidelity]\ntop1_agreement = 0.0\ntop5_agreement = 0.0\n'
+                    "generation_agreement = 0.0\nperplexity_ratio = 1000.0\ncosine_min = 0.0\n")
+    return path
+
+
+def peer_int4(model_dir: Path, out: Path) -> Path:
+    """The original with the same exporter (KV cache), every MatMul int4 by ONNX Runtime's MatMulNBitsQuantizer."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from ffsplit.exporter import export_program, save_model
+    from ffsplit.graph_passes.pipeline import generic_passes, run_passes
+    from ffsplit.loading import load_model
+
+    loaded = load_model(str(model_dir), task="causal-lm-with-past")
+    program = export_program(loaded.model, loaded.tokenizer, loaded.task)
+    del loaded
+    program, _ = run_passes(program, generic_passes(fusions="none"))  # what ffsplit's graph gets too
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = out / "fp32.onnx"
+    save_model(program, fp32)
+    del program
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
+    quant = MatMulNBitsQuantizer(onnx.load(str(fp32)), block_size=32, is_symmetric=True, accuracy_level=4)
+    quant.process()
+    path = out / "model.onnx"
+    quant.model.save_model_to_file(str(path), use_external_data_format=True)
+    for f in out.glob("fp32.onnx*"):
+        f.unlink()
+    return path
+
+
+def onnx_bytes(model: Path) -> int:
+    return sum(p.stat().st_size for p in model.parent.glob(model.name + "*"))
+
+
+def time_generation(runner, ids, mask, new_tokens: int) -> tuple[float, float]:  # noqa: ANN001
+    """(seconds to the first token, seconds for the next ``new_tokens``) through the greedy KV-cache loop."""
+    import numpy as np
+
+    from ffsplit.signature import is_past, present_for
+    from ffsplit.split.calibration import positions_from_mask
+
+    feed = runner.feed_from({"input_ids": ids, "attention_mask": mask,
+                             "position_ids": positions_from_mask(mask).astype(np.int64)})
+    pasts = [n for n in feed if is_past(n)]
+    t0 = time.perf_counter()
+    first = 0.0
+    for step in range(new_tokens + 1):
+        out = runner.infer(feed, check=False)
+        nxt = out["logits"][:, -1].argmax(-1).astype(np.int64)
+        if step == 0:
+            first = time.perf_counter() - t0
+        mask = np.concatenate([mask, np.ones((len(mask), 1), np.int64)], axis=1)
+        feed = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": feed["position_ids"][:, -1:] + 1,
+                **{n: out[present_for(n)] for n in pasts}}
+    return first, time.perf_counter() - t0 - first
+
+
+def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: int) -> list[dict]:
+    import numpy as np
+
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.targets import load_target
+
+    work.mkdir(parents=True, exist_ok=True)
+    art = work / "ffsplit-cpu-int4"
+    if not (art / "manifest.json").is_file():
+        export(model_dir, art, ["--target", str(_opened_int4_target(work)), "--task", "causal-lm-with-past",
+                                "--calib-size", "32", "--eval-size", "16", "--max-length", "64", *RANDOM_WEIGHT_LIMITS])
+    peer = work / "ort-int4" / "model.onnx"
+    if not peer.is_file():
+        peer_int4(model_dir, peer.parent)
+    target = load_target("cpu-int4")
+    models = {"ffsplit cpu-int4": art / "model.onnx", "ORT MatMulNBitsQuantizer int4": peer}
+    rng = np.random.default_rng(0)
+    rows = []
+    runners = {name: make_runner(path, target, timing=True).activate() for name, path in models.items()}
+    for batch in (1, 4):
+        ids = rng.integers(1000, 30000, (batch, prompt)).astype(np.int64)
+        mask = np.ones_like(ids)
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
+        for r in range(rounds + 1):  # round 0 warms up
+            for name, runner in runners.items():
+                t = time_generation(runner, ids, mask, new_tokens)
+                if r:
+                    times[name].append(t)
+        for name, path in models.items():
+            ttft = float(np.median([t[0] for t in times[name]]))
+            decode = float(np.median([t[1] for t in times[name]]))
+            rows.append({"model": name, "batch": batch, "prompt": prompt, "new_tokens": new_tokens,
+                         "ttft_ms": round(ttft * 1e3, 1), "decode_tokens_per_s": round(batch * new_tokens / decode, 2),
+                         "onnx_mb": round(onnx_bytes(path) / 1e6, 1), "source": model_dir.name, "rounds": rounds,
+                         "cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
+            print(json.dumps(rows[-1]))
+    for runner in runners.values():
+        runner.deactivate()
+    return rows
+
+
+def record(rows: list[dict]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "decoders.json"
+    kept = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps(kept + rows, indent=1) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -105,7 +223,20 @@ def main() -> None:
     e.add_argument("model", type=Path)
     e.add_argument("--out", type=Path, default=None)
     e.add_argument("--record", action="store_true", help="append the row to benchmarks/results/decoders.json")
+    sp = sub.add_parser("speed")
+    sp.add_argument("model", type=Path)
+    sp.add_argument("--work", type=Path, default=None, help="where the two exports are kept (default /tmp)")
+    sp.add_argument("--rounds", type=int, default=5)
+    sp.add_argument("--prompt", type=int, default=128)
+    sp.add_argument("--new-tokens", type=int, default=32)
+    sp.add_argument("--record", action="store_true")
     a, rest = p.parse_known_args()
+    if a.cmd == "speed":
+        rows = speed(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), rounds=a.rounds, prompt=a.prompt,
+                     new_tokens=a.new_tokens)
+        if a.record:
+            record(rows)
+        return
     if a.cmd == "make":
         make(a.size, a.out, a.dtype)
         return
@@ -116,11 +247,7 @@ def main() -> None:
                     "--eval-size", "16", "--max-length", "64", *RANDOM_WEIGHT_LIMITS]
     row = export(a.model, a.out or Path(f"/tmp/ffsplit-bench-{a.model.name}"), rest)
     if a.record:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / "decoders.json"
-        rows = json.loads(path.read_text()) if path.is_file() else []
-        rows.append(row)
-        path.write_text(json.dumps(rows, indent=1) + "\n")
+        record([row])
 
 
 if __name__ == "__main__":

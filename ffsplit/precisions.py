@@ -6,7 +6,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 HEAVY_PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # the heavy hitters are never int4
 HALF_FLOATS = ("fp16", "bf16")  # float below fp32: converted in the graph, or by TensorRT's builder
 INTEGERS = ("int8", "int4")  # stored as integer grids in the graph
-# How an int8 grid runs: the three graph forms QuantizeBranchWeightsPass writes, and NNCF's static int8 in
+# How an int8 grid runs: the graph forms QuantizeBranchWeightsPass writes, and NNCF's static int8 in
 # an OpenVINO IR (the graph keeps the light branch in fp32 for NNCF to quantise).
-INT8_GRAPH_FORMS = ("weight-only", "dynamic", "qdq")
+INT8_GRAPH_FORMS = ("weight-only", "dynamic", "qdq", "matmulnbits")
 INT8_COMPUTE = (*INT8_GRAPH_FORMS, "nncf")

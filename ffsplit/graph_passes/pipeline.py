@@ -109,19 +109,19 @@ def generic_passes(*, fusions: str = "none") -> list[PassBase]:
 def precision_passes(
     *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
     light_precision: str = "fp32", act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32",
-    int8_qmax: int = 127, fusions: str = "none", int4_accuracy_level: int = 0,
+    int8_qmax: int = 127, fusions: str = "none", matmulnbits_accuracy_level: int = 0,
 ) -> list[PassBase]:
     """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
     passes = generic_passes(fusions=fusions)
     if grids:
         passes.append(
             QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form, act_absmax=act_absmax,
-                                      int4_accuracy_level=int4_accuracy_level)
+                                      matmulnbits_accuracy_level=matmulnbits_accuracy_level)
         )
     if other_matmuls == "int8" and int8_form != "nncf":  # NNCF quantises the rest in the OpenVINO IR
         passes.append(QuantizeOtherMatMulsPass(reduce_range=int8_qmax < 127))
     if other_matmuls == "int4":
-        passes.append(QuantizeOtherMatMulsInt4Pass(accuracy_level=int4_accuracy_level))
+        passes.append(QuantizeOtherMatMulsInt4Pass(accuracy_level=matmulnbits_accuracy_level))
     if heavy_precision in HALF_FLOATS:
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
     if light_precision in HALF_FLOATS:
@@ -134,7 +134,7 @@ def target_passes(
     int4_form: str, heavy_precision: str, light_precision: str = "fp32",
     act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32", int8_qmax: int = 127,
     fusions: str = "none", expected: Mapping[int, Mapping[str, int]] | None = None,
-    precisions: Mapping[int, Mapping[str, str]] | None = None, int4_accuracy_level: int = 0,
+    precisions: Mapping[int, Mapping[str, str]] | None = None, matmulnbits_accuracy_level: int = 0,
 ) -> list[PassBase]:
     """Steps 1-4 for one export, then (given ``expected``) CheckBranchSeparationPass on the graph as written:
     a pass that merged or lost a branch multiply, or missed a planned precision, is caught here as the bug it
@@ -144,7 +144,7 @@ def target_passes(
         *precision_passes(
             grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision,
             light_precision=light_precision, act_absmax=act_absmax, other_matmuls=other_matmuls,
-            int8_qmax=int8_qmax, fusions=fusions, int4_accuracy_level=int4_accuracy_level,
+            int8_qmax=int8_qmax, fusions=fusions, matmulnbits_accuracy_level=matmulnbits_accuracy_level,
         ),
     ]
     if expected is not None:

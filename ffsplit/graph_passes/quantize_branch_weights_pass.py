@@ -16,6 +16,9 @@ runtime runs fastest or needs:
   TensorRT builds int8 kernels from.
 - a smoothed int8 grid (activation smoothing) gets a Mul by ``1 / s`` on the
   multiply's input first, whatever the form.
+- int8 ``matmulnbits``: an 8-bit ``com.microsoft.MatMulNBits`` holding the
+  per-channel grid exactly (blocks of 32 sharing their row's scale); with
+  accuracy level 4 it multiplies int8 activations, as int4 decoders' kernels do.
 - int4 ``matmulnbits``: ``com.microsoft.MatMulNBits`` with the grid's blocks
   along the input dimension (block a power of two, at least 16).
 
@@ -83,10 +86,25 @@ def matmulnbits_operands(grid: WeightGrid) -> tuple[np.ndarray, np.ndarray, np.n
     return b, scales, zps
 
 
+INT8_BLOCK = 32  # a per-channel int8 grid is stored as blocks of 32 sharing their row's scale (the fast kernels')
+
+
+def matmulnbits_int8_operands(grid: WeightGrid) -> tuple[np.ndarray, np.ndarray]:
+    """(B, scales) of an 8-bit MatMulNBits holding a per-output-channel symmetric int8 grid exactly: q + 128
+    (its default zero point), padded with 128 (dequantises to 0) to whole blocks, each block its row's scale."""
+    n, k = grid.q.shape
+    blocks = -(-k // INT8_BLOCK)
+    u = np.full((n, blocks * INT8_BLOCK), 128, dtype=np.uint8)
+    u[:, :k] = (grid.q.astype(np.int16) + 128).astype(np.uint8)
+    scales = np.repeat(np.asarray(grid.scale, dtype=np.float32).reshape(n, 1), blocks, axis=1)
+    return u.reshape(n, blocks, INT8_BLOCK), np.ascontiguousarray(scales.reshape(-1))
+
+
 def matmulnbits_node(inputs: list[ir.Value | None], grid: WeightGrid, accuracy_level: int, keep: dict) -> ir.Node:
     """A MatMulNBits over ``grid`` (accuracy level 0, fp32 arithmetic, is the default and left unwritten)."""
     n_out, n_in = grid.q.shape
-    attrs = {"K": n_in, "N": n_out, "bits": 4, "block_size": int(grid.block)}  # type: ignore[arg-type]
+    block = int(grid.block) if grid.bits == 4 else INT8_BLOCK  # type: ignore[arg-type]
+    attrs = {"K": n_in, "N": n_out, "bits": grid.bits, "block_size": block}
     if accuracy_level:
         attrs["accuracy_level"] = accuracy_level
     return ir.node("MatMulNBits", inputs, attrs, domain=MS_DOMAIN, **keep)
@@ -101,15 +119,15 @@ class QuantizeBranchWeightsPass(InPlacePass):
             or ``qdq`` (activation and weight through Q/DQ).
         int4_form: ``matmulnbits``.
         act_absmax: for ``qdq``, the largest |input| calibration showed each grid's multiply, by grid name.
-        int4_accuracy_level: MatMulNBits' accuracy level (0: fp32 arithmetic; 4: int8 activations).
+        matmulnbits_accuracy_level: MatMulNBits' accuracy level (0: fp32 arithmetic; 4: int8 activations).
     """
 
     def __init__(
         self, *, grids: Mapping[str, WeightGrid], int8_form: str = "weight-only", int4_form: str = "matmulnbits",
-        act_absmax: Mapping[str, float] | None = None, int4_accuracy_level: int = 0,
+        act_absmax: Mapping[str, float] | None = None, matmulnbits_accuracy_level: int = 0,
     ) -> None:
         super().__init__()
-        self.int4_accuracy_level = int4_accuracy_level
+        self.matmulnbits_accuracy_level = matmulnbits_accuracy_level
         if int8_form not in INT8_GRAPH_FORMS:
             raise ValueError(f"int8_form {int8_form!r} is not one of {INT8_GRAPH_FORMS}")
         if int4_form not in INT4_FORMS:
@@ -174,7 +192,10 @@ class QuantizeBranchWeightsPass(InPlacePass):
                 graph.insert_before(node, [qx, dqx])
                 node.replace_input_with(0, dqx.outputs[0])
             return
-        if grid.bits == 8:
+        if grid.bits == 8 and self.int8_form == "matmulnbits":
+            b8, scales8 = matmulnbits_int8_operands(grid)
+            new = matmulnbits_node([x, init("q8", b8), init("scales", scales8)], grid, self.matmulnbits_accuracy_level, keep)
+        elif grid.bits == 8:
             q = init("q", np.ascontiguousarray(grid.q.T.astype(np.int8)))
             scale = init("scale", grid.scale.astype(np.float32))
             new = ir.node("DynamicQuantizeMatMul", [x, q, scale], domain=MS_DOMAIN, **keep)
@@ -183,7 +204,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
             inputs = [x, init("q4", b), init("scales", scales)]
             if zps is not None:
                 inputs.append(init("zero_points", zps))
-            new = matmulnbits_node(inputs, grid, self.int4_accuracy_level, keep)
+            new = matmulnbits_node(inputs, grid, self.matmulnbits_accuracy_level, keep)
         replace_node(graph, node, new)
 
     def call(self, model: ir.Model) -> PassResult:
@@ -201,7 +222,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
             grid = wanted.get(_digest(w.const_value.numpy()))
             if grid is not None:
                 found.append((node, grid))
-        if any(g.bits == 4 or self.int8_form == "dynamic" for _, g in found):
+        if any(g.bits == 4 or self.int8_form in ("dynamic", "matmulnbits") for _, g in found):
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         for node, grid in found:
             old = node.inputs[1]

@@ -37,7 +37,7 @@ SHAPE_AXES = ("batch", "sequence", "past")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # What the graph passes read from a target: two targets equal in these run the same model.onnx.
 GRAPH_FIELDS = (
-    "heavy_precision", "light_precision", "int8_compute", "int4_compute", "int4_accuracy_level", "other_matmuls",
+    "heavy_precision", "light_precision", "int8_compute", "int4_compute", "matmulnbits_accuracy_level", "other_matmuls",
     "int8_weight_range", "fusions",
 )
 OTHER_MATMULS = ("fp32", "int8", "int4")
@@ -99,7 +99,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "int8_compute": (str, False),
     "int4_compute": (str, False),
     "other_matmuls": (str, False),
-    "int4_accuracy_level": (int, False),
+    "matmulnbits_accuracy_level": (int, False),
     "int8_weight_range": (str, False),
     "fusions": (str, False),
     "session_config": (dict, False),
@@ -153,7 +153,7 @@ class Target:
     int8_compute: str = "weight-only"
     int4_compute: str = "matmulnbits"
     other_matmuls: str = "fp32"
-    int4_accuracy_level: int = 0
+    matmulnbits_accuracy_level: int = 0
     int8_weight_range: str = "full"
     fusions: str = "none"
     session_config: dict[str, str] = field(default_factory=dict)
@@ -205,7 +205,7 @@ class Target:
             "int8_compute": self.int8_compute,
             "int4_compute": self.int4_compute,
             "other_matmuls": self.other_matmuls,
-            "int4_accuracy_level": self.int4_accuracy_level,
+            "matmulnbits_accuracy_level": self.matmulnbits_accuracy_level,
             "int8_weight_range": self.int8_weight_range,
             "fusions": self.fusions,
             "session_config": self.session_config,
@@ -300,9 +300,9 @@ def _validate(data: dict[str, Any]) -> list[str]:
     ):
         if isinstance(data.get(key), str) and data[key] not in allowed:
             errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
-    level = data.get("int4_accuracy_level", 0)
+    level = data.get("matmulnbits_accuracy_level", 0)
     if isinstance(level, int) and level not in INT4_ACCURACY_LEVELS:
-        errors.append(f"int4_accuracy_level {level} is not one of {', '.join(map(str, INT4_ACCURACY_LEVELS))}")
+        errors.append(f"matmulnbits_accuracy_level {level} is not one of {', '.join(map(str, INT4_ACCURACY_LEVELS))}")
     errors += _runtime_option_problems(data)
     errors += _shape_problems(data.get("shapes"))
     errors += _parity_problems(data.get("parity"))
@@ -429,7 +429,7 @@ def _lossy_at_runtime(data: dict[str, Any]) -> bool:
     return (
         data.get("int8_compute", "weight-only") in ("dynamic", "qdq", "nncf")
         or data.get("heavy_precision") in HALF_FLOATS or data.get("light_precision") in HALF_FLOATS
-        or data.get("other_matmuls", "fp32") != "fp32" or data.get("int4_accuracy_level", 0) != 0
+        or data.get("other_matmuls", "fp32") != "fp32" or data.get("matmulnbits_accuracy_level", 0) != 0
     )
 
 
@@ -475,7 +475,7 @@ def load_target(spec: str) -> Target:
         int8_compute=data.get("int8_compute", "weight-only"),
         int4_compute=data.get("int4_compute", "matmulnbits"),
         other_matmuls=data.get("other_matmuls", "fp32"),
-        int4_accuracy_level=data.get("int4_accuracy_level", 0),
+        matmulnbits_accuracy_level=data.get("matmulnbits_accuracy_level", 0),
         int8_weight_range=weight_range(data.get("int8_weight_range", "full")),
         fusions=data.get("fusions", "none"),
         session_config=data.get("session_config", {}),

@@ -55,7 +55,7 @@ def graph_passes(plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str,
         light_precision=plan.light_float if floats else "fp32",
         act_absmax=act_absmax, other_matmuls=plan.target.other_matmuls, int8_qmax=plan.int8_qmax,
         fusions=plan.target.fusions, expected=expected_matmuls(plans),
-        int4_accuracy_level=plan.target.int4_accuracy_level,
+        matmulnbits_accuracy_level=plan.target.matmulnbits_accuracy_level,
         # the graph holds the planned precisions unless TensorRT's builder or NNCF realises them later
         precisions=expected_precisions(plans) if floats and not plan.nncf else None,
     )

@@ -175,3 +175,28 @@ def test_smoothed_grid_gets_its_input_scaled() -> None:
     assert mul.name.endswith("/smooth_input") and mul.name.startswith("ffsplit/L0/light/")
     x = inputs()
     np.testing.assert_allclose(run(model, x, **EXACT), run(before, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("level", [0, 4])
+def test_int8_as_matmulnbits_holds_the_per_channel_grid(level: int) -> None:
+    """cpu-int4's heavy hitters: the per-channel int8 grid in an 8-bit MatMulNBits (blocks of 32 sharing
+    their row's scale, padded to whole blocks), exactly the grid at accuracy level 0; per neuron beside the
+    int4 light branch."""
+    ws = weights()
+    qs = {**quantized(ws, "heavy", "int8"), **quantized(ws, "light", "int4:16")}
+    before = ffn_model(ws)
+    model = ir.from_proto(before)
+    QuantizeBranchWeightsPass(grids=grids(qs), int8_form="matmulnbits", matmulnbits_accuracy_level=level)(model)
+    check(model)
+    nbits = {n.name: n for n in model.graph if n.op_type == "MatMulNBits"}
+    assert {name: realized_precision(n) for name, n in nbits.items()} == {
+        "ffsplit/L0/heavy/fc_in": "int8", "ffsplit/L0/heavy/fc_out": "int8",
+        "ffsplit/L0/light/fc_in": "int4", "ffsplit/L0/light/fc_out": "int4",
+    }
+    assert {n.attributes.get_int("accuracy_level", 0) for n in nbits.values()} == {level}
+    x = inputs()
+    got, want = run(model, x, **EXACT), run(before, x)
+    if level == 0:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    else:  # int8 activations: close, not equal
+        assert float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)) > 0.99
