@@ -234,6 +234,10 @@ def resolve_out(out: str | Path) -> Path:
     if str(out).strip() == "":
         raise UsageError("--out is empty: pass the path of a new folder, e.g. --out out/model")
     path = Path(out).expanduser().resolve()
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8: tokenizers, JSON and most tools cannot hold the name
+        raise UsageError(f"--out {os.fsencode(path)!r} is not a UTF-8 path: choose a name in UTF-8") from None
     if path == Path(path.anchor):
         raise UsageError(f"--out '{out}' is the file-system root: pass the path of a new folder")
     return path

@@ -27,12 +27,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"ffsplit: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        print(printable(f"ffsplit: error: {message} (see '{self.prog} --help')"), file=sys.stderr)
         raise SystemExit(2)
 
 
 def _log(msg: str) -> None:
-    print(f"[ffsplit] {msg}", file=sys.stderr, flush=True)
+    print(printable(f"[ffsplit] {msg}"), file=sys.stderr, flush=True)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -257,7 +257,8 @@ def _layer_table(m: dict[str, Any]) -> str:
     )
     lines = [head, "-" * len(head)]
     for r in m["layers"]:
-        err = "-" if r.get("light_in_error") is None else f"{r['light_in_error']:.3g}/{r['light_out_error']:.3g}"
+        err = "/".join("-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("light_in_error", "light_out_error"))
+        err = "-" if err == "-/-" else err
         lines.append(
             f"{r['layer']:>5} {r['d_ff']:>6} {r['heavy']:>6} {r['light']:>6} {r['light_params']:>13,} "
             f"{r.get('ffn_bytes_after', 0):>10,} {r['light_recipe']:<22} "
@@ -574,7 +575,20 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+MESSAGE_LIMIT = 2000  # characters of one error line: a value echoed from a file is cut, never printed whole
+
+
+def printable(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` on one line a terminal shows as it is: every character that is not printable (ESC, line and
+    paragraph separators, bidirectional marks, ...) escaped, and anything past ``limit`` cut."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a path the terminal's encoding cannot show is escaped, not a crash
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     handlers = {
@@ -586,8 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.verb](args)
     except FFSplitError as exc:
         kind = "error" if isinstance(exc, UsageError) else "check failed"
-        # one line, whatever the input echoed into the message held
-        print(f"ffsplit: {kind}: " + str(exc).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+        print(f"ffsplit: {kind}: " + printable(str(exc)), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ffsplit: interrupted; nothing half-written was left", file=sys.stderr)
@@ -596,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         hint = "free some space or choose another --out" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
             "check the path and its permissions")
-        print(f"ffsplit: error: {exc.strerror or exc}{where}; nothing half-written was left: {hint}", file=sys.stderr)
+        print(printable(f"ffsplit: error: {exc.strerror or exc}{where}; nothing half-written was left: {hint}"), file=sys.stderr)
         return 2
     except Exception:  # a bug: keep the traceback for the report
         traceback.print_exc()

@@ -37,6 +37,9 @@ TASKS: dict[str, TaskSpec] = {
 def auto_task(config: dict[str, Any]) -> str:
     """The task a model folder was made for, from ``architectures`` in its config.json."""
     archs = config.get("architectures") or []
+    if not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise UsageError(f"config.json: 'architectures' must be a list of class names, not {str(archs)[:60]!r}: "
+                         "repair the model's config.json, or pass --task")
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "text-classification"
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import forge_manifest, triton_installed
+from conftest import forge_manifest, run_cli, triton_installed
 from conftest import main_in_process as _main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -649,3 +649,50 @@ def test_manifest_mutations_never_crash_or_escape(data: st.DataObject, manifest_
     assert {k: v for k, v in _tree(root).items() if not k.startswith("art")} == outside
     with contextlib.suppress(FFSplitError):
         api.open_artifact(art)
+
+
+# -- round three: crashes and raw terminal output
+
+
+@pytest.mark.parametrize("key", ["\x1b[31mred", "a\x0bb", "a\x0cb", "a\x85b", "a\u2028b", "a\u202eb", "x" * 5_000_000])
+def test_control_characters_never_reach_the_terminal(key: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    m = json.loads((art / MANIFEST).read_text())  # "files" is not embedded in model.onnx: no forging needed
+    m["files"][key] = "0" * 64
+    (art / MANIFEST).write_text(json.dumps(m))
+    code, err = _main("check", str(art), "--golden")
+    assert code in (1, 2) and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.isprintable() and len(err) < 10_000, repr(err[:300])
+
+
+def test_inspect_reads_an_in_error_without_an_out_error(tiny_lowrank_artifact: Path, tmp_path: Path) -> None:
+    art = _copy(tiny_lowrank_artifact, tmp_path / "art")
+    forge_manifest(art, lambda m: m["layers"][0].update(light_in_error=0.5, light_out_error=None))
+    code, out = _main("inspect", str(art))[0], run_cli("inspect", str(art)).stdout
+    assert code == 0 and "0.5/-" in out
+
+
+@pytest.mark.parametrize("archs", ["[1]", "5", '"LlamaForCausalLM"', "[null]"])
+def test_architectures_of_the_wrong_type_are_bad_input(archs: str, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_bert_dir, tmp_path / "m")
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(cfg)[:-1] + f', "architectures": {archs}}}')
+    code, err = _main("export", str(model), "--out", str(tmp_path / "o"), *FAST_ARGS)
+    _one_line_error(code, err, "architectures")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_out_name_the_terminal_cannot_encode_is_escaped(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "ascii:strict"}
+    out = tmp_path / "caf\u00e9"
+    r = subprocess.run([sys.executable, "-m", "ffsplit", "export", str(tiny_bert_dir), "--out", str(out), "--light",
+                        "none", *FAST_ARGS], capture_output=True, env=env, check=False, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert b"wrote " in r.stdout and b"caf\\xe9" in r.stdout and out.is_dir()  # escaped, after success
+    # a name that is not UTF-8 at all (tokenizers and JSON cannot hold it): refused before any work
+    raw = os.fsencode(tmp_path) + b"/caf\xe9-\xff"
+    r = subprocess.run([sys.executable, "-m", "ffsplit", "export", str(tiny_bert_dir), "--out", raw, *FAST_ARGS],
+                       capture_output=True, env=env, check=False, timeout=600)
+    assert r.returncode == 2 and b"UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not os.path.exists(raw)
