@@ -590,6 +590,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     args = build_parser().parse_args(argv)
+    from ffsplit.loading import no_telemetry
+
+    no_telemetry()
     signal.signal(signal.SIGTERM, _on_sigterm)
     handlers = {
         "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,

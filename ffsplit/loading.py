@@ -29,10 +29,27 @@ TOKENIZER_FILES = (
 )
 
 def set_offline() -> None:
-    """Make every Hugging Face library refuse the network for this process."""
+    """Make every Hugging Face library refuse the network for this process (and the runtimes' telemetry off)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
+    no_telemetry()
+
+
+def no_telemetry() -> None:
+    """Keep the runtimes from writing usage data into the user's home (and sending it).
+
+    ONNX Runtime reads ``ORT_DISABLE_TELEMETRY`` when its library loads (before that it creates
+    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime/``); OpenVINO's telemetry (``~/intel/``) is the
+    ``openvino_telemetry`` package, which NNCF does without when it cannot be imported (its own fallback:
+    "No telemetry will be sent"). Called before either is first imported; a user's own earlier import of
+    onnxruntime has already read its switch, so set ``ORT_DISABLE_TELEMETRY=1`` yourself in that case.
+    """
+    import sys
+
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # an import of it now fails
 
 
 def resolve_model(spec: str) -> Path:

@@ -696,3 +696,22 @@ def test_an_out_name_the_terminal_cannot_encode_is_escaped(tiny_bert_dir: Path, 
                        capture_output=True, env=env, check=False, timeout=600)
     assert r.returncode == 2 and b"UTF-8" in r.stderr and b"Traceback" not in r.stderr, r.stderr[-2000:]
     assert not os.path.exists(raw)
+
+
+def test_runtimes_write_nothing_into_home(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    """ONNX Runtime's telemetry (~/.cache/Microsoft/...) and OpenVINO's (~/intel/) stay off: a throw-away
+    HOME is empty after a check and after loading OpenVINO and NNCF the way ffsplit does."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    r = subprocess.run([sys.executable, "-m", "ffsplit", "check", str(tiny_none_artifact), "--golden"],
+                       capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []  # ONNX Runtime's
+    code = ("from ffsplit.runtimes.base import runner_class; runner_class('openvino'); "
+            "from ffsplit.loading import no_telemetry; no_telemetry(); import nncf, openvino; "
+            "from ffsplit.runtimes.base import runner_class as again; again('onnxruntime')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []

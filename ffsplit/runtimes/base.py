@@ -192,6 +192,9 @@ def register_runtime(name: str) -> Callable[[type[Runner]], type[Runner]]:
 
 
 def runner_class(runtime: str) -> type[Runner]:
+    from ffsplit.loading import no_telemetry
+
+    no_telemetry()  # before the runtime's library loads
     if runtime not in _RUNNERS and runtime in RUNTIME_MODULES:
         importlib.import_module(RUNTIME_MODULES[runtime])
     if runtime not in _RUNNERS:

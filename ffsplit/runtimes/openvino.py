@@ -82,6 +82,9 @@ def quantize_ir(
     when the target asks for the reduced int8 range, which CPUs without VNNI
     need (NNCF's overflow fix).
     """
+    from ffsplit.loading import no_telemetry
+
+    no_telemetry()
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
