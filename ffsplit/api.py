@@ -41,7 +41,7 @@ from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.exporter.export import EXPORT_ADVICE
 from ffsplit.manifest import FORMAT, Manifest
 from ffsplit.runtimes.targets import Target, list_targets, require_supported
-from ffsplit.stages.reload import load_source, rebuild
+from ffsplit.stages.reload import load_source, rebuild, split_in_place
 
 PARITY_DIR = ".parity"  # in the staging folder: the recorded torch outputs parity compares with
 
@@ -151,7 +151,8 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     with stages.stage("profile", log):
         profiles = prepare.profile(plan, loaded, adapter, progress=progress)
     recorded = stage / PARITY_DIR  # removed before the manifest lists the folder's files
-    record = partial(verify.record, plan=plan, max_positions=source["max_positions"], progress=progress)
+    record = partial(verify.record, texts=plan.eval_texts, max_length=plan.options.max_length,
+                     max_positions=source["max_positions"], progress=progress)
     with stages.stage("original outputs", log):
         original = record(loaded.model, loaded=loaded, folder=recorded / "original", desc="original model")
     total_before = count_params(loaded.model)
@@ -351,16 +352,28 @@ def check(
         raise UsageError(f"--limit {', '.join(missing)}: {m.task} does not measure it; use {', '.join(TASK_METRICS[m.task])}")
     applied = {name: {**lims, **(wanted if name != "fidelity" else {})} for name, lims in m.limits.items()}
     texts = _check_texts(m, eval_file, eval_size)
-    loaded, split = rebuild(art, source, log)
+    if log:
+        log("loading the source model ...")
+    loaded = load_source(art, source)
     with tempfile.TemporaryDirectory(prefix="ffsplit-check-") as tmp:
+        # one torch model at a time, as at export: the original's outputs, then the split's (rebuilt in place)
+        record = partial(verify.record, loaded=loaded, texts=texts, max_length=m.max_length,
+                         max_positions=m.source.max_positions, progress=progress)
+        original = record(loaded.model, folder=Path(tmp) / "original", desc="original model")
+        if log:
+            log("rebuilding the split from split.safetensors ...")
+        split_in_place(art, loaded)
+        split = record(loaded.model, folder=Path(tmp) / "split", desc="split model")
+        loaded.model = None
+        gc.collect()
         if log:
             log("building the runtime session and checking branch separation ...")
-        with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp)) as runner:
+        with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp) / "runtime") as runner:
             separation = verify.guard(runner, m.layers)
             if log:
                 log("running parity ...")
             report = verify.parity(
-                loaded.model, split, runner, loaded.tokenizer, loaded.task, limits=applied,
+                original, split, runner, loaded.tokenizer, loaded.task, limits=applied,
                 texts=texts, max_length=m.max_length, max_positions=m.source.max_positions, progress=progress,
                 pooling=_graph_pooling(art),
             )

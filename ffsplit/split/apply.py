@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -149,12 +150,17 @@ def split_layer(
     if recipe.structure in ("dense", "prune"):
         light = dense_branch(w_in_l, _rows(ffn.b_in, light_idx), w_out_l, ffn.act, gate(light_idx))
     else:
-        assert recipe.rank is not None and profile.input_moment is not None and profile.act_moment is not None
-        mom_a = profile.act_moment[light_idx][:, light_idx]
-        f_in = lowrank_factors(w_in_l, recipe.rank, profile.input_moment)
-        f_out = lowrank_factors(w_out_l, recipe.rank, mom_a)
+        assert recipe.rank is not None
+        if profile.input_moment is None or profile.act_moment is None:  # a skeleton (rebuild_split): shapes only
+            def factors(w: torch.Tensor, moment: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+                return torch.zeros(recipe.rank, w.shape[1]), torch.zeros(w.shape[0], recipe.rank)
+        else:
+            factors = partial(lowrank_factors, rank=recipe.rank)  # type: ignore[assignment]
+        mom_a = None if profile.act_moment is None else profile.act_moment[light_idx][:, light_idx]
+        f_in = factors(w_in_l, moment=profile.input_moment)
+        f_out = factors(w_out_l, moment=mom_a)
         g = gate(light_idx)
-        f_gate = None if g is None else (lowrank_factors(g[0], recipe.rank, profile.input_moment), g[1])
+        f_gate = None if g is None else (factors(g[0], moment=profile.input_moment), g[1])
         light = lowrank_branch(f_in, _rows(ffn.b_in, light_idx), f_out, ffn.act, f_gate)
     quantized: dict[str, Quantized] = {}
     with torch.no_grad():
@@ -312,16 +318,16 @@ def rebuild_split(
 ) -> None:
     """Install SplitFFNs shaped by ``plans`` into ``model`` and load ``state`` into them.
 
-    The skeleton comes from ``split_layer`` on a placeholder profile (identity
-    moments): only its shapes matter, every weight is then loaded from ``state``.
+    The skeleton comes from ``split_layer`` on a placeholder profile (no moments, no samples: no error
+    figures and zero low-rank factors, nothing of size d_ff^2): only its shapes matter, every weight is
+    then loaded from ``state``.
     """
     for plan, layer in zip(plans, adapter.layer_modules(model), strict=True):
         ffn = adapter.weights(layer)
-        d_ff, d_model = ffn.w_in.shape
+        d_ff = ffn.w_in.shape[0]
         placeholder = LayerProfile(
             scores=torch.arange(d_ff, 0, -1, dtype=torch.float64), mean_abs_act=torch.ones(d_ff),
-            input_moment=torch.eye(d_model, dtype=torch.float64), act_moment=torch.eye(d_ff, dtype=torch.float64),
-            tokens=1,
+            input_moment=None, act_moment=None, tokens=1,
         )
         split = split_layer(ffn, placeholder, plan["heavy"], parse_light(plan["light_recipe"])).split
         prefix = f"{plan['module']}."

@@ -41,25 +41,35 @@ def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_rem
 
 
 def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = None) -> tuple[Any, Any]:
-    """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors."""
-    from ffsplit.split.adapters import find_adapter
-    from ffsplit.split.apply import rebuild_split
-
+    """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors
+    (two models: ``debug`` compares modules inside the split; ``check`` uses ``split_in_place``)."""
     if log:
         log("loading the source model and rebuilding the split ...")
     loaded = load_source(art, source)
-    adapter = find_adapter(loaded.model)
     split = copy.deepcopy(loaded.model)
+    _rebuild_into(art, split)
+    return loaded, split
+
+
+def split_in_place(art: LoadedArtifact, loaded: Any) -> None:
+    """Turn the loaded source model into the artifact's split model, layer by layer (one copy of the weights)."""
+    _rebuild_into(art, loaded.model)
+
+
+def _rebuild_into(art: LoadedArtifact, model: Any) -> None:
+    from ffsplit.split.adapters import find_adapter
+    from ffsplit.split.apply import rebuild_split
+
+    adapter = find_adapter(model)
     state = read_split_weights(art.folder / SPLIT_WEIGHTS)
     try:
-        rebuild_split(split, adapter, art.manifest.layers, state)
+        rebuild_split(model, adapter, art.manifest.layers, state)
     except (KeyError, ValueError, RuntimeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(
             f"{art.folder / SPLIT_WEIGHTS} does not fit the manifest's layers ({type(exc).__name__}: {first}): "
             "re-run ffsplit export"
         ) from None
-    return loaded, split
 
 
 def read_split_weights(path: Path) -> dict[str, Any]:

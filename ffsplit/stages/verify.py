@@ -64,16 +64,16 @@ def parity(
 
 
 def record(
-    model: Any, plan: Any, loaded: Any, folder: Any, *, max_positions: int | None, progress: bool, desc: str,
+    model: Any, loaded: Any, folder: Any, *, texts: list[str], max_length: int, max_positions: int | None,
+    progress: bool, desc: str,
 ) -> Any:
-    """``model``'s outputs on the parity batches of ``plan``'s evaluation texts, recorded under ``folder``
+    """``model``'s outputs on the parity batches of the evaluation ``texts``, recorded under ``folder``
     (``RecordedOutputs``): what parity later compares the runtime with, after the model is freed."""
     from ffsplit.exporter.export import graph_input_names
     from ffsplit.parity.check import RecordedOutputs, generation_prompts, parity_batches
 
     tok, task = loaded.tokenizer, loaded.task
-    batches = parity_batches(tok, plan.eval_texts, batch_size=PARITY_BATCH, max_length=plan.options.max_length,
-                             max_positions=max_positions)
+    batches = parity_batches(tok, texts, batch_size=PARITY_BATCH, max_length=max_length, max_positions=max_positions)
     inputs = set(graph_input_names(tok, model, task))
-    return RecordedOutputs.record(model, batches, task, inputs, folder, prompts=generation_prompts(tok, plan.eval_texts),
+    return RecordedOutputs.record(model, batches, task, inputs, folder, prompts=generation_prompts(tok, texts),
                                   progress=progress, desc=desc)
