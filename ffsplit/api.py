@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import gc
 import os
 import shutil
 import tempfile
@@ -135,6 +134,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     the split's before it is captured, and the torch model is freed once the graph is saved, before the
     runtime is built (a retry with the next exporter loads and splits the source again).
     """
+    from ffsplit import resources
     from ffsplit.runtimes.openvino import nncf_ir
     from ffsplit.runtimes.shapes import clamp_shapes
     from ffsplit.split.modules import count_params
@@ -176,9 +176,11 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             if log:
                 log(f"the {name} exporter failed: {captured.failure}")
             continue
-        captured = done = None  # the graph is on disk: the torch model (and the IR) go before the runtime comes
+        captured = done = passes = None  # the graph is on disk: the torch model and the IR go before the runtime
         loaded.model = None
-        gc.collect()
+        resources.release_memory()
+        if log:
+            log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
         if plan.nncf:
             with stages.stage("quantize (NNCF)", log):
                 nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
@@ -334,6 +336,7 @@ def check(
     user's texts; without it, on what the export was checked on (its ``--eval`` file, which must be
     unchanged, or the bundled set).
     """
+    from ffsplit import resources
     from ffsplit.limits import TASK_METRICS
     from ffsplit.plan import check_overrides
     from ffsplit.runtimes.base import make_runner
@@ -365,7 +368,7 @@ def check(
         split_in_place(art, loaded)
         split = record(loaded.model, folder=Path(tmp) / "split", desc="split model")
         loaded.model = None
-        gc.collect()
+        resources.release_memory()
         if log:
             log("building the runtime session and checking branch separation ...")
         with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp) / "runtime") as runner:

@@ -51,3 +51,17 @@ def current_bytes() -> int:
     """The resident set now."""
     kb = _status_kb("VmRSS")
     return kb * 1024 if kb is not None else peak_bytes()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS.
+
+    glibc keeps freed blocks below its (growing) mmap threshold in the heap, so a stage that freed a large
+    model could still count it as resident until ``malloc_trim``; elsewhere this only collects.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

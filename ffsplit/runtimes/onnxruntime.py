@@ -43,6 +43,12 @@ def session_options(
         so.add_session_config_entry(key, value)
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
+    if not timing:
+        # Checks run batches of very different shapes (one at the model's longest length): an arena sized
+        # for each, kept for the session's life, made the check the largest stage of a decoder's export.
+        # Timing sessions keep ONNX Runtime's defaults, which are what a deployment runs.
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
     return so
 
 
