@@ -715,3 +715,52 @@ def test_runtimes_write_nothing_into_home(tiny_none_artifact: Path, tmp_path: Pa
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False, timeout=300)
     assert r.returncode == 0, r.stderr
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+
+
+def _golden(art: Path, **change: object) -> None:
+    """Rewrite golden.npz with some arrays changed, and every hash made to agree (a careful forger)."""
+    import numpy as np
+
+    with np.load(art / "golden.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays.update(change)  # type: ignore[arg-type]
+    with open(art / "golden.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+    forge_manifest(art, lambda m: None)
+
+
+@pytest.mark.parametrize("case", ["id-1e9", "too-long", "strings", "datetimes", "inflates", "no-rows"])
+def test_a_tampered_golden_file_is_bad_input_or_a_failed_check(case: str, tiny_none_artifact: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from ffsplit.errors import CheckFailed
+
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    with np.load(art / "golden.npz", allow_pickle=False) as data:
+        ids, out = data["in.input_ids"], next(data[k] for k in data.files if k.startswith("out."))
+        out_key = next(k for k in data.files if k.startswith("out."))
+    ids = ids.copy()
+    change: dict[str, object] = {
+        "id-1e9": {"in.input_ids": np.where(ids > 0, 10**9, ids)},
+        "too-long": {k: np.repeat(v, 200, axis=1) for k, v in np.load(art / "golden.npz").items() if k.startswith("in.")},
+        "strings": {out_key: np.array(["x"] * len(out))},
+        "datetimes": {out_key: np.array(["2020-01-01"] * len(out), dtype="datetime64[D]")},
+        "inflates": {"in.padding": np.zeros((40_000, 1_000), dtype=np.float64)},  # 320 MB of zeros, a few KB zipped
+        "no-rows": {k: v[:0] for k, v in np.load(art / "golden.npz").items()},
+    }[case]
+    _golden(art, **change)
+    code, err = _main("check", str(art), "--golden")
+    expected = 1 if case == "no-rows" else 2
+    _one_line_error(code, err, "golden" if case != "no-rows" else "nothing was compared", exit_code=expected)
+    from ffsplit.testing import assert_golden
+
+    with pytest.raises(UsageError if expected == 2 else CheckFailed):
+        assert_golden(art)
+
+
+def test_the_python_api_takes_the_clis_tolerance_bounds(tiny_none_artifact: Path) -> None:
+    from ffsplit.testing import assert_golden
+
+    for bad in (math.inf, math.nan, -1.0):
+        with pytest.raises(UsageError, match="tolerance"):
+            assert_golden(tiny_none_artifact, tolerance=bad)

@@ -45,8 +45,11 @@ def read_golden(path: Path) -> tuple[dict[str, np.ndarray], str, np.ndarray]:
     if path.stat().st_size > _MAX_GOLDEN_BYTES:
         raise UsageError(f"{path} is larger than any golden file ffsplit writes")
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
+    except UsageError:
+        raise
     except Exception as exc:  # numpy raises several types for a damaged archive
         raise UsageError(f"{path} is damaged ({type(exc).__name__}): re-run ffsplit export") from None
     outs = [k for k in arrays if k.startswith("out.")]
@@ -56,14 +59,55 @@ def read_golden(path: Path) -> tuple[dict[str, np.ndarray], str, np.ndarray]:
     return feed, outs[0][4:], arrays[outs[0]]
 
 
+def _check_members(path: Path) -> None:
+    """Refuse, from the arrays' headers alone, a golden file whose arrays are not numbers or would inflate
+    past the size cap (a small compressed file can hold gigabytes of zeros)."""
+    import zipfile
+
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _fortran, dtype = read(f)
+            if dtype.kind not in "biuf" or dtype.hasobject:
+                raise UsageError(f"{path}: '{info.filename[:60]}' holds {dtype.kind!r} data, not numbers: re-run ffsplit export")
+            total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if total > _MAX_GOLDEN_BYTES:
+                raise UsageError(f"{path} would inflate past {_MAX_GOLDEN_BYTES >> 20} MB: re-run ffsplit export")
+
+
+def _check_feed(feed: dict[str, np.ndarray], folder: Path, manifest: Manifest) -> None:
+    """The golden inputs within what the model takes: token ids in its vocabulary, no longer than its positions."""
+    import json
+
+    ids = feed.get("input_ids")
+    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise UsageError(f"{folder / GOLDEN_FILE}: input_ids must be a 2-D integer array: re-run ffsplit export")
+    try:
+        vocab = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        vocab = None
+    if ids.size and (int(ids.min()) < 0 or (isinstance(vocab, int) and int(ids.max()) >= vocab)):
+        raise UsageError(f"{folder / GOLDEN_FILE}: a token id outside the vocabulary ({vocab}): re-run ffsplit export")
+    limit = manifest.source.max_positions
+    if limit is not None and ids.shape[1] > limit:
+        raise UsageError(f"{folder / GOLDEN_FILE}: {ids.shape[1]} tokens, longer than the model's {limit} positions: "
+                         "re-run ffsplit export")
+
+
 def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[str, Any]:
     """Re-run the golden inputs on the artifact's target: the JSON-ready result, ``passed`` false when the
     output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its
     shape changed."""
+    from ffsplit import bounds
     from ffsplit.artifact import MODEL_FILE, open_artifact, require_built
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.targets import require_supported
 
+    if tolerance is not None:  # the Python API takes the CLI's bounds: an infinite tolerance checks nothing
+        bounds.require_float("tolerance", tolerance, 0.0, 1e6)
     art = open_artifact(folder)
     require_built(art, "check --golden")
     require_supported(art.target)
@@ -80,11 +124,14 @@ def replay_golden(folder: Path, runner: Any, manifest: Manifest, *, tolerance: f
 
     task = TASKS[manifest.task]
     feed, name, want = read_golden(Path(folder) / GOLDEN_FILE)
+    _check_feed(feed, Path(folder), manifest)
     tol = tolerance if tolerance is not None else float(manifest.limits["fidelity"].get("max_abs", 1e-4))
     got = _kept(np.asarray(runner.infer(runner.feed_from({k: v for k, v in feed.items() if not is_past(k)}))[name]),
                 task.decoder)
     if got.shape != want.shape:
         raise CheckFailed(f"golden {name}: shape {got.shape}, expected {want.shape}")
-    max_abs = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+    if not want.size:  # an empty comparison proves nothing: it fails
+        raise CheckFailed(f"{GOLDEN_FILE} holds no golden rows, so nothing was compared: re-run ffsplit export")
+    max_abs = float(np.abs(got.astype(np.float64) - want).max())
     return {"passed": max_abs <= tol, "output": name, "max_abs": max_abs, "tolerance": tol,
             "rows": int(want.shape[0]), "target": runner.target.name}
