@@ -11,7 +11,7 @@ are: the heavy hitters keep the precision the split gave them.
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult, PostconditionError
+from onnx_ir.passes import InPlacePass, PassResult
 
 from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid, add_initializer, replace_node
 from ffsplit.graph_passes.quantize_branch_weights_pass import (
@@ -19,7 +19,7 @@ from ffsplit.graph_passes.quantize_branch_weights_pass import (
     matmulnbits_node,
     matmulnbits_operands,
 )
-from ffsplit.graph_passes.quantize_other_matmuls_pass import _untouched
+from ffsplit.graph_passes.quantize_other_matmuls_pass import _untouched, require_untouched
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 
 
@@ -79,7 +79,4 @@ class QuantizeOtherMatMulsInt4Pass(InPlacePass):
         return PassResult(model, bool(self.quantized))
 
     def ensures(self, model: ir.Model) -> None:
-        now = _untouched(model)
-        changed = sorted(name for name, op in self._tagged.items() if now.get(name) != op)
-        if changed:
-            raise PostconditionError(f"int4 quantisation touched tagged nodes: {changed[:4]}")
+        require_untouched(model, self._tagged, "int4 quantisation")

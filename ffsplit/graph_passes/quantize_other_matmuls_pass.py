@@ -27,6 +27,14 @@ def _untouched(model: ir.Model) -> dict[str, str]:
     return {node.name: node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph) if node_tags(node)}
 
 
+def require_untouched(model: ir.Model, tagged: dict[str, str], who: str) -> None:
+    """PostconditionError when a tagged node (``_untouched`` before the pass) changed op or disappeared."""
+    now = _untouched(model)
+    changed = sorted(name for name, op in tagged.items() if now.get(name) != op)
+    if changed:
+        raise PostconditionError(f"{who} touched tagged nodes: {changed[:4]}")
+
+
 class QuantizeOtherMatMulsPass(FunctionalPass):
     """Dynamic int8 (ONNX Runtime's quantiser) for every untagged MatMul with a constant weight.
 
@@ -67,7 +75,4 @@ class QuantizeOtherMatMulsPass(FunctionalPass):
         return PassResult(result, bool(self.quantized))
 
     def ensures(self, model: ir.Model) -> None:
-        now = _untouched(model)
-        changed = sorted(name for name, op in self._tagged.items() if now.get(name) != op)
-        if changed:
-            raise PostconditionError(f"the quantiser touched tagged nodes: {changed[:4]}")
+        require_untouched(model, self._tagged, "the quantiser")
