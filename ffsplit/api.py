@@ -177,6 +177,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
                 log(f"the {name} exporter failed: {captured.failure}")
             continue
         captured = done = passes = None  # the graph is on disk: the torch model and the IR go before the runtime
+        resources.drop_weights(loaded.model)
         loaded.model = None
         resources.release_memory()
         if log:
@@ -367,6 +368,7 @@ def check(
             log("rebuilding the split from split.safetensors ...")
         split_in_place(art, loaded)
         split = record(loaded.model, folder=Path(tmp) / "split", desc="split model")
+        resources.drop_weights(loaded.model)
         loaded.model = None
         resources.release_memory()
         if log:

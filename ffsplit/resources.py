@@ -65,3 +65,18 @@ def release_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def drop_weights(model: object) -> None:
+    """Empty every parameter and buffer of a torch model this process is done with.
+
+    Dropping the last reference is not enough: torch.onnx keeps what it captured alive after the export
+    returns (its initializers wrap the parameters themselves), so the tensors' storage is released here.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = torch.empty(0, dtype=tensor.dtype)
