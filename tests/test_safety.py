@@ -764,3 +764,14 @@ def test_the_python_api_takes_the_clis_tolerance_bounds(tiny_none_artifact: Path
     for bad in (math.inf, math.nan, -1.0):
         with pytest.raises(UsageError, match="tolerance"):
             assert_golden(tiny_none_artifact, tolerance=bad)
+
+
+@pytest.mark.parametrize("body", ["a = " + "[" * 200_000 + "]" * 200_000, "x = 1\n" + "[t]\n" * 1 + "y = " + "[" * 40 + "]" * 40,
+                                  "# " + "x" * (2 << 20)])
+def test_a_hostile_target_file_is_one_line_of_bad_input(body: str, tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(body)
+    with pytest.raises(UsageError, match="nests tables|larger than"):
+        load_target(str(path))
+    code, err = _main("export", "M", "--out", str(tmp_path / "o"), "--target", str(path))
+    _one_line_error(code, err, "target file")

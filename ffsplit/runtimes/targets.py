@@ -396,13 +396,35 @@ def list_targets() -> list[Target]:
     return [load_target(p.stem) for p in sorted(_builtin_dir().glob("*.toml"), key=lambda p: p.stem)]
 
 
+TARGET_MAX_BYTES = 1 << 20  # a target file is a few KB
+TARGET_MAX_DEPTH = 16  # tables within tables: the schema needs 3
+
+
+def _depth(value: Any) -> int:
+    """How deeply tables and arrays nest in ``value`` (iteratively: no recursion on hostile input)."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if depth <= TARGET_MAX_DEPTH and isinstance(item, (dict, list)):
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > TARGET_MAX_BYTES:
+            raise UsageError(f"target file '{path}' is larger than {TARGET_MAX_BYTES >> 20} MB: a target file is a few KB")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"target file '{path}' is not valid TOML ({exc}): fix the file") from None
+        raise UsageError(f"target file '{path}' is not valid TOML ({str(exc)[:200]}): fix the file") from None
+    except RecursionError:
+        data = None
     except OSError as exc:
         raise UsageError(f"target file '{path}' cannot be read ({exc.strerror})") from None
+    if data is None or _depth(data) > TARGET_MAX_DEPTH:
+        raise UsageError(f"target file '{path}' nests tables or arrays more than {TARGET_MAX_DEPTH} deep: fix the file")
+    return data
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
