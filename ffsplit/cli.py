@@ -585,6 +585,28 @@ def printable(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
+_NEARLY_FULL = 4 << 20  # bytes free below which a failed write is the disk's fault
+_FULL_HINT = "free some space, or choose another --out (or TMPDIR, where temporary files go)"
+
+
+def _full_disk(args: argparse.Namespace) -> str | None:
+    """The folder among the verb's outputs (and the temporary folder) whose disk is (nearly) full, or None."""
+    import shutil
+    import tempfile
+
+    paths = [getattr(args, key, None) for key in ("out", "json", "report", "repo")] + [tempfile.gettempdir()]
+    for given in paths:
+        if not given:
+            continue
+        folder = Path(given).absolute()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(folder).free < _NEARLY_FULL:
+                return str(folder)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path the terminal's encoding cannot show is escaped, not a crash
         with contextlib.suppress(AttributeError, ValueError):
@@ -609,13 +631,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ffsplit: interrupted; nothing half-written was left", file=sys.stderr)
         return 130
     except OSError as exc:  # the machine, not the input or the code: a full disk, a read-only folder
+        # numpy reports a short write without an errno ("Not enough free space to write ...")
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or (exc.errno is None and "space" in str(exc)) or \
+            _full_disk(args) is not None
         where = f" ({exc.filename})" if exc.filename else ""
-        hint = "free some space or choose another --out" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
-            "check the path and its permissions")
-        print(printable(f"ffsplit: error: {exc.strerror or exc}{where}; nothing half-written was left: {hint}"), file=sys.stderr)
+        what = os.strerror(errno.ENOSPC) if full and exc.errno is None else exc.strerror or exc
+        hint = _FULL_HINT if full else "check the path and its permissions"
+        print(printable(f"ffsplit: error: {what}{where}; nothing half-written was left: {hint}"), file=sys.stderr)
         return 2
-    except Exception:  # a bug: keep the traceback for the report
-        traceback.print_exc()
+    except Exception:
+        full_at = _full_disk(args)
+        if full_at is not None:  # a library that reports a full disk in its own words ("os error 28")
+            print(printable(f"ffsplit: error: {os.strerror(errno.ENOSPC)} ({full_at}); nothing half-written was left: "
+                            + _FULL_HINT), file=sys.stderr)
+            return 2
+        traceback.print_exc()  # a bug: keep the traceback for the report
         print("ffsplit: internal error (a bug): please report it with the traceback above", file=sys.stderr)
         return 3
 

@@ -12,9 +12,15 @@ OS, a kernel that refuses), the figure is the process's peak so far
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import resource
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+from ffsplit.errors import FFSplitError
 
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
@@ -80,3 +86,28 @@ def drop_weights(model: object) -> None:
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.data = torch.empty(0, dtype=tensor.dtype)
+
+
+# A runtime that runs out of disk while writing says so in its own words: ONNX Runtime raises
+# "Protobuf serialization failed", OpenVINO a RuntimeError. Below this much free space after such a
+# failure, the disk (or quota) is what failed.
+_NEARLY_FULL = 4 << 20
+
+
+@contextlib.contextmanager
+def runtime_writes(folder: Path) -> Iterator[None]:
+    """Around a runtime call that writes into ``folder``: its failure on a full disk becomes OSError(ENOSPC),
+    which every verb reports as bad input (exit 2) with nothing half-written left."""
+    try:
+        yield
+    except (OSError, FFSplitError):
+        raise
+    except Exception as exc:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            raise exc from None
+        if free < _NEARLY_FULL:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from exc
+        raise
+

@@ -127,6 +127,49 @@ def test_disk_full_while_writing_leaves_nothing(tiny_bert_dir: Path, tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
+def _on_small_disk(size: str, mount: Path, cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str, list[str]]:
+    """``cmd`` run with ``mount`` a tmpfs of ``size`` in a private mount namespace: exit code, stderr and what
+    is left on the small disk afterwards (the mount vanishes with the namespace)."""
+    import shlex
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no unprivileged mount namespaces here to make a small disk")
+    mount.mkdir()
+    script = (f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(mount))} || exit 99; "
+              f"{shlex.join(cmd)}; echo \"rc=$?\" >&2; ls -A {shlex.quote(str(mount))} | grep -v '^torchinductor_' >&2")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)
+    if r.returncode == 99:
+        pytest.skip("tmpfs cannot be mounted here")
+    lines = r.stderr.splitlines()
+    rc = next(int(line[3:]) for line in lines if line.startswith("rc="))
+    left = lines[[i for i, line in enumerate(lines) if line.startswith("rc=")][-1] + 1:]
+    return rc, r.stderr, left
+
+
+# Each size fills the disk in a different library: numpy writing the original outputs (a short write
+# without an errno), the tokenizer's Rust writer ("os error 28"), ONNX Runtime saving its optimised
+# graph ("Protobuf serialization failed"). All three were exit 3 with a traceback.
+@pytest.mark.parametrize("size", ["64k", "512k", "8m"])
+def test_a_full_disk_in_any_library_is_bad_input(size: str, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    code, err, left = _on_small_disk(size, small, [
+        sys.executable, "-m", "ffsplit", "export", str(tiny_bert_dir), "--out", str(small / "o"), "--light", "none",
+        "--calib-size", "8", "--eval-size", "16", "--max-length", "16"])
+    errors = [line for line in err.splitlines() if line.startswith("ffsplit:")]
+    assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0], err
+    assert "Traceback" not in err and left == []
+
+
+def test_check_with_a_full_temporary_disk(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    code, err, left = _on_small_disk("64k", small, [sys.executable, "-m", "ffsplit", "check", str(tiny_none_artifact)],
+                                     env={"TMPDIR": str(small)})
+    errors = [line for line in err.splitlines() if line.startswith("ffsplit:")]
+    assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0], err
+    assert "Traceback" not in err and left == []
+
+
 def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "o"
     with output_lock(out) as lock:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ffsplit.resources import runtime_writes
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
 from ffsplit.runtimes.targets import Target
@@ -109,7 +110,11 @@ class OrtRunner(Runner):
             opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         dims = {name: shape for name, (_t, shape) in onnx_inputs(self.model_path).items()}
         providers = provider_options(self.target, dims, self.runtime_dir)
-        self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
+        if self.optimized_model_path is None:
+            self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
+            return
+        with runtime_writes(self.optimized_model_path.parent):
+            self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
 
     def _deactivate(self) -> None:
         self.session = None

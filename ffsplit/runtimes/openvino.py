@@ -27,6 +27,7 @@ import numpy as np
 
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
+from ffsplit.resources import runtime_writes
 from ffsplit.runtimes.base import Runner, register_runtime
 from ffsplit.runtimes.records import LAYERS_FILE, records_from_layers
 from ffsplit.runtimes.targets import Target
@@ -101,7 +102,8 @@ def quantize_ir(
     quantized.set_rt_info(precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
     out = ir_path(onnx_path, target)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    with runtime_writes(out.parent):
+        ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
 
 
