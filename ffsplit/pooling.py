@@ -60,7 +60,11 @@ def _small_json(path: Path) -> Any:
 
     if not path.is_file() or path.stat().st_size > _MAX_CONFIG_BYTES:
         raise UsageError(f"{path} is not a small regular file: fix or remove the sentence-transformers files")
-    return parse_json(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: fix or remove the sentence-transformers files") from None
+    return parse_json(text, str(path))
 
 
 def sentence_files(folder: Path) -> list[str]:

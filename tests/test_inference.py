@@ -167,3 +167,36 @@ def test_a_source_of_links_like_the_hub_cache_exports_regular_files(tiny_bert_di
         assert (tmp_path / "out" / rel).is_file() and not (tmp_path / "out" / rel).is_symlink()
     with ffsplit.load(tmp_path / "out") as model:
         assert model.pooling.normalize
+
+
+ST_FILES = ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json")
+NOT_UTF8 = b'{"max_seq_length": 64, "name": "\xff\xfe\xc3"}'
+
+
+@pytest.mark.parametrize("rel", ST_FILES)
+def test_a_source_with_a_non_utf8_sentence_transformers_file_is_bad_input(rel: str, tiny_bert_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    src = _sentence_transformers_folder(tiny_bert_dir, tmp_path / "src", {"pooling_mode_mean_tokens": True}, True)
+    (src / rel).write_bytes(NOT_UTF8)
+    r = run_cli("export", str(src), "--out", str(tmp_path / "o"), "--light", "none", "--calib-size", "8")
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("rel", ST_FILES)
+def test_an_artifact_with_a_non_utf8_sentence_transformers_file_is_refused_by_every_reader(
+        rel: str, st_artifact: tuple[Path, Path], tmp_path: Path) -> None:
+    """Hashes recomputed, so only the readers can catch it: load, check and the Triton text front end."""
+    from conftest import forge_manifest
+
+    art = tmp_path / "art"
+    shutil.copytree(st_artifact[1], art)
+    (art / rel).write_bytes(NOT_UTF8)
+    forge_manifest(art, lambda m: None)
+    with pytest.raises(UsageError, match="not UTF-8"):
+        ffsplit.load(art)
+    for argv in (["check", str(art)], ["triton", str(art), "--repo", str(tmp_path / "repo"), "--backend", "text"]):
+        r = run_cli(*argv)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("ffsplit:")]
+        assert r.returncode == 2 and len(errors) == 1 and "not UTF-8" in errors[0], (argv, r.stderr)
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())

@@ -77,7 +77,11 @@ def records_from_file(path: Path) -> list[Any]:
     if path.stat().st_size > 256 << 20:
         raise UsageError(f"{path} is larger than any layer list ffsplit writes")
 
-    data = parse_json(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: rebuild the artifact with ffsplit build") from None
+    data = parse_json(text, str(path))
     if isinstance(data, dict):
         return records_from_inspector(data)
     return records_from_layers(data)

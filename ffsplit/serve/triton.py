@@ -355,6 +355,7 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
     gives: ``sentence_embedding`` (feature-extraction: the source's pooling and normalisation, or mean
     pooling) or ``logits`` (text-classification). The slim artifact (``pack``) sits in its version folder."""
     from ffsplit.artifact import open_artifact, pack_artifact, require_built
+    from ffsplit.pooling import read_pooling
     from ffsplit.signature import SENTENCE_OUTPUT
 
     art = open_artifact(artifact)
@@ -363,6 +364,8 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
     if task not in TEXT_TASKS:
         raise UsageError(f"a text front end serves embeddings or class logits; '{artifact}' is {task}: "
                          "serve its tensors (without --text)")
+    if task == "feature-extraction":  # the pooling the served model will read, refused here if it is unreadable
+        read_pooling(art.folder, default_length=None)
     _, outputs = onnx_signature(art.folder / MODEL_FILE)
     source = SENTENCE_OUTPUT if SENTENCE_OUTPUT in outputs else art_output(task)
     width = outputs[source][1][-1]
