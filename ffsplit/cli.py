@@ -549,9 +549,12 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     try:
         while server.process.poll() is None:
             time.sleep(0.5)
+        how = server.how_it_ended()  # before stop() removes its log
     finally:
-        server.stop()
-    return 0
+        server.stop()  # Ctrl-C / SIGTERM land here: the server is stopped in order, exit 130
+    # nothing but ffsplit stops the server it started: ending on its own is a failure, however it ended
+    print(printable(f"ffsplit: error: the Triton server stopped serving on its own ({how})"), file=sys.stderr)
+    return 1
 
 
 def _cmd_targets(_a: argparse.Namespace) -> int:

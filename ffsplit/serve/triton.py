@@ -476,6 +476,26 @@ class Server:
     def url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
+    def log_errors(self) -> list[str]:
+        """The error lines of the server's log so far."""
+        text = (self.workdir / "server.log").read_text(errors="replace")
+        if os.environ.get("FFSPLIT_TRITON_DEBUG"):
+            print(text, file=sys.stderr)
+        return [line for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
+
+    def how_it_ended(self) -> str:
+        """How the server process ended, with the last errors of its log (call once it has)."""
+        code = self.process.returncode
+        if code is not None and code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit code {code}"
+        errors = self.log_errors()
+        return how + (": " + " | ".join(errors[-3:])[:600] if errors else "")
+
     def stop(self) -> None:
         """Stop the server and remove its folder; a second Ctrl-C meanwhile cannot cut this short."""
         with signals_held():
@@ -568,14 +588,9 @@ def _wait_ready(server: Server, names: list[str], timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server.process.poll() is not None:
-            text = (server.workdir / "server.log").read_text(errors="replace")
-            if os.environ.get("FFSPLIT_TRITON_DEBUG"):
-                print(text, file=sys.stderr)
-            errors = [line for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
+            errors = server.log_errors()
             hint = " (a port in use? pass --http-port / --grpc-port 0)" if any("address" in e.lower() for e in errors) else ""
-            raise UsageError(
-                f"tritonserver exited with {server.process.returncode}: " + " | ".join(errors[-3:])[:600] + hint
-            )
+            raise UsageError(f"tritonserver ended while starting ({server.how_it_ended()})" + hint)
         try:
             ready = 0
             for model_name in names:

@@ -153,3 +153,30 @@ def test_python_backend_repository_holds_no_path_of_this_machine(tiny_none_artif
         assert here not in written, here
     cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
     assert cfg["backend"] == "python" and "model_path" not in str(cfg)
+
+
+@pytest.mark.skipif(not triton_installed(), reason="nvidia-pytriton is not installed (make test installs it)")
+def test_serve_fails_when_its_server_dies(tiny_none_artifact: Path) -> None:
+    """kill -9 of tritonserver: `ffsplit serve` exits 1 with one line saying how the server ended (it was 0)."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "ffsplit", "serve", str(tiny_none_artifact),
+                             "--http-port", "0", "--grpc-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        assert proc.stdout is not None and "serving model" in proc.stdout.readline()
+        children = [int(p) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for p in (t / "children").read_text().split()]
+        server = [pid for pid in children if Path(f"/proc/{pid}/exe").resolve().name == "tritonserver"]
+        assert len(server) == 1, children
+        os.kill(server[0], signal.SIGKILL)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read() if proc.stderr else ""
+    errors = [line for line in err.splitlines() if line.startswith("ffsplit:")]
+    assert code == 1 and len(errors) == 1 and "killed by SIGKILL" in errors[0], err
