@@ -26,6 +26,7 @@ from ffsplit.artifact import (
     SPLIT_WEIGHTS,
     LoadedArtifact,
     check_external_data,
+    holds_folder,
     list_files,
     not_deployed,
     open_artifact,
@@ -324,6 +325,7 @@ def _manifest(
     }
 
 
+@holds_folder
 def check(
     folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None,
     limits: dict[str, float] | None = None, eval_file: str | Path | None = None, log: Any = None,
@@ -412,6 +414,7 @@ def _check_texts(m: Manifest, eval_file: str | Path | None, eval_size: int | Non
     return texts
 
 
+@holds_folder
 def debug(
     folder: str | Path, *, batch: int = 8, tolerance: float | None = None, source: str | Path | None = None,
     log: Any = None,
@@ -454,6 +457,7 @@ def debug(
     )
 
 
+@holds_folder
 def bench(
     folder: str | Path,
     *,
@@ -501,6 +505,7 @@ def bench(
     return rows
 
 
+@holds_folder
 def bench_accuracy(
     folder: str | Path, *, source: str | Path | None = None, log: Any = None
 ) -> dict[str, Any] | None:

@@ -19,20 +19,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.manifest import POST_EXPORT_KEYS, Manifest
+
+T = TypeVar("T")
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -525,6 +528,58 @@ class LoadedArtifact:
     target: Any  # runtimes.targets.Target: what it runs on (the build's target, when `ffsplit build` chose one)
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def unreplaced(folder: str | Path) -> Iterator[None]:
+    """Refuse (UsageError) when ``folder`` is replaced while the body reads it.
+
+    ``export --force`` renames a new folder into place: a verb that verified
+    the old folder's hashes would go on to read the new one's files, and its
+    verdict would be about neither artifact. The folder is held open
+    throughout, so its inode cannot be reused, and its identity compared when
+    the body ends, however it ends (an error then is most likely the swap).
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # not a folder: the verb's own checks say so
+        yield
+        return
+    try:
+        held = _identity(os.fstat(fd))
+        try:
+            yield
+        except Exception:
+            _refuse_if_replaced(Path(folder), held)
+            raise
+        _refuse_if_replaced(Path(folder), held)
+    finally:
+        os.close(fd)
+
+
+def _refuse_if_replaced(folder: Path, held: tuple[int, int]) -> None:
+    try:
+        same = _identity(os.stat(folder)) == held
+    except OSError:
+        same = False
+    if not same:
+        raise UsageError(f"'{folder}' was replaced while it was being read (an export --force into it?): the "
+                         "result would mix two artifacts; run the command again") from None
+
+
+def holds_folder(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn(folder, ...)`` run under ``unreplaced(folder)``."""
+
+    @functools.wraps(fn)
+    def wrapper(folder: str | Path, *args: Any, **kwargs: Any) -> T:
+        with unreplaced(folder):
+            return fn(folder, *args, **kwargs)
+
+    return wrapper
+
+
 def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
     """An output folder with its manifest (schema-checked) and target (checked like a target file).
 
@@ -587,6 +642,7 @@ def not_deployed(rel: str) -> bool:
     )
 
 
+@holds_folder
 def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Copy a verified artifact to ``out`` without the files its target does not run (``not_deployed``);
     the copy's manifest lists them under ``packed``. Returns the copy's manifest."""
@@ -602,6 +658,9 @@ def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -
         manifest = {k: v for k, v in art.manifest.items() if k != "files"}
         manifest["packed"] = {"dropped": dropped}
         written = write_manifest(stage, manifest)
+        changed = sorted(rel for rel in keep if written["files"].get(rel) != art.manifest.files[rel])
+        if changed:  # copied after verification: a file changed in between is not the verified one
+            raise UsageError(f"{', '.join(changed[:3])} in '{art.folder}' changed while it was copied: run pack again")
     return written
 
 

@@ -134,4 +134,7 @@ _VERB = {
 
 def load(folder: str | Path, *, verify: bool = True) -> Model:
     """The artifact in ``folder`` ready to run: verified (files, hashes, embedded manifest) unless told not to."""
-    return Model(folder, verify=verify)
+    from ffsplit.artifact import unreplaced
+
+    with unreplaced(folder):
+        return Model(folder, verify=verify)

@@ -330,3 +330,64 @@ def test_held_signals_land_after_the_step_whichever_thread_the_kernel_picks() ->
         pool.join()
         signal.signal(signal.SIGTERM, previous)
     assert events == ["step done", "handler"]
+
+
+# -- an artifact replaced while it is read (the rename `export --force` does)
+
+
+def _swap_when_called(monkeypatch: pytest.MonkeyPatch, module: object, name: str, art: Path, other: Path) -> None:
+    """Replace ``art`` by a copy of ``other`` (as `export --force` does: a rename) the first time
+    ``module.name`` is called, which the verb does after verifying ``art``."""
+    original = getattr(module, name)
+    done: list[bool] = []
+
+    def swapping(*args: object, **kwargs: object) -> object:
+        if not done:
+            done.append(True)
+            art.rename(art.with_name("old"))
+            shutil.copytree(other, art.with_name("new"))
+            art.with_name("new").rename(art)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, swapping)
+
+
+@pytest.mark.parametrize("verb", ["check", "check --golden", "pack"])
+def test_an_artifact_replaced_while_it_is_read_is_refused(verb: str, tiny_none_artifact: Path,
+                                                          tiny_lowrank_artifact: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffsplit.api
+    import ffsplit.artifact
+    import ffsplit.runtimes.base
+
+    art = _copy(tiny_none_artifact, tmp_path)
+    if verb == "check":
+        _swap_when_called(monkeypatch, ffsplit.api, "load_source", art, tiny_lowrank_artifact)
+        argv = ["check", str(art)]
+    elif verb == "check --golden":
+        _swap_when_called(monkeypatch, ffsplit.runtimes.base, "make_runner", art, tiny_lowrank_artifact)
+        argv = ["check", str(art), "--golden"]
+    else:
+        _swap_when_called(monkeypatch, ffsplit.artifact, "require_unpacked", art, tiny_lowrank_artifact)
+        argv = ["pack", str(art), "--out", str(tmp_path / "slim")]
+    code, err = _main(*argv)
+    errors = [line for line in err.splitlines() if line.startswith("ffsplit:")]
+    assert code == 2 and len(errors) == 1 and "was replaced while it was being read" in errors[0], err
+    assert not (tmp_path / "slim").exists()
+
+
+def test_pack_refuses_a_file_changed_while_it_is_copied(tiny_none_artifact: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changed in place, not renamed: the copy's hash must still be the verified one."""
+    import ffsplit.artifact
+
+    art = _copy(tiny_none_artifact, tmp_path)
+    original = ffsplit.artifact.require_unpacked
+
+    def tamper(*args: object, **kwargs: object) -> object:
+        (art / "config.json").write_text((art / "config.json").read_text().replace("{", "{ ", 1))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ffsplit.artifact, "require_unpacked", tamper)
+    code, err = _main("pack", str(art), "--out", str(tmp_path / "slim"))
+    assert code == 2 and "changed while it was copied" in err and not (tmp_path / "slim").exists(), err

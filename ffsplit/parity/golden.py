@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ffsplit.artifact import holds_folder
 from ffsplit.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def _check_feed(feed: dict[str, np.ndarray], folder: Path, manifest: Manifest) -
                          "re-run ffsplit export")
 
 
+@holds_folder
 def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[str, Any]:
     """Re-run the golden inputs on the artifact's target: the JSON-ready result, ``passed`` false when the
     output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its

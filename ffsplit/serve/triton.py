@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffsplit.artifact import MODEL_FILE, remove_tree, signals_held, staged_output
+from ffsplit.artifact import MODEL_FILE, holds_folder, remove_tree, signals_held, staged_output
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.signature import ELEMENT_TYPES, onnx_signature
@@ -219,6 +219,7 @@ def _model_dir(repo: Path, name: str, artifact: Path) -> Path:
     return model_dir
 
 
+@holds_folder
 def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Triton model repository serving ``artifact`` with Triton's own backend for its target."""
     from ffsplit.artifact import open_artifact, require_built
@@ -350,6 +351,7 @@ class TritonPythonModel:
 '''.replace("# ARRAY HELPERS\n", _ARRAY_HELPERS)
 
 
+@holds_folder
 def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Python-backend model that takes text (``text``, one string per row) and returns what ``ffsplit.load``
     gives: ``sentence_embedding`` (feature-extraction: the source's pooling and normalisation, or mean
