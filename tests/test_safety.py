@@ -510,6 +510,26 @@ def test_damaged_manifest_sections(case: str, tiny_none_artifact: Path, tmp_path
         _one_line_error(code, err, "manifest.json")
 
 
+# Claims about the model, re-signed (hashes and the embedded copy agree): only the model can refute them.
+# Each of these passed a full check before.
+@pytest.mark.parametrize("claim", [
+    ("d_ff", 16_777_216), ("d_model", 4096), ("light", 1), ("gated", True), ("ffn_params_before", 10**9),
+    ("heavy_params", 0), ("ffn_params_after", 7), ("params.total_before", 10**12), ("params.ffn_after", 3),
+])
+def test_a_manifest_describing_another_model_fails_the_check(claim: tuple[str, object], tiny_none_artifact: Path,
+                                                            tmp_path: Path) -> None:
+    key, value = claim
+    art = _copy(tiny_none_artifact, tmp_path / "art")
+    if key.startswith("params."):
+        forge_manifest(art, lambda m: m["params"].update({key[7:]: value}))
+    else:
+        forge_manifest(art, lambda m: m["layers"][-1].update({key: value}))
+    code, err = _main("check", str(art))
+    errors = [line for line in err.splitlines() if line.startswith("ffsplit:")]
+    assert code == 1 and len(errors) == 1 and "describes another model" in errors[0], err
+    assert key.rpartition(".")[2] in errors[0]
+
+
 def test_manifest_nested_100000_deep(tiny_none_artifact: Path, tmp_path: Path) -> None:
     art = _copy(tiny_none_artifact, tmp_path / "art")
     (art / MANIFEST).write_text('{"format": 2, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
@@ -649,6 +669,94 @@ def test_manifest_mutations_never_crash_or_escape(data: st.DataObject, manifest_
     assert {k: v for k, v in _tree(root).items() if not k.startswith("art")} == outside
     with contextlib.suppress(FFSplitError):
         api.open_artifact(art)
+
+
+def _rehash(folder: Path) -> None:
+    """Make manifest.json list the folder's files with their current hashes, touching nothing else
+    (model.onnx may no longer parse)."""
+    from ffsplit.artifact import list_files, sha256_file
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    files, _ = list_files(folder)
+    manifest["files"] = {rel: sha256_file(p) for rel, p in sorted(files.items()) if rel != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=True) + "\n")
+
+
+_ARRAYS = st.sampled_from(["int64", "int32", "float32", "float16", "bool", "U3", "M8[s]", "O"])
+_NUMBERS = st.sampled_from([0, -1, 1, 10**9, 2**62, math.nan, math.inf])
+_JUNK = st.one_of(_VALUES, st.binary(max_size=64), st.text(max_size=40))
+
+
+def _mutate_golden(data: st.DataObject, art: Path) -> None:
+    import numpy as np
+
+    with np.load(art / "golden.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    key = data.draw(st.sampled_from(sorted(arrays)), label="array")
+    old = arrays[key]
+    shape = data.draw(st.sampled_from([old.shape, (0, *old.shape[1:]), old.shape[:1], (*old.shape, 2), ()]))
+    dtype = data.draw(_ARRAYS, label="dtype")
+    fill = data.draw(_NUMBERS, label="fill")
+    try:
+        arrays[key] = np.full(shape, fill).astype(dtype)
+    except (ValueError, OverflowError, TypeError):
+        arrays[key] = np.zeros(shape, dtype=dtype)
+    np.savez(art / "golden.npz", allow_pickle=True, **arrays)
+
+
+def _mutate_sentence_files(data: st.DataObject, art: Path) -> None:
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    files = {"modules.json": modules, "1_Pooling/config.json": {"pooling_mode_mean_tokens": True},
+             "sentence_bert_config.json": {"max_seq_length": 64}}
+    (art / "1_Pooling").mkdir()
+    broken = data.draw(st.sampled_from(sorted(files)), label="file")
+    for rel, content in files.items():
+        if rel == broken:
+            junk = data.draw(_JUNK, label="content")
+            text = junk if isinstance(junk, bytes) else json.dumps(junk, allow_nan=True).encode()
+            (art / rel).write_bytes(text)
+        else:
+            (art / rel).write_text(json.dumps(content))
+
+
+def _mutate_graph(data: st.DataObject, art: Path) -> None:
+    model = onnx.load(str(art / "model.onnx"), load_external_data=False)
+    nodes = model.graph.node
+    i = data.draw(st.integers(0, len(nodes) - 1), label="node")
+    how = data.draw(st.sampled_from(["drop", "op_type", "branch", "input", "flip"]), label="how")
+    if how == "drop":
+        del nodes[i]
+    elif how == "op_type":
+        nodes[i].op_type = data.draw(st.sampled_from(["MatMul", "Add", "Nope", "", "\x1b[2J"]))
+    elif how == "branch":
+        nodes[i].metadata_props.add(key="pkg.ffsplit.branch", value=data.draw(st.sampled_from(["heavy", "light", "", "\u202e"])))
+    elif how == "input" and nodes[i].input:
+        nodes[i].input[0] = data.draw(st.sampled_from(["", "missing", nodes[-1].output[0]]))
+    raw = bytearray(model.SerializeToString())
+    if how == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= 0xFF
+    (art / "model.onnx").write_bytes(bytes(raw))
+
+
+# Files other than the manifest, changed and re-signed (every hash recomputed): the readers must refuse or
+# fail the check in one line, never crash, never write outside, never pass a raw control character on.
+@settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_artifact_file_mutations_never_crash_or_escape(data: st.DataObject, tiny_none_artifact: Path,
+                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("mutfile")
+    art = _copy(tiny_none_artifact, root / "art")
+    kind = data.draw(st.sampled_from(["golden", "sentence-transformers", "graph"]), label="kind")
+    {"golden": _mutate_golden, "sentence-transformers": _mutate_sentence_files, "graph": _mutate_graph}[kind](data, art)
+    _rehash(art)
+    outside = {k: v for k, v in _tree(root).items() if not k.startswith("art")}
+    for argv in (["inspect", str(art)], ["check", str(art), "--golden"], ["check", str(art)]):
+        code, err = _main(*argv)
+        assert code in (0, 1, 2) and "Traceback" not in err, (kind, argv, err)
+        assert all(c.isprintable() for line in err.splitlines() for c in line), (kind, argv, err)
+    assert {k: v for k, v in _tree(root).items() if not k.startswith("art")} == outside
 
 
 # -- round three: crashes and raw terminal output

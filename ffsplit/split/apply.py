@@ -315,21 +315,55 @@ def split_state(model: nn.Module, plans: list[LayerPlan]) -> dict[str, torch.Ten
 @torch.no_grad()
 def rebuild_split(
     model: nn.Module, adapter: type[FFNAdapter], plans: list[dict], state: dict[str, torch.Tensor]
-) -> None:
-    """Install SplitFFNs shaped by ``plans`` into ``model`` and load ``state`` into them.
+) -> list[str]:
+    """Install SplitFFNs shaped by ``plans`` into ``model`` and load ``state`` into them; return every
+    claim of ``plans`` about the model that the model contradicts (``layer 0: d_ff 16777216, the model
+    has 64``), empty when all hold.
 
     The skeleton comes from ``split_layer`` on a placeholder profile (no moments, no samples: no error
     figures and zero low-rank factors, nothing of size d_ff^2): only its shapes matter, every weight is
     then loaded from ``state``.
     """
-    for plan, layer in zip(plans, adapter.layer_modules(model), strict=True):
+    wrong: list[str] = []
+    for i, (plan, layer) in enumerate(zip(plans, adapter.layer_modules(model), strict=True)):
         ffn = adapter.weights(layer)
-        d_ff = ffn.w_in.shape[0]
+        d_ff, d_model = ffn.w_in.shape
+        before = ffn.params()
+        gated = ffn.w_gate is not None
         placeholder = LayerProfile(
             scores=torch.arange(d_ff, 0, -1, dtype=torch.float64), mean_abs_act=torch.ones(d_ff),
             input_moment=None, act_moment=None, tokens=1,
         )
-        split = split_layer(ffn, placeholder, plan["heavy"], parse_light(plan["light_recipe"])).split
+        recipe = parse_light(plan["light_recipe"])
+        split = split_layer(ffn, placeholder, plan["heavy"], recipe).split
         prefix = f"{plan['module']}."
         split.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
         adapter.install(layer, split)
+        wrong.extend(_contradicted(plan, _layer_facts(i, model, split, d_model, d_ff, before, gated,
+                                                           recipe.structure == "lowrank")))
+    return wrong
+
+
+def _layer_facts(
+    i: int, model: nn.Module, split: SplitFFN, d_model: int, d_ff: int, before: int, gated: bool, lowrank: bool
+) -> dict[str, object]:
+    """What a manifest row may claim about a layer, as the model shows it."""
+    heavy, light = count_params(split.heavy), count_params(split.light)
+    facts: dict[str, object] = {
+        "layer": i, "module": _module_path(model, split), "d_model": d_model, "d_ff": d_ff,
+        "light": d_ff - split.heavy.fc_out.in_features, "gated": gated,
+        "ffn_params_before": before, "ffn_bytes_before": 4 * before,
+        "heavy_params": heavy, "light_params": light, "ffn_params_after": count_params(split),
+    }
+    if not lowrank:  # a low-rank light branch keeps every light neuron, in factors
+        facts["light_kept"] = split.light.fc_out.in_features
+    return facts
+
+
+def _contradicted(plan: dict, facts: dict[str, object]) -> list[str]:
+    where = f"layer {facts['layer']}"
+    wrong = [f"{where}: {key} {plan[key]!r}, the model has {value!r}"
+             for key, value in facts.items() if key in plan and plan[key] != value]
+    if plan.get("heavy") is not None and plan["heavy"] + plan.get("light", 0) != facts["d_ff"]:
+        wrong.append(f"{where}: heavy {plan['heavy']} + light {plan.get('light')} is not d_ff {facts['d_ff']}")
+    return wrong

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ffsplit.artifact import SPLIT_WEIGHTS, LoadedArtifact
-from ffsplit.errors import UsageError
+from ffsplit.errors import CheckFailed, UsageError
 
 
 def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> Any:
@@ -59,17 +59,35 @@ def split_in_place(art: LoadedArtifact, loaded: Any) -> None:
 def _rebuild_into(art: LoadedArtifact, model: Any) -> None:
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import rebuild_split
+    from ffsplit.split.modules import count_params
 
     adapter = find_adapter(model)
     state = read_split_weights(art.folder / SPLIT_WEIGHTS)
+    total_before = count_params(model)
     try:
-        rebuild_split(model, adapter, art.manifest.layers, state)
+        wrong = rebuild_split(model, adapter, art.manifest.layers, state)
     except (KeyError, ValueError, RuntimeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(
             f"{art.folder / SPLIT_WEIGHTS} does not fit the manifest's layers ({type(exc).__name__}: {first}): "
             "re-run ffsplit export"
         ) from None
+    wrong += _contradicted_totals(art.manifest["params"], art.manifest.layers, total_before, count_params(model))
+    if wrong:  # hashes and the embedded copy agree, so the export itself wrote (or a forger re-signed) these
+        raise CheckFailed(f"the manifest describes another model than the one it holds: {'; '.join(wrong[:3])}"
+                          + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""))
+
+
+def _contradicted_totals(params: dict[str, Any], layers: list[dict[str, Any]], before: int, after: int) -> list[str]:
+    """The manifest's parameter totals against the model's (``before``/``after`` the split) and its own rows."""
+    facts = {
+        "total_before": before, "total_after": after,
+        "ffn_before": sum(p["ffn_params_before"] for p in layers), "ffn_after": sum(p["ffn_params_after"] for p in layers),
+        "ffn_bytes_before": sum(p["ffn_bytes_before"] for p in layers),
+        "ffn_bytes_after": sum(p["ffn_bytes_after"] for p in layers),
+    }
+    return [f"params.{key} {params[key]!r}, the model has {value!r}" for key, value in facts.items()
+            if key in params and params[key] != value]
 
 
 def read_split_weights(path: Path) -> dict[str, Any]:
