@@ -107,11 +107,12 @@ def export(model_dir: Path, out: Path, args: list[str]) -> dict:
     return row
 
 
-def _opened_int4_target(folder: Path) -> Path:
-    """cpu-int4 with its accuracy limits opened: random weights have no heavy hitters (this measures speed)."""
-    path = folder / "cpu-int4-random-weights.toml"
-    path.write_text('extends = "cpu-int4"\n[parity.fidelity]\ntop1_agreement = 0.0\ntop5_agreement = 0.0\n'
-                    "generation_agreement = 0.0\nperplexity_ratio = 1000.0\ncosine_min = 0.0\n")
+def _opened_int4_target(folder: Path, form: str = "both") -> Path:
+    """cpu-int4 (in split ``form``) with its accuracy limits opened: random weights have no heavy hitters
+    (this measures speed)."""
+    path = folder / f"cpu-int4-{form}-random-weights.toml"
+    path.write_text(f'extends = "cpu-int4"\nsplit = "{form}"\n[parity.fidelity]\ntop1_agreement = 0.0\n'
+                    "top5_agreement = 0.0\ngeneration_agreement = 0.0\nperplexity_ratio = 1000.0\ncosine_min = 0.0\n")
     return path
 
 
@@ -169,22 +170,27 @@ def time_generation(runner, ids, mask, new_tokens: int) -> tuple[float, float]: 
     return first, time.perf_counter() - t0 - first
 
 
-def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: int) -> list[dict]:
+def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: int,
+          forms: tuple[str, ...] = ("both",)) -> list[dict]:
     import numpy as np
 
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.targets import load_target
 
     work.mkdir(parents=True, exist_ok=True)
-    art = work / "ffsplit-cpu-int4"
-    if not (art / "manifest.json").is_file():
-        export(model_dir, art, ["--target", str(_opened_int4_target(work)), "--task", "causal-lm-with-past",
-                                "--calib-size", "32", "--eval-size", "16", "--max-length", "64", *RANDOM_WEIGHT_LIMITS])
+    models = {}
+    for form in forms:  # each split form of the cpu-int4 target, exported once and kept in `work`
+        art = work / ("ffsplit-cpu-int4" if form == "both" else f"ffsplit-cpu-int4-{form}")
+        if not (art / "manifest.json").is_file():
+            export(model_dir, art, ["--target", str(_opened_int4_target(work, form)), "--task", "causal-lm-with-past",
+                                    "--calib-size", "32", "--eval-size", "16", "--max-length", "64",
+                                    *RANDOM_WEIGHT_LIMITS])
+        models["ffsplit cpu-int4" + ("" if form == "both" else f" split={form}")] = art / "model.onnx"
     peer = work / "ort-int4" / "model.onnx"
     if not peer.is_file():
         peer_int4(model_dir, peer.parent)
     target = load_target("cpu-int4")
-    models = {"ffsplit cpu-int4": art / "model.onnx", "ORT MatMulNBitsQuantizer int4": peer}
+    models["ORT MatMulNBitsQuantizer int4"] = peer
     rng = np.random.default_rng(0)
     rows = []
     runners = {name: make_runner(path, target, timing=True).activate() for name, path in models.items()}
@@ -273,6 +279,7 @@ def main() -> None:
     sp.add_argument("--prompt", type=int, default=128)
     sp.add_argument("--new-tokens", type=int, default=32)
     sp.add_argument("--record", action="store_true")
+    sp.add_argument("--forms", default="both", help="split forms of ffsplit's cpu-int4 to time, comma-separated")
     sub.add_parser("report", help="write results/decoders.md and decoders.png from decoders.json")
     a, rest = p.parse_known_args()
     if a.cmd == "report":
@@ -280,7 +287,7 @@ def main() -> None:
         return
     if a.cmd == "speed":
         rows = speed(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), rounds=a.rounds, prompt=a.prompt,
-                     new_tokens=a.new_tokens)
+                     new_tokens=a.new_tokens, forms=tuple(a.forms.split(",")))
         if a.record:
             record(rows)
         return

@@ -163,9 +163,9 @@ LAYER = table(
         "heavy_score_share": _FRACTION, "gated": boolean, "light_kept": optional(integer(0, 1 << 24)),
         "ffn_bytes_before": _COUNT, "heavy_bytes": _COUNT, "light_bytes": _COUNT, "ffn_bytes_after": _COUNT,
         "light_in_error": optional(number(0.0)), "light_out_error": optional(number(0.0)),
-        "calib_error": optional(number(0.0)),
+        "calib_error": optional(number(0.0)), "split": text(choices=("both", "down")),
     },
-    optional_keys=frozenset({"light_kept", "light_in_error", "light_out_error", "calib_error", "gated"}),
+    optional_keys=frozenset({"light_kept", "light_in_error", "light_out_error", "calib_error", "gated", "split"}),
 )
 
 SCHEMA = table(

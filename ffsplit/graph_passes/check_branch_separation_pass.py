@@ -41,10 +41,11 @@ def expected_matmuls(plans: list[Mapping[str, object]]) -> dict[int, dict[str, i
     """Matrix multiplies each branch of each layer must keep.
 
     A dense (or pruned) branch has one per projection (2, or 3 when gated); a low-rank one two per projection.
+    In the ``down`` split form each branch is its down-projection alone (the shared up-projection is neither's).
     """
     out: dict[int, dict[str, int]] = {}
     for plan in plans:
-        projections = 3 if plan.get("gated") else 2
+        projections = 1 if plan.get("split") == "down" else 3 if plan.get("gated") else 2
         light = 2 * projections if "lowrank" in str(plan["light_recipe"]) else projections
         out[int(plan["layer"])] = {"heavy": projections, "light": light}  # type: ignore[call-overload]
     return out

@@ -33,12 +33,15 @@ INT8_WEIGHT_RANGES = ("auto", "full", "reduced")
 # x86 instructions that add u8 x s8 products straight into int32 (no int16 step that full-range weights saturate)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 FUSIONS = ("none", "ort")
+# "both": each branch its own up- and down-projection; "down": one up-projection over all neurons, heavy
+# first, and only the down-projection split (one multiply and one activation fewer per layer)
+SPLIT_FORMS = ("both", "down")
 SHAPE_AXES = ("batch", "sequence", "past")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # What the graph passes read from a target: two targets equal in these run the same model.onnx.
 GRAPH_FIELDS = (
     "heavy_precision", "light_precision", "int8_compute", "int4_compute", "matmulnbits_accuracy_level", "other_matmuls",
-    "int8_weight_range", "fusions",
+    "int8_weight_range", "fusions", "split",
 )
 OTHER_MATMULS = ("fp32", "int8", "int4")
 # MatMulNBits' accuracy_level: 0 computes in the input's float type (exactly what split torch computed),
@@ -102,6 +105,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "matmulnbits_accuracy_level": (int, False),
     "int8_weight_range": (str, False),
     "fusions": (str, False),
+    "split": (str, False),
     "session_config": (dict, False),
     "openvino": (dict, False),
     "tensorrt": (dict, False),
@@ -156,6 +160,7 @@ class Target:
     matmulnbits_accuracy_level: int = 0
     int8_weight_range: str = "full"
     fusions: str = "none"
+    split: str = "both"
     session_config: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] = field(default_factory=dict)
@@ -208,6 +213,7 @@ class Target:
             "matmulnbits_accuracy_level": self.matmulnbits_accuracy_level,
             "int8_weight_range": self.int8_weight_range,
             "fusions": self.fusions,
+            "split": self.split,
             "session_config": self.session_config,
             "openvino": self.openvino,
             "tensorrt": self.tensorrt,
@@ -296,7 +302,7 @@ def _validate(data: dict[str, Any]) -> list[str]:
     for key, allowed in (
         ("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS), ("int8_compute", INT8_COMPUTE),
         ("int4_compute", INT4_COMPUTE), ("graph_optimization", OPT_LEVELS), ("other_matmuls", OTHER_MATMULS),
-        ("int8_weight_range", INT8_WEIGHT_RANGES), ("fusions", FUSIONS),
+        ("int8_weight_range", INT8_WEIGHT_RANGES), ("fusions", FUSIONS), ("split", SPLIT_FORMS),
     ):
         if isinstance(data.get(key), str) and data[key] not in allowed:
             errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
@@ -500,6 +506,7 @@ def load_target(spec: str) -> Target:
         matmulnbits_accuracy_level=data.get("matmulnbits_accuracy_level", 0),
         int8_weight_range=weight_range(data.get("int8_weight_range", "full")),
         fusions=data.get("fusions", "none"),
+        split=data.get("split", "both"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),
         tensorrt=data.get("tensorrt", {}),

@@ -22,7 +22,15 @@ from ffsplit.split.compress import (
     smooth_int8,
 )
 from ffsplit.split.ffn_adapter import FFNAdapter, FFNWeights
-from ffsplit.split.modules import Branch, SplitFFN, count_params, dense_branch, lowrank_branch
+from ffsplit.split.modules import (
+    Branch,
+    SplitFFN,
+    count_params,
+    dense_branch,
+    down_branch,
+    lowrank_branch,
+    shared_up,
+)
 from ffsplit.split.profile import LayerProfile
 
 
@@ -86,6 +94,7 @@ class LayerPlan:
     light_in_error: float | None = None
     light_out_error: float | None = None
     calib_error: float | None = None  # budget mode: relative FFN output error on calibration inputs
+    split: str = "both"  # "down": one shared up-projection, only the down-projection split
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -118,13 +127,15 @@ def _weights(branch: Branch) -> dict[str, nn.Linear]:
 
 def split_layer(
     ffn: FFNWeights, profile: LayerProfile, k: int, recipe: LightRecipe, heavy_precision: str = "fp32",
-    smooth_alpha: float | None = None, int8_qmax: int = 127,
+    smooth_alpha: float | None = None, int8_qmax: int = 127, form: str = "both",
 ) -> SplitResult:
     """Build the SplitFFN for one layer's FFN: structure, then quantiser, then heavy precision.
 
     ``smooth_alpha`` smooths the activation of the light branch's dense int8
     input projections (fc_in, fc_gate), for runtimes that quantise activations;
     ``int8_qmax`` is the int8 grid's largest magnitude (64 where a CPU kernel could saturate).
+    ``form`` ``down`` keeps one up-projection over all neurons (heavy first, at the precision the
+    runtime gives the model's other projections) and splits only the down-projection.
     """
     order = torch.argsort(profile.scores, descending=True)
     heavy_idx = torch.sort(order[:k]).values
@@ -144,10 +155,26 @@ def split_layer(
     def gate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         return None if ffn.w_gate is None else (ffn.w_gate[idx], _rows(ffn.b_gate, idx))
 
-    heavy = dense_branch(ffn.w_in[heavy_idx], _rows(ffn.b_in, heavy_idx), ffn.w_out[:, heavy_idx], ffn.act, gate(heavy_idx))
     w_in_l, w_out_l = ffn.w_in[light_idx], ffn.w_out[:, light_idx]
     errors: dict[str, float | None] = {"light_in_error": None, "light_out_error": None}
-    if recipe.structure in ("dense", "prune"):
+    up = None
+    if form == "down":
+        both = torch.cat([heavy_idx, light_idx])
+        up = shared_up(ffn.w_in[both], _rows(ffn.b_in, both), ffn.act, gate(both))
+        heavy = down_branch(ffn.w_out[:, heavy_idx])
+    else:
+        heavy = dense_branch(ffn.w_in[heavy_idx], _rows(ffn.b_in, heavy_idx), ffn.w_out[:, heavy_idx], ffn.act,
+                             gate(heavy_idx))
+    if form == "down" and recipe.structure in ("dense", "prune"):
+        light = down_branch(w_out_l)
+    elif form == "down":
+        assert recipe.rank is not None
+        mom_a = None if profile.act_moment is None else profile.act_moment[light_idx][:, light_idx]
+        if mom_a is None:  # a skeleton (rebuild_split): shapes only
+            light = down_branch(w_out_l, (torch.zeros(recipe.rank, w_out_l.shape[1]), torch.zeros(w_out_l.shape[0], recipe.rank)))
+        else:
+            light = down_branch(w_out_l, lowrank_factors(w_out_l, rank=recipe.rank, moment=mom_a))
+    elif recipe.structure in ("dense", "prune"):
         light = dense_branch(w_in_l, _rows(ffn.b_in, light_idx), w_out_l, ffn.act, gate(light_idx))
     else:
         assert recipe.rank is not None
@@ -181,7 +208,7 @@ def split_layer(
                 quantized[f"heavy.{name}.weight"] = dataclasses.replace(qw, weight=lin.weight.detach())
     if not recipe.exact:
         errors = _light_errors(ffn, profile, light, light_idx, dropped, w_in_l, w_out_l)
-    return SplitResult(SplitFFN(heavy, light, b_out), heavy_idx, errors, quantized)
+    return SplitResult(SplitFFN(heavy, light, b_out, up), heavy_idx, errors, quantized)
 
 
 def _activations(ffn: FFNWeights, x: torch.Tensor) -> torch.Tensor:
@@ -210,9 +237,10 @@ def _light_errors(
         return lights[f"{prefix}.up"].weight.detach() @ lights[f"{prefix}.down"].weight.detach()
 
     mu = profile.act_mean[dropped] if profile.act_mean is not None else torch.zeros(len(dropped), dtype=torch.float64)
+    has_in = light.fc_in is not None  # the down form's light branch has only its down-projection
     if profile.input_moment is not None and profile.act_moment is not None:
         mom_a = profile.act_moment[light_idx][:, light_idx]
-        err_in = activation_error(w_in_l, effective("fc_in"), profile.input_moment)
+        err_in = activation_error(w_in_l, effective("fc_in"), profile.input_moment) if has_in else None
         err_out = activation_error(w_out_l, effective("fc_out"), mom_a)
         if len(dropped):  # dropped neurons cost their centred contribution (their mean went into the bias)
             cov = profile.act_moment[dropped][:, dropped] - torch.outer(mu, mu)
@@ -226,7 +254,7 @@ def _light_errors(
         def on_samples(inputs: torch.Tensor, w: torch.Tensor, w_hat: torch.Tensor) -> float:
             return float(torch.linalg.norm(inputs @ (w.double() - w_hat.double()).T)) / root
 
-        err_in = on_samples(x, w_in_l, effective("fc_in"))
+        err_in = on_samples(x, w_in_l, effective("fc_in")) if has_in else None
         err_out = on_samples(a[:, light_idx], w_out_l, effective("fc_out"))
         if len(dropped):
             w_d = ffn.w_out[:, dropped]
@@ -257,6 +285,7 @@ def split_model(
     per_layer: list[tuple[int, LightRecipe]] | None = None,
     smooth_alpha: float | None = None,
     int8_qmax: int = 127,
+    form: str = "both",
 ) -> tuple[list[LayerPlan], dict[str, torch.Tensor], dict[str, Quantized]]:
     """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
     every quantised weight (by full parameter path). ``per_layer`` (budget mode) gives each layer
@@ -265,7 +294,8 @@ def split_model(
     when it quantises a branch itself (NNCF): recorded in the plan, not applied
     to the weights here.
 
-    Module paths in the plan are relative to ``model`` (a task model or a backbone).
+    Module paths in the plan are relative to ``model`` (a task model or a backbone). ``form``: the
+    split form (``split_layer``).
     """
     plans: list[LayerPlan] = []
     indices: dict[str, torch.Tensor] = {}
@@ -278,13 +308,14 @@ def split_model(
             k, recipe = per_layer[i]
         else:
             k = heavy_count(d_ff, heavy_ratio)
-        res = split_layer(ffn, prof, k, recipe, heavy_precision, smooth_alpha, int8_qmax)
+        res = split_layer(ffn, prof, k, recipe, heavy_precision, smooth_alpha, int8_qmax, form)
         split = res.split
         adapter.install(layer, split)
         module = _module_path(model, split)
         indices[module] = res.heavy_idx
         quantized.update({f"{module}.{name}": q for name, q in res.quantized.items()})
-        bias_bytes = 0 if split.bias is None else split.bias.numel() * 4
+        # the bias, and the down form's shared up-projection, belong to neither branch
+        bias_bytes = 4 * (count_params(split) - count_params(split.heavy) - count_params(split.light))
         heavy_bytes, light_bytes = res.nbytes("heavy"), res.nbytes("light")
         plans.append(
             LayerPlan(
@@ -297,7 +328,7 @@ def split_model(
                 gated=ffn.w_gate is not None,
                 light_kept=split.light.fc_out.in_features if recipe.structure != "lowrank" else d_ff - k,
                 ffn_bytes_before=4 * before, heavy_bytes=heavy_bytes, light_bytes=light_bytes,
-                ffn_bytes_after=heavy_bytes + light_bytes + bias_bytes, **res.errors,
+                ffn_bytes_after=heavy_bytes + light_bytes + bias_bytes, **res.errors, split=form,
             )
         )
     return plans, indices, quantized
@@ -335,7 +366,7 @@ def rebuild_split(
             input_moment=None, act_moment=None, tokens=1,
         )
         recipe = parse_light(plan["light_recipe"])
-        split = split_layer(ffn, placeholder, plan["heavy"], recipe).split
+        split = split_layer(ffn, placeholder, plan["heavy"], recipe, form=plan.get("split", "both")).split
         prefix = f"{plan['module']}."
         split.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
         adapter.install(layer, split)
@@ -351,7 +382,7 @@ def _layer_facts(
     heavy, light = count_params(split.heavy), count_params(split.light)
     facts: dict[str, object] = {
         "layer": i, "module": _module_path(model, split), "d_model": d_model, "d_ff": d_ff,
-        "light": d_ff - split.heavy.fc_out.in_features, "gated": gated,
+        "light": d_ff - split.heavy.fc_out.in_features, "gated": gated, "split": split.form,
         "ffn_params_before": before, "ffn_bytes_before": 4 * before,
         "heavy_params": heavy, "light_params": light, "ffn_params_after": count_params(split),
     }

@@ -27,10 +27,14 @@ class Branch(nn.Module):
     """``fc_out(act(fc_in(x)))`` over a subset of the FFN's neurons; no output bias.
 
     Gated (Llama-style) branches compute ``fc_out(act(fc_gate(x)) * fc_in(x))``
-    with the same neurons selected from the gate and the up projection.
+    with the same neurons selected from the gate and the up projection. A
+    branch of the ``down`` split form has no ``fc_in``: its input is already
+    its neurons' activations, and it computes ``fc_out(x)``.
     """
 
-    def __init__(self, fc_in: nn.Module, act: nn.Module, fc_out: nn.Module, fc_gate: nn.Module | None = None) -> None:
+    def __init__(
+        self, fc_in: nn.Module | None, act: nn.Module | None, fc_out: nn.Module, fc_gate: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.fc_gate = fc_gate
         self.fc_in = fc_in
@@ -38,26 +42,57 @@ class Branch(nn.Module):
         self.fc_out = fc_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc_in is None:
+            return self.fc_out(x)
+        assert self.act is not None
         if self.fc_gate is None:
             return self.fc_out(self.act(self.fc_in(x)))
         return self.fc_out(self.act(self.fc_gate(x)) * self.fc_in(x))
 
 
+class SharedUp(nn.Module):
+    """The ``down`` split form's up-projection: every neuron's activation at once, the heavy ones first
+    (``act(fc_gate(x)) * fc_in(x)`` when gated). It belongs to neither branch."""
+
+    def __init__(self, fc_in: nn.Module, act: nn.Module, fc_gate: nn.Module | None = None) -> None:
+        super().__init__()
+        self.fc_gate = fc_gate
+        self.fc_in = fc_in
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc_gate is None:
+            return self.act(self.fc_in(x))
+        return self.act(self.fc_gate(x)) * self.fc_in(x)
+
+
 class SplitFFN(nn.Module):
-    """An FFN computed as ``heavy(x) + light(x) + bias``.
+    """An FFN computed as ``heavy(x) + light(x) + bias`` (split form ``both``), or, with a shared
+    up-projection (form ``down``), ``heavy(h[..., :k]) + light(h[..., k:]) + bias`` with ``h = up(x)``:
+    one up-projection over all neurons and only the down-projection split.
 
     The output bias belongs to neither branch: it is added once, by a node the
-    tag pass marks ``merge``.
+    tag pass marks ``merge`` (as are the two slices of the ``down`` form).
     """
 
-    def __init__(self, heavy: Branch, light: Branch, bias: torch.Tensor | None) -> None:
+    def __init__(self, heavy: Branch, light: Branch, bias: torch.Tensor | None, up: SharedUp | None = None) -> None:
         super().__init__()
+        self.up = up
         self.heavy = heavy
         self.light = light
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        self.k = heavy.fc_out.in_features if up is not None else 0
+
+    @property
+    def form(self) -> str:
+        return "both" if self.up is None else "down"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.heavy(x) + self.light(x)
+        if self.up is None:
+            y = self.heavy(x) + self.light(x)
+        else:
+            h = self.up(x)
+            y = self.heavy(h[..., : self.k]) + self.light(h[..., self.k :])
         if self.bias is not None:
             y = y + self.bias
         return y
@@ -93,6 +128,18 @@ def dense_branch(
     """A branch holding the given weight rows/columns at full precision (``gate``: (w, b) of a gated MLP)."""
     fc_gate = None if gate is None else _linear(*gate)
     return Branch(_linear(w_in, b_in), act, _linear(w_out, None), fc_gate)
+
+
+def shared_up(
+    w_in: torch.Tensor, b_in: torch.Tensor | None, act: nn.Module, gate: tuple[torch.Tensor, torch.Tensor | None] | None
+) -> SharedUp:
+    """The ``down`` form's up-projection over the given neuron rows (``gate``: (w, b) of a gated MLP)."""
+    return SharedUp(_linear(w_in, b_in), act, None if gate is None else _linear(*gate))
+
+
+def down_branch(w_out: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> Branch:
+    """A ``down``-form branch: only its down-projection, dense or factorised (``factors``: (down, up))."""
+    return Branch(None, None, _linear(w_out, None) if factors is None else _lowrank(factors, None))
 
 
 def lowrank_branch(

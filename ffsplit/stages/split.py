@@ -51,7 +51,7 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
         model, adapter, profiles, heavy_ratio=plan.heavy_ratio, recipe=plan.recipe,
         heavy_precision="fp32" if plan.nncf else plan.heavy, planned_heavy=plan.heavy,
         light_precision=plan.planned_light, per_layer=per_layer, smooth_alpha=plan.smooth_alpha,
-        int8_qmax=plan.int8_qmax,
+        int8_qmax=plan.int8_qmax, form=plan.target.split,
     )
     if budget is not None:
         for plan_obj, row in zip(plan_objs, budget["plan"], strict=True):

@@ -34,13 +34,13 @@ def _outputs(model: torch.nn.Module, tokenizer, texts: list[str]) -> torch.Tenso
         return model(**batch).last_hidden_state
 
 
-def _split(path: str, recipe: str, ratio: float = 0.1, n: int = 16) -> tuple:
+def _split(path: str, recipe: str, ratio: float = 0.1, n: int = 16, form: str = "both") -> tuple:
     loaded = load_model(path)
     adapter = find_adapter(loaded.model)
     texts = calibration_texts(limit=n)
     profiles = profile_model(loaded.model, adapter, loaded.tokenizer, texts, max_length=64, progress=False)
     split = copy.deepcopy(loaded.model)
-    plans, idx, _ = split_model(split, adapter, profiles, heavy_ratio=ratio, recipe=parse_light(recipe))
+    plans, idx, _ = split_model(split, adapter, profiles, heavy_ratio=ratio, recipe=parse_light(recipe), form=form)
     return loaded, adapter, split, plans, idx, profiles
 
 
@@ -82,11 +82,12 @@ def test_profile_ignores_padding(tiny_bert_dir: Path) -> None:
     torch.testing.assert_close(batched[0].scores, both_alone[0].scores, atol=1e-5, rtol=1e-4)
 
 
-def test_split_state_round_trips(tiny_bert_dir: Path) -> None:
-    loaded, adapter, split, plans, _, _ = _split(str(tiny_bert_dir), "lowrank:8")
+@pytest.mark.parametrize(("form", "recipe"), [("both", "lowrank:8"), ("down", "lowrank:8+int8"), ("down", "prune:0.5")])
+def test_split_state_round_trips(tiny_bert_dir: Path, form: str, recipe: str) -> None:
+    loaded, adapter, split, plans, _, _ = _split(str(tiny_bert_dir), recipe, form=form)
     state = split_state(split, plans)
     rebuilt = copy.deepcopy(loaded.model)
-    rebuild_split(rebuilt, adapter, [p.to_json() for p in plans], state)
+    assert rebuild_split(rebuilt, adapter, [p.to_json() for p in plans], state) == []  # every claim holds
     texts = calibration_texts(limit=4)
     torch.testing.assert_close(_outputs(rebuilt, loaded.tokenizer, texts), _outputs(split, loaded.tokenizer, texts))
 
@@ -123,9 +124,12 @@ def test_rank_must_be_smaller_than_light_width(tiny_bert_dir: Path) -> None:
     ratio=st.floats(0.05, 0.6),
     act=st.sampled_from(["gelu", "relu", "silu", "gated-silu"]),
     seed=st.integers(0, 2**16),
+    form=st.sampled_from(["both", "down"]),
 )
-def test_split_partitions_neurons_and_none_is_exact(d_model: int, d_ff: int, ratio: float, act: str, seed: int) -> None:
-    """For random FFN shapes and activations (gated too), heavy and light partition the neurons and none is exact."""
+def test_split_partitions_neurons_and_none_is_exact(d_model: int, d_ff: int, ratio: float, act: str, seed: int,
+                                                   form: str) -> None:
+    """For random FFN shapes and activations (gated too), in both split forms, heavy and light partition the
+    neurons and none is exact."""
     torch.manual_seed(seed)
     try:
         k = heavy_count(d_ff, ratio)
@@ -140,7 +144,7 @@ def test_split_partitions_neurons_and_none_is_exact(d_model: int, d_ff: int, rat
     )
     scores = torch.rand(d_ff, dtype=torch.float64)
     prof = LayerProfile(scores=scores, mean_abs_act=scores, input_moment=None, act_moment=None, tokens=1)
-    res = split_layer(ffn, prof, k, LightRecipe())
+    res = split_layer(ffn, prof, k, LightRecipe(), form=form)
     split, heavy_idx = res.split, res.heavy_idx
     light = sorted(set(range(d_ff)) - set(heavy_idx.tolist()))
     assert len(heavy_idx) == k and len(light) == d_ff - k
@@ -211,3 +215,24 @@ def test_a_quantised_weight_is_held_once(tiny_bert_dir: Path) -> None:
     assert {p.split(".")[-3] for p in quantized} == {"heavy", "light"}
     for path, qw in quantized.items():
         assert qw.weight.data_ptr() == params[path].data_ptr(), path
+
+
+@pytest.mark.parametrize("recipe", ["none", "int8", "prune:0.5+int4", "lowrank:8"])
+def test_the_down_form_shares_the_up_projection_and_splits_the_down(tiny_bert_dir: Path, recipe: str) -> None:
+    """One up-projection over every kept neuron, heavy first; each branch is its down-projection alone, the
+    light one compressed by the recipe; none stays exact."""
+    loaded, _, split, plans, idx, _ = _split(str(tiny_bert_dir), recipe, ratio=0.25, form="down")
+    texts = calibration_texts(limit=8)
+    ref, got = _outputs(loaded.model, loaded.tokenizer, texts), _outputs(split, loaded.tokenizer, texts)
+    for p in plans:
+        ffn = split.get_submodule(p.module)
+        assert p.split == "down" and ffn.form == "down" and ffn.heavy.fc_in is None and ffn.light.fc_in is None
+        kept = p.light_kept if recipe != "lowrank:8" else p.light
+        assert ffn.up.fc_in.weight.shape == (p.heavy + kept, p.d_model)
+        assert ffn.heavy.fc_out.weight.shape == (p.d_model, p.heavy)
+        assert p.heavy_params == p.d_model * p.heavy and p.light_in_error is None
+        assert (p.light_out_error is None) == (recipe == "none")
+    if recipe == "none":
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    else:
+        assert 0 < float((ref - got).abs().max()) < 1.0
