@@ -171,7 +171,7 @@ def time_generation(runner, ids, mask, new_tokens: int) -> tuple[float, float]: 
 
 
 def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: int,
-          forms: tuple[str, ...] = ("both",)) -> list[dict]:
+          forms: tuple[str, ...] = ("down", "both")) -> list[dict]:
     import numpy as np
 
     from ffsplit.runtimes.base import make_runner
@@ -185,7 +185,7 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
             export(model_dir, art, ["--target", str(_opened_int4_target(work, form)), "--task", "causal-lm-with-past",
                                     "--calib-size", "32", "--eval-size", "16", "--max-length", "64",
                                     *RANDOM_WEIGHT_LIMITS])
-        models["ffsplit cpu-int4" + ("" if form == "both" else f" split={form}")] = art / "model.onnx"
+        models[f"ffsplit cpu-int4 split={form}"] = art / "model.onnx"
     peer = work / "ort-int4" / "model.onnx"
     if not peer.is_file():
         peer_int4(model_dir, peer.parent)
@@ -279,7 +279,7 @@ def main() -> None:
     sp.add_argument("--prompt", type=int, default=128)
     sp.add_argument("--new-tokens", type=int, default=32)
     sp.add_argument("--record", action="store_true")
-    sp.add_argument("--forms", default="both", help="split forms of ffsplit's cpu-int4 to time, comma-separated")
+    sp.add_argument("--forms", default="down,both", help="split forms of ffsplit's cpu-int4 to time, comma-separated")
     sub.add_parser("report", help="write results/decoders.md and decoders.png from decoders.json")
     a, rest = p.parse_known_args()
     if a.cmd == "report":

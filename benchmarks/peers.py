@@ -184,12 +184,22 @@ def build(work: Path, log: Any) -> list[dict[str, Any]]:
         "openvino")
 
     loose = {"cosine_mean": 0.0, "cosine_min": 0.0, "retrieval_at10": 0.0}
+
+    def down(base: str) -> str:  # the shipped target in the "down" split form
+        path = work / f"{base}-down.toml"
+        path.write_text(f'extends = "{base}"\nsplit = "down"\n')
+        return str(path)
+
     runs = [
         ("ffsplit cpu-int8 (light int8, heavy 10% fp32)", {"target": "cpu-int8"}),
         ("ffsplit cpu-int8-full, heavy 10% fp32", {"target": "cpu-int8-full"}),
         ("ffsplit openvino-int8, heavy 10% fp32", {"target": "openvino-int8"}),
         ("ffsplit openvino-int8, heavy 5% fp32", {"target": "openvino-int8", "heavy_ratio": 0.05}),
         ("ffsplit openvino-int8, heavy 10% int8 (own scales)", {"target": "openvino-int8", "heavy": "int8"}),
+        # one up-projection over all neurons, only the down-projection split
+        ("ffsplit openvino-int8 split=down, heavy 10% fp32", {"target": down("openvino-int8")}),
+        ("ffsplit openvino-int8 split=down, heavy 5% fp32", {"target": down("openvino-int8"), "heavy_ratio": 0.05}),
+        ("ffsplit cpu-int8-full split=down, heavy 10% fp32", {"target": down("cpu-int8-full")}),
     ]
     for name, kwargs in runs:
         out = work / "".join(c if c.isalnum() else "-" for c in name)

@@ -88,7 +88,8 @@ def test_qdq_target_calibrates_static_activation_scales(tiny_bert_dir: Path, tmp
     assert res.manifest["separation"]["precisions"]["1"] == {"heavy": ["fp32"], "light": ["int8"]}
 
 
-def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(family_root: Path, tmp_path: Path,
+@pytest.mark.parametrize("form", ["both", "down"])
+def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(form: str, family_root: Path, tmp_path: Path,
                                                                           cache_dir: Path) -> None:
     """cpu-int4: the heavy hitters int8, the light branch and every multiply outside the split (attention, the
     LM head) int4, all MatMulNBits with int8 activations, on the KV-cache graph a decoder ships with. Random weights
@@ -98,8 +99,8 @@ def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(family_
 
     model = save_family_model("llama", family_root)
     target = tmp_path / "int4-random.toml"
-    target.write_text('extends = "cpu-int4"\n[parity.fidelity]\ntop1_agreement = 0.0\ngeneration_agreement = 0.0\n'
-                      "perplexity_ratio = 1000.0\n")
+    target.write_text(f'extends = "cpu-int4"\nsplit = "{form}"\n[parity.fidelity]\ntop1_agreement = 0.0\n'
+                      "generation_agreement = 0.0\nperplexity_ratio = 1000.0\n")
     opened = {"top1_agreement": 0.0, "top5_agreement": 0.0, "perplexity_ratio": 1000.0}
     out = tmp_path / "i4"
     m = api.export(str(model), out, target=str(target), task="causal-lm-with-past", heavy_ratio=0.25, limits=opened,
@@ -112,8 +113,39 @@ def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(family_
     other = [n for n in nbits if not n.name.startswith("ffsplit/")]
     bits = {n.name.split("/")[2]: {a.i for a in n.attribute if a.name == "bits"} for n in nbits if n not in other}
     assert bits == {"heavy": {8}, "light": {4}}
-    assert len(nbits) - len(other) == 2 * 3 * 2  # per layer and branch: gate, up, down
-    assert len(other) == 2 * 4 + 1  # per layer q, k, v, o; and the LM head
+    if form == "both":
+        assert len(nbits) - len(other) == 2 * 3 * 2  # per layer and branch: gate, up, down
+        assert len(other) == 2 * 4 + 1  # per layer q, k, v, o; and the LM head
+    else:  # per layer one down-projection per branch; the shared gate and up are int4 like q, k, v, o
+        assert len(nbits) - len(other) == 2 * 1 * 2
+        assert len(other) == 2 * (4 + 2) + 1
+        assert m["separation"]["matmuls"] == {str(i): {"heavy": 1, "light": 1} for i in range(2)}
     assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
     assert "QuantizeOtherMatMulsInt4Pass" in [p["pass"] for p in m["graph_passes"]]
     assert m["parity"]["comparisons"]["fidelity"]["metrics"]["max_abs"] > 1e-4  # the runtime rounds: not fp32-exact
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_the_down_split_form_is_exact_and_guarded(family: str, family_root: Path, tmp_path: Path,
+                                                  cache_dir: Path) -> None:
+    """split = "down": one up-projection over all neurons (heavy first) and the down-projection split. With
+    --light none it equals the original to fp32 rounding (the three-way check); with an int8 light branch
+    the guard finds, per layer, one heavy multiply at fp32 and one light at int8 in what ONNX Runtime runs."""
+    from conftest import save_family_model
+
+    model = save_family_model(family, family_root)
+    target = tmp_path / "down.toml"
+    target.write_text('extends = "cpu"\nsplit = "down"\n')
+    task = "causal-lm" if family == "llama" else "feature-extraction"
+    opts = {"calib_size": 16, "eval_size": 16, "max_length": 32, "progress": False, "task": task}
+    m = api.export(str(model), tmp_path / "none", target=str(target), light="none", **opts).manifest
+    assert m["checks"]["exact"] and m["parity"]["passed"] and {p["split"] for p in m["layers"]} == {"down"}
+    assert m["separation"]["matmuls"] == {str(p["layer"]): {"heavy": 1, "light": 1} for p in m["layers"]}
+    out = tmp_path / "int8"
+    m = api.export(str(model), out, target=str(target), light="int8", limits=LENIENT if family == "bert" else
+                   {"top1_agreement": 0.0, "top5_agreement": 0.0, "perplexity_ratio": 1000.0}, **opts).manifest
+    assert m["separation"]["precisions"] == {str(p["layer"]): {"heavy": ["fp32"], "light": ["int8"]} for p in m["layers"]}
+    graph = onnx.load(str(out / "model.onnx")).graph
+    tagged = [n.name.split("/")[2] for n in graph.node if n.name.startswith("ffsplit/") and "MatMul" in n.op_type]
+    assert sorted(tagged) == sorted(["heavy", "light"] * len(m["layers"]))
+    assert api.check(out).passed

@@ -117,3 +117,14 @@ def test_bench_measures_the_lossy_baseline_and_ffsplit_alike(ov_int8_artifact: P
     assert all(0.0 <= values[names.index(k)] <= 1.0 for values in rows.values() for k in ("cosine_min", "retrieval_at10"))
     text = report.read_text()
     assert "original = the original model with NNCF static int8" in text and "| ffsplit | " in text
+
+
+def test_the_down_split_form_on_openvino(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """split = "down" on OpenVINO + NNCF: the shared up-projection is quantised with the model's other
+    multiplies, and OpenVINO still runs one fp32 heavy and one int8 light down-projection per layer."""
+    target = tmp_path / "ov-down.toml"
+    target.write_text('extends = "openvino-int8"\nsplit = "down"\n')
+    m = api.export(str(tiny_bert_dir), tmp_path / "art", target=str(target), progress=False, **FAST).manifest
+    assert m["separation"]["matmuls"] == {str(i): {"heavy": 1, "light": 1} for i in range(2)}
+    assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in range(2)}
+    assert m["parity"]["passed"] and {p["split"] for p in m["layers"]} == {"down"}

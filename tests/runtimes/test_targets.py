@@ -124,6 +124,7 @@ def test_new_keys_are_checked(tmp_path: Path) -> None:
         ('int8_compute = "dynamic"', 'int8_compute = "nncf"', "int8_compute 'nncf' (NNCF static int8 in an OpenVINO IR) needs runtime 'openvino'"),
         ('fusions = "ort"', 'fusions = "tensorrt"', "fusions 'tensorrt' is not one of none, ort"),
         ('int8_weight_range = "auto"', 'int8_weight_range = "7bit"', "int8_weight_range '7bit' is not one of auto, full, reduced"),
+        ('fusions = "ort"', 'fusions = "ort"\nsplit = "up"', "split 'up' is not one of both, down"),
     ):
         path = tmp_path / "t.toml"
         path.write_text(base.replace(old, new))
@@ -204,6 +205,8 @@ def test_graph_differences_name_what_shapes_the_graph(tmp_path: Path) -> None:
     (tmp_path / "wide.toml").write_text('extends = "cpu"\nproviders = ["CUDAExecutionProvider"]\n'
                                         "[shapes]\nbatch = [1, 64, 256]\n")
     assert cpu.graph_differences(load_target(str(tmp_path / "wide.toml"))) == []
+    (tmp_path / "down.toml").write_text('extends = "cpu"\nsplit = "down"\n')
+    assert cpu.graph_differences(load_target(str(tmp_path / "down.toml"))) == ["split both vs down"]
     (tmp_path / "narrow.toml").write_text('extends = "cpu-int8"\nint8_weight_range = "reduced"\n')
     assert cpu.graph_differences(load_target(str(tmp_path / "narrow.toml"))) == [
         "light_precision fp32 vs int8", "int8_compute weight-only vs dynamic", "int8_weight_range full vs reduced",
