@@ -200,6 +200,11 @@ def build(work: Path, log: Any) -> list[dict[str, Any]]:
         ("ffsplit openvino-int8 split=down, heavy 10% fp32", {"target": down("openvino-int8")}),
         ("ffsplit openvino-int8 split=down, heavy 5% fp32", {"target": down("openvino-int8"), "heavy_ratio": 0.05}),
         ("ffsplit cpu-int8-full split=down, heavy 10% fp32", {"target": down("cpu-int8-full")}),
+        # a structured light branch: the lowest-scoring light neurons pruned from both projections
+        ("ffsplit openvino-int8 split=down, heavy 10% fp32, light prune:0.25",
+         {"target": down("openvino-int8"), "light": "prune:0.25"}),
+        ("ffsplit openvino-int8 split=down, heavy 10% fp32, light prune:0.5",
+         {"target": down("openvino-int8"), "light": "prune:0.5"}),
     ]
     for name, kwargs in runs:
         out = work / "".join(c if c.isalnum() else "-" for c in name)
