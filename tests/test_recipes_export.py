@@ -37,7 +37,7 @@ def test_quantised_light_and_int8_heavy_export_and_check(tiny_bert_dir: Path, tm
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert ops.count("MatMulNBits") == 4 and ops.count("DequantizeLinear") == 4
     assert [p["pass"] for p in m["graph_passes"]] == [
-        "TagBranchesPass", "CleanupGraphPass", "RemoveSoftmaxNanGuardPass", "QuantizeBranchWeightsPass",
+        "TagBranchesPass", "CleanupGraphPass", "RemoveSoftmaxNanGuardPass", "StripTracesPass", "QuantizeBranchWeightsPass",
         "CheckBranchSeparationPass",
     ]
 

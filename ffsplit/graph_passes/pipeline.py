@@ -7,6 +7,8 @@
    integers written next (it never folds DequantizeLinear either).
    ``RemoveSoftmaxNanGuardPass`` then drops transformers' NaN guards after
    attention softmaxes where the mask is finite (exact, and ~10% of MiniLM's time).
+   ``StripTracesPass`` drops the exporter's per-node stack traces (the
+   exporting machine's paths) and FX node dumps.
    ``FuseGraphPass`` (targets with ``fusions = "ort"``) applies onnxscript's
    ONNX Runtime fusions (MultiHeadAttention, SkipLayerNormalization, BiasGelu),
    proving afterwards that every tagged MatMul survived.
@@ -47,6 +49,7 @@ from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeig
 from ffsplit.graph_passes.quantize_other_matmuls_int4_pass import QuantizeOtherMatMulsInt4Pass
 from ffsplit.graph_passes.quantize_other_matmuls_pass import QuantizeOtherMatMulsPass
 from ffsplit.graph_passes.remove_softmax_nan_guard_pass import RemoveSoftmaxNanGuardPass
+from ffsplit.graph_passes.strip_traces_pass import StripTracesPass
 from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
 from ffsplit.precisions import HALF_FLOATS
 
@@ -100,7 +103,7 @@ def run_passes(model: ir.Model, passes: Sequence[PassBase]) -> tuple[ir.Model, l
 
 def generic_passes(*, fusions: str = "none") -> list[PassBase]:
     """Step 2, the passes that do not depend on the split: the original model gets them too when compared."""
-    passes: list[PassBase] = [CleanupGraphPass(), RemoveSoftmaxNanGuardPass()]
+    passes: list[PassBase] = [CleanupGraphPass(), RemoveSoftmaxNanGuardPass(), StripTracesPass()]
     if fusions == "ort":
         passes.append(FuseGraphPass())
     return passes

@@ -60,7 +60,7 @@ def test_a_failing_pass_is_named_with_the_passes_before_it(bad: InPlacePass, say
 
 def test_generic_passes_are_one_list() -> None:
     """Export, the bench baseline and the benchmarks all take this list: cleanup and NaN guards, plus fusions."""
-    assert [type(p).__name__ for p in generic_passes()] == ["CleanupGraphPass", "RemoveSoftmaxNanGuardPass"]
+    assert [type(p).__name__ for p in generic_passes()] == ["CleanupGraphPass", "RemoveSoftmaxNanGuardPass", "StripTracesPass"]
     assert [type(p).__name__ for p in generic_passes(fusions="ort")][-1] == "FuseGraphPass"
 
 
