@@ -22,8 +22,11 @@ from ffsplit.precisions import PRECISIONS
 
 # The newest manifest layout: 2 added `checks` (the limits `check` applies, decided at export).
 FORMAT = 2
-# Keys written after the model was saved; every other key is also embedded in model.onnx.
-POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "memory", "files", "packed", "build"})
+# Keys the export learns after the model was saved, or records about the run itself (when it ran); every
+# other key is also embedded in model.onnx, so two exports of the same source with the same options and
+# library versions write the same model.onnx.
+POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "memory", "files", "packed", "build",
+                              "created"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 Check = Callable[[Any, str, list[str]], None]

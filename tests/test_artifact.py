@@ -124,3 +124,20 @@ def test_every_stage_reports_its_time_and_peak_memory(tiny_none_artifact: Path) 
     assert all(v > 0 for v in m["memory"]["peak_mb"].values())
     assert isinstance(m["memory"]["per_stage"], bool)
     assert not any(rel.startswith(".parity") for rel in m["files"]) and not (tiny_none_artifact / ".parity").exists()
+
+
+def test_two_exports_of_the_same_source_are_byte_identical(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """Same source, options and library versions: every file but manifest.json is byte-identical, and the
+    manifests differ only in when the run happened and what it measured about itself."""
+    import json
+
+    from ffsplit import api
+    from ffsplit.artifact import list_files, sha256_file
+
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        api.export(str(tiny_bert_dir), out, light="int8", calib_size=16, eval_size=16, max_length=16, progress=False)
+    hashes = [{rel: sha256_file(p) for rel, p in list_files(out)[0].items() if rel != "manifest.json"} for out in outs]
+    assert hashes[0] == hashes[1] and "runtime/cpu/optimized.onnx" in hashes[0]
+    a, b = (json.loads((out / "manifest.json").read_text()) for out in outs)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= {"created", "timings", "memory"}
