@@ -116,11 +116,8 @@ def _opened_int4_target(folder: Path, form: str = "both") -> Path:
     return path
 
 
-def peer_int4(model_dir: Path, out: Path) -> Path:
-    """The original with the same exporter (KV cache), every MatMul int4 by ONNX Runtime's MatMulNBitsQuantizer."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+def _fp32_export(model_dir: Path, out: Path) -> Path:
+    """The original with ffsplit's exporter (KV cache) and generic passes, fp32: what both peers start from."""
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
     from ffsplit.loading import load_model
@@ -132,7 +129,57 @@ def peer_int4(model_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / "fp32.onnx"
     save_model(program, fp32)
-    del program
+    return fp32
+
+
+def peer_ov_int4(model_dir: Path, out: Path) -> Path:
+    """The original in OpenVINO with NNCF's ``compress_weights`` int4: symmetric, groups of 128, every layer
+    but the embeddings and the LM head (NNCF keeps those int8) - the recipe of OpenVINO's own int4 model
+    releases (``optimum-cli export openvino --weight-format int4 --sym --group-size 128 --ratio 1.0``)."""
+    import nncf
+    import openvino as ov
+
+    from ffsplit.loading import no_telemetry
+
+    no_telemetry()
+    fp32 = _fp32_export(model_dir, out)
+    model = nncf.compress_weights(ov.convert_model(str(fp32)), mode=nncf.CompressWeightsMode.INT4_SYM,
+                                  group_size=128, ratio=1.0)
+    path = out / "model.xml"
+    ov.save_model(model, str(path))
+    for f in out.glob("fp32.onnx*"):
+        f.unlink()
+    return path
+
+
+class OvGeneration:
+    """An OpenVINO model in ``time_generation``'s loop: ``feed_from`` and ``infer`` as ffsplit's runners give
+    them (the feed comes from a runner of the same exported graph)."""
+
+    def __init__(self, xml: Path, like: object) -> None:
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(str(xml), "CPU")  # OpenVINO's defaults, as a user runs it
+        self.request = self.compiled.create_infer_request()
+        self.like = like
+
+    def feed_from(self, batch: dict) -> dict:
+        return self.like.feed_from(batch)  # type: ignore[attr-defined]
+
+    def infer(self, feed: dict, check: bool = False) -> dict:
+        result = self.request.infer(feed)
+        return {out.get_any_name(): result[out] for out in self.compiled.outputs}
+
+    def deactivate(self) -> None:
+        del self.request, self.compiled
+
+
+def peer_int4(model_dir: Path, out: Path) -> Path:
+    """The original with the same exporter (KV cache), every MatMul int4 by ONNX Runtime's MatMulNBitsQuantizer."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    fp32 = _fp32_export(model_dir, out)
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     quant = MatMulNBitsQuantizer(onnx.load(str(fp32)), block_size=32, is_symmetric=True, accuracy_level=4)
     quant.process()
@@ -144,6 +191,9 @@ def peer_int4(model_dir: Path, out: Path) -> Path:
 
 
 def onnx_bytes(model: Path) -> int:
+    """The model file with its weights: ONNX external data, or an OpenVINO IR's .bin."""
+    if model.suffix == ".xml":
+        return model.stat().st_size + model.with_suffix(".bin").stat().st_size
     return sum(p.stat().st_size for p in model.parent.glob(model.name + "*"))
 
 
@@ -191,9 +241,14 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
         peer_int4(model_dir, peer.parent)
     target = load_target("cpu-int4")
     models["ORT MatMulNBitsQuantizer int4"] = peer
+    ov_peer = work / "ov-nncf-int4" / "model.xml"
+    if not ov_peer.is_file():
+        peer_ov_int4(model_dir, ov_peer.parent)
     rng = np.random.default_rng(0)
     rows = []
     runners = {name: make_runner(path, target, timing=True).activate() for name, path in models.items()}
+    models["OpenVINO + NNCF compress_weights int4"] = ov_peer
+    runners["OpenVINO + NNCF compress_weights int4"] = OvGeneration(ov_peer, runners["ORT MatMulNBitsQuantizer int4"])
     for batch in (1, 4):
         ids = rng.integers(1000, 30000, (batch, prompt)).astype(np.int64)
         mask = np.ones_like(ids)
