@@ -220,52 +220,67 @@ def time_generation(runner, ids, mask, new_tokens: int) -> tuple[float, float]: 
     return first, time.perf_counter() - t0 - first
 
 
-def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: int,
-          forms: tuple[str, ...] = ("down", "both")) -> list[dict]:
+def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: int, prompt: int,
+           new_tokens: int) -> list[dict]:
+    """Every runner through the greedy loop at batch 1 and 4, interleaved round by round; one row each."""
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in (1, 4):
+        ids = rng.integers(1000, 30000, (batch, prompt)).astype(np.int64)
+        mask = np.ones_like(ids)
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+        for r in range(rounds + 1):  # round 0 warms up
+            for name, runner in runners.items():
+                t = time_generation(runner, ids, mask, new_tokens)
+                if r:
+                    times[name].append(t)
+        for name in runners:
+            ttft = float(np.median([t[0] for t in times[name]]))
+            decode = float(np.median([t[1] for t in times[name]]))
+            rows.append({"model": name, "batch": batch, "prompt": prompt, "new_tokens": new_tokens,
+                         "ttft_ms": round(ttft * 1e3, 1), "decode_tokens_per_s": round(batch * new_tokens / decode, 2),
+                         "onnx_mb": round(onnx_bytes(paths[name]) / 1e6, 1), "source": model_dir.name,
+                         "rounds": rounds, "cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: int,
+          forms: tuple[str, ...] = ("down", "both"), openvino: bool = False) -> list[dict]:
+    """ffsplit cpu-int4 (each split form) and ORT's int4 of the original, interleaved in one process; then,
+    with ``openvino``, OpenVINO's int4 in a phase of its own (its CPU threads, running beside ONNX Runtime's
+    sessions, slowed them by a quarter)."""
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.targets import load_target
 
     work.mkdir(parents=True, exist_ok=True)
-    models = {}
+    paths = {}
     for form in forms:  # each split form of the cpu-int4 target, exported once and kept in `work`
         art = work / ("ffsplit-cpu-int4" if form == "both" else f"ffsplit-cpu-int4-{form}")
         if not (art / "manifest.json").is_file():
             export(model_dir, art, ["--target", str(_opened_int4_target(work, form)), "--task", "causal-lm-with-past",
                                     "--calib-size", "32", "--eval-size", "16", "--max-length", "64",
                                     *RANDOM_WEIGHT_LIMITS])
-        models[f"ffsplit cpu-int4 split={form}"] = art / "model.onnx"
-    peer = work / "ort-int4" / "model.onnx"
-    if not peer.is_file():
-        peer_int4(model_dir, peer.parent)
+        paths[f"ffsplit cpu-int4 split={form}"] = art / "model.onnx"
+    peer = "ORT MatMulNBitsQuantizer int4"
+    paths[peer] = work / "ort-int4" / "model.onnx"
+    if not paths[peer].is_file():
+        peer_int4(model_dir, paths[peer].parent)
     target = load_target("cpu-int4")
-    models["ORT MatMulNBitsQuantizer int4"] = peer
-    ov_peer = work / "ov-nncf-int4" / "model.xml"
-    if not ov_peer.is_file():
-        peer_ov_int4(model_dir, ov_peer.parent)
-    rng = np.random.default_rng(0)
-    rows = []
-    runners = {name: make_runner(path, target, timing=True).activate() for name, path in models.items()}
-    models["OpenVINO + NNCF compress_weights int4"] = ov_peer
-    runners["OpenVINO + NNCF compress_weights int4"] = OvGeneration(ov_peer, runners["ORT MatMulNBitsQuantizer int4"])
-    for batch in (1, 4):
-        ids = rng.integers(1000, 30000, (batch, prompt)).astype(np.int64)
-        mask = np.ones_like(ids)
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
-        for r in range(rounds + 1):  # round 0 warms up
-            for name, runner in runners.items():
-                t = time_generation(runner, ids, mask, new_tokens)
-                if r:
-                    times[name].append(t)
-        for name, path in models.items():
-            ttft = float(np.median([t[0] for t in times[name]]))
-            decode = float(np.median([t[1] for t in times[name]]))
-            rows.append({"model": name, "batch": batch, "prompt": prompt, "new_tokens": new_tokens,
-                         "ttft_ms": round(ttft * 1e3, 1), "decode_tokens_per_s": round(batch * new_tokens / decode, 2),
-                         "onnx_mb": round(onnx_bytes(path) / 1e6, 1), "source": model_dir.name, "rounds": rounds,
-                         "cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
-            print(json.dumps(rows[-1]))
+    runners = {name: make_runner(path, target, timing=True).activate() for name, path in paths.items()}
+    rows = _timed(runners, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens)
+    if openvino:
+        ov = "OpenVINO + NNCF compress_weights int4 (stateless graph)"
+        paths[ov] = work / "ov-nncf-int4" / "model.xml"
+        if not paths[ov].is_file():
+            peer_ov_int4(model_dir, paths[ov].parent)
+        for name in [n for n in runners if n != peer]:
+            runners.pop(name).deactivate()
+        # the ORT peer again, in this phase, so the OpenVINO figures have their reference measured beside them
+        timed = {peer: runners[peer], ov: OvGeneration(paths[ov], runners[peer])}
+        rows += _timed(timed, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens)
     for runner in runners.values():
         runner.deactivate()
     return rows
@@ -335,6 +350,8 @@ def main() -> None:
     sp.add_argument("--new-tokens", type=int, default=32)
     sp.add_argument("--record", action="store_true")
     sp.add_argument("--forms", default="down,both", help="split forms of ffsplit's cpu-int4 to time, comma-separated")
+    sp.add_argument("--openvino", action="store_true",
+                    help="also time OpenVINO + NNCF int4 of the original (in a phase of its own, beside ORT's int4)")
     sub.add_parser("report", help="write results/decoders.md and decoders.png from decoders.json")
     a, rest = p.parse_known_args()
     if a.cmd == "report":
@@ -342,7 +359,7 @@ def main() -> None:
         return
     if a.cmd == "speed":
         rows = speed(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), rounds=a.rounds, prompt=a.prompt,
-                     new_tokens=a.new_tokens, forms=tuple(a.forms.split(",")))
+                     new_tokens=a.new_tokens, forms=tuple(a.forms.split(",")), openvino=a.openvino)
         if a.record:
             record(rows)
         return
