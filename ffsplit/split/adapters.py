@@ -58,7 +58,8 @@ def describe_layout(model: nn.Module) -> str:
 
 
 def find_adapter(model: nn.Module) -> type[FFNAdapter]:
-    """The adapter for ``model``: by model_type when it also fits, else the first whose layout fits."""
+    """The adapter for ``model``: by model_type when it also fits, else the first whose layout fits, else
+    one found by structure (``discover``)."""
     adapters = registry()
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for adapter in adapters.values():
@@ -67,6 +68,11 @@ def find_adapter(model: nn.Module) -> type[FFNAdapter]:
     for adapter in adapters.values():
         if adapter.matches_layout(model):
             return adapter
+    from ffsplit.split.discover import discover_adapter
+
+    discovered = discover_adapter(model)  # UsageError when the shapes are there but the MLP is not exact
+    if discovered is not None and discovered.matches_layout(model):
+        return discovered
     listed = next((a.family for a in adapters.values() if model_type in a.model_types), None)
     why = (
         f"model_type '{model_type}' is listed under the {listed} family, but this model's FFN does not have "
