@@ -293,6 +293,8 @@ def _manifest(
         "source": source,
         "task": loaded.task.name,
         "adapter": adapter.family,
+        # where the FFN layout came from: a family file, or what structural discovery found and proved
+        "layout": getattr(adapter, "found", "") or f"family file {adapter.family}",
         "target": plan.target.to_json(),
         "budget": done.budget,
         "recipe": {

@@ -506,6 +506,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     print(f"source: {src['spec']} ({src['architecture']}, {src['model_type']})  task: {m['task']}  target: {m['target']['name']}")
     from ffsplit.manifest import Manifest
 
+    print(f"FFN layout: {m.get('layout') or 'family file ' + m['adapter']}")
     build = Manifest(m).build  # the manifest inspect read was schema-checked; inspect adds `graphs`
     if build.deferred:
         print(f"build: deferred ({build.reason}): run `ffsplit build {a.dir}` where '{build.target}' runs")

@@ -181,6 +181,7 @@ SCHEMA = table(
         }),
         "task": text(choices=("feature-extraction", "text-classification", "causal-lm", "causal-lm-with-past")),
         "adapter": text(200),
+        "layout": text(2000),
         "target": table({"name": text(200)}),  # the full target schema is runtimes.targets'
         "budget": optional(table({
             "kind": text(40), "value": number(0.0, BIG), "limit": number(-BIG, BIG), "used": number(0, BIG),
@@ -222,7 +223,7 @@ SCHEMA = table(
             "runtime_target": optional(table({"name": text(100, _NAME)})),
         }, optional_keys=frozenset({"reason", "runtime_target"})),
     },
-    optional_keys=frozenset({"timings", "memory", "exporter", "packed", "build"}),
+    optional_keys=frozenset({"timings", "memory", "exporter", "packed", "build", "layout"}),
 )
 
 

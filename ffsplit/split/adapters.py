@@ -70,7 +70,10 @@ def find_adapter(model: nn.Module) -> type[FFNAdapter]:
             return adapter
     from ffsplit.split.discover import discover_adapter
 
-    discovered = discover_adapter(model)  # UsageError when the shapes are there but the MLP is not exact
+    try:
+        discovered, refusal = discover_adapter(model), ""
+    except UsageError as exc:  # the shapes are there, but the MLP is not exactly up -> act -> down
+        discovered, refusal = None, f"{exc}; "
     if discovered is not None and discovered.matches_layout(model):
         return discovered
     listed = next((a.family for a in adapters.values() if model_type in a.model_types), None)
@@ -79,6 +82,6 @@ def find_adapter(model: nn.Module) -> type[FFNAdapter]:
         "that family's layout" if listed else f"model_type '{model_type}' has no FFN layout ffsplit knows"
     )
     raise UsageError(
-        f"unsupported architecture: {why} ({type(model).__name__}: {describe_layout(model)}); "
+        f"unsupported architecture: {why} ({type(model).__name__}: {describe_layout(model)}); {refusal}"
         f"supported families: {supported_families()}"
     )

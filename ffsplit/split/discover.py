@@ -110,6 +110,11 @@ def _activations(mlp: nn.Module, *, exclude: list[str], prefix: str) -> list[str
     return found
 
 
+def _widens(layer: nn.Module, layout: _Layout) -> bool:
+    d_model, d_ff = projection(get_submodule(layer, layout.rel(layout.down) or ""))[0].shape  # type: ignore[index]
+    return d_ff > d_model
+
+
 @torch.no_grad()
 def _mismatch(layer: nn.Module, layout: _Layout, d_model: int) -> float | None:
     """How far the MLP's own forward is from the reconstruction on random inputs (relative), None if it
@@ -157,7 +162,10 @@ def discover_adapter(model: nn.Module) -> type[FFNAdapter] | None:
     candidates = _candidates(layers[0])
     if not candidates:
         return None
-    gated_first = sorted(candidates, key=lambda c: (c.gate is None and c.gate_up is None, c.mlp.count(".")))
+    # FFNs widen (d_ff > d_model) and the gated ones are the more specific match: those are tried, and named
+    # in a refusal, first
+    gated_first = sorted(candidates, key=lambda c: (not _widens(layers[0], c), c.gate is None and c.gate_up is None,
+                                                    c.mlp.count(".")))
     closest: tuple[float, _Layout] | None = None
     for layout in gated_first:
         if not layout.mlp:
@@ -174,9 +182,9 @@ def discover_adapter(model: nn.Module) -> type[FFNAdapter] | None:
     what = (f"its MLP differs from down(act(up(x))) by {closest[0]:.2g} of its output" if closest else
             "no module holding them computes the FFN from the hidden states alone")
     raise UsageError(
-        f"the FFN of {type(model).__name__} was found by shape ({where}: up {first.rel(first.up or first.gate_up)}, "
-        f"down {first.rel(first.down)}), but {what} (a norm, a scale or a residual inside?): ffsplit cannot "
-        "split it exactly; add a family file for it (ffsplit/split/families/)"
+        f"an FFN was found by shape ({where}: up {first.rel(first.up or first.gate_up)}, down "
+        f"{first.rel(first.down)}), but {what} (a norm, a scale or a residual inside?), so it cannot be split "
+        "exactly: add a family file for it (ffsplit/split/families/)"
     )
 
 
