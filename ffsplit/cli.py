@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from ffsplit import __version__
 from ffsplit.errors import CheckFailed, FFSplitError, UsageError
 from ffsplit.jsonio import dumps
+from ffsplit.tasks import TASKS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,7 +143,7 @@ def _add_export(sub: Any) -> None:
     )
     e.add_argument(
         "--task", default="auto",
-        help="auto (from the model's architectures) | feature-extraction | text-classification | causal-lm",
+        help=" | ".join(["auto (from the model's architectures)", *TASKS]),
     )
     e.add_argument(
         "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
