@@ -120,6 +120,8 @@ def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(form: s
         assert len(nbits) - len(other) == 2 * 1 * 2
         assert len(other) == 2 * (4 + 2) + 1
         assert m["separation"]["matmuls"] == {str(i): {"heavy": 1, "light": 1} for i in range(2)}
+        # the shared up-projection counts as the int4 it is stored as, not as fp32
+        assert all(p["ffn_bytes_after"] < 0.3 * p["ffn_bytes_before"] for p in m["layers"])
     assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
     assert "QuantizeOtherMatMulsInt4Pass" in [p["pass"] for p in m["graph_passes"]]
     assert m["parity"]["comparisons"]["fidelity"]["metrics"]["max_abs"] > 1e-4  # the runtime rounds: not fp32-exact

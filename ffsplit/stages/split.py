@@ -70,6 +70,15 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
         for branch in halved:
             setattr(p, f"{branch}_bytes", 2 * getattr(p, f"{branch}_params"))
         p.ffn_bytes_after = p.heavy_bytes + p.light_bytes + rest
+    # the down form's shared up-projection is stored as the runtime stores the model's other multiplies:
+    # NNCF int8, or the target's other_matmuls (int4: 4 bits and an fp32 scale per block of 32)
+    other = "int8" if plan.nncf else plan.target.other_matmuls
+    per_param = {"int8": 1.0, "int4": 0.5 + 4 / 32}.get(other, 4.0)
+    for p in plan_objs:
+        up = getattr(model.get_submodule(p.module), "up", None)
+        if up is not None:
+            n = sum(t.numel() for name, t in up.named_parameters() if name.endswith("weight"))
+            p.ffn_bytes_after -= round(n * (4.0 - per_param))
     grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
     act_absmax = None
     if plan.target.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):
