@@ -93,3 +93,19 @@ def test_a_layout_the_split_cannot_reproduce_is_refused_naming_it(model_type: st
         errors = [line for line in stderr.splitlines() if line.startswith("ffsplit:")]
         assert code == 2 and len(errors) == 1 and says in errors[0]
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("model_type", "model_cls"), [("gpt_neox", "GPTNeoXForCausalLM"), ("phi", "PhiForCausalLM")])
+def test_a_discovered_decoder_exports_its_kv_cache_graph_exact(model_type: str, model_cls: str, family_root: Path,
+                                                                tmp_path: Path) -> None:
+    """The decoders' hardest task, on a layout no family file lists: the KV-cache graph, exact, generating
+    the same greedy tokens as torch."""
+    _, config_cls, kwargs = UNLISTED[model_type]
+    source = _save(f"{model_type}-lm", (model_cls, config_cls, kwargs), family_root / "unlisted")
+    out = tmp_path / "out"
+    api.export(str(source), out, light="none", task="causal-lm-with-past", calib_size=16, eval_size=16,
+               max_length=32, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    fidelity = m["parity"]["comparisons"]["fidelity"]["metrics"]
+    assert m["adapter"] == "discovered" and m["checks"]["exact"] and m["parity"]["passed"]
+    assert fidelity["max_abs"] < 1e-4 and fidelity["generation_agreement"] == 1.0
