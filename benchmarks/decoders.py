@@ -96,8 +96,9 @@ def export(model_dir: Path, out: Path, args: list[str]) -> dict:
     manifest = out / "manifest.json"
     if proc.returncode == 0 and manifest.is_file():
         m = json.loads(manifest.read_text())
-        row["stages_s"] = m.get("timings", {})
-        row["stages_peak_mb"] = (m.get("memory") or {}).get("peak_mb", {})
+        run = m.get("run") or m
+        row["stages_s"] = run.get("timings", {})
+        row["stages_peak_mb"] = (run.get("memory") or {}).get("peak_mb", {})
         # ffsplit resets the kernel's high-water mark at each stage, which ru_maxrss follows: the whole run's
         # peak is the largest stage's
         peak = max(peak, int(max(row["stages_peak_mb"].values(), default=0) * 1e6))

@@ -73,10 +73,11 @@ class Stages:
         if log:
             log(f"{name} done in {self.seconds[name]:.1f} s, peak memory {self.peak_mb[name]:,.0f} MB")
 
-    def record(self) -> dict[str, Any]:
-        """What the manifest keeps: ``timings`` (s) and ``memory`` (peak resident MB per stage)."""
-        return {"timings": self.seconds,
-                "memory": {"peak_mb": self.peak_mb, "per_stage": self.per_stage}}
+    def record(self, created: str) -> dict[str, Any]:
+        """What the manifest keeps about the run itself, in its one ``run`` record: when it was
+        (``created``), ``timings`` (s) and ``memory`` (peak resident MB per stage)."""
+        return {"run": {"created": created, "timings": self.seconds,
+                        "memory": {"peak_mb": self.peak_mb, "per_stage": self.per_stage}}}
 
 
 def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: int) -> dict[str, Any]:
@@ -128,6 +129,10 @@ def export(model: str, out: str | Path, *, log: Any = None, progress: bool = Tru
         return _export_into(plan, stage, log=log, progress=progress)
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportResult:
     """The stages of one export, written into the staging folder ``stage``.
 
@@ -143,6 +148,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     from ffsplit.stages import split as split_stage
 
     stages = Stages()
+    created = _now()
     with stages.stage("load", log):
         loaded, adapter, source = prepare.load(plan)
         # runtime shape ranges (TensorRT profiles, Triton) never reach past the model's positions
@@ -196,7 +202,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
         if log and name != plan.exporters[-1]:
             log(f"the {name} export missed fidelity; trying the next exporter")
     remove_tree(recorded)
-    manifest.update(stages.record())
+    manifest.update(stages.record(created))
     if report is None:
         manifest["exporter"] = {"name": None, "attempts": attempts}
         raise CheckFailed(
@@ -260,7 +266,7 @@ def _verify_into(
             manifest["separation"] = verify.guard(runner, manifest["layers"])
             if not manifest["separation"]["passed"]:
                 runner.deactivate()
-                manifest.update(stages.record())
+                manifest.update(stages.record(_now()))
                 raise CheckFailed(manifest["separation"]["failure"], details=manifest)
     with stages.stage("check", log):
         report = verify.parity(
@@ -289,7 +295,6 @@ def _manifest(
     return {
         "format": FORMAT,
         "ffsplit_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": source,
         "task": loaded.task.name,
         "adapter": adapter.family,
@@ -596,7 +601,7 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
                 "the artifact on this machine to see its parity", details={"separation": separation, "golden": golden},
             )
         record: dict[str, Any] = {"status": "built", "target": tgt.name, "golden": golden,
-                                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                                  "created": _now()}
         if tgt.name != exported.name or tgt.to_json() != exported.to_json():
             record["runtime_target"] = tgt.to_json()
         manifest = {k: v for k, v in m.items() if k != "files"}

@@ -312,8 +312,9 @@ def _cmd_export(a: argparse.Namespace) -> int:
     else:
         print(f"branch separation in the runtime's optimised graph: pass ({m['separation']['graph']})")
     print(format_table(res.report))
-    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))
-    memory = m.get("memory")
+    run = m.get("run") or m  # format 2 artifacts written before the `run` record kept its parts at the top
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in run.get("timings", {}).items()))
+    memory = run.get("memory")
     if memory:
         kind = "peak memory per stage" if memory["per_stage"] else "peak memory so far, after each stage"
         print(f"{kind}: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in memory["peak_mb"].items()))

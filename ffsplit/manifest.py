@@ -25,8 +25,8 @@ FORMAT = 2
 # Keys the export learns after the model was saved, or records about the run itself (when it ran); every
 # other key is also embedded in model.onnx, so two exports of the same source with the same options and
 # library versions write the same model.onnx.
-POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "timings", "memory", "files", "packed", "build",
-                              "created"})
+POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "run", "files", "packed", "build",
+                              "created", "timings", "memory"})  # the last three: where format 2 kept `run`'s parts
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 Check = Callable[[Any, str, list[str]], None]
@@ -211,6 +211,11 @@ SCHEMA = table(
         "graph_passes": items(table({"pass": text(200), "modified": boolean}), max_len=1000),
         "separation": table({"graph": text(200)}),
         "parity": table({"passed": boolean}),
+        # what the run records about itself, the only part of an export that differs between two runs
+        "run": table({
+            "created": text(64), "timings": mapping(number(0.0), max_len=100),
+            "memory": table({"peak_mb": mapping(number(0.0, BIG), max_len=100), "per_stage": boolean}),
+        }),
         "timings": mapping(number(0.0), max_len=100),
         # peak resident memory per stage, in MB (per_stage false: each figure is the process's peak so far)
         "memory": table({"peak_mb": mapping(number(0.0, BIG), max_len=100), "per_stage": boolean}),
@@ -223,7 +228,7 @@ SCHEMA = table(
             "runtime_target": optional(table({"name": text(100, _NAME)})),
         }, optional_keys=frozenset({"reason", "runtime_target"})),
     },
-    optional_keys=frozenset({"timings", "memory", "exporter", "packed", "build", "layout"}),
+    optional_keys=frozenset({"run", "timings", "memory", "exporter", "packed", "build", "layout"}),
 )
 
 

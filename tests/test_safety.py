@@ -638,7 +638,7 @@ def _paths(obj: object, prefix: tuple = (), depth: int = 0) -> list[tuple]:
 @pytest.fixture(scope="module")
 def manifest_paths(tiny_none_artifact: Path) -> list[tuple]:
     m = json.loads((tiny_none_artifact / MANIFEST).read_text())
-    return [p for p in _paths(m) if p[0] not in ("files", "versions", "timings", "graph_passes")]
+    return [p for p in _paths(m) if p[0] not in ("files", "versions", "run", "graph_passes")]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
