@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.jsonio import dumps
-from ffsplit.manifest import POST_EXPORT_KEYS, Manifest
+from ffsplit.manifest import Manifest, embedded_view
 
 T = TypeVar("T")
 
@@ -499,8 +499,8 @@ def check_embedded_manifest(folder: Path, manifest: Mapping[str, Any], meta: dic
     embedded = parse_json(meta[EMBEDDED_KEY], f"the manifest embedded in {MODEL_FILE}")
     if not isinstance(embedded, dict):
         raise CheckFailed(f"the manifest embedded in {MODEL_FILE} is not an object: re-run ffsplit export")
-    keys = (set(embedded) | set(manifest)) - POST_EXPORT_KEYS
-    differ = sorted(k for k in keys if embedded.get(k) != manifest.get(k))
+    ours, theirs = embedded_view(embedded), embedded_view(manifest)
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         raise CheckFailed(
             f"'{folder}': {MANIFEST} disagrees with the manifest embedded in {MODEL_FILE} "

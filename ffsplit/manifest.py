@@ -27,6 +27,20 @@ FORMAT = 2
 # library versions write the same model.onnx.
 POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "run", "files", "packed", "build",
                               "created", "timings", "memory"})  # the last three: where format 2 kept `run`'s parts
+# Where the source was on the exporting machine: in manifest.json (check finds the source there), not in
+# the copy inside model.onnx, which is the same on every machine that exports the same source.
+LOCAL_SOURCE_KEYS = ("path", "spec")
+
+
+def embedded_view(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a manifest the copy inside model.onnx holds: everything decided before the model was saved,
+    except where the source lay on the exporting machine."""
+    view = {k: v for k, v in manifest.items() if k not in POST_EXPORT_KEYS}
+    if isinstance(view.get("source"), dict):
+        view["source"] = {k: v for k, v in view["source"].items() if k not in LOCAL_SOURCE_KEYS}
+    return view
+
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 Check = Callable[[Any, str, list[str]], None]

@@ -128,17 +128,21 @@ def test_every_stage_reports_its_time_and_peak_memory(tiny_none_artifact: Path) 
 
 
 def test_two_exports_of_the_same_source_are_byte_identical(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    """Same source, options and library versions: every file but manifest.json is byte-identical, and the
-    manifests differ only in when the run happened and what it measured about itself."""
+    """Same source (here, the same files in two folders, as on two machines), options and library versions:
+    every file but manifest.json is byte-identical, and the manifests differ only in the run record and in
+    where the source lay."""
     import json
+    import shutil
 
     from ffsplit import api
     from ffsplit.artifact import list_files, sha256_file
 
+    elsewhere = shutil.copytree(tiny_bert_dir, tmp_path / "elsewhere" / "tiny-bert")
     outs = [tmp_path / "a", tmp_path / "b"]
-    for out in outs:
-        api.export(str(tiny_bert_dir), out, light="int8", calib_size=16, eval_size=16, max_length=16, progress=False)
+    for source, out in zip((tiny_bert_dir, elsewhere), outs, strict=True):
+        api.export(str(source), out, light="int8", calib_size=16, eval_size=16, max_length=16, progress=False)
     hashes = [{rel: sha256_file(p) for rel, p in list_files(out)[0].items() if rel != "manifest.json"} for out in outs]
     assert hashes[0] == hashes[1] and "runtime/cpu/optimized.onnx" in hashes[0]
     a, b = (json.loads((out / "manifest.json").read_text()) for out in outs)
-    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"run"}  # when it ran, what it measured
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"run", "source"}
+    assert {k for k in a["source"] if a["source"][k] != b["source"][k]} == {"path", "spec"}

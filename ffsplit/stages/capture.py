@@ -66,12 +66,12 @@ def save(model: Any, passes: list[Any], manifest: dict[str, Any], path: Path) ->
     from ffsplit.exporter import save_model
     from ffsplit.graph_passes import EmbedManifestPass
     from ffsplit.graph_passes.pipeline import run_passes
-    from ffsplit.manifest import POST_EXPORT_KEYS
+    from ffsplit.manifest import embedded_view
 
     captured = model
     model, manifest["graph_passes"] = run_passes(model, passes)
     # what the run records about itself (when it ran) stays in manifest.json: the graph is the same every run
-    EmbedManifestPass(manifest={k: v for k, v in manifest.items() if k not in POST_EXPORT_KEYS})(model)
+    EmbedManifestPass(manifest=embedded_view(manifest))(model)
     save_model(model, path)
     opset = model.opset_imports.get("", None)
     for graph in {id(m.graph): m.graph for m in (captured, model)}.values():
