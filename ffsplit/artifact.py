@@ -543,8 +543,8 @@ def unreplaced(folder: str | Path) -> Iterator[None]:
     the body ends, however it ends (an error then is most likely the swap).
     """
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # not a folder: the verb's own checks say so
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # not a folder (the verb's own checks say so), or a system that cannot open folders
         yield
         return
     try:
