@@ -222,8 +222,9 @@ def time_generation(runner, ids, mask, new_tokens: int) -> tuple[float, float]: 
 
 
 def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: int, prompt: int,
-           new_tokens: int) -> list[dict]:
-    """Every runner through the greedy loop at batch 1 and 4, interleaved round by round; one row each."""
+           new_tokens: int, phase: str) -> list[dict]:
+    """Every runner through the greedy loop at batch 1 and 4, interleaved round by round; one row each,
+    marked with the ``phase`` it was timed in (the report keeps the phases apart)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -243,7 +244,7 @@ def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: in
             rows.append({"model": name, "batch": batch, "prompt": prompt, "new_tokens": new_tokens,
                          "ttft_ms": round(ttft * 1e3, 1), "decode_tokens_per_s": round(batch * new_tokens / decode, 2),
                          "onnx_mb": round(onnx_bytes(paths[name]) / 1e6, 1), "source": model_dir.name,
-                         "rounds": rounds, "cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
+                         "rounds": rounds, "phase": phase, "cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -271,7 +272,7 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
         peer_int4(model_dir, paths[peer].parent)
     target = load_target("cpu-int4")
     runners = {name: make_runner(path, target, timing=True).activate() for name, path in paths.items()}
-    rows = _timed(runners, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens)
+    rows = _timed(runners, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="ort")
     if openvino:
         ov = "OpenVINO + NNCF compress_weights int4 (stateless graph)"
         paths[ov] = work / "ov-nncf-int4" / "model.xml"
@@ -281,7 +282,7 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
             runners.pop(name).deactivate()
         # the ORT peer again, in this phase, so the OpenVINO figures have their reference measured beside them
         timed = {peer: runners[peer], ov: OvGeneration(paths[ov], runners[peer])}
-        rows += _timed(timed, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens)
+        rows += _timed(timed, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="openvino")
     for runner in runners.values():
         runner.deactivate()
     return rows

@@ -51,10 +51,15 @@ __all__ = [
 ]
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 @dataclass
 class Stages:
-    """Wall time and peak resident memory of each stage, in order."""
+    """When the run started, and the wall time and peak resident memory of each stage, in order."""
 
+    created: str = field(default_factory=_now)
     seconds: dict[str, float] = field(default_factory=dict)
     peak_mb: dict[str, float] = field(default_factory=dict)
     per_stage: bool = True  # False where the kernel's peak cannot be reset: each figure is then the peak so far
@@ -73,10 +78,10 @@ class Stages:
         if log:
             log(f"{name} done in {self.seconds[name]:.1f} s, peak memory {self.peak_mb[name]:,.0f} MB")
 
-    def record(self, created: str) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         """What the manifest keeps about the run itself, in its one ``run`` record: when it was
         (``created``), ``timings`` (s) and ``memory`` (peak resident MB per stage)."""
-        return {"run": {"created": created, "timings": self.seconds,
+        return {"run": {"created": self.created, "timings": self.seconds,
                         "memory": {"peak_mb": self.peak_mb, "per_stage": self.per_stage}}}
 
 
@@ -129,10 +134,6 @@ def export(model: str, out: str | Path, *, log: Any = None, progress: bool = Tru
         return _export_into(plan, stage, log=log, progress=progress)
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportResult:
     """The stages of one export, written into the staging folder ``stage``.
 
@@ -148,7 +149,6 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     from ffsplit.stages import split as split_stage
 
     stages = Stages()
-    created = _now()
     with stages.stage("load", log):
         loaded, adapter, source = prepare.load(plan)
         # runtime shape ranges (TensorRT profiles, Triton) never reach past the model's positions
@@ -202,7 +202,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
         if log and name != plan.exporters[-1]:
             log(f"the {name} export missed fidelity; trying the next exporter")
     remove_tree(recorded)
-    manifest.update(stages.record(created))
+    manifest.update(stages.record())
     if report is None:
         manifest["exporter"] = {"name": None, "attempts": attempts}
         raise CheckFailed(
@@ -266,7 +266,7 @@ def _verify_into(
             manifest["separation"] = verify.guard(runner, manifest["layers"])
             if not manifest["separation"]["passed"]:
                 runner.deactivate()
-                manifest.update(stages.record(_now()))
+                manifest.update(stages.record())
                 raise CheckFailed(manifest["separation"]["failure"], details=manifest)
     with stages.stage("check", log):
         report = verify.parity(

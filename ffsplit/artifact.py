@@ -386,6 +386,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def read_utf8(path: Path, fix: str) -> str:
+    """``path`` as UTF-8 text; UsageError saying ``fix`` when it is not (a decode error is bad input)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text: {fix}") from None
+
+
 def parse_json(text: str, where: str) -> Any:
     """JSON as ffsplit accepts it from disk: no NaN / Infinity, bounded nesting; UsageError otherwise."""
     try:
@@ -406,11 +414,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise UsageError(f"'{folder}' has no {MANIFEST}: pass the --out folder of a completed ffsplit export")
     if path.stat().st_size > MANIFEST_MAX_BYTES:
         raise UsageError(f"{path} is larger than any ffsplit manifest: re-run ffsplit export")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text: re-run ffsplit export") from None
-    return Manifest.from_json(parse_json(text, str(path)), where=str(path))
+    return Manifest.from_json(parse_json(read_utf8(path, "re-run ffsplit export"), str(path)), where=str(path))
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:

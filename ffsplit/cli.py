@@ -591,26 +591,17 @@ def printable(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
-_NEARLY_FULL = 4 << 20  # bytes free below which a failed write is the disk's fault
 _FULL_HINT = "free some space, or choose another --out (or TMPDIR, where temporary files go)"
 
 
 def _full_disk(args: argparse.Namespace) -> str | None:
-    """The folder among the verb's outputs (and the temporary folder) whose disk is (nearly) full, or None."""
-    import shutil
+    """The path among the verb's outputs (and the temporary folder) whose disk is (nearly) full, or None."""
     import tempfile
 
+    from ffsplit.resources import nearly_full
+
     paths = [getattr(args, key, None) for key in ("out", "json", "report", "repo")] + [tempfile.gettempdir()]
-    for given in paths:
-        if not given:
-            continue
-        folder = Path(given).absolute()
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        with contextlib.suppress(OSError):
-            if shutil.disk_usage(folder).free < _NEARLY_FULL:
-                return str(folder)
-    return None
+    return next((str(p) for p in paths if p and nearly_full(p)), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

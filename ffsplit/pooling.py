@@ -56,15 +56,11 @@ class Pooling:
 def _small_json(path: Path) -> Any:
     """A small JSON config. A source folder may hold links (the Hugging Face cache links every file
     to a blob); an artifact never does (its file check refuses links)."""
-    from ffsplit.artifact import parse_json
+    from ffsplit.artifact import parse_json, read_utf8
 
     if not path.is_file() or path.stat().st_size > _MAX_CONFIG_BYTES:
         raise UsageError(f"{path} is not a small regular file: fix or remove the sentence-transformers files")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text: fix or remove the sentence-transformers files") from None
-    return parse_json(text, str(path))
+    return parse_json(read_utf8(path, "fix or remove the sentence-transformers files"), str(path))
 
 
 def sentence_files(folder: Path) -> list[str]:

@@ -88,10 +88,21 @@ def drop_weights(model: object) -> None:
             tensor.data = torch.empty(0, dtype=tensor.dtype)
 
 
-# A runtime that runs out of disk while writing says so in its own words: ONNX Runtime raises
-# "Protobuf serialization failed", OpenVINO a RuntimeError. Below this much free space after such a
-# failure, the disk (or quota) is what failed.
+# A library that runs out of disk while writing often says so in its own words: ONNX Runtime raises
+# "Protobuf serialization failed", OpenVINO a RuntimeError, the tokenizer "os error 28". Below this much
+# free space after such a failure, the disk (or quota) is what failed.
 _NEARLY_FULL = 4 << 20
+
+
+def nearly_full(path: str | Path) -> bool:
+    """Whether the disk holding ``path`` (or its nearest existing parent) has (almost) no space left."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -103,11 +114,7 @@ def runtime_writes(folder: Path) -> Iterator[None]:
     except (OSError, FFSplitError):
         raise
     except Exception as exc:
-        try:
-            free = shutil.disk_usage(folder).free
-        except OSError:
-            raise exc from None
-        if free < _NEARLY_FULL:
+        if nearly_full(folder):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from exc
         raise
 

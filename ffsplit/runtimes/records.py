@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ffsplit.artifact import parse_json
+from ffsplit.artifact import parse_json, read_utf8
 from ffsplit.errors import UsageError
 
 LAYERS_FILE = "layers.json"
@@ -77,11 +77,7 @@ def records_from_file(path: Path) -> list[Any]:
     if path.stat().st_size > 256 << 20:
         raise UsageError(f"{path} is larger than any layer list ffsplit writes")
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text: rebuild the artifact with ffsplit build") from None
-    data = parse_json(text, str(path))
+    data = parse_json(read_utf8(path, "rebuild the artifact with ffsplit build"), str(path))
     if isinstance(data, dict):
         return records_from_inspector(data)
     return records_from_layers(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -157,38 +158,25 @@ def split_layer(
 
     w_in_l, w_out_l = ffn.w_in[light_idx], ffn.w_out[:, light_idx]
     errors: dict[str, float | None] = {"light_in_error": None, "light_out_error": None}
+    mom_a = None if profile.act_moment is None else profile.act_moment[light_idx][:, light_idx]
+    factors = _factorizer(recipe.rank, profile) if recipe.structure == "lowrank" else None
     up = None
     if form == "down":
         both = torch.cat([heavy_idx, light_idx])
         up = shared_up(ffn.w_in[both], _rows(ffn.b_in, both), ffn.act, gate(both))
         heavy = down_branch(ffn.w_out[:, heavy_idx])
+        light = down_branch(w_out_l, None if factors is None else factors(w_out_l, moment=mom_a))
     else:
         heavy = dense_branch(ffn.w_in[heavy_idx], _rows(ffn.b_in, heavy_idx), ffn.w_out[:, heavy_idx], ffn.act,
                              gate(heavy_idx))
-    if form == "down" and recipe.structure in ("dense", "prune"):
-        light = down_branch(w_out_l)
-    elif form == "down":
-        assert recipe.rank is not None
-        mom_a = None if profile.act_moment is None else profile.act_moment[light_idx][:, light_idx]
-        if mom_a is None:  # a skeleton (rebuild_split): shapes only
-            light = down_branch(w_out_l, (torch.zeros(recipe.rank, w_out_l.shape[1]), torch.zeros(w_out_l.shape[0], recipe.rank)))
+        if factors is None:
+            light = dense_branch(w_in_l, _rows(ffn.b_in, light_idx), w_out_l, ffn.act, gate(light_idx))
         else:
-            light = down_branch(w_out_l, lowrank_factors(w_out_l, rank=recipe.rank, moment=mom_a))
-    elif recipe.structure in ("dense", "prune"):
-        light = dense_branch(w_in_l, _rows(ffn.b_in, light_idx), w_out_l, ffn.act, gate(light_idx))
-    else:
-        assert recipe.rank is not None
-        if profile.input_moment is None or profile.act_moment is None:  # a skeleton (rebuild_split): shapes only
-            def factors(w: torch.Tensor, moment: object = None) -> tuple[torch.Tensor, torch.Tensor]:
-                return torch.zeros(recipe.rank, w.shape[1]), torch.zeros(w.shape[0], recipe.rank)
-        else:
-            factors = partial(lowrank_factors, rank=recipe.rank)  # type: ignore[assignment]
-        mom_a = None if profile.act_moment is None else profile.act_moment[light_idx][:, light_idx]
-        f_in = factors(w_in_l, moment=profile.input_moment)
-        f_out = factors(w_out_l, moment=mom_a)
-        g = gate(light_idx)
-        f_gate = None if g is None else (factors(g[0], moment=profile.input_moment), g[1])
-        light = lowrank_branch(f_in, _rows(ffn.b_in, light_idx), f_out, ffn.act, f_gate)
+            f_in = factors(w_in_l, moment=profile.input_moment)
+            f_out = factors(w_out_l, moment=mom_a)
+            g = gate(light_idx)
+            f_gate = None if g is None else (factors(g[0], moment=profile.input_moment), g[1])
+            light = lowrank_branch(f_in, _rows(ffn.b_in, light_idx), f_out, ffn.act, f_gate)
     quantized: dict[str, Quantized] = {}
     with torch.no_grad():
         for name, lin in _weights(light).items():
@@ -209,6 +197,15 @@ def split_layer(
     if not recipe.exact:
         errors = _light_errors(ffn, profile, light, light_idx, dropped, w_in_l, w_out_l)
     return SplitResult(SplitFFN(heavy, light, b_out, up), heavy_idx, errors, quantized)
+
+
+def _factorizer(rank: int | None, profile: LayerProfile) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``(w, moment) -> (down, up)`` at ``rank``: activation-aware factors, or zeros for a skeleton profile
+    (``rebuild_split``: no moments, only shapes matter)."""
+    assert rank is not None
+    if profile.input_moment is None or profile.act_moment is None:
+        return lambda w, moment=None: (torch.zeros(rank, w.shape[1]), torch.zeros(w.shape[0], rank))
+    return partial(lowrank_factors, rank=rank)
 
 
 def _activations(ffn: FFNWeights, x: torch.Tensor) -> torch.Tensor:

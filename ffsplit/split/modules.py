@@ -23,6 +23,13 @@ class LowRankLinear(nn.Module):
         return self.up(self.down(x))
 
 
+def _activations(fc_in: nn.Module, act: nn.Module, fc_gate: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """``act(fc_in(x))``, or ``act(fc_gate(x)) * fc_in(x)`` for a gated MLP: what a down-projection takes."""
+    if fc_gate is None:
+        return act(fc_in(x))
+    return act(fc_gate(x)) * fc_in(x)
+
+
 class Branch(nn.Module):
     """``fc_out(act(fc_in(x)))`` over a subset of the FFN's neurons; no output bias.
 
@@ -45,9 +52,7 @@ class Branch(nn.Module):
         if self.fc_in is None:
             return self.fc_out(x)
         assert self.act is not None
-        if self.fc_gate is None:
-            return self.fc_out(self.act(self.fc_in(x)))
-        return self.fc_out(self.act(self.fc_gate(x)) * self.fc_in(x))
+        return self.fc_out(_activations(self.fc_in, self.act, self.fc_gate, x))
 
 
 class SharedUp(nn.Module):
@@ -61,9 +66,7 @@ class SharedUp(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fc_gate is None:
-            return self.act(self.fc_in(x))
-        return self.act(self.fc_gate(x)) * self.fc_in(x)
+        return _activations(self.fc_in, self.act, self.fc_gate, x)
 
 
 class SplitFFN(nn.Module):
