@@ -127,6 +127,9 @@ def export(model: str, out: str | Path, *, log: Any = None, progress: bool = Tru
     except TypeError as exc:  # a Python caller's misspelt option
         raise UsageError(f"export: {exc}") from None
     plan = resolve(opts)
+    from ffsplit import resources
+
+    resources.bound_heap()  # a layer's fp32 working copies go back to the OS when freed
     if log and Path(plan.given_out).expanduser().absolute() != plan.out:
         log(f"--out '{plan.given_out}' is the folder {plan.out}")
     torch.manual_seed(0)
@@ -352,6 +355,7 @@ def check(
     from ffsplit.runtimes.base import make_runner
     from ffsplit.stages import verify
 
+    resources.bound_heap()
     if eval_size is not None:
         bounds.require_int("--eval-size", eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS)
     check_overrides(dict(limits or {}))

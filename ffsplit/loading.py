@@ -156,7 +156,7 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
     try:
         model = getattr(transformers, task_spec.auto_class).from_pretrained(
             path, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code,
-            dtype="float32",
+            dtype="auto",  # as stored: a bf16 checkpoint stays bf16 in memory, computed in fp32 (residency)
         )
     except (KeyboardInterrupt, MemoryError):
         raise
@@ -166,6 +166,9 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
             f"cannot load '{spec}' for {task_spec.name} ({type(exc).__name__}: {first}): the weights are damaged "
             "or do not match config.json; re-save or re-download the model"
         ) from None
+    from ffsplit.residency import hold_as_stored
+
+    hold_as_stored(model)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()

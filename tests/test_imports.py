@@ -17,7 +17,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ffsplit.stages", "ffsplit.plan"),
     ("ffsplit.split", "ffsplit.exporter", "ffsplit.graph_passes", "ffsplit.runtimes", "ffsplit.parity", "ffsplit.bench"),
     # the output folder and what an artifact records: its manifest, source model, pooling and target
-    ("ffsplit.artifact", "ffsplit.manifest", "ffsplit.loading", "ffsplit.pooling", "ffsplit.runtimes.targets"),
+    ("ffsplit.artifact", "ffsplit.manifest", "ffsplit.loading", "ffsplit.residency", "ffsplit.pooling",
+     "ffsplit.runtimes.targets"),
     ("ffsplit.errors", "ffsplit.bounds", "ffsplit.jsonio", "ffsplit.resources", "ffsplit.precisions", "ffsplit.limits", "ffsplit.tasks", "ffsplit.signature",
      "ffsplit.version"),
 )

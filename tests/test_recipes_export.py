@@ -6,6 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from ffsplit import api
@@ -25,9 +26,11 @@ def test_quantised_light_and_int8_heavy_export_and_check(tiny_bert_dir: Path, tm
     assert fid["max_abs"] < 1e-4  # ORT runs exactly the grid the torch model runs
     assert m["parity"]["comparisons"]["compression"]["metrics"]["max_abs"] > 1e-4  # and it is lossy
     state = load_file(str(out / "split.safetensors"))
-    scales = [k for k in state if k.startswith("quant.") and k.endswith(".scale")]
+    # each quantised weight is held as its grid: int8 codes, scales (and the int4 zero points), no fp32 copy
+    scales = [k for k in state if k.endswith(".scale")]
     assert len(scales) == 2 * 4  # per layer: heavy fc_in, fc_out (int8), light fc_in, fc_out (int4)
-    assert any(k.endswith("light.fc_in.weight.zero_point") for k in state)
+    assert all(state[k.removesuffix(".scale") + ".weight"].dtype == torch.int8 for k in scales)
+    assert any(k.endswith("light.fc_in.zero_point") for k in state) and not any(k.startswith("quant.") for k in state)
     assert api.check(out).passed
     # The grids are in the graph as integers, and the runtime ran them as such.
     assert m["recipe"]["graph_storage"] == {"int8": "weight-only", "int4": "matmulnbits"}

@@ -158,14 +158,49 @@ def _export_with_past(model: nn.Module, tokenizer) -> ir.Model:  # noqa: ANN001
     dynamic = (
         {0: b, 1: s}, {0: b, 1: torch.export.Dim.AUTO}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in past_in),
     )
-    with quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            PastWrapper(model, layers).eval(), (ids, mask, positions, *past_kv), dynamo=True,
-            input_names=["input_ids", "attention_mask", "position_ids", *past_in],
-            output_names=["logits", *present_out], dynamic_shapes=dynamic, verbose=False,
-        )
+    return _capture(
+        PastWrapper(model, layers).eval(), (ids, mask, positions, *past_kv),
+        input_names=["input_ids", "attention_mask", "position_ids", *past_in],
+        output_names=["logits", *present_out], dynamic_shapes=dynamic,
+    )
+
+
+def _capture(wrapper: nn.Module, args: tuple[torch.Tensor, ...], **options: Any) -> ir.Model:
+    """torch.onnx's dynamo export of ``wrapper``, traced on placeholder weights: each weight of the graph
+    is computed (in fp32, from the model's stored form) only when read, so the graph never holds a
+    second copy of the model; then torch.onnx's own optimiser, as its default export runs it."""
+    from ffsplit.graph_passes.fold_weight_transposes_pass import FoldWeightTransposesPass
+    from ffsplit.residency import placeholders
+
+    with placeholders(wrapper.model, prefix=WRAPPER_PREFIX) as values, quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(wrapper, args, dynamo=True, optimize=False, verbose=False, **options)
     assert program is not None
+    bind_weights(program.model, values)
+    FoldWeightTransposesPass()(program.model)
+    with quiet_exporter():
+        program.optimize()
     return program.model
+
+
+def bind_weights(model: ir.Model, values: Any) -> int:
+    """Give each initializer named in ``values`` (``residency.Placeholders``: parameter path -> its fp32
+    torch tensor, computed on demand) its real value, lazily; the number bound. A weight left pointing at
+    a placeholder (named in a way ``values`` does not know) is a bug, caught here rather than shipped."""
+    bound = 0
+    for name, value in values.items():
+        init = model.graph.initializers.get(name)
+        if init is None:  # a parameter the graph does not use, or one path of a tied weight
+            continue
+        init.const_value = ir.LazyTensor(
+            lambda value=value: ir.Tensor(value().numpy()), dtype=ir.DataType.FLOAT,
+            shape=ir.Shape(init.shape or ()), name=name,
+        )
+        init.dtype = ir.DataType.FLOAT
+        bound += 1
+    for name, init in model.graph.initializers.items():
+        if values.unbound(getattr(init.const_value, "raw", None)):
+            raise AssertionError(f"the graph's weight {name} was traced from a placeholder that no parameter path names")
+    return bound
 
 
 def input_names_for(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  # noqa: ANN001
@@ -294,20 +329,13 @@ def export_program(
     outputs = [spec.output] + ([SENTENCE_OUTPUT] if pooling is not None else [])
     wrapper = TaskWrapper(model, spec, names, pooling).eval()
     if exporter == "torchscript":
-        return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, outputs)
+        from ffsplit.residency import materialised
+
+        with materialised(model):  # it writes the weights itself: give it real fp32 ones
+            return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, outputs)
     batch, seq, _ = _dims(model, past=False)
-    with quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(
-            wrapper,
-            tuple(sample_inputs(tokenizer, names).values()),
-            dynamo=True,
-            input_names=names,
-            output_names=outputs,
-            dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
-            verbose=False,
-        )
-    assert program is not None
-    return program.model
+    return _capture(wrapper, tuple(sample_inputs(tokenizer, names).values()), input_names=names,
+                    output_names=outputs, dynamic_shapes=tuple({0: batch, 1: seq} for _ in names))
 
 
 def save_model(model: ir.Model, path: Path) -> list[Path]:

@@ -56,19 +56,30 @@ class WeightGrid:
     """
 
     name: str
-    weight: np.ndarray
+    weight: np.ndarray | None  # None when only its digest is kept
     q: np.ndarray
     scale: np.ndarray
     zero_point: np.ndarray | None
     bits: int
     block: int | None = None
     smooth: np.ndarray | None = None  # (in,): the multiply's input is scaled by 1 / smooth first
+    digest: tuple[tuple[int, ...], str] | None = None  # of the weight as an ONNX MatMul holds it (in, out)
+
+    def key(self) -> tuple[tuple[int, ...], str]:
+        """The digest a graph's weight is matched by (``compress.onnx_digest``)."""
+        if self.digest is not None:
+            return self.digest
+        from ffsplit.split.compress import array_digest
+
+        assert self.weight is not None
+        return array_digest(self.weight.T)
 
     @classmethod
     def from_quantized(cls, name: str, qw: Any) -> WeightGrid:
         """From the split's ``Quantized`` (torch tensors)."""
         return cls(
-            name=name, weight=qw.weight.detach().numpy(), q=qw.q.numpy(), scale=qw.scale.numpy(),
+            name=name, weight=None if qw.weight is None else qw.weight.detach().numpy(), q=qw.q.numpy(),
+            scale=qw.scale.numpy(), digest=qw.digest,
             zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=qw.bits, block=qw.block,
             smooth=None if getattr(qw, "smooth", None) is None else qw.smooth.numpy(),
         )

@@ -28,7 +28,6 @@ the grid stored is the weight the split was checked with.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -38,6 +37,7 @@ from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, Precondi
 from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid, add_initializer, replace_node
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 from ffsplit.precisions import INT8_GRAPH_FORMS
+from ffsplit.split.compress import array_digest
 
 INT4_FORMS = ("matmulnbits",)
 
@@ -45,11 +45,6 @@ INT4_FORMS = ("matmulnbits",)
 def matmulnbits_block_ok(block: int | None) -> bool:
     """MatMulNBits takes power-of-two blocks from 16 up."""
     return block is not None and block >= 16 and block & (block - 1) == 0
-
-
-def _digest(a: np.ndarray) -> tuple[tuple[int, ...], str]:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return a.shape, hashlib.sha256(a.tobytes()).hexdigest()
 
 
 def _pack_nibbles(u: np.ndarray) -> np.ndarray:
@@ -210,7 +205,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
     def call(self, model: ir.Model) -> PassResult:
         if not self.grids:
             return PassResult(model, False)
-        wanted = {_digest(g.weight.T): g for g in self.grids.values()}
+        wanted = {g.key(): g for g in self.grids.values()}
         graph = model.graph
         found: list[tuple[ir.Node, WeightGrid]] = []
         for node in graph:
@@ -219,7 +214,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
             w = node.inputs[1]
             if w is None or w.const_value is None or w.dtype != ir.DataType.FLOAT or len(w.shape or ()) != 2:
                 continue
-            grid = wanted.get(_digest(w.const_value.numpy()))
+            grid = wanted.get(array_digest(w.const_value.numpy()))
             if grid is not None:
                 found.append((node, grid))
         if any(g.bits == 4 or self.int8_form in ("dynamic", "matmulnbits") for _, g in found):

@@ -46,11 +46,11 @@ class QuantizeOtherMatMulsInt4Pass(InPlacePass):
     def _grid(self, name: str, weight: ir.TensorProtocol) -> WeightGrid:
         import torch
 
-        from ffsplit.split.compress import quantize_int4
+        from ffsplit.split.compress import quantize_int4_grid
 
         w = torch.from_numpy(weight.numpy()).T  # ONNX (in, out) -> torch's (out, in)
-        qw = quantize_int4(w, self.block, self.symmetric)
-        return WeightGrid(name=name, weight=qw.weight.numpy(), q=qw.q.numpy(), scale=qw.scale.numpy(),
+        qw = quantize_int4_grid(w, self.block, self.symmetric)
+        return WeightGrid(name=name, weight=None, q=qw.q.numpy(), scale=qw.scale.numpy(),
                           zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=4, block=self.block)
 
     def call(self, model: ir.Model) -> PassResult:

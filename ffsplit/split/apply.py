@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
+from ffsplit.residency import fp32_value
 from ffsplit.split.compress import (
     LightRecipe,
     Quantized,
@@ -25,6 +25,7 @@ from ffsplit.split.compress import (
 from ffsplit.split.ffn_adapter import FFNAdapter, FFNWeights
 from ffsplit.split.modules import (
     Branch,
+    GridLinear,
     SplitFFN,
     count_params,
     dense_branch,
@@ -149,9 +150,9 @@ def split_layer(
         ranked = order[k:]
         keep = len(ranked) - math.ceil(recipe.prune * len(ranked))  # type: ignore[operator]
         light_idx, dropped = torch.sort(ranked[:keep]).values, ranked[keep:]
-        if profile.act_mean is not None:
-            shift = (ffn.w_out[:, dropped].double() @ profile.act_mean[dropped]).to(ffn.w_out.dtype)
-            b_out = shift if b_out is None else b_out + shift
+        if profile.act_mean is not None:  # in fp32 whatever the checkpoint's dtype: a computed value
+            shift = (ffn.w_out[:, dropped].double() @ profile.act_mean[dropped]).float()
+            b_out = shift if b_out is None else b_out.float() + shift
 
     def gate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         return None if ffn.w_gate is None else (ffn.w_gate[idx], _rows(ffn.b_gate, idx))
@@ -160,22 +161,23 @@ def split_layer(
     errors: dict[str, float | None] = {"light_in_error": None, "light_out_error": None}
     mom_a = None if profile.act_moment is None else profile.act_moment[light_idx][:, light_idx]
     factors = _factorizer(recipe.rank, profile) if recipe.structure == "lowrank" else None
+    wide = torch.float32  # factors are computed values: fp32, whatever the checkpoint's dtype
     up = None
     if form == "down":
         both = torch.cat([heavy_idx, light_idx])
         up = shared_up(ffn.w_in[both], _rows(ffn.b_in, both), ffn.act, gate(both))
         heavy = down_branch(ffn.w_out[:, heavy_idx])
-        light = down_branch(w_out_l, None if factors is None else factors(w_out_l, moment=mom_a))
+        light = down_branch(w_out_l, None if factors is None else factors(w_out_l.to(wide), moment=mom_a))
     else:
         heavy = dense_branch(ffn.w_in[heavy_idx], _rows(ffn.b_in, heavy_idx), ffn.w_out[:, heavy_idx], ffn.act,
                              gate(heavy_idx))
         if factors is None:
             light = dense_branch(w_in_l, _rows(ffn.b_in, light_idx), w_out_l, ffn.act, gate(light_idx))
         else:
-            f_in = factors(w_in_l, moment=profile.input_moment)
-            f_out = factors(w_out_l, moment=mom_a)
+            f_in = factors(w_in_l.to(wide), moment=profile.input_moment)
+            f_out = factors(w_out_l.to(wide), moment=mom_a)
             g = gate(light_idx)
-            f_gate = None if g is None else (factors(g[0], moment=profile.input_moment), g[1])
+            f_gate = None if g is None else (factors(g[0].to(wide), moment=profile.input_moment), g[1])
             light = lowrank_branch(f_in, _rows(ffn.b_in, light_idx), f_out, ffn.act, f_gate)
     quantized: dict[str, Quantized] = {}
     with torch.no_grad():
@@ -185,15 +187,16 @@ def split_layer(
                 qw = smooth_int8(lin.weight.detach(), profile.input_absmax, smooth_alpha, int8_qmax)
             else:
                 qw = quantize(lin.weight.detach(), recipe, int8_qmax)
-            if qw is not None:
-                lin.weight.copy_(qw.weight)
-                # one copy of the dequantised weight: the grid's is the parameter itself
-                quantized[f"light.{name}.weight"] = dataclasses.replace(qw, weight=lin.weight.detach())
+            if qw is not None:  # the branch holds the grid (1 byte a weight), the plan its digest
+                light.set_submodule(name, GridLinear.from_quantized(qw, lin.bias))
+                quantized[f"light.{name}.weight"] = qw.held()
         for name, lin in _weights(heavy).items():
             w, qw = heavy_weight(lin.weight.detach(), heavy_precision, int8_qmax)
-            lin.weight.copy_(w)
             if qw is not None:
-                quantized[f"heavy.{name}.weight"] = dataclasses.replace(qw, weight=lin.weight.detach())
+                heavy.set_submodule(name, GridLinear.from_quantized(qw, lin.bias))
+                quantized[f"heavy.{name}.weight"] = qw.held()
+            elif w is not lin.weight:
+                lin.weight = nn.Parameter(w, requires_grad=False)
     if not recipe.exact:
         errors = _light_errors(ffn, profile, light, light_idx, dropped, w_in_l, w_out_l)
     return SplitResult(SplitFFN(heavy, light, b_out, up), heavy_idx, errors, quantized)
@@ -230,8 +233,8 @@ def _light_errors(
 
     def effective(prefix: str) -> torch.Tensor:
         if prefix in lights:
-            return lights[prefix].weight.detach()
-        return lights[f"{prefix}.up"].weight.detach() @ lights[f"{prefix}.down"].weight.detach()
+            return fp32_value(lights[prefix], "weight")
+        return fp32_value(lights[f"{prefix}.up"], "weight") @ fp32_value(lights[f"{prefix}.down"], "weight")
 
     mu = profile.act_mean[dropped] if profile.act_mean is not None else torch.zeros(len(dropped), dtype=torch.float64)
     has_in = light.fc_in is not None  # the down form's light branch has only its down-projection
@@ -365,11 +368,29 @@ def rebuild_split(
         recipe = parse_light(plan["light_recipe"])
         split = split_layer(ffn, placeholder, plan["heavy"], recipe, form=plan.get("split", "both")).split
         prefix = f"{plan['module']}."
-        split.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        _grid_shells(split, mine, recipe.block)
+        split.load_state_dict(mine, strict=True)
         adapter.install(layer, split)
         wrong.extend(_contradicted(plan, _layer_facts(i, model, split, d_model, d_ff, before, gated,
                                                            recipe.structure == "lowrank")))
     return wrong
+
+
+def _grid_shells(split: SplitFFN, state: dict[str, torch.Tensor], block: int) -> None:
+    """Make each Linear of ``split`` whose saved state is a grid (``<path>.scale``) a GridLinear of that
+    grid's form: the skeleton may have made it a plain one (a heavy branch quantised for the runtime) or a
+    grid of another form."""
+    for name, module in list(split.named_modules()):
+        if not isinstance(module, nn.Linear) or f"{name}.scale" not in state:
+            continue
+        scale = state[f"{name}.scale"]
+        bits = 8 if scale.dim() == 1 else 4
+        # the skeleton's own grid may lack what the export applied (SmoothQuant's factors): the state decides
+        split.set_submodule(name, GridLinear(
+            state[f"{name}.weight"], scale, state.get(f"{name}.zero_point"), state.get(f"{name}.smooth"),
+            module.bias, bits=bits, block=block if bits == 4 else None,
+        ))
 
 
 def _layer_facts(

@@ -16,9 +16,12 @@ runtime will, and the per-branch precision pass can store the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ffsplit.errors import UsageError
@@ -116,11 +119,23 @@ def parse_heavy(spec: str) -> str:
     return spec
 
 
+def array_digest(a: np.ndarray) -> tuple[tuple[int, ...], str]:
+    """The shape and SHA-256 of an fp32 array's values (-0.0 counted as 0.0: a grid dequantised from
+    integer codes gives +0.0 where rounding a float gave -0.0)."""
+    a = np.ascontiguousarray(a, dtype=np.float32) + np.float32(0.0)
+    return a.shape, hashlib.sha256(a.tobytes()).hexdigest()
+
+
+def onnx_digest(weight: torch.Tensor) -> tuple[tuple[int, ...], str]:
+    """What identifies a torch (out, in) weight in an ONNX graph, where a MatMul holds it as (in, out) fp32."""
+    return array_digest(weight.detach().float().numpy().T)
+
+
 @dataclass
 class Quantized:
     """A weight on a quantisation grid: ``weight == (q - zero_point) * scale`` in fp32."""
 
-    weight: torch.Tensor  # (out, in) fp32, dequantised
+    weight: torch.Tensor | None  # (out, in) fp32, dequantised; None once ``held`` (the digest stands for it)
     q: torch.Tensor  # (out, in) int8 (int4 values held in int8)
     scale: torch.Tensor  # (out,) or (out, blocks) fp32
     zero_point: torch.Tensor | None  # like scale, int8, asymmetric only
@@ -128,6 +143,13 @@ class Quantized:
     block: int | None = None
     # activation smoothing: ``weight == grid / smooth`` per input channel, the input scaled by 1 / smooth
     smooth: torch.Tensor | None = None
+    digest: tuple[tuple[int, ...], str] | None = None  # ``onnx_digest`` of ``weight``
+
+    def held(self) -> Quantized:
+        """This grid without its dequantised fp32 copy (4 bytes a weight), identified by its digest instead."""
+        if self.weight is None:
+            return self
+        return dataclasses.replace(self, weight=None, digest=onnx_digest(self.weight))
 
     def nbytes(self) -> int:
         n = self.q.numel()
@@ -181,6 +203,14 @@ def quantize_int4(w: torch.Tensor, block: int = 32, symmetric: bool = True) -> Q
         4,
         block,
     )
+
+
+def quantize_int4_grid(w: torch.Tensor, block: int = 32, symmetric: bool = True, rows: int = 1024) -> Quantized:
+    """``quantize_int4``'s grid alone (no dequantised copy), ``rows`` output channels at a time: its
+    temporaries are several times the weight, hundreds of MB for an LM head if taken whole."""
+    parts = [quantize_int4(w[i : i + rows], block, symmetric) for i in range(0, w.shape[0], rows)]
+    zero = None if symmetric else torch.cat([p.zero_point for p in parts])  # type: ignore[misc]
+    return Quantized(None, torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), zero, 4, block)
 
 
 def smooth_int8(w: torch.Tensor, input_absmax: torch.Tensor, alpha: float = 0.5, qmax: int = 127) -> Quantized:

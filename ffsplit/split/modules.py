@@ -7,6 +7,8 @@ and the tag pass reads them from there.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -83,7 +85,8 @@ class SplitFFN(nn.Module):
         self.up = up
         self.heavy = heavy
         self.light = light
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        # fp32 whatever the checkpoint's dtype: a pruned branch's mean contribution is folded into it
+        self.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False) if bias is not None else None
         self.k = heavy.fc_out.in_features if up is not None else 0
 
     @property
@@ -101,23 +104,58 @@ class SplitFFN(nn.Module):
         return y
 
 
+class GridLinear(nn.Linear):
+    """A Linear whose weight is held on its quantisation grid: int8 codes (int4 values in int8), a scale per
+    output channel (int8) or per block of ``block`` inputs (int4), zero points when asymmetric, and the
+    SmoothQuant factors when smoothed. Each call computes with the fp32 weight ``(q - zero_point) * scale
+    [/ smooth]``, exactly as ``compress``' quantisers and a runtime's DequantizeLinear do; 1 byte per
+    weight held instead of 4.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                 smooth: torch.Tensor | None, bias: torch.Tensor | None, *, bits: int, block: int | None) -> None:
+        nn.Module.__init__(self)
+        self.out_features, self.in_features = q.shape
+        self.bits, self.block = bits, block
+        self.weight = nn.Parameter(q.to(torch.int8).contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("zero_point", None if zero_point is None else zero_point.to(torch.int8).contiguous())
+        self.register_buffer("smooth", None if smooth is None else smooth.float().contiguous())
+
+    @classmethod
+    def from_quantized(cls, qw: Any, bias: torch.Tensor | None = None) -> GridLinear:
+        return cls(qw.q, qw.scale, qw.zero_point, qw.smooth, bias, bits=qw.bits, block=qw.block)
+
+    def dequantised(self) -> torch.Tensor:
+        q = self.weight.float()
+        per_input = self.bits == 4
+        scale = self.scale.repeat_interleave(self.block, dim=1)[:, : self.in_features] if per_input else self.scale[:, None]
+        if self.zero_point is not None:
+            zp = self.zero_point.float()
+            q = q - (zp.repeat_interleave(self.block, dim=1)[:, : self.in_features] if per_input else zp[:, None])
+        w = q * scale
+        return w if self.smooth is None else w / self.smooth[None, :]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a floating weight is the export's placeholder (``residency.placeholders``): a plain Linear then
+        w = self.weight if self.weight.is_floating_point() else self.dequantised()
+        return nn.functional.linear(x, w, self.bias)
+
+
 def _linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-    with torch.no_grad():
-        lin.weight.copy_(w)
-        if b is not None:
-            lin.bias.copy_(b)
+    """A Linear holding ``w`` (and ``b``) in their own dtype: rows of a bf16 checkpoint stay bf16."""
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+    lin.weight = nn.Parameter(w.detach().clone().contiguous(), requires_grad=False)
+    if b is not None:
+        lin.bias = nn.Parameter(b.detach().clone(), requires_grad=False)
     return lin
 
 
 def _lowrank(factors: tuple[torch.Tensor, torch.Tensor], b: torch.Tensor | None) -> LowRankLinear:
     down, up = factors
     lin = LowRankLinear(down.shape[1], up.shape[0], down.shape[0], bias=b is not None)
-    with torch.no_grad():
-        lin.down.weight.copy_(down)
-        lin.up.weight.copy_(up)
-        if b is not None:
-            lin.up.bias.copy_(b)
+    lin.down, lin.up = _linear(down, None), _linear(up, b)
     return lin
 
 

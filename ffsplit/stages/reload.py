@@ -57,6 +57,7 @@ def split_in_place(art: LoadedArtifact, loaded: Any) -> None:
 
 
 def _rebuild_into(art: LoadedArtifact, model: Any) -> None:
+    from ffsplit.residency import hold_as_stored
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import rebuild_split
     from ffsplit.split.modules import count_params
@@ -72,6 +73,7 @@ def _rebuild_into(art: LoadedArtifact, model: Any) -> None:
             f"{art.folder / SPLIT_WEIGHTS} does not fit the manifest's layers ({type(exc).__name__}: {first}): "
             "re-run ffsplit export"
         ) from None
+    hold_as_stored(model)
     wrong += _contradicted_totals(art.manifest["params"], art.manifest.layers, total_before, count_params(model))
     if wrong:  # hashes and the embedded copy agree, so the export itself wrote (or a forger re-signed) these
         raise CheckFailed(f"the manifest describes another model than the one it holds: {'; '.join(wrong[:3])}"
@@ -96,7 +98,22 @@ def read_split_weights(path: Path) -> dict[str, Any]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(("heavy_index.", "quant."))}  # noqa: SIM118
+            state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("heavy_index.")}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"{path} is damaged ({type(exc).__name__}: {first}): re-run ffsplit export") from None
+    return _held_grids(state)
+
+
+def _held_grids(state: dict[str, Any]) -> dict[str, Any]:
+    """Artifacts written before the split held its grids stored each quantised weight dequantised (``<path>.weight``, fp32) with its grid
+    beside it (``quant.<path>.weight.q`` / ``.scale`` / ``.zero_point`` / ``.smooth``); the split now holds
+    the grid itself (``GridLinear``: ``<path>.weight`` the codes, ``<path>.scale`` ...)."""
+    for key in [k for k in state if k.startswith("quant.") and k.endswith(".weight.q")]:
+        path = key[len("quant."):-len(".weight.q")]
+        state[f"{path}.weight"] = state.pop(key)
+        for part in ("scale", "zero_point", "smooth"):
+            old = state.pop(f"quant.{path}.weight.{part}", None)
+            if old is not None:
+                state[f"{path}.{part}"] = old
+    return state

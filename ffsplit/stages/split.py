@@ -42,6 +42,7 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
     import torch
 
     from ffsplit.graph_passes.precision import WeightGrid
+    from ffsplit.residency import hold_as_stored
     from ffsplit.split.apply import split_model, split_state
     from ffsplit.split.profile import input_absmax
 
@@ -88,14 +89,8 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
             plan.texts, max_length=plan.options.max_length, position_ids=loaded.task.position_ids,
         )
         act_absmax = {f"{k}.weight": v for k, v in absmax.items()}
+    hold_as_stored(model)  # the split's rows of a bf16 checkpoint stay bf16, computed in fp32
+    # every SplitFFN's weights as held: rows in the checkpoint's dtype, quantised weights as their grids
     state = split_state(model, plan_objs)
     state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
-    # The grid of every quantised weight, for the per-branch precision pass to store exactly.
-    for path, qw in quantized.items():
-        if qw.smooth is not None:
-            state[f"quant.{path}.smooth"] = qw.smooth.contiguous()
-        state[f"quant.{path}.q"] = qw.q
-        state[f"quant.{path}.scale"] = qw.scale.contiguous()
-        if qw.zero_point is not None:
-            state[f"quant.{path}.zero_point"] = qw.zero_point.contiguous()
     return Split(model, [p.to_json() for p in plan_objs], grids, act_absmax, state, budget)

@@ -22,9 +22,9 @@ from ffsplit.split.apply import (
     validate_recipe,
 )
 from ffsplit.split.calibration import calibration_texts, encode_batches
-from ffsplit.split.compress import LightRecipe, parse_light
+from ffsplit.split.compress import LightRecipe, onnx_digest, parse_light
 from ffsplit.split.ffn_adapter import FFNWeights
-from ffsplit.split.modules import SplitFFN
+from ffsplit.split.modules import GridLinear, SplitFFN
 from ffsplit.split.profile import LayerProfile, profile_model
 
 
@@ -203,8 +203,9 @@ def test_sampled_errors_equal_full_moments_over_the_same_tokens() -> None:
     assert none == {"light_in_error": None, "light_out_error": None}
 
 
-def test_a_quantised_weight_is_held_once(tiny_bert_dir: Path) -> None:
-    """The grid the graph pass stores and the parameter torch runs share one tensor: no second fp32 copy."""
+def test_a_quantised_weight_is_held_once_as_its_grid(tiny_bert_dir: Path) -> None:
+    """torch holds a quantised weight as its int8 codes (1 byte a weight), the plan only the digest the graph
+    pass finds it by: no fp32 copy anywhere, and the fp32 weight computed from the codes is the grid's."""
     loaded = load_model(str(tiny_bert_dir))
     adapter = find_adapter(loaded.model)
     profiles = profile_model(loaded.model, adapter, loaded.tokenizer, calibration_texts(limit=8), max_length=32,
@@ -214,7 +215,10 @@ def test_a_quantised_weight_is_held_once(tiny_bert_dir: Path) -> None:
     params = dict(loaded.model.named_parameters())
     assert {p.split(".")[-3] for p in quantized} == {"heavy", "light"}
     for path, qw in quantized.items():
-        assert qw.weight.data_ptr() == params[path].data_ptr(), path
+        module = loaded.model.get_submodule(path.removesuffix(".weight"))
+        assert isinstance(module, GridLinear) and params[path].dtype == torch.int8, path
+        assert qw.weight is None and qw.digest == onnx_digest(module.dequantised()), path
+        assert torch.equal(params[path], qw.q), path
 
 
 @pytest.mark.parametrize("recipe", ["none", "int8", "prune:0.5+int4", "lowrank:8"])
