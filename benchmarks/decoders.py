@@ -1,7 +1,8 @@
 """Decoders at the size users ship: export memory and time of generated Llama-shaped models.
 
     python benchmarks/decoders.py make --size 0.5b --out /tmp/llama-0.5b      # random weights, bf16
-    python benchmarks/decoders.py export /tmp/llama-0.5b --record     # export memory and time
+    python benchmarks/decoders.py make --size overhead --like /tmp/llama-0.5b --out /tmp/llama-0.5b-overhead
+    python benchmarks/decoders.py export /tmp/llama-0.5b --overhead /tmp/llama-0.5b-overhead --record
     python benchmarks/decoders.py speed /tmp/llama-0.5b --record      # generation vs ORT int4 of the original
     python benchmarks/decoders.py report                              # results/decoders.md and .png
 
@@ -39,6 +40,10 @@ RESULTS = Path(__file__).parent / "results"
 RANDOM_WEIGHT_LIMITS = ["--limit", "top1_agreement=0", "--limit", "top5_agreement=0", "--limit", "perplexity_ratio=1000"]
 # Llama-shaped, grouped-query attention, untied head, vocab 32,000 (the MiniLM tokenizer's ids fit)
 SIZES: dict[str, dict[str, int]] = {
+    # the vocabulary, context and attention heads of a model (``make --like``) at a negligible size (head
+    # width 4, 2 layers): what an export costs whatever the weights (the interpreter and libraries, the
+    # check's 2,048-token batch: its 32,000-wide logits and its heads x 2,048^2 attention scores)
+    "overhead": {"intermediate_size": 256, "num_hidden_layers": 2},
     "0.1b": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 8,
              "num_key_value_heads": 2},
     "0.5b": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
@@ -48,14 +53,22 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def make(size: str, out: Path, dtype: str) -> None:
+def make(size: str, out: Path, dtype: str, like: Path | None = None) -> None:
     import torch
     import transformers
 
     from ffsplit.loading import resolve_model
 
+    shape = dict(SIZES[size])
+    if size == "overhead":
+        if like is None:
+            raise SystemExit("--size overhead needs --like MODEL: the model whose heads it copies")
+        ref = json.loads((like / "config.json").read_text())
+        heads = ref["num_attention_heads"]
+        shape.update(num_attention_heads=heads, num_key_value_heads=ref["num_key_value_heads"], hidden_size=4 * heads,
+                     head_dim=4)
     cfg = transformers.LlamaConfig(vocab_size=32000, max_position_embeddings=2048, pad_token_id=0,
-                                   bos_token_id=101, eos_token_id=102, **SIZES[size])
+                                   bos_token_id=101, eos_token_id=102, **shape)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).to(getattr(torch, {"bf16": "bfloat16", "fp16": "float16",
                                                                    "fp32": "float32"}[dtype])).eval()
@@ -81,13 +94,15 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def export(model_dir: Path, out: Path, args: list[str]) -> dict:
+def export(model_dir: Path, out: Path, args: list[str], overhead: dict | None = None) -> dict:
+    """One ``ffsplit export`` in a child process; with ``overhead`` (the row of the same export of the
+    ``overhead`` size), also each stage's peak above what that stage costs at a negligible model size."""
     cmd = [sys.executable, "-m", "ffsplit", "export", str(model_dir), "--out", str(out), "--force", *args]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child's, in bytes
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child's so far, in bytes
     stored = stored_bytes(model_dir)
     row = {"model": model_dir.name, "command": " ".join(["ffsplit export", model_dir.name, *args]),
            "exit": proc.returncode, "stored_gb": round(stored / 1e9, 3), "peak_gb": round(peak / 1e9, 3),
@@ -104,6 +119,11 @@ def export(model_dir: Path, out: Path, args: list[str]) -> dict:
         peak = max(peak, int(max(row["stages_peak_mb"].values(), default=0) * 1e6))
         row.update(peak_gb=round(peak / 1e9, 3), peak_over_stored=round(peak / stored, 2))
         row["onnx_gb"] = round(sum((out / k).stat().st_size for k in m["files"] if k.startswith("model.onnx")) / 1e9, 3)
+        if overhead is not None and overhead.get("stages_peak_mb"):
+            base = overhead["stages_peak_mb"]
+            above = {k: v - base.get(k, 0.0) for k, v in row["stages_peak_mb"].items()}
+            row["overhead_peak_mb"] = base
+            row["above_overhead_over_stored"] = round(max(above.values()) * 1e6 / stored, 2)
     print(json.dumps(row, indent=1))
     return row
 
@@ -302,11 +322,22 @@ def report() -> None:
     speeds = {(r["model"], r["source"], r["batch"], r.get("phase", "ort")): r for r in rows if "decode_tokens_per_s" in r}
     lines = ["# Decoders at size (generated by benchmarks/decoders.py; random weights: memory and speed only)", "",
              "## Export: peak resident memory and time", "",
-             "| model | stored (bf16) | peak | peak / stored | wall | per stage peak MB | date, CPU |", "|---|---|---|---|---|---|---|"]
+             "| model | stored (bf16) | peak | peak / stored | above overhead / stored | wall | per stage peak MB | "
+             "date, CPU |", "|---|---|---|---|---|---|---|---|"]
     for r in exports.values():
         stages = ", ".join(f"{k} {v:,.0f}" for k, v in r.get("stages_peak_mb", {}).items())
+        above = r.get("above_overhead_over_stored")
         lines.append(f"| `{r['command']}` | {r['stored_gb']} GB | {r['peak_gb']} GB | {r['peak_over_stored']}x | "
+                     f"{f'{above}x' if above is not None else '-'} | "
                      f"{r['wall_s']:.0f} s | {stages} | {r['date']}, {r['cpu']}, {r['cores']} cores |")
+    overheads = [r for r in exports.values() if r.get("overhead_peak_mb")]
+    if overheads:
+        base = overheads[-1]["overhead_peak_mb"]
+        lines += ["", "Overhead: the same export of a Llama of the same vocabulary (32,000), context (2,048) and "
+                  "attention heads at a negligible size (head width 4, 2 layers; `decoders.py make --size overhead "
+                  "--like MODEL`), per stage (MB), for the last model listed: "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in base.items()) + ". *Above overhead* is the largest "
+                  "stage's peak minus that stage's overhead, over the stored weights."]
     lines += ["", "## Generation: ffsplit cpu-int4 against ONNX Runtime's MatMulNBitsQuantizer int4 of the original", "",
               "| source | batch | model | time to first token (prompt 128) | decode tokens/s | ONNX size | date, CPU |",
               "|---|---|---|---|---|---|---|"]
@@ -341,10 +372,14 @@ def main() -> None:
     m.add_argument("--size", choices=sorted(SIZES), default="0.5b")
     m.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--like", type=Path, default=None, help="--size overhead: the model whose attention heads it copies")
     e = sub.add_parser("export")
     e.add_argument("model", type=Path)
     e.add_argument("--out", type=Path, default=None)
     e.add_argument("--record", action="store_true", help="append the row to benchmarks/results/decoders.json")
+    e.add_argument("--overhead", type=Path, default=None,
+                   help="a model made with --size overhead: exported first, the same way, to measure what an "
+                        "export costs at a negligible size (reported beside each stage's peak)")
     sp = sub.add_parser("speed")
     sp.add_argument("model", type=Path)
     sp.add_argument("--work", type=Path, default=None, help="where the two exports are kept (default /tmp)")
@@ -367,14 +402,21 @@ def main() -> None:
             record(rows)
         return
     if a.cmd == "make":
-        make(a.size, a.out, a.dtype)
+        make(a.size, a.out, a.dtype, a.like)
         return
     # Random weights have no heavy hitters and int4 moves their next token a lot: the export's accuracy
     # limits are opened (fidelity, split torch vs the runtime, stays as tight as ever) so the run completes
     # and every stage is measured.
-    rest = rest or ["--target", "cpu", "--light", "int4", "--task", "causal-lm", "--calib-size", "32",
-                    "--eval-size", "16", "--max-length", "64", *RANDOM_WEIGHT_LIMITS]
-    row = export(a.model, a.out or Path(f"/tmp/ffsplit-bench-{a.model.name}"), rest)
+    out = a.out or Path(f"/tmp/ffsplit-bench-{a.model.name}")
+    if not rest:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        target = _opened_int4_target(out.parent, "down")
+        rest = ["--target", str(target), "--task", "causal-lm", "--calib-size", "32", "--eval-size", "16",
+                "--max-length", "64", *RANDOM_WEIGHT_LIMITS]
+    base = None
+    if a.overhead is not None:
+        base = export(a.overhead, Path(f"{out}-overhead"), rest)
+    row = export(a.model, out, rest, overhead=base)
     if a.record:
         record([row])
 

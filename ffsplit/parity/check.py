@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -144,19 +145,20 @@ def compare_three(
         if isinstance(model, RecordedOutputs) and model.count != len(batches):
             raise AssertionError(f"recorded {model.count} batches, parity runs {len(batches)}")
 
-    def output(model: torch.nn.Module | RecordedOutputs, i: int, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    def output(model: torch.nn.Module | RecordedOutputs, i: int, batch: dict[str, torch.Tensor]) -> Callable[[], np.ndarray]:
         if isinstance(model, RecordedOutputs):
-            return model.output(i)
-        return torch_output(model, batch, task, graph_inputs)
+            return partial(model.output, i)  # read from disk when needed, as often as needed
+        value = torch_output(model, batch, task, graph_inputs)
+        return lambda: value
 
     for i, batch in enumerate(tqdm(batches, desc="checking parity", unit="batch", disable=not progress, leave=False)):
         np_batch = {k: v.numpy() for k, v in batch.items()}
         runtime = runner.infer(runner.feed_from(np_batch))
         if on_runtime is not None:  # every output of the graph, for checks of its other outputs
             on_runtime(np_batch, runtime)
-        outs = {"original": output(original, i, batch), "split": output(split, i, batch), "runtime": runtime[task.output]}
-        for name, (ref, other, _) in COMPARISONS.items():
-            accs[name].update(outs[ref], outs[other], np_batch)
+        _compare_batch(accs, {"original": output(original, i, batch), "split": output(split, i, batch),
+                              "runtime": lambda runtime=runtime: runtime.pop(task.output)}, np_batch)
+        del runtime
     results = {name: acc.result() for name, acc in accs.items()}
     if task.past:
         from ffsplit.parity.generation import agreement, greedy_runtime, greedy_torch
@@ -174,6 +176,24 @@ def compare_three(
         for name, (ref, other, _) in COMPARISONS.items():
             results[name]["generation_agreement"] = agreement(generated[ref], generated[other])
     return results
+
+
+def _compare_batch(accs: dict[str, Any], outputs: dict[str, Callable[[], np.ndarray]], batch: dict[str, np.ndarray]) -> None:
+    """Every comparison on one batch, holding at most two models' outputs at once: at the longest batch a
+    decoder's logits are 0.5 GB each (2 x 2,048 positions x 32,000), and a recorded output is read again
+    rather than kept."""
+    held: dict[str, np.ndarray] = {}
+    order = ["shipped", "fidelity", "compression"]  # the runtime's output first (it is read once), then the pair
+    assert sorted(order) == sorted(COMPARISONS)
+    for name in order:
+        ref, other, _ = COMPARISONS[name]
+        for needed in (ref, other):
+            if needed not in held:
+                for gone in [k for k in held if k not in (ref, other)]:
+                    del held[gone]
+                held[needed] = outputs[needed]()
+        accs[name].update(held[ref], held[other], batch)
+    held.clear()
 
 
 def runtime_accuracy(

@@ -12,6 +12,7 @@ from torch import nn
 
 from ffsplit.errors import UsageError
 from ffsplit.residency import fp32_value
+from ffsplit.resources import forget_file_pages
 from ffsplit.split.compress import (
     LightRecipe,
     Quantized,
@@ -311,6 +312,7 @@ def split_model(
         res = split_layer(ffn, prof, k, recipe, heavy_precision, smooth_alpha, int8_qmax, form)
         split = res.split
         adapter.install(layer, split)
+        forget_file_pages(ffn.tensors())  # the replaced FFN's pages of a mapped checkpoint
         module = _module_path(model, split)
         indices[module] = res.heavy_idx
         quantized.update({f"{module}.{name}": q for name, q in res.quantized.items()})
@@ -372,6 +374,7 @@ def rebuild_split(
         _grid_shells(split, mine, recipe.block)
         split.load_state_dict(mine, strict=True)
         adapter.install(layer, split)
+        forget_file_pages(ffn.tensors())
         wrong.extend(_contradicted(plan, _layer_facts(i, model, split, d_model, d_ff, before, gated,
                                                            recipe.structure == "lowrank")))
     return wrong

@@ -66,6 +66,10 @@ class FFNWeights:
         """Parameters of this FFN, biases included."""
         return sum(t.numel() for t in (self.w_in, self.b_in, self.w_out, self.b_out, self.w_gate, self.b_gate) if t is not None)
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every weight and bias of this FFN."""
+        return [t for t in (self.w_in, self.b_in, self.w_out, self.b_out, self.w_gate, self.b_gate) if t is not None]
+
     def macs(self) -> int:
         """Weight multiply-adds per token."""
         return sum(t.numel() for t in (self.w_in, self.w_out, self.w_gate) if t is not None)

@@ -183,3 +183,21 @@ def test_smoothing_keeps_the_product_and_helps_per_tensor_activation_rounding() 
     err_plain = (per_tensor_int8(x) @ plain.weight.T - exact).norm()
     err_smooth = (per_tensor_int8(x / smooth.smooth) @ (smooth.weight * smooth.smooth).T - exact).norm()
     assert err_smooth < 0.5 * err_plain
+
+
+@pytest.mark.parametrize("form", ["int4", "int4-ragged", "int4-asym", "int8", "int8-smooth"])
+def test_a_grid_linear_computes_with_exactly_the_quantisers_weight(form: str) -> None:
+    """GridLinear holds the codes and dequantises at each call: bit for bit the fp32 weight the quantiser gave
+    (the graph pass finds the weight by those bytes)."""
+    from ffsplit.split.compress import onnx_digest, quantize_int4, quantize_int8, smooth_int8
+    from ffsplit.split.modules import GridLinear
+
+    w = torch.randn(24, 100 if form == "int4-ragged" else 96, generator=torch.Generator().manual_seed(0))
+    qw = {"int4": lambda: quantize_int4(w, 32), "int4-ragged": lambda: quantize_int4(w, 32),
+          "int4-asym": lambda: quantize_int4(w, 32, symmetric=False), "int8": lambda: quantize_int8(w),
+          "int8-smooth": lambda: smooth_int8(w, w.abs().amax(0) * 3, 0.5)}[form]()
+    grid = GridLinear.from_quantized(qw, torch.ones(24))
+    assert grid.weight.dtype == torch.int8
+    assert onnx_digest(grid.dequantised()) == onnx_digest(qw.weight) == qw.held().digest
+    x = torch.randn(3, w.shape[1])
+    assert torch.equal(grid(x), torch.nn.functional.linear(x, qw.weight, torch.ones(24)))
