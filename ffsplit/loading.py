@@ -166,9 +166,10 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
             f"cannot load '{spec}' for {task_spec.name} ({type(exc).__name__}: {first}): the weights are damaged "
             "or do not match config.json; re-save or re-download the model"
         ) from None
-    from ffsplit.residency import hold_as_stored
+    from ffsplit.residency import computed_buffers_in_fp32, hold_as_stored
 
-    hold_as_stored(model)
+    if hold_as_stored(model):
+        computed_buffers_in_fp32(model)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()

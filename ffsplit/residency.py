@@ -46,6 +46,52 @@ def hold_as_stored(model: nn.Module) -> bool:
     return found
 
 
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Modules built within get their parameters on the meta device (no memory) and their buffers for real."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(self, name, param)
+        if param is not None and param.device.type != "meta":
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def computed_buffers_in_fp32(model: nn.Module) -> int:
+    """Give ``model`` the fp32 values of the buffers it computes when built (not loaded from the checkpoint):
+    loading in bf16 builds them in bf16 (Gemma's embedding scale), where the fp32 model has exact values.
+    The model is built again with its parameters on the meta device, for those buffers alone; the number
+    replaced."""
+    import copy
+
+    persistent = set(model.state_dict())
+    torch_default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with _parameters_on_meta(), torch.device("cpu"):
+            fresh = type(model)(copy.deepcopy(model.config))
+    except Exception:  # noqa: BLE001  a class that cannot be built from its config alone keeps what it loaded
+        return 0
+    finally:
+        torch.set_default_dtype(torch_default)
+    mine = dict(model.named_buffers())
+    replaced = 0
+    for name, value in fresh.named_buffers():
+        held = mine.get(name)
+        if name in persistent or held is None or not value.is_floating_point() or value.shape != held.shape:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._buffers[leaf] = value.float()
+        replaced += 1
+    return replaced
+
+
 def _widen(module: nn.Module, args: Any) -> None:
     for p in module._parameters.values():
         if p is not None and getattr(p, _WIDEN, False) and p.dtype in HALF:
@@ -70,12 +116,6 @@ def fp32_value(module: nn.Module, name: str) -> torch.Tensor:
     if name == "weight" and dequantised is not None and not p.is_floating_point():
         return dequantised()
     return p.detach().float() if p.dtype != torch.float32 else p.detach()
-
-
-def stored_bytes(model: nn.Module) -> int:
-    """Bytes the parameters and buffers take as held."""
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 class Placeholders(dict[str, Callable[[], torch.Tensor]]):
