@@ -188,8 +188,17 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path: Path) 
 
 
 def test_exports_into_different_folders_do_not_block_each_other(tmp_path: Path) -> None:
-    with output_lock(tmp_path / "a"), output_lock(tmp_path / "b"):
-        pass
+    """While this process holds the lock of folder a, another process takes (and releases) folder b's."""
+    with output_lock(tmp_path / "a") as held:
+        child = subprocess.run(
+            [sys.executable, "-c", "import os, pathlib\nfrom ffsplit.artifact import output_lock\n"
+             f"with output_lock(pathlib.Path({str(tmp_path / 'b')!r})) as lock:\n"
+             "    print(lock.read_text() == str(os.getpid()))"],
+            capture_output=True, text=True, check=False,
+        )
+        assert child.returncode == 0 and child.stdout.strip() == "True", child.stderr
+        assert held.read_text() == str(os.getpid())  # a's lock untouched by b's
+    assert not held.exists() and not any(p.name.endswith(".ffsplit-lock") for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
