@@ -1,4 +1,4 @@
-"""GPT-2 (Conv1D projections): every model type the adapter lists, exported exactly for every task in its row.
+"""GPT-2 (Conv1D projections): its KV-cache export (the other exact exports are in test_exact_exports.py).
 
 The KV-cache export goes through the CLI with ``--task auto`` (a checkpoint with an LM head gets the KV-cache
 graph), and the same folder is then checked and benchmarked: one export serves all three.
@@ -9,16 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from conftest import assert_exact_artifact, assert_exact_export, export_cases, run_cli, save_family_model
+from conftest import assert_exact_artifact, run_cli, save_family_model
 
 KV = ("gpt2", "causal-lm-with-past")
 SIZES = ("--calib-size", "16", "--eval-size", "24", "--max-length", "32")  # as assert_exact_export
-
-
-@pytest.mark.parametrize(("model_type", "task"), [c for c in export_cases("gpt2") if c != KV])
-def test_exact_export(model_type: str, task: str, family_root: Path, tmp_path: Path, cache_dir: Path) -> None:
-    assert_exact_export(model_type, task, family_root, tmp_path)
 
 
 def test_kv_cache_export_by_task_auto_then_check_and_bench(family_root: Path, tmp_path: Path, cache_dir: Path) -> None:

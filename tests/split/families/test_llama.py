@@ -1,23 +1,18 @@
-"""Llama-layout decoders (Llama, Mistral, Qwen2, Qwen3, Gemma): every model type the adapter lists, exported exactly for every task in its row."""
+"""Llama-layout decoders (Llama, Mistral, Qwen2, Qwen3, Gemma): what is particular to them (their exact exports are
+in test_exact_exports.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
-from conftest import assert_exact_export, export_cases, save_family_model
+from conftest import save_family_model
 
 from ffsplit import api
 from ffsplit.loading import load_model
 from ffsplit.split.adapters import find_adapter
 from ffsplit.split.calibration import calibration_texts
 from ffsplit.split.profile import profile_model
-
-
-@pytest.mark.parametrize(("model_type", "task"), export_cases("llama"))
-def test_exact_export(model_type: str, task: str, family_root: Path, tmp_path: Path, cache_dir: Path) -> None:
-    assert_exact_export(model_type, task, family_root, tmp_path)
 
 
 def test_gated_lowrank_with_kv_cache(family_root: Path, tmp_path: Path, cache_dir: Path) -> None:
