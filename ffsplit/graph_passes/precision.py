@@ -50,36 +50,26 @@ _LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsquee
 class WeightGrid:
     """A weight on a quantisation grid: ``weight == (q - zero_point) * scale`` in fp32.
 
-    ``weight`` and ``q`` are (out, in) as torch's Linear holds them; ``scale``
+    ``q`` is (out, in) as torch's Linear holds the weight; ``scale``
     (and ``zero_point``) are (out,) for int8, (out, blocks) for blockwise int4
     with blocks along ``in``.
     """
 
     name: str
-    weight: np.ndarray | None  # None when only its digest is kept
     q: np.ndarray
     scale: np.ndarray
     zero_point: np.ndarray | None
     bits: int
     block: int | None = None
     smooth: np.ndarray | None = None  # (in,): the multiply's input is scaled by 1 / smooth first
-    digest: tuple[tuple[int, ...], str] | None = None  # of the weight as an ONNX MatMul holds it (in, out)
-
-    def key(self) -> tuple[tuple[int, ...], str]:
-        """The digest a graph's weight is matched by (``compress.onnx_digest``)."""
-        if self.digest is not None:
-            return self.digest
-        from ffsplit.split.compress import array_digest
-
-        assert self.weight is not None
-        return array_digest(self.weight.T)
+    # what a graph's weight is matched by: ``compress.onnx_digest`` of the fp32 weight (None: never matched)
+    digest: tuple[tuple[int, ...], str] | None = None
 
     @classmethod
     def from_quantized(cls, name: str, qw: Any) -> WeightGrid:
         """From the split's ``Quantized`` (torch tensors)."""
         return cls(
-            name=name, weight=None if qw.weight is None else qw.weight.detach().numpy(), q=qw.q.numpy(),
-            scale=qw.scale.numpy(), digest=qw.digest,
+            name=name, q=qw.q.numpy(), scale=qw.scale.numpy(), digest=qw.held().digest,
             zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=qw.bits, block=qw.block,
             smooth=None if getattr(qw, "smooth", None) is None else qw.smooth.numpy(),
         )

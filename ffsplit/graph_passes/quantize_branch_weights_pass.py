@@ -205,7 +205,7 @@ class QuantizeBranchWeightsPass(InPlacePass):
     def call(self, model: ir.Model) -> PassResult:
         if not self.grids:
             return PassResult(model, False)
-        wanted = {g.key(): g for g in self.grids.values()}
+        wanted = {g.digest: g for g in self.grids.values()}
         graph = model.graph
         found: list[tuple[ir.Node, WeightGrid]] = []
         for node in graph:

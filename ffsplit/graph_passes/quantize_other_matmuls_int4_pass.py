@@ -50,7 +50,7 @@ class QuantizeOtherMatMulsInt4Pass(InPlacePass):
 
         w = torch.from_numpy(weight.numpy()).T  # ONNX (in, out) -> torch's (out, in)
         qw = quantize_int4_grid(w, self.block, self.symmetric)
-        return WeightGrid(name=name, weight=None, q=qw.q.numpy(), scale=qw.scale.numpy(),
+        return WeightGrid(name=name, q=qw.q.numpy(), scale=qw.scale.numpy(),
                           zero_point=None if qw.zero_point is None else qw.zero_point.numpy(), bits=4, block=self.block)
 
     def call(self, model: ir.Model) -> PassResult:

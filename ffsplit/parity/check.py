@@ -193,7 +193,6 @@ def _compare_batch(accs: dict[str, Any], outputs: dict[str, Callable[[], np.ndar
                     del held[gone]
                 held[needed] = outputs[needed]()
         accs[name].update(held[ref], held[other], batch)
-    held.clear()
 
 
 def runtime_accuracy(

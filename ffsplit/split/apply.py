@@ -196,7 +196,7 @@ def split_layer(
             if qw is not None:
                 heavy.set_submodule(name, GridLinear.from_quantized(qw, lin.bias))
                 quantized[f"heavy.{name}.weight"] = qw.held()
-            elif w is not lin.weight:
+            else:  # fp32 as it is, or rounded to fp16 / bf16 values
                 lin.weight = nn.Parameter(w, requires_grad=False)
     if not recipe.exact:
         errors = _light_errors(ffn, profile, light, light_idx, dropped, w_in_l, w_out_l)

@@ -68,12 +68,23 @@ def ffn_model(ws: dict[str, np.ndarray], *, layer: int = 0) -> onnx.ModelProto:
 
 
 def run(model: onnx.ModelProto | ir.Model, x: np.ndarray, **config: str) -> np.ndarray:
+    """The first output of a one-input graph on ``x``, in ONNX Runtime (``config``: session entries)."""
     proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
     so = ort.SessionOptions()
     so.log_severity_level = 3
     for k, v in config.items():
         so.add_session_config_entry(k, v)
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def exported_mlp(x: torch.Tensor, **options: object) -> ir.Model:
+    """Linear(8, 16) -> GELU -> Linear(16, 8) through torch.onnx's dynamo exporter (``options`` passed on),
+    as a fresh IR model."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8)).eval()
+    program = torch.onnx.export(module, (x,), dynamo=True, verbose=False, **options)
+    return ir.from_proto(ir.to_proto(program.model))
 
 
 def inputs(seed: int = 1) -> np.ndarray:

@@ -4,40 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 import torch
 from onnx_ir.passes import PostconditionError
 
 from ffsplit.graph_passes.fold_weight_transposes_pass import FoldWeightTransposesPass
-from tests.graph_passes.ffn_graphs import check
-
-
-def _unoptimised() -> ir.Model:
-    """Two Linears through the dynamo exporter without its optimiser: ``MatMul(x, Transpose(W))`` each."""
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.GELU(), torch.nn.Linear(16, 8)).eval()
-    program = torch.onnx.export(module, (torch.randn(2, 3, 8),), dynamo=True, verbose=False, optimize=False)
-    return ir.from_proto(ir.to_proto(program.model))
-
-
-def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+from tests.graph_passes.ffn_graphs import check, exported_mlp, run
 
 
 def test_transposes_fold_lazily_and_values_do_not_change() -> None:
-    model = _unoptimised()
+    model = exported_mlp(torch.randn(2, 3, 8), optimize=False)
     transposes = sum(n.op_type == "Transpose" for n in model.graph)
     assert transposes == 2  # what there is to fold
     x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
-    before = _run(model, x)
+    before = run(model, x)
     result = FoldWeightTransposesPass()(model)
     assert result.modified and not FoldWeightTransposesPass()(result.model).modified  # an honest flag, both ways
     assert not any(n.op_type == "Transpose" for n in result.model.graph)
     lazy = [v for v in result.model.graph.initializers.values() if isinstance(v.const_value, ir.LazyTensor)]
     assert len(lazy) == transposes  # computed only when read
-    np.testing.assert_array_equal(_run(result.model, x), before)
+    np.testing.assert_array_equal(run(result.model, x), before)
     check(result.model)
 
 
@@ -56,15 +42,15 @@ def test_a_weight_used_elsewhere_stays_and_a_transpose_of_an_input_is_left() -> 
         out.name, out.type, out.shape = f"out{i}", ir.TensorType(ir.DataType.FLOAT), ir.Shape(shape)
     model = ir.Model(graph, ir_version=10)
     feed = np.ones((4, 3), dtype=np.float32)
-    before = _run(model, feed)
+    before = run(model, feed)
     assert FoldWeightTransposesPass()(model).modified
     assert "w" in model.graph.initializers  # the MatMul still reads it
     assert [n.op_type for n in model.graph] == ["Add", "MatMul", "Transpose"]  # the input's Transpose stays
-    np.testing.assert_array_equal(_run(model, feed), before)
+    np.testing.assert_array_equal(run(model, feed), before)
     check(model)
 
 
 def test_ensures_catches_a_transpose_left() -> None:
-    model = _unoptimised()
+    model = exported_mlp(torch.randn(2, 3, 8), optimize=False)
     with pytest.raises(PostconditionError, match="left unfolded"):
         FoldWeightTransposesPass().ensures(model)
