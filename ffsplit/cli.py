@@ -581,6 +581,23 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _on_unraisable(hook: Any) -> None:
+    """A Ctrl-C or SIGTERM whose KeyboardInterrupt was raised inside a finaliser (``__del__``, run by the
+    garbage collector) is swallowed there, and the export went on: deliver it again a moment later, from
+    another thread (delivered at once, it would land in this hook and be swallowed too; swallowed again, it
+    comes back here)."""
+    if isinstance(hook.exc_value, KeyboardInterrupt):
+        import _thread
+        import threading
+
+        # _on_sigterm, a moment later: the same unwinding as the first time
+        timer = threading.Timer(0.1, _thread.interrupt_main, args=(signal.SIGTERM,))
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(hook)
+
+
 MESSAGE_LIMIT = 2000  # characters of one error line: a value echoed from a file is cut, never printed whole
 
 
@@ -613,6 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     no_telemetry()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _on_unraisable
     handlers = {
         "export": _cmd_export, "check": _cmd_check, "bench": _cmd_bench,
         "inspect": _cmd_inspect, "debug": _cmd_debug, "build": _cmd_build, "pack": _cmd_pack, "triton": _cmd_triton, "serve": _cmd_serve, "targets": _cmd_targets, "support": _cmd_support,
