@@ -128,16 +128,17 @@ def export(model_dir: Path, out: Path, args: list[str], overhead: dict | None = 
     return row
 
 
-def _opened_int4_target(folder: Path, form: str = "both") -> Path:
-    """cpu-int4 (in split ``form``) with its accuracy limits opened: random weights have no heavy hitters
-    (this measures speed)."""
-    path = folder / f"cpu-int4-{form}-random-weights.toml"
-    path.write_text(f'extends = "cpu-int4"\nsplit = "{form}"\n[parity.fidelity]\ntop1_agreement = 0.0\n'
-                    "top5_agreement = 0.0\ngeneration_agreement = 0.0\nperplexity_ratio = 1000.0\ncosine_min = 0.0\n")
+def _opened_target(folder: Path, base: str, form: str = "both") -> Path:
+    """A shipped int4 target (in split ``form``) with its accuracy limits opened: random weights have no
+    heavy hitters (this measures speed and memory)."""
+    path = folder / f"{base}-{form}-random-weights.toml"
+    path.write_text(f'extends = "{base}"\nsplit = "{form}"\n[parity.fidelity]\ntop1_agreement = 0.0\n'
+                    "top5_agreement = 0.0\ngeneration_agreement = 0.0\nperplexity_ratio = 1000.0\ncosine_min = 0.0\n"
+                    "max_abs = 1000.0\n")
     return path
 
 
-def _fp32_export(model_dir: Path, out: Path) -> Path:
+def _fp32_export(model_dir: Path, out: Path, name: str = "fp32.onnx") -> Path:
     """The original with ffsplit's exporter (KV cache) and generic passes, fp32: what both peers start from."""
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
@@ -148,51 +149,31 @@ def _fp32_export(model_dir: Path, out: Path) -> Path:
     del loaded
     program, _ = run_passes(program, generic_passes(fusions="none"))  # what ffsplit's graph gets too
     out.mkdir(parents=True, exist_ok=True)
-    fp32 = out / "fp32.onnx"
+    fp32 = out / name
     save_model(program, fp32)
     return fp32
 
 
-def peer_ov_int4(model_dir: Path, out: Path) -> Path:
-    """The original in OpenVINO with NNCF's ``compress_weights`` int4: symmetric, groups of 128, every layer
-    but the embeddings and the LM head (NNCF keeps those int8) - the recipe of OpenVINO's own int4 model
-    releases (``optimum-cli export openvino --weight-format int4 --sym --group-size 128 --ratio 1.0``)."""
-    import nncf
-    import openvino as ov
-
-    from ffsplit.loading import no_telemetry
-
-    no_telemetry()
-    fp32 = _fp32_export(model_dir, out)
-    model = nncf.compress_weights(ov.convert_model(str(fp32)), mode=nncf.CompressWeightsMode.INT4_SYM,
-                                  group_size=128, ratio=1.0)
-    path = out / "model.xml"
-    ov.save_model(model, str(path))
-    for f in out.glob("fp32.onnx*"):
-        f.unlink()
-    return path
+# OpenVINO + NNCF compress_weights int4 of the original, as users make it: ratio 1.0 symmetric (OpenVINO's own
+# int4 model releases: optimum-cli export openvino --weight-format int4 --sym --group-size 128 --ratio 1.0),
+# asymmetric (optimum-cli's default), and 0.8 with int8 backup (NNCF's data-free mixed precision).
+OV_PEERS = {
+    "OpenVINO + NNCF int4 sym g128": {"mode": "int4_sym", "ratio": 1.0},
+    "OpenVINO + NNCF int4 asym g128": {"mode": "int4_asym", "ratio": 1.0},
+    "OpenVINO + NNCF int4 asym g128 ratio 0.8 (int8 backup)": {"mode": "int4_asym", "ratio": 0.8},
+}
 
 
-class OvGeneration:
-    """An OpenVINO model in ``time_generation``'s loop: ``feed_from`` and ``infer`` as ffsplit's runners give
-    them (the feed comes from a runner of the same exported graph)."""
+def peer_ov_int4(model_dir: Path, folder: Path, target):  # noqa: ANN001, ANN201
+    """The original (ffsplit's exporter, fp32, KV cache) through the same IR builder as ffsplit's
+    ``openvino-int4``: NNCF compress_weights with ``target.nncf``, then the stateful KV cache. Every layer but
+    the embeddings and the LM head (NNCF keeps those int8); nothing is tagged, so nothing is left out."""
+    from ffsplit.runtimes.openvino_ir import build_ir
 
-    def __init__(self, xml: Path, like: object) -> None:
-        import openvino as ov
-
-        self.compiled = ov.Core().compile_model(str(xml), "CPU")  # OpenVINO's defaults, as a user runs it
-        self.request = self.compiled.create_infer_request()
-        self.like = like
-
-    def feed_from(self, batch: dict) -> dict:
-        return self.like.feed_from(batch)  # type: ignore[attr-defined]
-
-    def infer(self, feed: dict, check: bool = False) -> dict:
-        result = self.request.infer(feed)
-        return {out.get_any_name(): result[out] for out in self.compiled.outputs}
-
-    def deactivate(self) -> None:
-        del self.request, self.compiled
+    onnx = folder / "model.onnx"
+    if not onnx.is_file():
+        _fp32_export(model_dir, folder, "model.onnx")
+    return build_ir(onnx, target, None, [], 64)  # data-free: no calibration text
 
 
 def peer_int4(model_dir: Path, out: Path) -> Path:
@@ -269,6 +250,43 @@ def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: in
     return rows
 
 
+def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, rounds: int, prompt: int,  # noqa: ANN001
+                    new_tokens: int) -> list[dict]:
+    """ffsplit ``openvino-int4`` and OpenVINO + NNCF int4 of the original (``OV_PEERS``), stateful, through
+    ffsplit's OpenVINO runner at OpenVINO's default settings, with ORT's int4 beside them as the reference
+    between phases."""
+    import dataclasses
+
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.openvino_ir import ir_path
+    from ffsplit.runtimes.targets import load_target
+
+    ours = work / "ffsplit-openvino-int4"
+    opened = _opened_target(work, "openvino-int4", "down")
+    if not (ours / "manifest.json").is_file():
+        export(model_dir, ours, ["--target", str(opened), "--task", "causal-lm-with-past", "--calib-size", "32",
+                                 "--eval-size", "16", "--max-length", "64", *RANDOM_WEIGHT_LIMITS])
+    ov_int4 = load_target("openvino-int4")
+    ort = "ORT MatMulNBitsQuantizer int4"
+    runners, sizes = {ort: ort_peer}, {ort: ort_path}
+    mine = load_target(str(opened))
+    runners["ffsplit openvino-int4"] = make_runner(ours / "model.onnx", mine, timing=True).activate()
+    sizes["ffsplit openvino-int4"] = ir_path(ours / "model.onnx", mine)
+    onnx = work / "ov-original" / "model.onnx"
+    for name, settings in OV_PEERS.items():
+        target = dataclasses.replace(ov_int4, name=f"nncf-{settings['mode']}-r{settings['ratio']}",
+                                     nncf={**ov_int4.nncf, **settings})
+        if not ir_path(onnx, target).is_file():
+            peer_ov_int4(model_dir, onnx.parent, target)
+        runners[name] = make_runner(onnx, target, timing=True).activate()
+        sizes[name] = ir_path(onnx, target)
+    rows = _timed(runners, sizes, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="openvino")
+    for name, runner in runners.items():
+        if name != ort:
+            runner.deactivate()
+    return rows
+
+
 def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: int,
           forms: tuple[str, ...] = ("down", "both"), openvino: bool = False) -> list[dict]:
     """ffsplit cpu-int4 (each split form) and ORT's int4 of the original, interleaved in one process; then,
@@ -282,7 +300,7 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
     for form in forms:  # each split form of the cpu-int4 target, exported once and kept in `work`
         art = work / ("ffsplit-cpu-int4" if form == "both" else f"ffsplit-cpu-int4-{form}")
         if not (art / "manifest.json").is_file():
-            export(model_dir, art, ["--target", str(_opened_int4_target(work, form)), "--task", "causal-lm-with-past",
+            export(model_dir, art, ["--target", str(_opened_target(work, "cpu-int4", form)), "--task", "causal-lm-with-past",
                                     "--calib-size", "32", "--eval-size", "16", "--max-length", "64",
                                     *RANDOM_WEIGHT_LIMITS])
         paths[f"ffsplit cpu-int4 split={form}"] = art / "model.onnx"
@@ -294,15 +312,10 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
     runners = {name: make_runner(path, target, timing=True).activate() for name, path in paths.items()}
     rows = _timed(runners, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="ort")
     if openvino:
-        ov = "OpenVINO + NNCF compress_weights int4 (stateless graph)"
-        paths[ov] = work / "ov-nncf-int4" / "model.xml"
-        if not paths[ov].is_file():
-            peer_ov_int4(model_dir, paths[ov].parent)
         for name in [n for n in runners if n != peer]:
             runners.pop(name).deactivate()
-        # the ORT peer again, in this phase, so the OpenVINO figures have their reference measured beside them
-        timed = {peer: runners[peer], ov: OvGeneration(paths[ov], runners[peer])}
-        rows += _timed(timed, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="openvino")
+        rows += _openvino_phase(model_dir, work, runners[peer], paths[peer], rounds=rounds, prompt=prompt,
+                                new_tokens=new_tokens)
     for runner in runners.values():
         runner.deactivate()
     return rows
@@ -410,7 +423,7 @@ def main() -> None:
     out = a.out or Path(f"/tmp/ffsplit-bench-{a.model.name}")
     if not rest:
         out.parent.mkdir(parents=True, exist_ok=True)
-        target = _opened_int4_target(out.parent, "down")
+        target = _opened_target(out.parent, "cpu-int4", "down")
         rest = ["--target", str(target), "--task", "causal-lm", "--calib-size", "32", "--eval-size", "16",
                 "--max-length", "64", *RANDOM_WEIGHT_LIMITS]
     base = None

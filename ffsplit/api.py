@@ -145,7 +145,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     runtime is built (a retry with the next exporter loads and splits the source again).
     """
     from ffsplit import resources
-    from ffsplit.runtimes.openvino import nncf_ir
+    from ffsplit.runtimes.openvino_ir import build_ir
     from ffsplit.runtimes.shapes import clamp_shapes
     from ffsplit.split.modules import count_params
     from ffsplit.stages import capture, prepare, verify
@@ -193,9 +193,9 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
         if log:
             log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
         if plan.nncf:
-            with stages.stage("quantize (NNCF)", log):
-                nncf_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
-                        keep_heavy=plan.heavy == "fp32")
+            with stages.stage(f"{'quantize' if plan.nncf == 'int8' else 'compress'} (NNCF {plan.nncf})", log):
+                build_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
+                         keep_heavy=plan.heavy == "fp32")
         report = _verify_into(plan, stage, loaded, (original, split_out), source, manifest, stages, log=log,
                               progress=progress)
         manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
@@ -573,13 +573,13 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
     if differ:
         raise UsageError(f"target '{tgt.name}' needs another graph than the one exported for '{exported.name}' "
                          f"({'; '.join(differ)}): re-run ffsplit export --target {target}")
-    if tgt.int8_compute == "nncf" and tgt.name != exported.name:
+    if tgt.ir_compression and tgt.name != exported.name:
         raise UsageError(f"the NNCF IR of this artifact belongs to '{exported.name}': build it under that name")
     require_supported(tgt)
     m = art.manifest
     mine = f"{RUNTIME_DIR}/{tgt.name}/"
     # the IR NNCF made at export is the graph the target runs; everything else there is rebuilt
-    kept = [rel for rel in m.files if not rel.startswith(mine) or (tgt.int8_compute == "nncf" and not not_deployed(rel))]
+    kept = [rel for rel in m.files if not rel.startswith(mine) or (tgt.ir_compression and not not_deployed(rel))]
     with staged_output(art.folder, force=True) as stage:
         for rel in kept:  # linked, not copied: nothing below writes into a kept file
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ class ExportPlan:
     heavy: str  # heavy branch precision
     heavy_ratio: float
     budget: tuple[str, float] | None
-    nncf: bool  # NNCF quantises the light branch in the OpenVINO IR
+    nncf: str | None  # what NNCF makes of the light branch in the OpenVINO IR: int8 or int4 (else None)
     light_float: str  # float precision of a light branch without an integer recipe
     planned_light: str  # what the guard holds the light branch to
     exact: bool  # the artifact must equal the original to fp32 rounding
@@ -146,7 +146,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
         if o.light is not None or o.heavy_ratio is not None:
             raise UsageError("--budget chooses the light recipe and heavy ratio per layer: drop --light and --heavy-ratio")
         budget = parse_budget(o.budget)
-    nncf = tgt.int8_compute == "nncf"
+    nncf = tgt.ir_compression
     light = o.light
     if light is None:  # a target that asks for an integer light branch makes it the default recipe
         light = "none" if nncf else tgt.light_precision if tgt.light_precision in INTEGERS else DEFAULT_LIGHT
@@ -154,14 +154,15 @@ def resolve(o: ExportOptions) -> ExportPlan:
     recipe = parse_light(light)
     if nncf and (recipe.quant or budget is not None):
         raise UsageError(
-            f"target '{tgt.name}' quantises the light branch with NNCF: drop the quantiser from --light "
+            f"target '{tgt.name}' makes the light branch {nncf} with NNCF: drop the quantiser from --light "
             f"('{light}'; none, lowrank:R or prune:P are fine) and --budget"
         )
     heavy = parse_heavy(o.heavy or tgt.heavy_precision)
     if nncf and heavy not in ("fp32", "int8"):
         raise UsageError(
-            f"--heavy {heavy}: target '{tgt.name}' runs the heavy branch fp32 (NNCF's ignored scope) or int8 with "
-            "activation scales of its own: use --heavy fp32 or --heavy int8"
+            f"--heavy {heavy}: target '{tgt.name}' runs the heavy branch fp32 (NNCF's ignored scope) or int8 "
+            f"({'with activation scales of its own' if nncf == 'int8' else 'weights per channel'}): "
+            "use --heavy fp32 or --heavy int8"
         )
     # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
     light_float = tgt.light_precision if tgt.light_precision in HALF_FLOATS and not recipe.quant else "fp32"
@@ -190,7 +191,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
         exporters = ("dynamo",)
     return ExportPlan(
         options=o, target=tgt, recipe=recipe, heavy=heavy, heavy_ratio=heavy_ratio, budget=budget, nncf=nncf,
-        light_float=light_float, planned_light="int8" if nncf else light_float, exact=exact,
+        light_float=light_float, planned_light=nncf or light_float, exact=exact,
         # runtimes that round activations to int8 get the light input projections smoothed
         smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
         int8_qmax=INT8_QMAX[tgt.int8_weight_range], overrides=overrides, exporters=exporters, texts=texts,

@@ -35,7 +35,10 @@ def test_the_target_decides_the_default_recipe_and_precisions(folder: Path) -> N
     int8 = _plan(folder, target="cpu-int8", task="causal-lm")
     assert int8.recipe.quant == "int8" and int8.smooth_alpha == SMOOTH_ALPHA  # it rounds activations to int8
     nncf = _plan(folder, target="openvino-int8", task="causal-lm")
-    assert nncf.nncf and str(nncf.recipe) == "none" and nncf.planned_light == "int8"
+    assert nncf.nncf == "int8" and str(nncf.recipe) == "none" and nncf.planned_light == "int8"
+    ov4 = _plan(folder, target="openvino-int4", task="causal-lm-with-past")
+    assert ov4.nncf == "int4" and str(ov4.recipe) == "none" and (ov4.heavy, ov4.planned_light) == ("int8", "int4")
+    assert not ov4.exact and ov4.target.split == "down"
 
 
 def test_only_the_untouched_graph_is_exact(folder: Path) -> None:
@@ -51,7 +54,9 @@ def test_a_kv_cache_graph_has_no_torchscript_fallback(folder: Path) -> None:
 
 @pytest.mark.parametrize(("options", "says"), [
     ({"budget": "params=0.5", "light": "int8"}, "--budget chooses the light recipe"),
-    ({"target": "openvino-int8", "light": "int4"}, "quantises the light branch with NNCF"),
+    ({"target": "openvino-int8", "light": "int4"}, "makes the light branch int8 with NNCF"),
+    ({"target": "openvino-int4", "light": "int8"}, "makes the light branch int4 with NNCF"),
+    ({"target": "openvino-int4", "heavy": "bf16"}, "--heavy fp32 or --heavy int8"),
     ({"target": "openvino-int8", "heavy": "fp16"}, "--heavy fp16"),
     ({"heavy": "bf16"}, "runs on the CPU"),
     ({"light": "int4:24"}, "cannot be stored as MatMulNBits"),

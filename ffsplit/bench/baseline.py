@@ -14,8 +14,12 @@ from ffsplit.artifact import MODEL_FILE, LoadedArtifact
 
 def lossy_baseline(target: Any) -> str | None:
     """What the baseline of an artifact for ``target`` is when it is not the original at full precision."""
-    if target.int8_compute == "nncf":
+    if target.ir_compression == "int8":
         return "the original model with NNCF static int8 (nothing ignored), on OpenVINO"
+    if target.ir_compression == "int4":
+        settings = target.nncf
+        return (f"the original model with NNCF int4 weights ({settings['mode']}, groups of {settings['group_size']}, "
+                "every multiply but the embeddings and the LM head), on OpenVINO")
     return None
 
 
@@ -23,12 +27,13 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     """The original model exported the same way as the split one, cached by source hash and versions.
 
     For an NNCF target the original also gets NNCF's static int8 (nothing ignored, calibrated on as
-    many bundled calibration texts as the export used): the strongest recipe on that runtime.
+    many bundled calibration texts as the export used), or its int4 weight compression with the target's
+    settings: the strongest recipe on that runtime.
     """
     from ffsplit.artifact import versions
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
-    from ffsplit.runtimes.openvino import nncf_ir
+    from ffsplit.runtimes.openvino_ir import build_ir
     from ffsplit.split.calibration import calibration_texts
 
     v = versions()
@@ -37,7 +42,8 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     nncf = lossy_baseline(art.target) is not None
     calib = art.manifest["calibration"]
     key = (f"{art.manifest.source.sha256[:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
-           f"-g3-{fusions}" + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else ""))
+           f"-g3-{fusions}" + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else "")
+           + "".join(f"-{k}{v}" for k, v in sorted(art.target.nncf.items())))
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
     if path.is_file():
@@ -52,9 +58,9 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
         save_model(program, tmp / MODEL_FILE)
         if nncf:
             if log:
-                log("quantising the original with NNCF for comparison (cached) ...")
+                log(f"NNCF {art.target.ir_compression} of the original for comparison (cached) ...")
             texts = calibration_texts(limit=calib["texts"], max_length=calib["max_length"])
-            nncf_ir(tmp / MODEL_FILE, art.target, loaded.tokenizer, texts, calib["max_length"])
+            build_ir(tmp / MODEL_FILE, art.target, loaded.tokenizer, texts, calib["max_length"])
         with contextlib.suppress(OSError):  # another process cached it first
             os.replace(tmp, root)
     finally:

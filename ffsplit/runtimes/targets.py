@@ -28,7 +28,10 @@ from ffsplit.precisions import HALF_FLOATS, HEAVY_PRECISIONS, INT8_COMPUTE, PREC
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-INT4_COMPUTE = ("matmulnbits",)
+# matmulnbits: ONNX Runtime's MatMulNBits in the graph; nncf: NNCF's weight compression in an OpenVINO IR
+INT4_COMPUTE = ("matmulnbits", "nncf")
+# NNCF compress_weights modes a target may ask for (asymmetric: a zero point per group)
+NNCF_INT4_MODES = ("int4_asym", "int4_sym")
 INT8_WEIGHT_RANGES = ("auto", "full", "reduced")
 # x86 instructions that add u8 x s8 products straight into int32 (no int16 step that full-range weights saturate)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -108,11 +111,20 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "split": (str, False),
     "session_config": (dict, False),
     "openvino": (dict, False),
+    "nncf": (dict, False),
     "tensorrt": (dict, False),
     "shapes": (dict, False),
     "parity": (dict, False),
 }
 _OPENVINO: dict[str, type | tuple[type, ...]] = {"device": str, "config": dict}
+# NNCF's int4 weight compression (int4_compute = "nncf"): its mode, group size and data-aware methods
+_NNCF: dict[str, type | tuple[type, ...]] = {
+    "mode": str, "group_size": int, "ratio": (int, float), "awq": bool, "scale_estimation": bool,
+}
+NNCF_GROUP_SIZES = (32, 64, 128, 256)
+# ratio: the share of the multiplies (by weight count) NNCF makes int4; the rest int8, chosen by its weight
+# sensitivity (below 1.0 whole layers of the light branch may end up int8, which the guard then reports)
+NNCF_DEFAULTS = {"mode": "int4_asym", "group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": False}
 _TENSORRT: dict[str, type | tuple[type, ...]] = {
     "fp16": bool, "int8": bool, "bf16": bool, "obey_precision_constraints": bool, "workspace_mb": int,
     "builder_optimization_level": int, "timing_cache": bool,
@@ -163,6 +175,7 @@ class Target:
     split: str = "both"
     session_config: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, Any] = field(default_factory=dict)
+    nncf: dict[str, Any] = field(default_factory=dict)  # int4 weight compression settings (int4_compute nncf)
     tensorrt: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -182,6 +195,12 @@ class Target:
             out.append("fp16 / bf16 " + " vs ".join(
                 "in the graph" if t.floats_in_graph else "by the TensorRT builder" for t in (self, other)))
         return out
+
+    @property
+    def ir_compression(self) -> str | None:
+        """What NNCF does to build the OpenVINO IR this target runs: "int8" (static quantisation), "int4"
+        (weight compression), or None when the runtime runs model.onnx itself."""
+        return "int8" if self.int8_compute == "nncf" else "int4" if self.int4_compute == "nncf" else None
 
     @property
     def floats_in_graph(self) -> bool:
@@ -216,6 +235,7 @@ class Target:
             "split": self.split,
             "session_config": self.session_config,
             "openvino": self.openvino,
+            **({"nncf": self.nncf} if self.nncf else {}),
             "tensorrt": self.tensorrt,
             "shapes": self.shapes,
             "parity": self.parity,
@@ -297,6 +317,12 @@ def _validate(data: dict[str, Any]) -> list[str]:
         errors.append(f"runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
     if data.get("int8_compute") == "nncf" and runtime != "openvino":
         errors.append("int8_compute 'nncf' (NNCF static int8 in an OpenVINO IR) needs runtime 'openvino'")
+    if data.get("int4_compute") == "nncf" and runtime != "openvino":
+        errors.append("int4_compute 'nncf' (NNCF int4 weight compression in an OpenVINO IR) needs runtime 'openvino'")
+    if data.get("int4_compute") == "nncf" and data.get("int8_compute") == "nncf":
+        errors.append("int4_compute 'nncf' and int8_compute 'nncf' build two different IRs: choose one")
+    if "nncf" in data and data.get("int4_compute") != "nncf":
+        errors.append("a [nncf] table configures int4_compute = 'nncf': set it, or drop the table")
     if runtime == "onnxruntime" and not data.get("providers"):
         errors.append("an onnxruntime target needs 'providers', e.g. [\"CPUExecutionProvider\"]")
     for key, allowed in (
@@ -342,6 +368,16 @@ def _runtime_option_problems(data: dict[str, Any]) -> list[str]:
             if not isinstance(v, str):
                 errors.append(f"'openvino.config.{k}' must be a string")
             errors += _option_problems("openvino.config", k, v)
+    _check_table(data.get("nncf"), _NNCF, "nncf", errors)
+    if isinstance(data.get("nncf"), dict):
+        mode, group = data["nncf"].get("mode"), data["nncf"].get("group_size")
+        if isinstance(mode, str) and mode not in NNCF_INT4_MODES:
+            errors.append(f"nncf.mode '{mode}' is not one of {', '.join(NNCF_INT4_MODES)}")
+        if _is(group, int) and group not in NNCF_GROUP_SIZES:
+            errors.append(f"nncf.group_size {group} is not one of {', '.join(map(str, NNCF_GROUP_SIZES))}")
+        ratio = data["nncf"].get("ratio")
+        if _is(ratio, (int, float)) and not 0.0 < ratio <= 1.0:
+            errors.append(f"nncf.ratio {ratio} is outside (0, 1]")
     _check_table(data.get("tensorrt"), _TENSORRT, "tensorrt", errors)
     if isinstance(data.get("tensorrt"), dict):
         for k in ("workspace_mb", "builder_optimization_level"):
@@ -455,7 +491,7 @@ def _extended(data: dict[str, Any], path: Path) -> dict[str, Any]:
 def _lossy_at_runtime(data: dict[str, Any]) -> bool:
     """Whether the runtime rounds what split torch computes in fp32 (so fidelity cannot be fp32-tight)."""
     return (
-        data.get("int8_compute", "weight-only") in ("dynamic", "qdq", "nncf")
+        data.get("int8_compute", "weight-only") in ("dynamic", "qdq", "nncf") or data.get("int4_compute") == "nncf"
         or data.get("heavy_precision") in HALF_FLOATS or data.get("light_precision") in HALF_FLOATS
         or data.get("other_matmuls", "fp32") != "fp32" or data.get("matmulnbits_accuracy_level", 0) != 0
     )
@@ -509,6 +545,8 @@ def load_target(spec: str) -> Target:
         split=data.get("split", "both"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),
+        nncf={**NNCF_DEFAULTS, **data.get("nncf", {})}
+        if data.get("int4_compute") == "nncf" else {},
         tensorrt=data.get("tensorrt", {}),
         description=data.get("description", ""),
         shapes=data.get("shapes", {}),

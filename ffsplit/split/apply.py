@@ -37,10 +37,20 @@ from ffsplit.split.modules import (
 from ffsplit.split.profile import LayerProfile
 
 
-def heavy_count(d_ff: int, ratio: float) -> int:
-    """The top ``ratio`` of neurons rounded to a multiple of 8 (at least 8), leaving a light branch."""
+def heavy_count(d_ff: int, ratio: float, *, align: int = 8) -> int:
+    """The top ``ratio`` of neurons rounded to a multiple of 8 (at least 8), leaving a light branch.
+
+    ``align`` > 8 (a runtime's int4 group along the light branch's input) rounds to a multiple of it where
+    the FFN's width is one too and the ratio asks for at least one, so the light branch's width is a whole
+    number of groups; otherwise to the largest power of two below it that does, down to 8.
+    """
     if not 0.0 < ratio < 1.0:
         raise UsageError(f"heavy ratio {ratio} is outside (0, 1): pass e.g. --heavy-ratio 0.1")
+    while align > 8:
+        k = int(round(ratio * d_ff / align)) * align
+        if d_ff % align == 0 and 0 < k < d_ff:
+            return k
+        align //= 2
     k = max(8, int(round(ratio * d_ff / 8.0)) * 8)
     if k >= d_ff:
         raise UsageError(
@@ -287,6 +297,7 @@ def split_model(
     smooth_alpha: float | None = None,
     int8_qmax: int = 127,
     form: str = "both",
+    align: int = 8,
 ) -> tuple[list[LayerPlan], dict[str, torch.Tensor], dict[str, Quantized]]:
     """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
     every quantised weight (by full parameter path). ``per_layer`` (budget mode) gives each layer
@@ -296,7 +307,7 @@ def split_model(
     to the weights here.
 
     Module paths in the plan are relative to ``model`` (a task model or a backbone). ``form``: the
-    split form (``split_layer``).
+    split form (``split_layer``); ``align``: the heavy count's rounding (``heavy_count``).
     """
     plans: list[LayerPlan] = []
     indices: dict[str, torch.Tensor] = {}
@@ -308,7 +319,7 @@ def split_model(
         if per_layer is not None:
             k, recipe = per_layer[i]
         else:
-            k = heavy_count(d_ff, heavy_ratio)
+            k = heavy_count(d_ff, heavy_ratio, align=align)
         res = split_layer(ffn, prof, k, recipe, heavy_precision, smooth_alpha, int8_qmax, form)
         split = res.split
         adapter.install(layer, split)

@@ -38,6 +38,15 @@ def _per_layer(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any])
     return [(c.heavy, parse_light(c.recipe)) for c in chosen], summary
 
 
+def _ir_bytes_per_param(target: Any) -> float:
+    """Bytes per weight NNCF stores in the IR: int8 (scales aside), or int4 with an fp16 scale (and a 4-bit
+    zero point when asymmetric) per group."""
+    if target.ir_compression == "int8":
+        return 1.0
+    per_group = 2.0 + (0.5 if target.nncf["mode"] == "int4_asym" else 0.0)
+    return 0.5 + per_group / target.nncf["group_size"]
+
+
 def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> Split:
     import torch
 
@@ -50,18 +59,22 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
     model = loaded.model
     plan_objs, indices, quantized = split_model(
         model, adapter, profiles, heavy_ratio=plan.heavy_ratio, recipe=plan.recipe,
-        heavy_precision="fp32" if plan.nncf else plan.heavy, planned_heavy=plan.heavy,
+        # NNCF's static int8 quantises the heavy branch itself (activation scales of its own)
+        heavy_precision="fp32" if plan.nncf == "int8" else plan.heavy, planned_heavy=plan.heavy,
         light_precision=plan.planned_light, per_layer=per_layer, smooth_alpha=plan.smooth_alpha,
         int8_qmax=plan.int8_qmax, form=plan.target.split,
+        # NNCF's int4 groups: a light branch a whole number of groups wide
+        align=plan.target.nncf["group_size"] if plan.nncf == "int4" else 8,
     )
     if budget is not None:
         for plan_obj, row in zip(plan_objs, budget["plan"], strict=True):
             plan_obj.calib_error = row["error"]
-    if plan.nncf:  # the light weights (and an int8 heavy branch) ship as int8 in the IR (scales aside)
+    if plan.nncf:  # the light weights (and NNCF's int8 heavy branch) as the IR stores them
         for p in plan_objs:
-            p.ffn_bytes_after += p.light_params - p.light_bytes
-            p.light_bytes = p.light_params
-            if plan.heavy == "int8":
+            light_bytes = round(p.light_params * _ir_bytes_per_param(plan.target))
+            p.ffn_bytes_after += light_bytes - p.light_bytes
+            p.light_bytes = light_bytes
+            if plan.heavy == "int8" and plan.nncf == "int8":
                 p.ffn_bytes_after += p.heavy_params - p.heavy_bytes
                 p.heavy_bytes = p.heavy_params
     # a float branch the runtime holds in fp16 / bf16 (in the graph, or in TensorRT's engine) takes 2 bytes
@@ -72,9 +85,9 @@ def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> S
             setattr(p, f"{branch}_bytes", 2 * getattr(p, f"{branch}_params"))
         p.ffn_bytes_after = p.heavy_bytes + p.light_bytes + rest
     # the down form's shared up-projection is stored as the runtime stores the model's other multiplies:
-    # NNCF int8, or the target's other_matmuls (int4: 4 bits and an fp32 scale per block of 32)
-    other = "int8" if plan.nncf else plan.target.other_matmuls
-    per_param = {"int8": 1.0, "int4": 0.5 + 4 / 32}.get(other, 4.0)
+    # NNCF's, or the target's other_matmuls (int4: 4 bits and an fp32 scale per block of 32)
+    per_param = _ir_bytes_per_param(plan.target) if plan.nncf else \
+        {"int8": 1.0, "int4": 0.5 + 4 / 32}.get(plan.target.other_matmuls, 4.0)
     for p in plan_objs:
         up = getattr(model.get_submodule(p.module), "up", None)
         if up is not None:

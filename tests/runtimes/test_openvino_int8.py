@@ -78,7 +78,7 @@ def test_heavy_int8_gets_activation_scales_of_its_own(tiny_bert_dir: Path, tmp_p
 
 
 def test_a_quantiser_in_the_light_recipe_is_refused(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="quantises the light branch with NNCF"):
+    with pytest.raises(UsageError, match="makes the light branch int8 with NNCF"):
         api.export(str(tiny_bert_dir), tmp_path / "o", target="openvino-int8", light="int8", progress=False, **FAST)
     assert not (tmp_path / "o").exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -131,9 +132,33 @@ def test_new_keys_are_checked(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match=re.escape(fragment)):
             load_target(str(path))
     t = load_target("openvino-int8")
-    assert (t.int8_compute, t.other_matmuls, t.fusions) == ("nncf", "int8", "none")
+    assert (t.int8_compute, t.other_matmuls, t.fusions) == ("nncf", "int8", "none") and t.ir_compression == "int8"
     assert t.int8_weight_range == ("full" if cpu_has_vnni() else "reduced")  # auto, resolved for this CPU
     assert load_target("cpu-int8-full").fusions == "ort" and load_target("cpu").fusions == "none"
+
+
+def test_the_nncf_int4_settings_are_checked(tmp_path: Path) -> None:
+    t = load_target("openvino-int4")
+    assert (t.ir_compression, t.heavy_precision, t.other_matmuls, t.split) == ("int4", "int8", "int4", "down")
+    assert t.nncf == {"mode": "int4_asym", "group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": False}
+    assert load_target("cpu-int4").nncf == {} and "nncf" not in load_target("cpu-int4").to_json()
+    assert type(t).from_json(t.to_json()) == dataclasses.replace(t, source="", description="")
+    base = Path(t.source).read_text()
+    for old, new, fragment in (
+        ('runtime = "openvino"', 'runtime = "onnxruntime"\nproviders = ["CPUExecutionProvider"]',
+         "int4_compute 'nncf' (NNCF int4 weight compression in an OpenVINO IR) needs runtime 'openvino'"),
+        ('int8_compute = "weight-only"', 'int8_compute = "nncf"', "build two different IRs: choose one"),
+        ('int4_compute = "nncf"', 'int4_compute = "matmulnbits"', "a [nncf] table configures int4_compute"),
+        ('mode = "int4_asym"', 'mode = "nf4"', "nncf.mode 'nf4' is not one of int4_asym, int4_sym"),
+        ("group_size = 128", "group_size = 100", "nncf.group_size 100 is not one of 32, 64, 128, 256"),
+        ("group_size = 128", "group_size = 128\nratio = 0", "nncf.ratio 0 is outside (0, 1]"),
+        ("awq = false", 'awq = "yes"', "'nncf.awq' must be a"),
+        ("awq = false", "gptq = true", "unknown key 'nncf.gptq'"),
+    ):
+        path = tmp_path / "t.toml"
+        path.write_text(base.replace(old, new, 1))
+        with pytest.raises(UsageError, match=re.escape(fragment)):
+            load_target(str(path))
 
 
 def test_auto_weight_range_follows_the_cpu(tmp_path: Path) -> None:

@@ -104,6 +104,18 @@ def test_heavy_ratio_is_checked(ratio: float, message: str) -> None:
 def test_heavy_count_is_a_multiple_of_eight() -> None:
     assert heavy_count(1536, 0.1) == 152
     assert heavy_count(64, 0.1) == 8
+
+
+@pytest.mark.parametrize(("d_ff", "ratio", "align", "want", "group"), [
+    (4096, 0.1, 128, 384, 128), (4864, 0.1, 128, 512, 128), (1536, 0.1, 128, 128, 128),
+    (64, 0.25, 128, 16, 16),  # too narrow for 128: the largest power of two that fits
+    (64, 0.1, 128, 8, 8),  # the ratio asks for less than one group of 16: multiples of 8, as without align
+    (1000, 0.1, 128, 96, 8),  # no power of two above 8 divides 1000
+])
+def test_heavy_count_leaves_the_light_branch_whole_groups_wide(d_ff: int, ratio: float, align: int, want: int,
+                                                                group: int) -> None:
+    k = heavy_count(d_ff, ratio, align=align)
+    assert k == want and (d_ff - k) % group == 0 and k % group == 0
     assert heavy_count(3072, 0.25) == 768
 
 
