@@ -638,10 +638,12 @@ def versions() -> dict[str, str]:
     }
 
 
-def not_deployed(rel: str) -> bool:
+def not_deployed(rel: str, *, runs_ir: bool = False) -> bool:
     """Files of an artifact a deployment does not run: the split torch weights (``check`` rebuilds the
-    split model from them) and the graphs and layer lists the guard read (the runtime rebuilds those)."""
-    return rel == SPLIT_WEIGHTS or (
+    split model from them) and the graphs and layer lists the guard read (the runtime rebuilds those). For a
+    target that ``runs_ir`` (an OpenVINO IR NNCF built) also model.onnx's external weights: the IR holds what
+    runs, and model.onnx stays only for its signature."""
+    return rel == SPLIT_WEIGHTS or (runs_ir and rel == f"{MODEL_FILE}.data") or (
         rel.startswith(f"{RUNTIME_DIR}/") and rel.rsplit("/", 1)[-1] in ("optimized.onnx", "optimized.onnx.data", "layers.json")
     )
 
@@ -653,8 +655,9 @@ def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -
     art = open_artifact(folder)
     require_unpacked(art, "pack")
     present, _ = list_files(art.folder)
-    keep = sorted(rel for rel in art.manifest.files if not not_deployed(rel))
-    dropped = sorted(rel for rel in art.manifest.files if not_deployed(rel))
+    runs_ir = art.target.ir_compression is not None
+    keep = sorted(rel for rel in art.manifest.files if not not_deployed(rel, runs_ir=runs_ir))
+    dropped = sorted(rel for rel in art.manifest.files if not_deployed(rel, runs_ir=runs_ir))
     with staged_output(out, force=force, protected={"artifact": art.folder}) as stage:
         for rel in keep:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class Model:
             else Pooling(max_seq_length=max_positions)
         self.runner = make_runner(self.folder / MODEL_FILE, self.artifact.target).activate()
         self.outputs = set(onnx_signature(self.folder / MODEL_FILE)[1])
+        self.generation_times: list[Any] = []  # GenerationTimes per batch of the last generate()
 
     def close(self) -> None:
         if self.runner.active:
@@ -109,21 +111,51 @@ class Model:
         out = [self.runner.infer(self.runner.feed_from(b))["logits"] for b in self._batches(texts, batch_size, False)]
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 32) -> list[str]:
-        """Greedy continuations through the artifact's KV-cache graph (prefill, then one token per step)."""
-        from ffsplit.parity.generation import greedy_runtime
+    def generate(
+        self, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 16, stop_at_eos: bool = True,
+    ) -> list[str]:
+        """Greedy continuations through the artifact's KV-cache graph (prefill, then one token per step), in
+        batches of ``batch_size`` prompts. Each continuation ends at the model's end-of-sequence token
+        (``config.json``'s ``eos_token_id``, else the tokenizer's) unless ``stop_at_eos`` is False; a batch stops
+        once every row has ended. ``generation_times`` then holds what each batch cost (time to the first
+        token, decode tokens/s)."""
+        from ffsplit.parity.generation import GenerationTimes, greedy_runtime
 
         self._require("causal-lm-with-past")
         if not 1 <= max_new_tokens <= 4096:
             raise UsageError(f"max_new_tokens {max_new_tokens}: pass 1 to 4096")
+        stop = self.eos_token_ids() if stop_at_eos else ()
         texts: list[str] = []
-        for b in self._batches(prompts, 16, False):
+        self.generation_times = []
+        for b in self._batches(prompts, batch_size, False):
             limit = self.pooling.max_seq_length
             if limit is not None and b["input_ids"].shape[1] + max_new_tokens > limit:
                 raise UsageError(f"prompt + max_new_tokens exceeds the {limit} positions this artifact was checked for")
-            tokens = greedy_runtime(self.runner, b["input_ids"], b["attention_mask"], max_new_tokens)
-            texts += self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            times = GenerationTimes()
+            tokens = greedy_runtime(self.runner, b["input_ids"], b["attention_mask"], max_new_tokens, stop=stop,
+                                    times=times)
+            self.generation_times.append(times)
+            texts += [self.tokenizer.decode(_until_stop(row, stop), skip_special_tokens=True) for row in tokens]
         return texts
+
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The token ids that end a continuation: ``config.json``'s ``eos_token_id`` (one or a list), else the
+        tokenizer's end-of-sequence token; none if neither names one."""
+        from ffsplit.artifact import parse_json, read_utf8
+
+        config = self.folder / "config.json"
+        data = parse_json(read_utf8(config, "re-export"), str(config)) if config.is_file() else None
+        eos = data.get("eos_token_id") if isinstance(data, dict) else None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos]
+        return tuple(int(i) for i in ids if isinstance(i, int) and not isinstance(i, bool) and i >= 0)
+
+
+def _until_stop(row: np.ndarray, stop: tuple[int, ...]) -> list[int]:
+    """A row's tokens before its first stop token."""
+    hits = np.flatnonzero(np.isin(row, stop)) if stop else []
+    return row[: hits[0]].tolist() if len(hits) else row.tolist()
 
 
 _VERB = {

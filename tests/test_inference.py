@@ -116,14 +116,22 @@ def test_generate_runs_the_kv_cache_loop(family_root: Path, tmp_path: Path, cach
     from ffsplit.testing import assert_golden
 
     assert_golden(tmp_path / "o")  # last-position logits of a KV-cache graph, saved at export
-    with ffsplit.load(tmp_path / "o") as model:
-        got = model.generate(["hello there", "a"], max_new_tokens=5)
-        with pytest.raises(UsageError, match="exported for causal-lm-with-past: use generate"):
-            model.encode(["x"])
     loaded = load_model(str(src), task="causal-lm-with-past")
     enc = loaded.tokenizer(["hello there", "a"], padding=True, return_tensors="np")
     want = greedy_torch(loaded.model, enc["input_ids"], enc["attention_mask"], 5)
+    with ffsplit.load(tmp_path / "o") as model:
+        assert model.eos_token_ids() == (json.loads((src / "config.json").read_text())["eos_token_id"],)
+        got = model.generate(["hello there", "a"], max_new_tokens=5, stop_at_eos=False)
+        assert [(t.rows, t.new_tokens) for t in model.generation_times] == [(2, 5)]
+        with pytest.raises(UsageError, match="exported for causal-lm-with-past: use generate"):
+            model.encode(["x"])
+        # a continuation ends before the model's end-of-sequence token: here, as if it were row 0's third token
+        stop = int(want[0, 2])
+        model.eos_token_ids = lambda: (stop,)  # type: ignore[method-assign]
+        stopped = model.generate(["hello there", "a"], max_new_tokens=5)
     assert got == loaded.tokenizer.batch_decode(want, skip_special_tokens=True)
+    cut = [row[: list(row).index(stop)] if stop in row else row for row in want]
+    assert stopped == loaded.tokenizer.batch_decode(cut, skip_special_tokens=True) and stopped[0] != got[0]
 
 
 def test_both_pooling_config_forms_are_read(tmp_path: Path) -> None:

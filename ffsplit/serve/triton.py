@@ -229,6 +229,12 @@ def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> 
     model_dir = _model_dir(repo, name or _model_name(art.manifest), art.folder)
     name = model_dir.name
     target = art.target
+    if target.ir_compression:
+        raise UsageError(
+            f"'{artifact}' runs an OpenVINO IR (target {target.name}: runtime/{target.name}/model.xml), which "
+            "ffsplit triton does not write (it writes ONNX Runtime and TensorRT models, and model.onnx is not the "
+            "graph that was checked): serve the IR with Triton's OpenVINO backend, or ffsplit.load in Python"
+        )
     sig = signature(art.folder / MODEL_FILE)
     if target.runtime == "tensorrt":
         plan = art.folder / "runtime" / target.name / "model.plan"

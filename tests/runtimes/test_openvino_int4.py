@@ -133,3 +133,22 @@ def test_making_the_cache_stateful_changes_no_number(family_root: Path, tmp_path
             ids = want["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
             mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
             pos = pos[:, -1:] + 1
+
+
+def test_a_packed_ir_artifact_keeps_what_runs(ov_int4_artifact: Path, tmp_path: Path) -> None:
+    """pack drops what the IR makes redundant (model.onnx's external weights, when it has any) and the
+    slim folder still generates; triton refuses it rather than serve model.onnx, which is not what ran."""
+    import ffsplit
+    from ffsplit.artifact import not_deployed, pack_artifact
+    from ffsplit.serve.triton import write_repository
+
+    assert not_deployed("model.onnx.data", runs_ir=True) and not not_deployed("model.onnx.data")
+    assert not not_deployed("model.onnx", runs_ir=True)
+    slim = pack_artifact(ov_int4_artifact, tmp_path / "slim")
+    name = slim["target"]["name"]
+    assert f"runtime/{name}/model.xml" in slim["files"] and "split.safetensors" in slim["packed"]["dropped"]
+    with ffsplit.load(ov_int4_artifact) as full, ffsplit.load(tmp_path / "slim") as packed:
+        assert packed.generate(["the cat"], max_new_tokens=4) == full.generate(["the cat"], max_new_tokens=4)
+    with pytest.raises(UsageError, match="runs an OpenVINO IR"):
+        write_repository(ov_int4_artifact, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
