@@ -397,6 +397,64 @@ def accuracy(model_dir: Path, work: Path, *, texts: int, max_length: int) -> lis
     return rows
 
 
+def generation_memory(path: Path, target: str, name: str | None, *, prompt: int, new_tokens: int) -> dict:
+    """In this process (run it in a child of its own): resident memory after loading ``path`` on ``target``
+    (renamed ``name``: a peer's IR folder) and the peak while generating ``new_tokens`` after a ``prompt``
+    at batch 1 and then 4, each above what the process held before loading (interpreter and runtimes)."""
+    import dataclasses
+
+    import numpy as np
+    import onnxruntime  # noqa: F401
+    import openvino  # noqa: F401 - both runtimes' libraries in the baseline, whichever is measured
+
+    from ffsplit import resources
+    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.targets import load_target
+
+    spec = load_target(target)
+    spec = dataclasses.replace(spec, name=name) if name else spec
+    before = resources.current_bytes()
+    runner = make_runner(path, spec).activate()
+    loaded = resources.current_bytes()
+    resources.reset_peak()
+    rng = np.random.default_rng(0)
+    for batch in (1, 4):
+        ids = rng.integers(1000, 30000, (batch, prompt)).astype(np.int64)
+        time_generation(runner, ids, np.ones_like(ids), new_tokens)
+    peak = resources.peak_bytes()
+    return {"load_mb": round((loaded - before) / 1e6, 1), "generating_peak_mb": round((peak - before) / 1e6, 1),
+            "baseline_mb": round(before / 1e6, 1)}
+
+
+def memory(model_dir: Path, work: Path, *, prompt: int, new_tokens: int) -> list[dict]:
+    """Each recipe ``speed --openvino`` built in ``work``, loaded and run in a child process of its own:
+    resident memory at load and its peak while generating (``generation_memory``)."""
+    from types import SimpleNamespace
+
+    from ffsplit.runtimes.openvino_ir import ir_path
+
+    recipes = {
+        "ffsplit cpu-int4 split=down": (work / "ffsplit-cpu-int4-down" / "model.onnx", "cpu-int4", None),
+        "ORT MatMulNBitsQuantizer int4": (work / "ort-int4" / "model.onnx", "cpu-int4", None),
+        "ffsplit openvino-int4": (work / "ffsplit-openvino-int4" / "model.onnx",
+                                  str(work / "openvino-int4-down-random-weights.toml"), None),
+        **{name: (work / "ov-original" / "model.onnx", "openvino-int4", f"nncf-{s['mode']}-r{s['ratio']}")
+           for name, s in OV_PEERS.items()},
+    }
+    rows = []
+    for name, (path, target, rename) in recipes.items():
+        if not path.is_file() or (rename and not ir_path(path, SimpleNamespace(name=rename)).is_file()):
+            print(f"skipping {name}: run speed --openvino first ({path})", flush=True)
+            continue
+        cmd = [sys.executable, __file__, "_memory", str(path), target, *([rename] if rename else []),
+               "--prompt", str(prompt), "--new-tokens", str(new_tokens)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        rows.append({"model": name, "source": model_dir.name, **json.loads(out), "prompt": prompt,
+                     "new_tokens": new_tokens, "cpu": cpu_name(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def record(rows: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "decoders.json"
@@ -435,6 +493,14 @@ def report() -> None:
         phase = " (OpenVINO phase)" if r.get("phase") == "openvino" else ""
         lines.append(f"| {r['source']} | {r['batch']} | {r['model']}{phase} | {r['ttft_ms']:.0f} ms | "
                      f"{r['decode_tokens_per_s']:.1f} | {r['onnx_mb']:.0f} MB | {r['date']}, {r['cpu']} |")
+    mems = {(r["model"], r["source"]): r for r in rows if "generating_peak_mb" in r}
+    if mems:
+        lines += ["", "## Resident memory of each recipe, one child process each (above the interpreter and runtimes)",
+                  "", "| source | model | at load | peak while generating (b1, then b4) | date, CPU |",
+                  "|---|---|---|---|---|"]
+        for r in mems.values():
+            lines.append(f"| {r['source']} | {r['model']} | {r['load_mb']:,.0f} MB | {r['generating_peak_mb']:,.0f} MB | "
+                         f"{r['date']}, {r['cpu']} |")
     accs = {(r["model"], r["source"]): r for r in rows if "top1_agreement" in r}
     if accs:
         lines += ["", "## Accuracy on held-out text: a trained decoder (benchmarks/trained_decoder.py), each recipe "
@@ -495,6 +561,18 @@ def main() -> None:
     ac.add_argument("--texts", type=int, default=256, help="held-out evaluation texts")
     ac.add_argument("--max-length", type=int, default=128)
     ac.add_argument("--record", action="store_true")
+    me = sub.add_parser("memory", help="resident memory at load and while generating, each recipe of speed --openvino")
+    me.add_argument("model", type=Path)
+    me.add_argument("--work", type=Path, default=None, help="the folder speed --openvino built (default /tmp)")
+    me.add_argument("--prompt", type=int, default=128)
+    me.add_argument("--new-tokens", type=int, default=32)
+    me.add_argument("--record", action="store_true")
+    child = sub.add_parser("_memory", help=argparse.SUPPRESS)
+    child.add_argument("path", type=Path)
+    child.add_argument("target")
+    child.add_argument("name", nargs="?", default=None)
+    child.add_argument("--prompt", type=int, default=128)
+    child.add_argument("--new-tokens", type=int, default=32)
     sub.add_parser("report", help="write results/decoders.md and decoders.png from decoders.json")
     a, rest = p.parse_known_args()
     if a.cmd == "report":
@@ -508,6 +586,15 @@ def main() -> None:
         return
     if a.cmd == "make":
         make(a.size, a.out, a.dtype, a.like)
+        return
+    if a.cmd == "_memory":
+        print(json.dumps(generation_memory(a.path, a.target, a.name, prompt=a.prompt, new_tokens=a.new_tokens)))
+        return
+    if a.cmd == "memory":
+        rows = memory(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), prompt=a.prompt,
+                      new_tokens=a.new_tokens)
+        if a.record:
+            record(rows)
         return
     if a.cmd == "accuracy":
         rows = accuracy(a.model, a.work or Path(f"/tmp/ffsplit-accuracy-{a.model.name}"), texts=a.texts,
