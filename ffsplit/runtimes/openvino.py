@@ -81,7 +81,7 @@ class OpenVinoRunner(Runner):
             )
         core = ov.Core()
         model = core.read_model(str(self.model_file))
-        self.stateful = bool(model.get_variables())
+        self.stateful, self.cached = bool(model.get_variables()), 0
         # the target's config alone: a target without INFERENCE_PRECISION_HINT runs at OpenVINO's default
         config = dict(self.target.openvino.get("config", {}))
         self.compiled = core.compile_model(model, self.target.openvino.get("device", "CPU"), config)

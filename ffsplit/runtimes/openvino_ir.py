@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ffsplit.artifact import RUNTIME_DIR
 from ffsplit.resources import runtime_writes
 from ffsplit.signature import is_past, present_for
 
@@ -36,7 +37,7 @@ IR_FILE = "model.xml"
 
 def ir_path(onnx_path: Path, target: Any) -> Path:
     """Where an NNCF target's IR lives for the ONNX file ``onnx_path`` (in the artifact's runtime folder)."""
-    return Path(onnx_path).parent / "runtime" / target.name / IR_FILE
+    return Path(onnx_path).parent / RUNTIME_DIR / target.name / IR_FILE
 
 
 def heavy_nodes(model: Any) -> list[str]:

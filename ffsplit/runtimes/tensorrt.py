@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ffsplit.artifact import sha256_file
+from ffsplit.artifact import RUNTIME_DIR, sha256_file
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
@@ -188,7 +188,7 @@ class TrtRunner(Runner):  # pragma: no cover - needs a GPU
         from polygraphy.backend.trt import EngineFromBytes
         from polygraphy.backend.trt import TrtRunner as PolyTrtRunner
 
-        folder = self.runtime_dir or self.model_path.parent / "runtime" / self.target.name
+        folder = self.runtime_dir or self.model_path.parent / RUNTIME_DIR / self.target.name
         plan = build_engine(self.model_path, self.target, folder)
         self._folder = folder
         self._runner = PolyTrtRunner(EngineFromBytes(BytesFromPath(str(plan))))

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffsplit.artifact import MODEL_FILE, holds_folder, remove_tree, signals_held, staged_output
+from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, holds_folder, remove_tree, signals_held, staged_output
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.signature import ELEMENT_TYPES, onnx_signature
@@ -237,7 +237,7 @@ def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> 
         )
     sig = signature(art.folder / MODEL_FILE)
     if target.runtime == "tensorrt":
-        plan = art.folder / "runtime" / target.name / "model.plan"
+        plan = art.folder / RUNTIME_DIR / target.name / "model.plan"
         if not plan.is_file():
             raise UsageError(f"'{artifact}' has no TensorRT engine ({plan}): export it for the target on a GPU first")
         platform, files = "tensorrt_plan", [(plan, "model.plan")]
