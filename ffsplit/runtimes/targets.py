@@ -23,7 +23,7 @@ from typing import Any
 import tomllib
 
 from ffsplit.errors import UsageError
-from ffsplit.limits import PARITY_KEYS
+from ffsplit.limits import PARITY_KEYS, UPPER_BOUNDED
 from ffsplit.precisions import HALF_FLOATS, HEAVY_PRECISIONS, INT8_COMPUTE, PRECISIONS
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
@@ -401,6 +401,10 @@ def _shape_problems(shapes: Any) -> list[str]:
     return errors
 
 
+# the least a ceiling may be: a perplexity ratio below 1 would fail the original itself
+_CEILING_FLOOR = {"perplexity_ratio": 1.0}
+
+
 def _parity_problems(parity: Any) -> list[str]:
     errors: list[str] = []
     if isinstance(parity, dict):
@@ -416,9 +420,9 @@ def _parity_problems(parity: Any) -> list[str]:
                     errors.append(f"unknown key 'parity.{group}.{k}'")
                 elif not _is(v, (int, float)) or not math.isfinite(v):
                     errors.append(f"'parity.{group}.{k}' must be a finite number")
-                elif k in ("max_abs", "perplexity_ratio") and not (v >= (1.0 if k == "perplexity_ratio" else 0.0)):
-                    errors.append(f"'parity.{group}.{k}' = {v} is below {1 if k == 'perplexity_ratio' else 0}")
-                elif k not in ("max_abs", "perplexity_ratio") and not 0.0 <= v <= 1.0:
+                elif k in UPPER_BOUNDED and not v >= _CEILING_FLOOR.get(k, 0.0):
+                    errors.append(f"'parity.{group}.{k}' = {v} is below {_CEILING_FLOOR.get(k, 0.0):g}")
+                elif k not in UPPER_BOUNDED and not 0.0 <= v <= 1.0:
                     errors.append(f"'parity.{group}.{k}' = {v} is outside [0, 1]")
     return errors
 

@@ -252,3 +252,17 @@ def test_stand_in_runs_the_same_graph_on_the_cpu() -> None:
         assert stand_in.provider_options == {} and stand_in.tensorrt == {}
         assert [getattr(stand_in, f) for f in GRAPH_FIELDS] == [getattr(target, f) for f in GRAPH_FIELDS]
         assert stand_in.parity == target.parity  # held to the target's own tolerances
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("perplexity_ratio = 0.9", "'parity.fidelity.perplexity_ratio' = 0.9 is below 1"),
+    ("max_abs = -1.0", "'parity.fidelity.max_abs' = -1.0 is below 0"),
+    ("top1_agreement = 1.5", "'parity.fidelity.top1_agreement' = 1.5 is outside [0, 1]"),
+])
+def test_a_ceiling_has_a_floor_and_a_floor_is_a_fraction(tmp_path: Path, line: str, says: str) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(f'extends = "cpu-int4"\n[parity.fidelity]\n{line}\n')
+    with pytest.raises(UsageError, match=re.escape(says)):
+        load_target(str(path))
+    path.write_text('extends = "cpu-int4"\n[parity.fidelity]\nperplexity_ratio = 1000.0\nmax_abs = 50.0\n')
+    assert load_target(str(path)).parity["fidelity"]["max_abs"] == 50.0
