@@ -179,6 +179,13 @@ def resolve(o: ExportOptions) -> ExportPlan:
     evaluation = eval_texts(o.eval, limit=o.eval_size, max_length=o.max_length)
     source_dir = resolve_model(o.model)
     spec = get_task(o.task, read_config(source_dir))  # an unknown task fails before any work
+    if nncf == "int4" and spec.name == "feature-extraction":
+        # NNCF keeps a model's last multiply int8 (for a decoder, its LM head): in an encoder's token output
+        # that is the last layer's light branch, which the guard would then find at int8, not int4
+        raise UsageError(
+            f"target '{tgt.name}' is for decoders: NNCF keeps the last multiply int8, which in a "
+            "feature-extraction graph is the last FFN's light branch; use openvino-int8 or cpu-int4"
+        )
     # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
     # path for a KV cache: dynamo's own error is the useful one.
     pooling = None

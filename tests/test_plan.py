@@ -57,6 +57,7 @@ def test_a_kv_cache_graph_has_no_torchscript_fallback(folder: Path) -> None:
     ({"target": "openvino-int8", "light": "int4"}, "makes the light branch int8 with NNCF"),
     ({"target": "openvino-int4", "light": "int8"}, "makes the light branch int4 with NNCF"),
     ({"target": "openvino-int4", "heavy": "bf16"}, "--heavy fp32 or --heavy int8"),
+    ({"target": "openvino-int4", "task": "feature-extraction"}, "is for decoders: NNCF keeps the last multiply int8"),
     ({"target": "openvino-int8", "heavy": "fp16"}, "--heavy fp16"),
     ({"heavy": "bf16"}, "runs on the CPU"),
     ({"light": "int4:24"}, "cannot be stored as MatMulNBits"),
