@@ -175,16 +175,32 @@ OV_PEERS = {
 }
 
 
-def peer_ov_int4(model_dir: Path, folder: Path, target):  # noqa: ANN001, ANN201
+def peer_target(settings: dict):  # noqa: ANN201
+    """``openvino-int4`` with these NNCF ``settings``, named after them: the target a peer's IR is built and
+    run under (its folder in ``ov-original/runtime``)."""
+    import dataclasses
+
+    from ffsplit.runtimes.targets import load_target
+
+    base = load_target("openvino-int4")
+    name = f"nncf-{settings['mode']}-r{settings['ratio']}" + ("-awq" if settings.get("awq") else "")
+    return dataclasses.replace(base, name=name, nncf={**base.nncf, **settings})
+
+
+def peer_ov_int4(model_dir: Path, folder: Path, target, tokenizer=None, texts: list[str] = ()) -> Path:  # noqa: ANN001
     """The original (ffsplit's exporter, fp32, KV cache) through the same IR builder as ffsplit's
     ``openvino-int4``: NNCF compress_weights with ``target.nncf``, then the stateful KV cache. Every layer but
-    the embeddings and the LM head (NNCF keeps those int8); nothing is tagged, so nothing is left out."""
-    from ffsplit.runtimes.openvino_ir import build_ir
+    the embeddings and the LM head (NNCF keeps those int8); nothing is tagged, so nothing is left out.
+    ``tokenizer`` and ``texts`` calibrate the data-aware methods (AWQ) when the target asks for them. Built
+    once: an IR already in ``folder`` is kept."""
+    from ffsplit.runtimes.openvino_ir import build_ir, ir_path
 
     onnx = folder / "model.onnx"
+    if ir_path(onnx, target).is_file():
+        return ir_path(onnx, target)
     if not onnx.is_file():
         _fp32_export(model_dir, folder, "model.onnx")
-    return build_ir(onnx, target, None, [], 64)  # data-free: no calibration text
+    return build_ir(onnx, target, tokenizer, list(texts), 128)
 
 
 def peer_int4(model_dir: Path, out: Path) -> Path:
@@ -211,26 +227,13 @@ def onnx_bytes(model: Path) -> int:
 
 
 def time_generation(runner, ids, mask, new_tokens: int) -> tuple[float, float]:  # noqa: ANN001
-    """(seconds to the first token, seconds for the next ``new_tokens``) through the greedy KV-cache loop."""
-    import numpy as np
+    """(seconds to the first token, seconds for the next ``new_tokens``) through the greedy KV-cache loop
+    ``ffsplit.load(...).generate`` runs (no stop token: every step runs)."""
+    from ffsplit.parity.generation import GenerationTimes, greedy_runtime
 
-    from ffsplit.signature import is_past, present_for
-    from ffsplit.split.calibration import positions_from_mask
-
-    feed = runner.feed_from({"input_ids": ids, "attention_mask": mask,
-                             "position_ids": positions_from_mask(mask).astype(np.int64)})
-    pasts = [n for n in feed if is_past(n)]
-    t0 = time.perf_counter()
-    first = 0.0
-    for step in range(new_tokens + 1):
-        out = runner.infer(feed, check=False)
-        nxt = out["logits"][:, -1].argmax(-1).astype(np.int64)
-        if step == 0:
-            first = time.perf_counter() - t0
-        mask = np.concatenate([mask, np.ones((len(mask), 1), np.int64)], axis=1)
-        feed = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": feed["position_ids"][:, -1:] + 1,
-                **{n: out[present_for(n)] for n in pasts}}
-    return first, time.perf_counter() - t0 - first
+    times = GenerationTimes()
+    greedy_runtime(runner, ids, mask, new_tokens + 1, times=times)
+    return times.first_token_s, times.decode_s
 
 
 def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: int, prompt: int,
@@ -266,8 +269,6 @@ def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, ro
     """ffsplit ``openvino-int4`` and OpenVINO + NNCF int4 of the original (``OV_PEERS``), stateful, through
     ffsplit's OpenVINO runner at OpenVINO's default settings, with ORT's int4 beside them as the reference
     between phases."""
-    import dataclasses
-
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.openvino_ir import ir_path
     from ffsplit.runtimes.targets import load_target
@@ -277,7 +278,6 @@ def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, ro
     if not (ours / "manifest.json").is_file():
         export(model_dir, ours, ["--target", str(opened), "--task", "causal-lm-with-past", "--calib-size", "32",
                                  "--eval-size", "16", "--max-length", "64", *RANDOM_WEIGHT_LIMITS])
-    ov_int4 = load_target("openvino-int4")
     ort = "ORT MatMulNBitsQuantizer int4"
     runners, sizes = {ort: ort_peer}, {ort: ort_path}
     mine = load_target(str(opened))
@@ -285,12 +285,9 @@ def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, ro
     sizes["ffsplit openvino-int4"] = ir_path(ours / "model.onnx", mine)
     onnx = work / "ov-original" / "model.onnx"
     for name, settings in OV_PEERS.items():
-        target = dataclasses.replace(ov_int4, name=f"nncf-{settings['mode']}-r{settings['ratio']}",
-                                     nncf={**ov_int4.nncf, **settings})
-        if not ir_path(onnx, target).is_file():
-            peer_ov_int4(model_dir, onnx.parent, target)
+        target = peer_target(settings)
+        sizes[name] = peer_ov_int4(model_dir, onnx.parent, target)
         runners[name] = make_runner(onnx, target, timing=True).activate()
-        sizes[name] = ir_path(onnx, target)
     rows = _timed(runners, sizes, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="openvino")
     for name, runner in runners.items():
         if name != ort:
@@ -341,12 +338,10 @@ def accuracy(model_dir: Path, work: Path, *, texts: int, max_length: int) -> lis
     ``MatMulNBitsQuantizer`` int4 and OpenVINO + NNCF int4 (``OV_PEERS``, data-free, and asymmetric with AWQ
     calibrated on ffsplit's calibration text).
     """
-    import dataclasses
-
     from ffsplit.loading import load_model
     from ffsplit.parity.check import runtime_accuracy
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.runtimes.openvino_ir import build_ir, ir_path
+    from ffsplit.runtimes.openvino_ir import ir_path
     from ffsplit.runtimes.targets import load_target
     from ffsplit.split.calibration import calibration_texts, eval_texts
 
@@ -369,21 +364,15 @@ def accuracy(model_dir: Path, work: Path, *, texts: int, max_length: int) -> lis
         peer_int4(model_dir, ort.parent)
     runners["ORT MatMulNBitsQuantizer int4"] = make_runner(ort, load_target("cpu-int4")).activate()
     sizes["ORT MatMulNBitsQuantizer int4"] = ort
-    ov_int4 = load_target("openvino-int4")
     onnx = work / "ov-original" / "model.onnx"
     loaded = load_model(str(model_dir), task="causal-lm-with-past")
     # data-aware: AWQ (NNCF's scale estimation on this graph gave garbage, top-1 0.005 on the trained model:
     # left out, not investigated)
     peers = {**OV_PEERS, "OpenVINO + NNCF int4 asym g128, AWQ": {"mode": "int4_asym", "ratio": 1.0, "awq": True}}
     for name, settings in peers.items():
-        tag = "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
-        target = dataclasses.replace(ov_int4, name=f"nncf-{tag}".replace(".", "_"), nncf={**ov_int4.nncf, **settings})
-        if not ir_path(onnx, target).is_file():
-            if not onnx.is_file():
-                _fp32_export(model_dir, onnx.parent, "model.onnx")
-            build_ir(onnx, target, loaded.tokenizer, calib, 128)
+        target = peer_target(settings)
+        sizes[name] = peer_ov_int4(model_dir, onnx.parent, target, loaded.tokenizer, calib)
         runners[name] = make_runner(onnx, target).activate()
-        sizes[name] = ir_path(onnx, target)
     held_out = eval_texts(None, limit=texts, max_length=max_length)
     metrics = runtime_accuracy(loaded.model, runners, loaded.tokenizer, held_out, loaded.task, batch_size=8,
                                max_length=max_length)
@@ -407,6 +396,7 @@ def generation_memory(path: Path, target: str, name: str | None, *, prompt: int,
     import onnxruntime  # noqa: F401
     import openvino  # noqa: F401 - both runtimes' libraries in the baseline, whichever is measured
 
+    import ffsplit.parity.generation  # noqa: F401 - the loop's module (it imports torch) in the baseline too
     from ffsplit import resources
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.targets import load_target
@@ -429,8 +419,6 @@ def generation_memory(path: Path, target: str, name: str | None, *, prompt: int,
 def memory(model_dir: Path, work: Path, *, prompt: int, new_tokens: int) -> list[dict]:
     """Each recipe ``speed --openvino`` built in ``work``, loaded and run in a child process of its own:
     resident memory at load and its peak while generating (``generation_memory``)."""
-    from types import SimpleNamespace
-
     from ffsplit.runtimes.openvino_ir import ir_path
 
     recipes = {
@@ -438,12 +426,12 @@ def memory(model_dir: Path, work: Path, *, prompt: int, new_tokens: int) -> list
         "ORT MatMulNBitsQuantizer int4": (work / "ort-int4" / "model.onnx", "cpu-int4", None),
         "ffsplit openvino-int4": (work / "ffsplit-openvino-int4" / "model.onnx",
                                   str(work / "openvino-int4-down-random-weights.toml"), None),
-        **{name: (work / "ov-original" / "model.onnx", "openvino-int4", f"nncf-{s['mode']}-r{s['ratio']}")
+        **{name: (work / "ov-original" / "model.onnx", "openvino-int4", peer_target(s).name)
            for name, s in OV_PEERS.items()},
     }
     rows = []
     for name, (path, target, rename) in recipes.items():
-        if not path.is_file() or (rename and not ir_path(path, SimpleNamespace(name=rename)).is_file()):
+        if not path.is_file() or (rename and not ir_path(path, peer_target(OV_PEERS[name])).is_file()):
             print(f"skipping {name}: run speed --openvino first ({path})", flush=True)
             continue
         cmd = [sys.executable, __file__, "_memory", str(path), target, *([rename] if rename else []),
@@ -578,27 +566,24 @@ def main() -> None:
     if a.cmd == "report":
         report()
         return
-    if a.cmd == "speed":
-        rows = speed(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), rounds=a.rounds, prompt=a.prompt,
-                     new_tokens=a.new_tokens, forms=tuple(a.forms.split(",")), openvino=a.openvino)
-        if a.record:
-            record(rows)
-        return
     if a.cmd == "make":
         make(a.size, a.out, a.dtype, a.like)
         return
     if a.cmd == "_memory":
         print(json.dumps(generation_memory(a.path, a.target, a.name, prompt=a.prompt, new_tokens=a.new_tokens)))
         return
-    if a.cmd == "memory":
-        rows = memory(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), prompt=a.prompt,
-                      new_tokens=a.new_tokens)
-        if a.record:
-            record(rows)
-        return
-    if a.cmd == "accuracy":
-        rows = accuracy(a.model, a.work or Path(f"/tmp/ffsplit-accuracy-{a.model.name}"), texts=a.texts,
-                        max_length=a.max_length)
+    # the commands that measure: one row per recipe, appended to the results with --record
+    measure = {
+        "speed": lambda: speed(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), rounds=a.rounds,
+                               prompt=a.prompt, new_tokens=a.new_tokens, forms=tuple(a.forms.split(",")),
+                               openvino=a.openvino),
+        "memory": lambda: memory(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), prompt=a.prompt,
+                                 new_tokens=a.new_tokens),
+        "accuracy": lambda: accuracy(a.model, a.work or Path(f"/tmp/ffsplit-accuracy-{a.model.name}"),
+                                     texts=a.texts, max_length=a.max_length),
+    }
+    if a.cmd in measure:
+        rows = measure[a.cmd]()
         if a.record:
             record(rows)
         return

@@ -10,3 +10,7 @@ INTEGERS = ("int8", "int4")  # stored as integer grids in the graph
 # an OpenVINO IR (the graph keeps the light branch in fp32 for NNCF to quantise).
 INT8_GRAPH_FORMS = ("weight-only", "dynamic", "qdq", "matmulnbits")
 INT8_COMPUTE = (*INT8_GRAPH_FORMS, "nncf")
+# How an int4 grid runs: ONNX Runtime's MatMulNBits in the graph, or NNCF's weight compression in an
+# OpenVINO IR (the graph keeps the light branch in fp32 for NNCF to compress).
+INT4_GRAPH_FORMS = ("matmulnbits",)
+INT4_COMPUTE = (*INT4_GRAPH_FORMS, "nncf")

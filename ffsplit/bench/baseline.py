@@ -43,7 +43,7 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     calib = art.manifest["calibration"]
     key = (f"{art.manifest.source.sha256[:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
            f"-g3-{fusions}" + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else "")
-           + "".join(f"-{k}{v}" for k, v in sorted(art.target.nncf.items())))
+           + "".join(f"-{setting}{value}" for setting, value in sorted(art.target.nncf.items())))
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
     if path.is_file():

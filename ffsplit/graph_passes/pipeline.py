@@ -117,10 +117,8 @@ def precision_passes(
     """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
     passes = generic_passes(fusions=fusions)
     if grids:
-        # with NNCF's int4 the graph holds no int4 grid (the light branch goes to NNCF in fp32)
         passes.append(
-            QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form,
-                                      int4_form="matmulnbits" if int4_form == "nncf" else int4_form, act_absmax=act_absmax,
+            QuantizeBranchWeightsPass(grids=grids, int8_form=int8_form, int4_form=int4_form, act_absmax=act_absmax,
                                       matmulnbits_accuracy_level=matmulnbits_accuracy_level)
         )
     if other_matmuls == "int8" and int8_form != "nncf":  # NNCF quantises the rest in the OpenVINO IR

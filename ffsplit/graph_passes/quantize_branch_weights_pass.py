@@ -36,10 +36,8 @@ from onnx_ir.passes import InPlacePass, PassResult, PostconditionError, Precondi
 
 from ffsplit.graph_passes.precision import MS_DOMAIN, WeightGrid, add_initializer, replace_node
 from ffsplit.graph_passes.tag_branches_pass import node_tags
-from ffsplit.precisions import INT8_GRAPH_FORMS
+from ffsplit.precisions import INT4_COMPUTE, INT4_GRAPH_FORMS, INT8_GRAPH_FORMS
 from ffsplit.split.compress import array_digest
-
-INT4_FORMS = ("matmulnbits",)
 
 
 def matmulnbits_block_ok(block: int | None) -> bool:
@@ -112,7 +110,8 @@ class QuantizeBranchWeightsPass(InPlacePass):
         grids: the quantised weights, by parameter path.
         int8_form: ``weight-only`` (DequantizeLinear -> MatMul), ``dynamic`` (DynamicQuantizeMatMul)
             or ``qdq`` (activation and weight through Q/DQ).
-        int4_form: ``matmulnbits``.
+        int4_form: ``matmulnbits``; or ``nncf``, when NNCF compresses int4 in an OpenVINO IR and the graph
+            holds no int4 grid.
         act_absmax: for ``qdq``, the largest |input| calibration showed each grid's multiply, by grid name.
         matmulnbits_accuracy_level: MatMulNBits' accuracy level (0: fp32 arithmetic; 4: int8 activations).
     """
@@ -125,8 +124,8 @@ class QuantizeBranchWeightsPass(InPlacePass):
         self.matmulnbits_accuracy_level = matmulnbits_accuracy_level
         if int8_form not in INT8_GRAPH_FORMS:
             raise ValueError(f"int8_form {int8_form!r} is not one of {INT8_GRAPH_FORMS}")
-        if int4_form not in INT4_FORMS:
-            raise ValueError(f"int4_form {int4_form!r} is not one of {INT4_FORMS}")
+        if int4_form not in INT4_COMPUTE:
+            raise ValueError(f"int4_form {int4_form!r} is not one of {INT4_COMPUTE}")
         self.grids = grids
         self.int8_form = int8_form
         self.int4_form = int4_form
@@ -135,6 +134,9 @@ class QuantizeBranchWeightsPass(InPlacePass):
 
     def requires(self, model: ir.Model) -> None:
         for grid in self.grids.values():
+            if grid.bits == 4 and self.int4_form not in INT4_GRAPH_FORMS:
+                raise PreconditionError(f"{grid.name}: an int4 grid in the graph needs int4_form {INT4_GRAPH_FORMS}, "
+                                        f"not {self.int4_form!r}")
             if grid.bits == 4 and not matmulnbits_block_ok(grid.block):
                 raise PreconditionError(f"{grid.name}: int4 block {grid.block} is not a power of two >= 16 (MatMulNBits)")
             if grid.bits not in (4, 8):

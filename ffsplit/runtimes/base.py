@@ -38,6 +38,19 @@ def onnx_inputs(model_path: Path) -> dict[str, tuple[str, list[Any]]]:
     return {name: (ELEMENT_TYPES.get(t, ("tensor(?)", ""))[0], dims) for name, (t, dims) in inputs.items()}
 
 
+def empty_past(inputs: dict[str, tuple[str, list[Any]]], rows: int) -> dict[str, np.ndarray]:
+    """An empty KV cache (past length 0: the prefill) of ``rows`` rows for each past input of a graph whose
+    inputs are ``inputs`` (name -> (type, dims)); its head count and width must be static."""
+    out = {}
+    for name, (_typ, shape) in inputs.items():
+        if is_past(name):
+            heads, dim = shape[1], shape[3]
+            if not isinstance(heads, int) or not isinstance(dim, int):
+                raise UsageError(f"input '{name}' has no static head shape ({shape}); re-export the model")
+            out[name] = np.zeros((rows, heads, 0, dim), dtype=np.float32)
+    return out
+
+
 class Runner:
     """Runs one ONNX model for a target. Subclasses implement the ``_``-prefixed methods."""
 
@@ -101,17 +114,9 @@ class Runner:
 
     def feed_from(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's inputs from a tokenised batch; a KV-cache graph gets an empty past (prefill)."""
-        feed = {}
-        rows = len(batch["input_ids"])
-        for name, (_typ, shape) in self.input_shapes().items():
-            if is_past(name):
-                heads, dim = shape[1], shape[3]
-                if not isinstance(heads, int) or not isinstance(dim, int):
-                    raise UsageError(f"input '{name}' has no static head shape ({shape}); re-export the model")
-                feed[name] = np.zeros((rows, heads, 0, dim), dtype=np.float32)
-            elif name in batch:
-                feed[name] = batch[name]
-        return feed
+        shapes = self.input_shapes()
+        past = empty_past(shapes, len(batch["input_ids"]))
+        return {name: past[name] if name in past else batch[name] for name in shapes if name in past or name in batch}
 
     def validate(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sig = self.input_signature()

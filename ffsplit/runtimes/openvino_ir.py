@@ -141,22 +141,13 @@ def stateful(model: Any) -> Any:
     return out
 
 
-def _with_empty_past(feeds: list[dict[str, np.ndarray]], inputs: dict[str, tuple[str, list[Any]]]) -> None:
-    """Add an empty cache (prefill) to each feed of a KV-cache graph, in place."""
-    for feed in feeds:
-        rows = len(feed["input_ids"])
-        for name, (_typ, dims) in inputs.items():
-            if is_past(name):
-                feed[name] = np.zeros((rows, dims[1], 0, dims[3]), dtype=np.float32)
-
-
 def build_ir(
     onnx_path: Path, target: Any, tokenizer: Any, texts: list[str], max_length: int, *, keep_heavy: bool = True
 ) -> Path:
     """The target's OpenVINO IR for ``onnx_path`` (static int8 or int4 weights, per the target), stateful
     when the graph has a KV cache; its path (``ir_path``)."""
     from ffsplit.loading import no_telemetry
-    from ffsplit.runtimes.base import onnx_inputs
+    from ffsplit.runtimes.base import empty_past, onnx_inputs
     from ffsplit.split.calibration import calibration_feeds
 
     no_telemetry()
@@ -167,8 +158,9 @@ def build_ir(
     int8 = target.ir_compression == "int8"
     feeds = None
     if int8 or target.nncf["awq"] or target.nncf["scale_estimation"]:
-        feeds = calibration_feeds(tokenizer, texts, max_length=max_length, names=set(inputs))
-        _with_empty_past(feeds, inputs)
+        # a KV-cache graph calibrates on the prefill: each text with an empty cache
+        feeds = [{**feed, **empty_past(inputs, len(feed["input_ids"]))}
+                 for feed in calibration_feeds(tokenizer, texts, max_length=max_length, names=set(inputs))]
     model = quantize_int8(model, target, feeds or [], keep_heavy=keep_heavy) if int8 else \
         compress_int4(model, target, feeds)
     model = stateful(model)

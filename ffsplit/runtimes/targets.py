@@ -24,12 +24,10 @@ import tomllib
 
 from ffsplit.errors import UsageError
 from ffsplit.limits import PARITY_KEYS, UPPER_BOUNDED
-from ffsplit.precisions import HALF_FLOATS, HEAVY_PRECISIONS, INT8_COMPUTE, PRECISIONS
+from ffsplit.precisions import HALF_FLOATS, HEAVY_PRECISIONS, INT4_COMPUTE, INT8_COMPUTE, PRECISIONS
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-# matmulnbits: ONNX Runtime's MatMulNBits in the graph; nncf: NNCF's weight compression in an OpenVINO IR
-INT4_COMPUTE = ("matmulnbits", "nncf")
 # NNCF compress_weights modes a target may ask for (asymmetric: a zero point per group)
 NNCF_INT4_MODES = ("int4_asym", "int4_sym")
 INT8_WEIGHT_RANGES = ("auto", "full", "reduced")
