@@ -149,14 +149,15 @@ def _opened_target(folder: Path, base: str, form: str = "both", ratio: float | N
     return path
 
 
-def _fp32_export(model_dir: Path, out: Path, name: str = "fp32.onnx") -> Path:
-    """The original with ffsplit's exporter (KV cache) and generic passes, fp32: what both peers start from."""
+def _fp32_export(model_dir: Path, out: Path, name: str = "fp32.onnx", opset: int | None = None) -> Path:
+    """The original with ffsplit's exporter (KV cache, at ``opset``: the OpenVINO peers take their target's, as
+    ffsplit's export does) and generic passes, fp32: what both peers start from."""
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
     from ffsplit.loading import load_model
 
     loaded = load_model(str(model_dir), task="causal-lm-with-past")
-    program = export_program(loaded.model, loaded.tokenizer, loaded.task)
+    program = export_program(loaded.model, loaded.tokenizer, loaded.task, opset=opset)
     del loaded
     program, _ = run_passes(program, generic_passes(fusions="none"))  # what ffsplit's graph gets too
     out.mkdir(parents=True, exist_ok=True)
@@ -175,9 +176,12 @@ OV_PEERS = {
 }
 
 
+OV_PEERS_DEFAULT = OV_PEERS["OpenVINO + NNCF int4 asym g128"]
+
+
 def peer_target(settings: dict):  # noqa: ANN201
     """``openvino-int4`` with these NNCF ``settings``, named after them: the target a peer's IR is built and
-    run under (its folder in ``ov-original/runtime``)."""
+    run under (its folder in the runtime folder beside ``ov_original``)."""
     import dataclasses
 
     from ffsplit.runtimes.targets import load_target
@@ -185,6 +189,12 @@ def peer_target(settings: dict):  # noqa: ANN201
     base = load_target("openvino-int4")
     name = f"nncf-{settings['mode']}-r{settings['ratio']}" + ("-awq" if settings.get("awq") else "")
     return dataclasses.replace(base, name=name, nncf={**base.nncf, **settings})
+
+
+def ov_original(work: Path) -> Path:
+    """Where the OpenVINO peers' fp32 original lives in ``work``: exported as ffsplit's ``openvino-int4`` is,
+    at its opset (named by it, so that a folder made at another opset is not reused)."""
+    return work / f"ov-original-opset{peer_target(OV_PEERS_DEFAULT).opset}" / "model.onnx"
 
 
 def peer_ov_int4(model_dir: Path, folder: Path, target, tokenizer=None, texts: list[str] = ()) -> Path:  # noqa: ANN001
@@ -199,7 +209,7 @@ def peer_ov_int4(model_dir: Path, folder: Path, target, tokenizer=None, texts: l
     if ir_path(onnx, target).is_file():
         return ir_path(onnx, target)
     if not onnx.is_file():
-        _fp32_export(model_dir, folder, "model.onnx")
+        _fp32_export(model_dir, folder, "model.onnx", opset=target.opset)
     return build_ir(onnx, target, tokenizer, list(texts), 128)
 
 
@@ -248,9 +258,11 @@ def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: in
         ids = rng.integers(1000, 30000, (batch, prompt)).astype(np.int64)
         mask = np.ones_like(ids)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+        names = list(runners)
         for r in range(rounds + 1):  # round 0 warms up
-            for name, runner in runners.items():
-                t = time_generation(runner, ids, mask, new_tokens)
+            # each round starts one runner later, so that no model always runs right after the same one
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t = time_generation(runners[name], ids, mask, new_tokens)
                 if r:
                     times[name].append(t)
         for name in runners:
@@ -283,7 +295,7 @@ def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, ro
     mine = load_target(str(opened))
     runners["ffsplit openvino-int4"] = make_runner(ours / "model.onnx", mine, timing=True).activate()
     sizes["ffsplit openvino-int4"] = ir_path(ours / "model.onnx", mine)
-    onnx = work / "ov-original" / "model.onnx"
+    onnx = ov_original(work)
     for name, settings in OV_PEERS.items():
         target = peer_target(settings)
         sizes[name] = peer_ov_int4(model_dir, onnx.parent, target)
@@ -318,7 +330,8 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
         peer_int4(model_dir, paths[peer].parent)
     target = load_target("cpu-int4")
     runners = {name: make_runner(path, target, timing=True).activate() for name, path in paths.items()}
-    rows = _timed(runners, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="ort")
+    rows = _timed(runners, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens,
+                  phase="ort") if forms else []  # --forms none: the OpenVINO phase alone
     if openvino:
         for name in [n for n in runners if n != peer]:
             runners.pop(name).deactivate()
@@ -364,7 +377,7 @@ def accuracy(model_dir: Path, work: Path, *, texts: int, max_length: int) -> lis
         peer_int4(model_dir, ort.parent)
     runners["ORT MatMulNBitsQuantizer int4"] = make_runner(ort, load_target("cpu-int4")).activate()
     sizes["ORT MatMulNBitsQuantizer int4"] = ort
-    onnx = work / "ov-original" / "model.onnx"
+    onnx = ov_original(work)
     loaded = load_model(str(model_dir), task="causal-lm-with-past")
     # data-aware: AWQ (NNCF's scale estimation on this graph gave garbage, top-1 0.005 on the trained model:
     # left out, not investigated)
@@ -426,7 +439,7 @@ def memory(model_dir: Path, work: Path, *, prompt: int, new_tokens: int) -> list
         "ORT MatMulNBitsQuantizer int4": (work / "ort-int4" / "model.onnx", "cpu-int4", None),
         "ffsplit openvino-int4": (work / "ffsplit-openvino-int4" / "model.onnx",
                                   str(work / "openvino-int4-down-random-weights.toml"), None),
-        **{name: (work / "ov-original" / "model.onnx", "openvino-int4", peer_target(s).name)
+        **{name: (ov_original(work), "openvino-int4", peer_target(s).name)
            for name, s in OV_PEERS.items()},
     }
     rows = []
@@ -540,7 +553,7 @@ def main() -> None:
     sp.add_argument("--prompt", type=int, default=128)
     sp.add_argument("--new-tokens", type=int, default=32)
     sp.add_argument("--record", action="store_true")
-    sp.add_argument("--forms", default="down,both", help="split forms of ffsplit's cpu-int4 to time, comma-separated")
+    sp.add_argument("--forms", default="down,both", help="split forms of ffsplit's cpu-int4 to time, comma-separated; none: with --openvino, its phase alone")
     sp.add_argument("--openvino", action="store_true",
                     help="also time OpenVINO + NNCF int4 of the original (in a phase of its own, beside ORT's int4)")
     ac = sub.add_parser("accuracy", help="each int4 recipe against the original on held-out text (a trained model)")
@@ -575,7 +588,7 @@ def main() -> None:
     # the commands that measure: one row per recipe, appended to the results with --record
     measure = {
         "speed": lambda: speed(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), rounds=a.rounds,
-                               prompt=a.prompt, new_tokens=a.new_tokens, forms=tuple(a.forms.split(",")),
+                               prompt=a.prompt, new_tokens=a.new_tokens, forms=tuple(f for f in a.forms.split(",") if f != "none"),
                                openvino=a.openvino),
         "memory": lambda: memory(a.model, a.work or Path(f"/tmp/ffsplit-speed-{a.model.name}"), prompt=a.prompt,
                                  new_tokens=a.new_tokens),

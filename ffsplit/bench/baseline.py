@@ -42,7 +42,7 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     nncf = lossy_baseline(art.target) is not None
     calib = art.manifest["calibration"]
     key = (f"{art.manifest.source.sha256[:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
-           f"-g3-{fusions}" + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else "")
+           f"-g3-{fusions}" + (f"-opset{art.target.opset}" if art.target.opset else "") + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else "")
            + "".join(f"-{setting}{value}" for setting, value in sorted(art.target.nncf.items())))
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
@@ -53,7 +53,7 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
     try:
-        program = export_program(loaded.model, loaded.tokenizer, loaded.task)
+        program = export_program(loaded.model, loaded.tokenizer, loaded.task, opset=art.target.opset)
         program, _ = run_passes(program, generic_passes(fusions=fusions))
         save_model(program, tmp / MODEL_FILE)
         if nncf:

@@ -145,7 +145,7 @@ def _dims(model: nn.Module, past: bool) -> tuple[torch.export.Dim, torch.export.
     )
 
 
-def _export_with_past(model: nn.Module, tokenizer) -> ir.Model:  # noqa: ANN001
+def _export_with_past(model: nn.Module, tokenizer, opset: int | None) -> ir.Model:  # noqa: ANN001
     layers, heads, dim = kv_shape(model)
     past_in, present_out = past_names(layers)
     # Traced with past 4 and 3 new tokens (no axis of size 0 or 1, which torch.export
@@ -163,18 +163,21 @@ def _export_with_past(model: nn.Module, tokenizer) -> ir.Model:  # noqa: ANN001
     return _capture(
         PastWrapper(model, layers).eval(), (ids, mask, positions, *past_kv),
         input_names=["input_ids", "attention_mask", "position_ids", *past_in],
-        output_names=["logits", *present_out], dynamic_shapes=dynamic,
+        output_names=["logits", *present_out], dynamic_shapes=dynamic, opset=opset,
     )
 
 
-def _capture(wrapper: nn.Module, args: tuple[torch.Tensor, ...], **options: Any) -> ir.Model:
-    """torch.onnx's dynamo export of ``wrapper``, traced on placeholder weights: each weight of the graph
-    is computed (in fp32, from the model's stored form) only when read, so the graph never holds a
-    second copy of the model; then torch.onnx's own optimiser, as its default export runs it."""
+def _capture(wrapper: nn.Module, args: tuple[torch.Tensor, ...], *, opset: int | None, **options: Any) -> ir.Model:
+    """torch.onnx's dynamo export of ``wrapper`` (at ``opset``, or torch.onnx's default), traced on placeholder
+    weights: each weight of the graph is computed (in fp32, from the model's stored form) only when read, so
+    the graph never holds a second copy of the model; then torch.onnx's own optimiser, as its default export
+    runs it."""
     from ffsplit.graph_passes.fold_weight_transposes_pass import FoldWeightTransposesPass
     from ffsplit.residency import placeholders
 
     with placeholders(wrapper.model, prefix=WRAPPER_PREFIX) as values, quiet_exporter(), torch.no_grad():
+        if opset is not None:
+            options["opset_version"] = opset
         program = torch.onnx.export(wrapper, args, dynamo=True, optimize=False, verbose=False, **options)
     assert program is not None
     bind_weights(program.model, values)
@@ -314,11 +317,12 @@ def _export_torchscript(wrapper: nn.Module, args: tuple[torch.Tensor, ...], name
 
 def export_program(
     model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo",  # noqa: ANN001
-    pooling: Any = None,
+    pooling: Any = None, opset: int | None = None,
 ) -> ir.Model:
     """Export ``model`` for ``task`` with ``exporter``; returns the in-memory ONNX IR model.
 
-    ``pooling`` (feature-extraction; a ``pooling.Pooling``) adds a ``sentence_embedding`` output.
+    ``pooling`` (feature-extraction; a ``pooling.Pooling``) adds a ``sentence_embedding`` output. ``opset``
+    (the dynamo exporter) is the ONNX opset to write, None for torch.onnx's default.
     """
     spec = TASKS[task] if isinstance(task, str) else task
     if exporter not in EXPORTERS:
@@ -326,7 +330,7 @@ def export_program(
     if spec.past:
         if exporter != "dynamo":
             raise UsageError("the TorchScript exporter cannot export a KV cache here: use --exporter dynamo")
-        return _export_with_past(model, tokenizer)
+        return _export_with_past(model, tokenizer, opset)
     names = input_names_for(tokenizer, model, spec)
     outputs = [spec.output] + ([SENTENCE_OUTPUT] if pooling is not None else [])
     wrapper = TaskWrapper(model, spec, names, pooling).eval()
@@ -337,7 +341,7 @@ def export_program(
             return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, outputs)
     batch, seq, _ = _dims(model, past=False)
     return _capture(wrapper, tuple(sample_inputs(tokenizer, names).values()), input_names=names,
-                    output_names=outputs, dynamic_shapes=tuple({0: batch, 1: seq} for _ in names))
+                    output_names=outputs, dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset=opset)
 
 
 def save_model(model: ir.Model, path: Path) -> list[Path]:

@@ -12,7 +12,8 @@ weights', u4 / i8). The layer list is also written to ``layers.json`` beside
 the artifact, for ``ffsplit inspect``.
 
 A stateful IR (a KV-cache decoder) takes no ``past_key_values`` inputs and
-gives no ``present`` outputs: the cache stays in the infer request. A feed
+gives no ``present`` outputs: the cache stays in the infer request (each
+sequence continues its own: ``beam_idx`` is ``0..batch-1``). A feed
 whose attention mask is as long as its ``input_ids`` starts a new sequence
 (the state is reset); a longer one continues the cached one. So the greedy
 loop every runtime shares runs unchanged, without copying the cache.
@@ -28,7 +29,7 @@ import numpy as np
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, register_runtime
-from ffsplit.runtimes.openvino_ir import ir_path
+from ffsplit.runtimes.openvino_ir import BEAM_INPUT, ir_path
 from ffsplit.runtimes.records import LAYERS_FILE, records_from_layers
 from ffsplit.runtimes.targets import Target
 from ffsplit.signature import is_past
@@ -108,6 +109,7 @@ class OpenVinoRunner(Runner):
                     f"{self.cached}: continue the sequence it last ran, or start one (mask as long as input_ids)"
                 )
             self.cached = feed["attention_mask"].shape[-1]
+            feed = {**feed, BEAM_INPUT: np.arange(feed["input_ids"].shape[0], dtype=np.int32)}
         results = self.request.infer(feed)
         return {port.get_any_name(): np.array(results[port]) for port in self.compiled.outputs}
 

@@ -33,6 +33,8 @@ from ffsplit.resources import runtime_writes
 from ffsplit.signature import is_past, present_for
 
 IR_FILE = "model.xml"
+# a stateful IR's input choosing, per sequence of the batch, whose cache it continues (optimum-intel's name)
+BEAM_INPUT = "beam_idx"
 
 
 def ir_path(onnx_path: Path, target: Any) -> Path:
@@ -108,6 +110,12 @@ def stateful(model: Any) -> Any:
     so a request after ``reset_state`` starts a new sequence at whatever batch it is given. (OpenVINO's
     MakeStateful pass makes variables without that initial value, and its ReadValues cannot be replaced
     afterwards: each Assign keeps a dependency on the one it was made with.)
+
+    Each cache is read through a Gather along the batch by a ``beam_idx`` input (int32, one index per
+    sequence: ``arange(batch)`` keeps every sequence's own cache), as optimum-intel's decoders have it. That
+    Gather is what OpenVINO's CPU plugin looks for to fuse ReadValue, Concat, ScaledDotProductAttention and
+    Assign into one attention node that appends to its cache in place; without it attention runs as
+    separate multiplies over a cache copied at every step.
     """
     import openvino as ov
     import openvino.opset13 as ops
@@ -119,6 +127,8 @@ def stateful(model: Any) -> Any:
     if not pasts:
         return model
     ids = params["input_ids"]
+    beam = ops.parameter([-1], np.int32, name=BEAM_INPUT)
+    beam.output(0).get_tensor().set_names({BEAM_INPUT})
     batch = ops.gather(ops.shape_of(ids, "i64"), ops.constant([0], np.int64), ops.constant(0, np.int64))
     variables, sinks = [], []
     for name in pasts:
@@ -130,13 +140,13 @@ def stateful(model: Any) -> Any:
         empty = ops.concat([batch, ops.constant([shape[1].get_length(), 0, shape[3].get_length()], np.int64)], 0)
         zero = ops.constant(np.zeros((), dtype=param.get_element_type().to_dtype()))
         cache = ops.read_value(ops.broadcast(zero, empty), variable)
-        param.output(0).replace(cache.output(0))
+        param.output(0).replace(ops.gather(cache, beam, ops.constant(0, np.int64)).output(0))
         present = result.input_value(0)
         if present.get_node().get_output_size() != 1:  # Assign takes a node: one whose only output is the cache
             present = ops.convert(present, param.get_element_type()).output(0)
         sinks.append(ops.assign(present.get_node(), variable))
         variables.append(variable)
-    out = ov.Model(list(results.values()), sinks, list(params.values()), variables, model.get_friendly_name())
+    out = ov.Model(list(results.values()), sinks, [*params.values(), beam], variables, model.get_friendly_name())
     out.validate_nodes_and_infer_types()
     return out
 

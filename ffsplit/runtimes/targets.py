@@ -38,11 +38,15 @@ FUSIONS = ("none", "ort")
 # first, and only the down-projection split (one multiply and one activation fewer per layer)
 SPLIT_FORMS = ("both", "down")
 SHAPE_AXES = ("batch", "sequence", "past")
+# ONNX opsets a target may ask the exporter for (torch.onnx writes 18 unless told). At 23 the exporter writes
+# scaled dot-product attention as one ONNX Attention op, which OpenVINO reads as ScaledDotProductAttention and,
+# in a stateful decoder, fuses with its KV cache.
+OPSETS = range(18, 24)
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # What the graph passes read from a target: two targets equal in these run the same model.onnx.
 GRAPH_FIELDS = (
     "heavy_precision", "light_precision", "int8_compute", "int4_compute", "matmulnbits_accuracy_level", "other_matmuls",
-    "int8_weight_range", "fusions", "split",
+    "int8_weight_range", "fusions", "split", "opset",
 )
 OTHER_MATMULS = ("fp32", "int8", "int4")
 # MatMulNBits' accuracy_level: 0 computes in the input's float type (exactly what split torch computed),
@@ -107,6 +111,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "int8_weight_range": (str, False),
     "fusions": (str, False),
     "split": (str, False),
+    "opset": (int, False),
     "session_config": (dict, False),
     "openvino": (dict, False),
     "nncf": (dict, False),
@@ -171,6 +176,7 @@ class Target:
     int8_weight_range: str = "full"
     fusions: str = "none"
     split: str = "both"
+    opset: int | None = None  # None: the exporter's default
     session_config: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, Any] = field(default_factory=dict)
     nncf: dict[str, Any] = field(default_factory=dict)  # int4 weight compression settings (int4_compute nncf)
@@ -231,6 +237,7 @@ class Target:
             "int8_weight_range": self.int8_weight_range,
             "fusions": self.fusions,
             "split": self.split,
+            **({"opset": self.opset} if self.opset else {}),
             "session_config": self.session_config,
             "openvino": self.openvino,
             **({"nncf": self.nncf} if self.nncf else {}),
@@ -333,6 +340,9 @@ def _validate(data: dict[str, Any]) -> list[str]:
     level = data.get("matmulnbits_accuracy_level", 0)
     if isinstance(level, int) and level not in INT4_ACCURACY_LEVELS:
         errors.append(f"matmulnbits_accuracy_level {level} is not one of {', '.join(map(str, INT4_ACCURACY_LEVELS))}")
+    opset = data.get("opset", OPSETS[0])
+    if _is(opset, int) and opset not in OPSETS:
+        errors.append(f"opset {opset} is not one from {OPSETS[0]} to {OPSETS[-1]}")
     errors += _runtime_option_problems(data)
     errors += _shape_problems(data.get("shapes"))
     errors += _parity_problems(data.get("parity"))
@@ -545,6 +555,7 @@ def load_target(spec: str) -> Target:
         int8_weight_range=weight_range(data.get("int8_weight_range", "full")),
         fusions=data.get("fusions", "none"),
         split=data.get("split", "both"),
+        opset=data.get("opset"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),
         nncf={**NNCF_DEFAULTS, **data.get("nncf", {})}

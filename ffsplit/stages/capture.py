@@ -34,7 +34,8 @@ def capture(plan: ExportPlan, model: Any, tokenizer: Any, exporter: str) -> Capt
     from ffsplit.exporter import export_program
 
     try:
-        return Captured(exporter, export_program(model, tokenizer, plan.task, exporter=exporter, pooling=plan.pooling))
+        return Captured(exporter, export_program(
+            model, tokenizer, plan.task, exporter=exporter, pooling=plan.pooling, opset=plan.target.opset))
     except (UsageError, OSError):  # bad input, or the machine (a full disk)
         raise
     except Exception as exc:  # the exporter could not capture this model

@@ -67,8 +67,13 @@ def test_the_kv_cache_stays_inside_openvino(ov_int4_artifact: Path) -> None:
 
     name = json.loads((ov_int4_artifact / "manifest.json").read_text())["target"]["name"]
     model = ov.Core().read_model(str(ov_int4_artifact / "runtime" / name / "model.xml"))
-    assert [i.get_any_name() for i in model.inputs] == ["input_ids", "attention_mask", "position_ids"]
+    assert [i.get_any_name() for i in model.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
     assert [o.get_any_name() for o in model.outputs] == ["logits"] and len(model.get_variables()) == 4
+    # exported at the target's opset 23, attention is one op that OpenVINO fused with its cache: no separate
+    # multiplies and softmax over a cache copied at every step
+    layers = json.loads((ov_int4_artifact / "runtime" / name / "layers.json").read_text())
+    kinds = [row["type"] for row in layers]
+    assert kinds.count("ScaledDotProductAttention") == 2 and "Softmax" not in kinds and "MatMul" not in kinds
     with ffsplit.load(ov_int4_artifact) as m:
         assert m.runner.stateful
         texts = m.generate(["the cat sat on", "a"], max_new_tokens=5)
@@ -95,10 +100,11 @@ def test_check_reruns_on_the_shipped_ir(ov_int4_artifact: Path) -> None:
     assert api.check(ov_int4_artifact).passed
 
 
-def test_making_the_cache_stateful_changes_no_number(family_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("opset", [None, 23])
+def test_making_the_cache_stateful_changes_no_number(family_root: Path, tmp_path: Path, opset: int | None) -> None:
     """stateful rewrites the KV-cache graph: the greedy loop through the stateful model (the cache
-    inside OpenVINO, reset per sequence) gives the stateless graph's logits at every step, fp32, at batch 1
-    and 3, one sequence after another."""
+    inside OpenVINO, reset per sequence, reordered by beam_idx) gives the stateless graph's logits at every
+    step, fp32, at batch 1 and 3, one sequence after another; at opset 23 with attention fused."""
     import openvino as ov
     from conftest import save_family_model
 
@@ -108,15 +114,18 @@ def test_making_the_cache_stateful_changes_no_number(family_root: Path, tmp_path
     from ffsplit.signature import is_past, present_for
 
     loaded = load_model(str(save_family_model("llama", family_root)), task="causal-lm-with-past")
-    save_model(export_program(loaded.model, loaded.tokenizer, loaded.task), tmp_path / "kv.onnx")
+    save_model(export_program(loaded.model, loaded.tokenizer, loaded.task, opset=opset), tmp_path / "kv.onnx")
     core = ov.Core()
     stateless = core.read_model(str(tmp_path / "kv.onnx"))
     stateful = make_stateful(core.read_model(str(tmp_path / "kv.onnx")))
     assert make_stateful(stateful) is stateful  # no cache left to turn into variables
-    assert len(stateful.get_variables()) == 4 and len(stateful.inputs) == 3 and len(stateful.outputs) == 1
-    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    assert len(stateful.get_variables()) == 4 and len(stateful.inputs) == 4 and len(stateful.outputs) == 1
+    f32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
     plain = core.compile_model(stateless, "CPU", f32).create_infer_request()
-    kept = core.compile_model(stateful, "CPU", f32).create_infer_request()
+    compiled = core.compile_model(stateful, "CPU", f32)
+    kinds = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]
+    assert kinds.count("ScaledDotProductAttention") == (2 if opset == 23 else 0)  # fused with the cache at 23
+    kept = compiled.create_infer_request()
     pasts = [p.get_any_name() for p in stateless.inputs if is_past(p.get_any_name())]
     rng = np.random.default_rng(0)
     for batch in (1, 3, 1):
@@ -124,10 +133,14 @@ def test_making_the_cache_stateful_changes_no_number(family_root: Path, tmp_path
         mask, pos = np.ones_like(ids), np.tile(np.arange(6), (batch, 1))
         cache = {n: np.zeros((batch, 1, 0, 16), np.float32) for n in pasts}
         kept.reset_state()
-        for _ in range(4):
+        for step in range(4):
             feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+            # beam_idx picks each row's cache: reversed once, the rows continue each other's sequences
+            beam = np.arange(batch, dtype=np.int32)[::-1].copy() if step == 2 else np.arange(batch, dtype=np.int32)
+            if step == 2:
+                cache = {n: c[::-1] for n, c in cache.items()}
             want = plain.infer({**feed, **cache})
-            got = kept.infer(feed)
+            got = kept.infer({**feed, "beam_idx": beam})
             np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-5, rtol=0)
             cache = {n: want[present_for(n)] for n in pasts}
             ids = want["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)

@@ -86,7 +86,7 @@ def test_nested_tables_are_checked_too(tmp_path: Path) -> None:
     f = tmp_path / "bad.toml"
     f.write_text(
         'runtime = "tensorrt"\nheavy_precision = "fp16"\nlight_precision = "int8"\nint8_compute = "static"\n'
-        '[tensorrt]\nfp16 = "yes"\nworkspace_mb = 1.5\nturbo = true\n'
+        'opset = 17\n[tensorrt]\nfp16 = "yes"\nworkspace_mb = 1.5\nturbo = true\n'
         '[openvino]\ndevice = 3\nconfig = { NUM_STREAMS = 2 }\n'
         '[provider_options.CUDAExecutionProvider]\ndevice_id = [0]\n'
         '[shapes]\npast = [0, 1, 2]\nbeam = [1, 1, 1]\n',
@@ -101,6 +101,7 @@ def test_nested_tables_are_checked_too(tmp_path: Path) -> None:
         "'provider_options.CUDAExecutionProvider.device_id' must be a string, finite number or boolean",
         "'provider_options.CUDAExecutionProvider' names a provider not in 'providers'",
         "'shapes.past' must be [min, opt, max] integers", "unknown key 'shapes.beam'",
+        "opset 17 is not one from 18 to 23",
     ):
         assert part in msg, part
 
