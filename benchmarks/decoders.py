@@ -149,17 +149,24 @@ def _opened_target(folder: Path, base: str, form: str = "both", ratio: float | N
     return path
 
 
-def _fp32_export(model_dir: Path, out: Path, name: str = "fp32.onnx", opset: int | None = None) -> Path:
-    """The original with ffsplit's exporter (KV cache, at ``opset``: the OpenVINO peers take their target's, as
-    ffsplit's export does) and generic passes, fp32: what both peers start from."""
+def _fp32_export(model_dir: Path, out: Path, name: str = "fp32.onnx", target=None) -> Path:  # noqa: ANN001
+    """The original with ffsplit's exporter (KV cache) and generic passes, fp32: what both peers start from.
+    For an OpenVINO peer (``target``, an int4 IR target) exported as ffsplit's export is for it: at the target's
+    opset, and with the weights NNCF compresses stored as the source stores them (``weight_storage``)."""
+    from types import SimpleNamespace
+
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
+    from ffsplit.graph_passes.store_weights_half_pass import StoreWeightsHalfPass
     from ffsplit.loading import load_model
+    from ffsplit.stages.capture import weight_storage
 
     loaded = load_model(str(model_dir), task="causal-lm-with-past")
-    program = export_program(loaded.model, loaded.tokenizer, loaded.task, opset=opset)
+    program = export_program(loaded.model, loaded.tokenizer, loaded.task, opset=target.opset if target else None)
+    storage = weight_storage(SimpleNamespace(target=target), loaded.model) if target else None
     del loaded
-    program, _ = run_passes(program, generic_passes(fusions="none"))  # what ffsplit's graph gets too
+    passes = generic_passes(fusions="none")  # what ffsplit's graph gets too
+    program, _ = run_passes(program, passes + ([StoreWeightsHalfPass(precision=storage)] if storage else []))
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / name
     save_model(program, fp32)
@@ -192,9 +199,9 @@ def peer_target(settings: dict):  # noqa: ANN201
 
 
 def ov_original(work: Path) -> Path:
-    """Where the OpenVINO peers' fp32 original lives in ``work``: exported as ffsplit's ``openvino-int4`` is,
-    at its opset (named by it, so that a folder made at another opset is not reused)."""
-    return work / f"ov-original-opset{peer_target(OV_PEERS_DEFAULT).opset}" / "model.onnx"
+    """Where the OpenVINO peers' original lives in ``work``: exported as ffsplit's ``openvino-int4`` is, at its
+    opset and weight storage (named by them, so that a folder made another way is not reused)."""
+    return work / f"ov-original-opset{peer_target(OV_PEERS_DEFAULT).opset}-stored" / "model.onnx"
 
 
 def peer_ov_int4(model_dir: Path, folder: Path, target, tokenizer=None, texts: list[str] = ()) -> Path:  # noqa: ANN001
@@ -209,7 +216,7 @@ def peer_ov_int4(model_dir: Path, folder: Path, target, tokenizer=None, texts: l
     if ir_path(onnx, target).is_file():
         return ir_path(onnx, target)
     if not onnx.is_file():
-        _fp32_export(model_dir, folder, "model.onnx", opset=target.opset)
+        _fp32_export(model_dir, folder, "model.onnx", target)
     return build_ir(onnx, target, tokenizer, list(texts), 128)
 
 

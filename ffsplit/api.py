@@ -179,7 +179,8 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
         with stages.stage(f"export ({name})", log):
             captured = capture.capture(plan, done.model, loaded.tokenizer, name)
             if captured.model is not None:
-                passes = capture.graph_passes(plan, done.plans, done.grids, done.act_absmax)
+                passes = capture.graph_passes(plan, done.plans, done.grids, done.act_absmax,
+                                              store_weights=capture.weight_storage(plan, done.model))
                 opset = capture.save(captured.model, passes, manifest, stage / MODEL_FILE)
         if captured.model is None:
             attempts.append({"exporter": name, "failed": captured.failure})

@@ -118,6 +118,13 @@ def fp32_value(module: nn.Module, name: str) -> torch.Tensor:
     return p.detach().float() if p.dtype != torch.float32 else p.detach()
 
 
+def half_storage(model: nn.Module) -> str | None:
+    """"bf16" / "fp16" when every float weight matrix of ``model`` is held in that type (as a checkpoint
+    loaded in its stored dtype is), else None."""
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point() and p.dim() >= 2}
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(kinds.pop()) if len(kinds) == 1 else None
+
+
 class Placeholders(dict[str, Callable[[], torch.Tensor]]):
     """Parameter path -> its real fp32 value; ``addresses``: where the placeholders' (unwritten) memory is,
     so a graph weight still pointing there is caught before it is saved."""

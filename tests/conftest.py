@@ -113,21 +113,24 @@ MODEL_TYPES: dict[str, tuple[str, str, dict]] = {
 _model_dirs: dict[str, Path] = {}
 
 
-def save_family_model(model_type: str, root: Path) -> Path:
-    """A tiny random model of ``model_type`` saved as a Hugging Face folder (cached per session)."""
-    if model_type not in _model_dirs:
+def save_family_model(model_type: str, root: Path, dtype: str | None = None) -> Path:
+    """A tiny random model of ``model_type`` saved as a Hugging Face folder (cached per session); stored in
+    ``dtype`` (e.g. "bfloat16", as decoders are downloaded) when given, else fp32."""
+    key = f"{model_type}-{dtype}" if dtype else model_type
+    if key not in _model_dirs:
         import torch
         import transformers
 
         model_cls, config_cls, kwargs = MODEL_TYPES[model_type]
         cfg = getattr(transformers, config_cls)(vocab_size=30522, pad_token_id=0, **kwargs)
         torch.manual_seed(0)
-        path = root / f"tiny-{model_type}"
-        getattr(transformers, model_cls)(cfg).eval().save_pretrained(path, safe_serialization=True)
+        path = root / f"tiny-{key}"
+        model = getattr(transformers, model_cls)(cfg).eval()
+        (model.to(getattr(torch, dtype)) if dtype else model).save_pretrained(path, safe_serialization=True)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             shutil.copy(minilm_dir() / name, path / name)
-        _model_dirs[model_type] = path
-    return _model_dirs[model_type]
+        _model_dirs[key] = path
+    return _model_dirs[key]
 
 
 def export_cases(family: str) -> list[tuple[str, str]]:

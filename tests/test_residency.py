@@ -131,3 +131,16 @@ def test_an_older_split_file_with_grids_beside_the_weights_reads_as_held_grids()
     grid = GridLinear(state["m.light.fc_out.weight"], state["m.light.fc_out.scale"],
                       state["m.light.fc_out.zero_point"], None, None, bits=4, block=32)
     assert torch.equal(grid.dequantised(), qw.weight)
+
+
+def test_half_storage_names_the_one_16_bit_type_of_the_weight_matrices() -> None:
+    from ffsplit.residency import half_storage
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    assert half_storage(model) is None  # fp32
+    assert half_storage(model.to(torch.bfloat16)) == "bf16"
+    model[1].float()  # a norm's 1-D weight does not count
+    assert half_storage(model) == "bf16"
+    model[2].float()  # one fp32 matrix: the graph could not store every weight as the source does
+    assert half_storage(model) is None
+    assert half_storage(model.half()) == "fp16"

@@ -33,6 +33,8 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     from ffsplit.artifact import versions
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import generic_passes, run_passes
+    from ffsplit.graph_passes.store_weights_half_pass import StoreWeightsHalfPass
+    from ffsplit.residency import half_storage
     from ffsplit.runtimes.openvino_ir import build_ir
     from ffsplit.split.calibration import calibration_texts
 
@@ -42,7 +44,7 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     nncf = lossy_baseline(art.target) is not None
     calib = art.manifest["calibration"]
     key = (f"{art.manifest.source.sha256[:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
-           f"-g3-{fusions}" + (f"-opset{art.target.opset}" if art.target.opset else "") + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else "")
+           f"-g4-{fusions}" + (f"-opset{art.target.opset}" if art.target.opset else "") + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else "")
            + "".join(f"-{setting}{value}" for setting, value in sorted(art.target.nncf.items())))
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
@@ -54,7 +56,10 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
     try:
         program = export_program(loaded.model, loaded.tokenizer, loaded.task, opset=art.target.opset)
-        program, _ = run_passes(program, generic_passes(fusions=fusions))
+        # stored as the artifact's graph stores the weights NNCF compresses (a bf16 source's stay bf16)
+        storage = half_storage(loaded.model) if art.target.ir_compression == "int4" else None
+        program, _ = run_passes(program, generic_passes(fusions=fusions)
+                                + ([StoreWeightsHalfPass(precision=storage)] if storage else []))
         save_model(program, tmp / MODEL_FILE)
         if nncf:
             if log:

@@ -23,6 +23,10 @@
 4. ``ConvertBranchPrecisionPass``: the heavy (and, on GPU targets, the
    light) branch in fp16 / bf16 when asked; for TensorRT the engine builder
    does this instead (layer precisions), so the graph stays fp32.
+   ``StoreWeightsHalfPass`` (OpenVINO int4 targets, a source stored in bf16 /
+   fp16): the weights NNCF compresses after the export stay in the source's
+   storage type, cast to fp32 where used, so NNCF reads the stored size, not
+   twice it.
 5. ``CheckBranchSeparationPass``: the graph as written keeps one multiply per
    projection and branch, at the planned precision where the graph holds it
    (the separation guard checks the runtime's graph again later).
@@ -49,6 +53,7 @@ from ffsplit.graph_passes.quantize_branch_weights_pass import QuantizeBranchWeig
 from ffsplit.graph_passes.quantize_other_matmuls_int4_pass import QuantizeOtherMatMulsInt4Pass
 from ffsplit.graph_passes.quantize_other_matmuls_pass import QuantizeOtherMatMulsPass
 from ffsplit.graph_passes.remove_softmax_nan_guard_pass import RemoveSoftmaxNanGuardPass
+from ffsplit.graph_passes.store_weights_half_pass import StoreWeightsHalfPass
 from ffsplit.graph_passes.strip_traces_pass import StripTracesPass
 from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
 from ffsplit.precisions import HALF_FLOATS
@@ -113,8 +118,10 @@ def precision_passes(
     *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
     light_precision: str = "fp32", act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32",
     int8_qmax: int = 127, fusions: str = "none", matmulnbits_accuracy_level: int = 0,
+    store_weights: str | None = None,
 ) -> list[PassBase]:
-    """Steps 2-4: what turns the exported fp32 graph into the target's precisions."""
+    """Steps 2-4: what turns the exported fp32 graph into the target's precisions; ``store_weights`` (bf16 /
+    fp16) keeps the fp32 weights a compressor reads after the export in that storage type."""
     passes = generic_passes(fusions=fusions)
     if grids:
         passes.append(
@@ -129,6 +136,8 @@ def precision_passes(
         passes.append(ConvertBranchPrecisionPass(branch="heavy", precision=heavy_precision))
     if light_precision in HALF_FLOATS:
         passes.append(ConvertBranchPrecisionPass(branch="light", precision=light_precision))
+    if store_weights is not None:
+        passes.append(StoreWeightsHalfPass(precision=store_weights))
     return passes
 
 
@@ -138,6 +147,7 @@ def target_passes(
     act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32", int8_qmax: int = 127,
     fusions: str = "none", expected: Mapping[int, Mapping[str, int]] | None = None,
     precisions: Mapping[int, Mapping[str, str]] | None = None, matmulnbits_accuracy_level: int = 0,
+    store_weights: str | None = None,
 ) -> list[PassBase]:
     """Steps 1-4 for one export, then (given ``expected``) CheckBranchSeparationPass on the graph as written:
     a pass that merged or lost a branch multiply, or missed a planned precision, is caught here as the bug it
@@ -148,6 +158,7 @@ def target_passes(
             grids=grids, int8_form=int8_form, int4_form=int4_form, heavy_precision=heavy_precision,
             light_precision=light_precision, act_absmax=act_absmax, other_matmuls=other_matmuls,
             int8_qmax=int8_qmax, fusions=fusions, matmulnbits_accuracy_level=matmulnbits_accuracy_level,
+            store_weights=store_weights,
         ),
     ]
     if expected is not None:

@@ -102,7 +102,7 @@ def test_a_failing_graph_pass_is_a_bug_not_a_reason_to_fall_back(
             raise RuntimeError("boom")
 
     real, captured = capture.graph_passes, []
-    monkeypatch.setattr(capture, "graph_passes", lambda *a: [*real(*a)[:1], ExplodingPass()])
+    monkeypatch.setattr(capture, "graph_passes", lambda *a, **kw: [*real(*a, **kw)[:1], ExplodingPass()])
     real_capture = capture.capture
     monkeypatch.setattr(capture, "capture", lambda plan, m, t, name: captured.append(name) or real_capture(plan, m, t, name))
     with pytest.raises(PassFailed, match=r"ExplodingPass failed \(after TagBranchesPass\): RuntimeError: boom"):

@@ -30,7 +30,8 @@ def ov_int4_artifact(family_root: Path, tmp_path_factory: pytest.TempPathFactory
     from conftest import save_family_model
 
     folder = tmp_path_factory.mktemp("ov-int4")
-    api.export(str(save_family_model("llama", family_root)), folder / "art", target=str(_opened_target(folder)),
+    # stored in bf16, as decoders are downloaded
+    api.export(str(save_family_model("llama", family_root, "bfloat16")), folder / "art", target=str(_opened_target(folder)),
                task="causal-lm-with-past", heavy_ratio=0.25, limits=OPENED, calib_size=16, eval_size=16,
                max_length=32, progress=False)
     return folder / "art"
@@ -55,6 +56,12 @@ def test_heavy_hitters_run_int8_and_the_rest_int4(ov_int4_artifact: Path) -> Non
     graph = onnx.load(str(ov_int4_artifact / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in graph.graph.node]
     assert "MatMulNBits" not in ops and ops.count("DequantizeLinear") == 2
+    # what NNCF compresses is stored as the source was, bf16 (half the fp32 graph), cast to fp32 where used:
+    # the light down-projections, the shared gate / up, attention, the embeddings and the LM head
+    stored = {i.name for i in graph.graph.initializer if i.data_type == onnx.TensorProto.BFLOAT16}
+    assert len(stored) == 2 * (1 + 2 + 4) + 2 and not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                                                        and i.dims[0] * i.dims[1] >= 4096 for i in graph.graph.initializer)
+    assert {"pass": "StoreWeightsHalfPass", "modified": True} in m["graph_passes"]
     # the light branch a whole number of groups wide where the width allows: 64 neurons, 16 heavy, 48 light
     assert [(row["heavy"], row["light"]) for row in m["layers"]] == [(16, 48), (16, 48)]
     assert all(row["light_bytes"] < row["light_params"] for row in m["layers"])  # counted as int4, not fp32
