@@ -38,7 +38,7 @@ FUSIONS = ("none", "ort")
 # first, and only the down-projection split (one multiply and one activation fewer per layer)
 SPLIT_FORMS = ("both", "down")
 SHAPE_AXES = ("batch", "sequence", "past")
-# ONNX opsets a target may ask the exporter for (torch.onnx writes 18 unless told). At 23 the exporter writes
+# ONNX opsets a target may ask the exporter for (torch.onnx's dynamo exporter writes 20 unless told). At 23 it writes
 # scaled dot-product attention as one ONNX Attention op, which OpenVINO reads as ScaledDotProductAttention and,
 # in a stateful decoder, fuses with its KV cache.
 OPSETS = range(18, 24)
