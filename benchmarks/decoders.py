@@ -153,20 +153,17 @@ def _fp32_export(model_dir: Path, out: Path, name: str = "fp32.onnx", target=Non
     """The original with ffsplit's exporter (KV cache) and generic passes, fp32: what both peers start from.
     For an OpenVINO peer (``target``, an int4 IR target) exported as ffsplit's export is for it: at the target's
     opset, and with the weights NNCF compresses stored as the source stores them (``weight_storage``)."""
-    from types import SimpleNamespace
-
     from ffsplit.exporter import export_program, save_model
-    from ffsplit.graph_passes.pipeline import generic_passes, run_passes
-    from ffsplit.graph_passes.store_weights_half_pass import StoreWeightsHalfPass
+    from ffsplit.graph_passes.pipeline import baseline_passes, run_passes
     from ffsplit.loading import load_model
-    from ffsplit.stages.capture import weight_storage
+    from ffsplit.runtimes.openvino_ir import weight_storage
 
     loaded = load_model(str(model_dir), task="causal-lm-with-past")
     program = export_program(loaded.model, loaded.tokenizer, loaded.task, opset=target.opset if target else None)
-    storage = weight_storage(SimpleNamespace(target=target), loaded.model) if target else None
+    storage = weight_storage(target, loaded.model) if target else None
     del loaded
-    passes = generic_passes(fusions="none")  # what ffsplit's graph gets too
-    program, _ = run_passes(program, passes + ([StoreWeightsHalfPass(precision=storage)] if storage else []))
+    # what ffsplit's graph gets too
+    program, _ = run_passes(program, baseline_passes(fusions="none", store_weights=storage))
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / name
     save_model(program, fp32)

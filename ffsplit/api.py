@@ -145,7 +145,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
     runtime is built (a retry with the next exporter loads and splits the source again).
     """
     from ffsplit import resources
-    from ffsplit.runtimes.openvino_ir import build_ir
+    from ffsplit.runtimes.openvino_ir import build_ir, weight_storage
     from ffsplit.runtimes.shapes import clamp_shapes
     from ffsplit.split.modules import count_params
     from ffsplit.stages import capture, prepare, verify
@@ -180,7 +180,7 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
             captured = capture.capture(plan, done.model, loaded.tokenizer, name)
             if captured.model is not None:
                 passes = capture.graph_passes(plan, done.plans, done.grids, done.act_absmax,
-                                              store_weights=capture.weight_storage(plan, done.model))
+                                              store_weights=weight_storage(plan.target, done.model))
                 opset = capture.save(captured.model, passes, manifest, stage / MODEL_FILE)
         if captured.model is None:
             attempts.append({"exporter": name, "failed": captured.failure})

@@ -32,10 +32,8 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     """
     from ffsplit.artifact import versions
     from ffsplit.exporter import export_program, save_model
-    from ffsplit.graph_passes.pipeline import generic_passes, run_passes
-    from ffsplit.graph_passes.store_weights_half_pass import StoreWeightsHalfPass
-    from ffsplit.residency import half_storage
-    from ffsplit.runtimes.openvino_ir import build_ir
+    from ffsplit.graph_passes.pipeline import baseline_passes, run_passes
+    from ffsplit.runtimes.openvino_ir import build_ir, weight_storage
     from ffsplit.split.calibration import calibration_texts
 
     v = versions()
@@ -57,9 +55,8 @@ def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
     try:
         program = export_program(loaded.model, loaded.tokenizer, loaded.task, opset=art.target.opset)
         # stored as the artifact's graph stores the weights NNCF compresses (a bf16 source's stay bf16)
-        storage = half_storage(loaded.model) if art.target.ir_compression == "int4" else None
-        program, _ = run_passes(program, generic_passes(fusions=fusions)
-                                + ([StoreWeightsHalfPass(precision=storage)] if storage else []))
+        program, _ = run_passes(program, baseline_passes(
+            fusions=fusions, store_weights=weight_storage(art.target, loaded.model)))
         save_model(program, tmp / MODEL_FILE)
         if nncf:
             if log:

@@ -176,9 +176,8 @@ def _capture(wrapper: nn.Module, args: tuple[torch.Tensor, ...], *, opset: int |
     from ffsplit.residency import placeholders
 
     with placeholders(wrapper.model, prefix=WRAPPER_PREFIX) as values, quiet_exporter(), torch.no_grad():
-        if opset is not None:
-            options["opset_version"] = opset
-        program = torch.onnx.export(wrapper, args, dynamo=True, optimize=False, verbose=False, **options)
+        program = torch.onnx.export(wrapper, args, dynamo=True, optimize=False, verbose=False, opset_version=opset,
+                                    **options)
     assert program is not None
     bind_weights(program.model, values)
     FoldWeightTransposesPass()(program.model)

@@ -114,6 +114,13 @@ def generic_passes(*, fusions: str = "none") -> list[PassBase]:
     return passes
 
 
+def baseline_passes(*, fusions: str = "none", store_weights: str | None = None) -> list[PassBase]:
+    """What the original model's graph gets when compared against a split export: the generic passes, and the
+    same weight storage (``store_weights``) the split graph's precision passes end with."""
+    passes = generic_passes(fusions=fusions)
+    return passes + [StoreWeightsHalfPass(precision=store_weights)] if store_weights else passes
+
+
 def precision_passes(
     *, grids: Mapping[str, WeightGrid], int8_form: str, int4_form: str, heavy_precision: str,
     light_precision: str = "fp32", act_absmax: Mapping[str, float] | None = None, other_matmuls: str = "fp32",

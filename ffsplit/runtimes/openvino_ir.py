@@ -42,6 +42,16 @@ def ir_path(onnx_path: Path, target: Any) -> Path:
     return Path(onnx_path).parent / RUNTIME_DIR / target.name / IR_FILE
 
 
+def weight_storage(target: Any, model: Any) -> str | None:
+    """"bf16" / "fp16" when NNCF compresses model.onnx's weights into an int4 IR for ``target`` and the torch
+    ``model`` holds every float weight matrix in that type: the graph then stores those weights so, exactly
+    (``StoreWeightsHalfPass``), and NNCF reads the stored size rather than the fp32 graph's twice that. None
+    otherwise."""
+    from ffsplit.residency import half_storage
+
+    return half_storage(model) if target.ir_compression == "int4" else None
+
+
 def heavy_nodes(model: Any) -> list[str]:
     """Friendly names of the heavy-branch MatMuls of a converted model, from their tags."""
     from ffsplit.graph_passes.tag_branches_pass import tags_in

@@ -42,21 +42,12 @@ def capture(plan: ExportPlan, model: Any, tokenizer: Any, exporter: str) -> Capt
         return Captured(exporter, None, exc)
 
 
-def weight_storage(plan: ExportPlan, model: Any) -> str | None:
-    """"bf16" / "fp16" when NNCF compresses the graph's weights after the export (an int4 IR target) and the
-    split model holds every float weight matrix in that type: the graph then stores them so (exactly), and
-    NNCF reads the stored size rather than the fp32 graph's twice that. None otherwise."""
-    from ffsplit.residency import half_storage
-
-    return half_storage(model) if plan.target.ir_compression == "int4" else None
-
-
 def graph_passes(
     plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str, Any], act_absmax: Any, *,
     store_weights: str | None = None,
 ) -> list[Any]:
     """Tag, generic and precision passes for the plan's target (EmbedManifestPass runs after, in ``save``);
-    ``store_weights`` as ``weight_storage`` says."""
+    ``store_weights`` as ``openvino_ir.weight_storage`` says."""
     from ffsplit.exporter.export import WRAPPER_PREFIX
     from ffsplit.graph_passes import expected_matmuls, expected_precisions
     from ffsplit.graph_passes.pipeline import target_passes
