@@ -50,7 +50,7 @@ class Model:
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         max_positions = self.artifact.manifest.source.max_positions
-        self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.name == "feature-extraction" \
+        self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.pooled \
             else Pooling(max_seq_length=max_positions)
         self.runner = make_runner(self.folder / MODEL_FILE, self.artifact.target).activate()
         self.outputs = set(onnx_signature(self.folder / MODEL_FILE)[1])
@@ -68,7 +68,7 @@ class Model:
 
     def _require(self, *tasks: str) -> None:
         if self.task.name not in tasks:
-            raise UsageError(f"this artifact was exported for {self.task.name}: use {_VERB[self.task.name]}")
+            raise UsageError(f"this artifact was exported for {self.task.name}: use {self.task.use}")
 
     def _batches(self, texts: Sequence[str], batch_size: int, progress: bool) -> Iterator[dict[str, np.ndarray]]:
         from tqdm.auto import tqdm
@@ -156,12 +156,6 @@ def _until_stop(row: np.ndarray, stop: tuple[int, ...]) -> list[int]:
     """A row's tokens before its first stop token."""
     hits = np.flatnonzero(np.isin(row, stop)) if stop else []
     return row[: hits[0]].tolist() if len(hits) else row.tolist()
-
-
-_VERB = {
-    "feature-extraction": "encode()", "text-classification": "predict()", "causal-lm-with-past": "generate()",
-    "causal-lm": "the runner directly (no KV cache: export with --task causal-lm-with-past to generate)",
-}
 
 
 def load(folder: str | Path, *, verify: bool = True) -> Model:

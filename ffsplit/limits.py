@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ffsplit.tasks import TASKS
+
 COMPARISONS: dict[str, tuple[str, str, str]] = {
     # name -> (reference, compared, what it says)
     "compression": ("original", "split", "original torch vs split torch"),
@@ -17,15 +19,7 @@ COMPARISONS: dict[str, tuple[str, str, str]] = {
 }
 # Metrics where smaller is better; every other limit is a floor.
 UPPER_BOUNDED = frozenset({"max_abs", "mean_abs", "perplexity_ratio"})
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "feature-extraction": ("max_abs", "mean_abs", "cosine_min", "cosine_mean", "retrieval_at10"),
-    "text-classification": ("max_abs", "mean_abs", "label_agreement"),
-    "causal-lm": ("max_abs", "mean_abs", "top1_agreement", "top5_agreement", "perplexity", "perplexity_ratio"),
-    "causal-lm-with-past": (
-        "max_abs", "mean_abs", "top1_agreement", "top5_agreement", "perplexity", "perplexity_ratio",
-        "generation_agreement",
-    ),
-}
+TASK_METRICS: dict[str, tuple[str, ...]] = {name: task.metrics for name, task in TASKS.items()}
 DEFAULT_LIMITS = {
     "fidelity": {"max_abs": 1e-4, "cosine_min": 0.99999, "generation_agreement": 1.0},
     "exact": {"max_abs": 1e-4, "cosine_min": 0.99999, "generation_agreement": 1.0},

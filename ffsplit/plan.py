@@ -189,7 +189,7 @@ def resolve(o: ExportOptions) -> ExportPlan:
     # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
     # path for a KV cache: dynamo's own error is the useful one.
     pooling = None
-    if spec.name == "feature-extraction" and (source_dir / "modules.json").is_file():
+    if spec.pooled and (source_dir / "modules.json").is_file():
         from ffsplit.pooling import read_pooling
 
         pooling = read_pooling(source_dir, default_length=None)  # its sentence_embedding goes in the graph

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ffsplit.limits import COMPARISONS, DEFAULT_LIMITS, TASK_METRICS, UPPER_BOUNDED, limits_for
-from ffsplit.parity.metrics import METRICS, Outputs
+from ffsplit.parity.metrics import Outputs, metrics_for
 from ffsplit.split.calibration import encode_batches, model_inputs, positions_from_mask
 from ffsplit.tasks import TaskSpec
 
@@ -137,7 +137,7 @@ def compare_three(
     model (the runtime through its own prefill + decode loop). ``original`` and
     ``split`` are torch models, or their ``RecordedOutputs`` on these batches.
     """
-    accs = {name: METRICS[task.name]() for name in COMPARISONS}
+    accs = {name: metrics_for(task.name) for name in COMPARISONS}
     batches = parity_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
@@ -201,7 +201,7 @@ def runtime_accuracy(
 ) -> dict[str, dict[str, float]]:
     """Each runner's task metrics against the original torch model on ``texts`` in padded batches: what
     each one costs, measured on the same inputs (``bench``: a lossy baseline next to ffsplit)."""
-    accs = {name: METRICS[task.name]() for name in runners}
+    accs = {name: metrics_for(task.name) for name in runners}
     graph_inputs = set(next(iter(runners.values())).input_signature())
     for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
         np_batch = {k: v.numpy() for k, v in batch.items()}

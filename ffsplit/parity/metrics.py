@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ffsplit.tasks import TASKS
+
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mask-weighted mean over tokens (what sentence-transformers does for MiniLM)."""
@@ -167,12 +169,17 @@ class CausalLMMetrics:
         }
 
 
-METRICS = {
-    "feature-extraction": HiddenStateMetrics,
-    "text-classification": ClassificationMetrics,
+# TaskSpec.scores -> the accumulator computing that task's metrics
+SCORES: dict[str, type[HiddenStateMetrics | ClassificationMetrics | CausalLMMetrics]] = {
+    "hidden-state": HiddenStateMetrics,
+    "classification": ClassificationMetrics,
     "causal-lm": CausalLMMetrics,
-    "causal-lm-with-past": CausalLMMetrics,
 }
+
+
+def metrics_for(task: str) -> HiddenStateMetrics | ClassificationMetrics | CausalLMMetrics:
+    """A fresh accumulator of ``task``'s metrics."""
+    return SCORES[TASKS[task].scores]()
 
 
 @dataclass
@@ -185,7 +192,7 @@ class Outputs:
 
 def compare(ref: Outputs, other: Outputs, task: str = "feature-extraction") -> dict[str, float]:
     """Every metric of ``other`` against ``ref`` for ``task``."""
-    acc = METRICS[task]()
+    acc = metrics_for(task)
     for r, o, b in zip(ref.outputs, other.outputs, ref.batches, strict=True):
         acc.update(r, o, b)
     return acc.result()

@@ -41,6 +41,7 @@ from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, holds_folder, remove_tree,
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.signature import ELEMENT_TYPES, onnx_signature
+from ffsplit.tasks import TASKS
 
 
 @dataclass
@@ -246,7 +247,7 @@ def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> 
         files = [(p, p.name) for p in [art.folder / MODEL_FILE, *art.folder.glob(MODEL_FILE + ".data")]]
     cfg = model_config(
         name, sig, platform=platform, backend=None, shapes=target.shapes,
-        kind="KIND_GPU" if target.on_gpu else "KIND_CPU", sequence=art.manifest.task == "causal-lm-with-past",
+        kind="KIND_GPU" if target.on_gpu else "KIND_CPU", sequence=TASKS[art.manifest.task].past,
     )
     # staged beside the repository's other models and renamed in when whole (a full disk leaves nothing)
     with staged_output(model_dir, force=False) as stage:
@@ -372,14 +373,14 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
     if task not in TEXT_TASKS:
         raise UsageError(f"a text front end serves embeddings or class logits; '{artifact}' is {task}: "
                          "serve its tensors (without --text)")
-    if task == "feature-extraction":  # the pooling the served model will read, refused here if it is unreadable
+    if TASKS[task].pooled:  # the pooling the served model will read, refused here if it is unreadable
         read_pooling(art.folder, default_length=None)
     _, outputs = onnx_signature(art.folder / MODEL_FILE)
     source = SENTENCE_OUTPUT if SENTENCE_OUTPUT in outputs else art_output(task)
     width = outputs[source][1][-1]
     if not isinstance(width, int):
         raise UsageError(f"'{artifact}': output {source} has no fixed width ({width}): re-run ffsplit export")
-    out_name = SENTENCE_OUTPUT if task == "feature-extraction" else "logits"
+    out_name = SENTENCE_OUTPUT if TASKS[task].pooled else TASKS[task].output
     sig = Signature([Tensor("text", "TYPE_STRING", [1])], [Tensor(out_name, "TYPE_FP32", [width])])
     model_dir = _model_dir(repo, name or _model_name(art.manifest) + "-text", art.folder)
     cfg = model_config(model_dir.name, sig, platform=None, backend="python", shapes=art.target.shapes,
@@ -396,8 +397,6 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
 
 
 def art_output(task: str) -> str:
-    from ffsplit.tasks import TASKS
-
     return TASKS[task].output
 
 
@@ -418,7 +417,7 @@ def python_repository(artifact: Path, repo: Path, *, name: str | None = None) ->
         raise UsageError(f"ffsplit serve runs ONNX Runtime CPU artifacts; '{artifact}' targets {art.target.name}")
     return python_model(
         art.folder / MODEL_FILE, repo, name=name or _model_name(art.manifest), shapes=art.target.shapes,
-        session_config=art.target.session_config, sequence=art.manifest.task == "causal-lm-with-past",
+        session_config=art.target.session_config, sequence=TASKS[art.manifest.task].past,
     )
 
 
@@ -442,7 +441,7 @@ def python_model(
 
 
 STUB_NUMPY = "stub-numpy"
-TEXT_TASKS = ("feature-extraction", "text-classification")
+TEXT_TASKS = tuple(name for name, task in TASKS.items() if not task.decoder)
 
 
 def site_packages() -> str:

@@ -24,9 +24,10 @@ from torch import nn
 
 from ffsplit.errors import UsageError
 from ffsplit.split.ffn_adapter import FFNAdapter, backbone, get_submodule, projection
+from ffsplit.tasks import TASKS
 
 DISCOVERED = "discovered"
-ALL_TASKS = ("feature-extraction", "text-classification", "causal-lm", "causal-lm-with-past")
+ALL_TASKS = tuple(TASKS)
 _TOLERANCE = 1e-4  # relative to the MLP output's largest magnitude: fp32 rounding, not a different function
 _NOT_ACTIVATIONS = (nn.Dropout, nn.Identity, nn.LayerNorm, nn.Embedding)
 
