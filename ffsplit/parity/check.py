@@ -55,8 +55,25 @@ def run_torch(model: torch.nn.Module, tokenizer, texts: list[str], task: TaskSpe
     return Outputs(outs, batches)
 
 
-def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
-    """Inputs at the ends of the range: sequence length 1, and the longest length the model allows."""
+# The most one fp32 output of the long edge batch may hold (2 rows): its logits are held three times over while
+# the check compares them, and at 2,048 positions a 150,000-token vocabulary (Qwen) would need 2.5 GB each.
+EDGE_OUTPUT_BYTES = 1 << 29
+
+
+def edge_length(max_positions: int, logits_width: int | None = None) -> int:
+    """The long edge batch's length: the model's longest, at most 2,048 (huge context windows stay affordable on
+    a CPU) and, for a language model's logits ``logits_width`` wide, what keeps one output within
+    ``EDGE_OUTPUT_BYTES`` (at least 64)."""
+    longest = min(max_positions, 2048)
+    if logits_width:
+        longest = min(longest, max(64, EDGE_OUTPUT_BYTES // (2 * 4 * logits_width)))
+    return longest
+
+
+def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None,  # noqa: ANN001
+                 logits_width: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """Inputs at the ends of the range: sequence length 1, and the longest length the model allows
+    (``edge_length``: bounded, and bounded by the logits' width for a language model)."""
     first = [tokenizer(t)["input_ids"] for t in texts[:2]]
     ones = torch.ones(2, 1, dtype=torch.long)
     short = {
@@ -65,7 +82,7 @@ def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> l
     }
     batches = [short]
     if max_positions:
-        longest = min(max_positions, 2048)  # bounded so huge context windows stay affordable on a CPU
+        longest = edge_length(max_positions, logits_width)
         long_text = " ".join(texts * (1 + 8 * longest // max(1, sum(len(t) for t in texts))))
         enc = dict(tokenizer(
             [long_text, long_text[: len(long_text) // 3]], padding=True, truncation=True, max_length=longest,
@@ -77,12 +94,14 @@ def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None) -> l
 
 
 def parity_batches(
-    tokenizer, texts: list[str], *, batch_size: int, max_length: int, max_positions: int | None  # noqa: ANN001
+    tokenizer, texts: list[str], task: TaskSpec, *, batch_size: int, max_length: int,  # noqa: ANN001
+    max_positions: int | None,
 ) -> list[dict[str, torch.Tensor]]:
     """What parity runs every model on: the texts in padded batches, then a sequence-1 batch and one at the
-    model's longest length."""
+    model's longest length (for a decoder, as long as its logits over the tokenizer's vocabulary allow)."""
     batches = list(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length))
-    return batches + edge_batches(tokenizer, texts, max_positions=max_positions)
+    width = len(tokenizer) if task.decoder else None
+    return batches + edge_batches(tokenizer, texts, max_positions=max_positions, logits_width=width)
 
 
 def generation_prompts(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
@@ -138,7 +157,8 @@ def compare_three(
     ``split`` are torch models, or their ``RecordedOutputs`` on these batches.
     """
     accs = {name: metrics_for(task.name) for name in COMPARISONS}
-    batches = parity_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, max_positions=max_positions)
+    batches = parity_batches(tokenizer, texts, task, batch_size=batch_size, max_length=max_length,
+                             max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
     for model in (original, split):

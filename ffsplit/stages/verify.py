@@ -73,7 +73,8 @@ def record(
     from ffsplit.parity.check import RecordedOutputs, generation_prompts, parity_batches
 
     tok, task = loaded.tokenizer, loaded.task
-    batches = parity_batches(tok, texts, batch_size=PARITY_BATCH, max_length=max_length, max_positions=max_positions)
+    batches = parity_batches(tok, texts, task, batch_size=PARITY_BATCH, max_length=max_length,
+                             max_positions=max_positions)
     inputs = set(graph_input_names(tok, model, task))
     return RecordedOutputs.record(model, batches, task, inputs, folder, prompts=generation_prompts(tok, texts),
                                   progress=progress, desc=desc)

@@ -51,7 +51,7 @@ def test_recorded_outputs_give_the_metrics_of_the_live_models(tiny_bert_dir: Pat
     lm = load_model(str(tiny_bert_dir))
     texts = [t.text for t in evaluation_texts(24)]
     runner = _TorchRunner(lm.model, lm.task, 0.1)
-    batches = parity_batches(lm.tokenizer, texts, batch_size=8, max_length=32, max_positions=64)
+    batches = parity_batches(lm.tokenizer, texts, lm.task, batch_size=8, max_length=32, max_positions=64)
     inputs = set(runner.input_signature())
     recorded = RecordedOutputs.record(lm.model, batches, lm.task, inputs, tmp_path / "orig")
     assert recorded.count == len(batches) == len(list((tmp_path / "orig").glob("*.npy")))
@@ -61,3 +61,20 @@ def test_recorded_outputs_give_the_metrics_of_the_live_models(tiny_bert_dir: Pat
     kept = compare_three(recorded, recorded, runner, lm.tokenizer, texts, lm.task, **kwargs)
     assert kept == live
     assert live["fidelity"]["max_abs"] > 0  # the noise was seen: the comparison compared something
+
+
+def test_the_long_edge_batch_of_a_large_vocabulary_stays_within_its_memory(tiny_bert_dir: Path) -> None:
+    """A decoder's long batch is as long as the model allows up to 2,048 positions, and shorter when its logits
+    over the vocabulary would make one output larger than EDGE_OUTPUT_BYTES (held three times while compared)."""
+    from ffsplit.parity.check import EDGE_OUTPUT_BYTES, edge_batches, edge_length
+
+    assert edge_length(512) == 512 and edge_length(32768) == 2048  # encoders: the model's longest, capped
+    assert edge_length(32768, 32000) == 2048  # a Llama-2-sized vocabulary fits at 2,048
+    qwen = edge_length(32768, 151936)
+    assert 256 <= qwen < 2048 and 2 * qwen * 151936 * 4 <= EDGE_OUTPUT_BYTES
+    assert edge_length(32768, 10**9) == 64  # never shorter than 64
+    lm = load_model(str(tiny_bert_dir))
+    texts = [t.text for t in evaluation_texts(4)]
+    long = edge_batches(lm.tokenizer, texts, max_positions=128, logits_width=10**9)[-1]
+    assert long["input_ids"].shape == (2, 64)
+    assert edge_batches(lm.tokenizer, texts, max_positions=128)[-1]["input_ids"].shape == (2, 128)
