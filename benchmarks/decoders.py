@@ -22,7 +22,9 @@ Runtime's own ``MatMulNBitsQuantizer`` (int4, block 32, symmetric, accuracy
 level 4: the recipe onnxruntime-genai ships for the CPU), and times both in
 one process, interleaved, through the same greedy KV-cache loop: time to
 first token (the prefill of a 128-token prompt) and decode tokens/s at batch
-1 and 4; ``--openvino`` adds a phase of ffsplit's ``openvino-int4`` against
+1 and 4, beside onnxruntime-genai's int4 build of the original (its model
+builder's CPU defaults, through its own generation loop; when the bench extra
+has installed it); ``--openvino`` adds a phase of ffsplit's ``openvino-int4`` against
 OpenVINO + NNCF ``compress_weights`` int4 of the original (symmetric,
 asymmetric, and ratio 0.8 with int8 backup), all stateful, built by the same
 IR builder from the same exporter. ``accuracy`` measures every one of those
@@ -35,6 +37,7 @@ that is actually trained. Results are appended to
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -233,6 +236,54 @@ def peer_int4(model_dir: Path, out: Path) -> Path:
     return path
 
 
+GENAI = "onnxruntime-genai int4 (model builder)"
+
+
+def peer_genai(model_dir: Path, out: Path) -> Path:
+    """onnxruntime-genai's model builder on the original's folder, int4 for the CPU at its defaults: what a
+    user of onnxruntime-genai runs (GroupQueryAttention, fused QKV projection, MatMulNBits, its own KV-cache
+    buffers, the embeddings fp32). Built once, into ``out``, its output in ``out``-build.log."""
+    if not (out / "genai_config.json").is_file():
+        with open(out.parent / f"{out.name}-build.log", "w") as log:
+            subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", model_dir.name,
+                            "-i", str(model_dir), "-o", str(out), "-p", "int4", "-e", "cpu",
+                            "-c", str(out.parent / "genai-cache")],
+                           check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        shutil.rmtree(out.parent / "genai-cache", ignore_errors=True)
+    return out / "model.onnx"
+
+
+class GenaiRunner:
+    """onnxruntime-genai's own greedy loop over a model builder folder, timed as ``time_generation`` times
+    ffsplit's: the prompt and the first token, then ``new_tokens`` more (the end-of-sequence token held off)."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime_genai as og
+
+        self.og, self.model = og, og.Model(str(folder))
+
+    def time(self, ids, new_tokens: int) -> tuple[float, float]:  # noqa: ANN001
+        import numpy as np
+
+        batch, prompt = ids.shape
+        total = prompt + new_tokens + 1
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=total, min_length=total, do_sample=False, batch_size=batch)
+        gen = self.og.Generator(self.model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(ids.astype(np.int32))  # the prefill
+        gen.generate_next_token()  # picks the first token from the prefill's logits
+        t1 = time.perf_counter()
+        for _ in range(new_tokens):  # each runs the model on the last token, then picks the next
+            gen.generate_next_token()
+        t2 = time.perf_counter()
+        assert len(gen.get_sequence(0)) == total, "onnxruntime-genai stopped early"
+        return t1 - t0, t2 - t1
+
+    def deactivate(self) -> None:
+        del self.model
+
+
 def onnx_bytes(model: Path) -> int:
     """The model file with its weights: ONNX external data, or an OpenVINO IR's .bin."""
     if model.suffix == ".xml":
@@ -266,7 +317,9 @@ def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: in
         for r in range(rounds + 1):  # round 0 warms up
             # each round starts one runner later, so that no model always runs right after the same one
             for name in names[r % len(names):] + names[:r % len(names)]:
-                t = time_generation(runners[name], ids, mask, new_tokens)
+                runner = runners[name]
+                t = (runner.time(ids, new_tokens) if isinstance(runner, GenaiRunner)
+                     else time_generation(runner, ids, mask, new_tokens))
                 if r:
                     times[name].append(t)
         for name in runners:
@@ -280,11 +333,11 @@ def _timed(runners: dict, paths: dict[str, Path], model_dir: Path, *, rounds: in
     return rows
 
 
-def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, rounds: int, prompt: int,  # noqa: ANN001
-                    new_tokens: int) -> list[dict]:
+def _openvino_phase(model_dir: Path, work: Path, ort_peers: dict, ort_paths: dict[str, Path], *, rounds: int,
+                    prompt: int, new_tokens: int) -> list[dict]:
     """ffsplit ``openvino-int4`` and OpenVINO + NNCF int4 of the original (``OV_PEERS``), stateful, through
-    ffsplit's OpenVINO runner at OpenVINO's default settings, with ORT's int4 beside them as the reference
-    between phases."""
+    ffsplit's OpenVINO runner at OpenVINO's default settings, with the ONNX Runtime peers (ORT's int4, and
+    onnxruntime-genai's where installed) beside them: the fastest int4 peer, whichever runtime, in one run."""
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.openvino_ir import ir_path
     from ffsplit.runtimes.targets import load_target
@@ -294,8 +347,7 @@ def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, ro
     if not (ours / "manifest.json").is_file():
         export(model_dir, ours, ["--target", str(opened), "--task", "causal-lm-with-past", "--calib-size", "32",
                                  "--eval-size", "16", "--max-length", "64", *RANDOM_WEIGHT_LIMITS])
-    ort = "ORT MatMulNBitsQuantizer int4"
-    runners, sizes = {ort: ort_peer}, {ort: ort_path}
+    runners, sizes = dict(ort_peers), dict(ort_paths)
     mine = load_target(str(opened))
     runners["ffsplit openvino-int4"] = make_runner(ours / "model.onnx", mine, timing=True).activate()
     sizes["ffsplit openvino-int4"] = ir_path(ours / "model.onnx", mine)
@@ -306,7 +358,7 @@ def _openvino_phase(model_dir: Path, work: Path, ort_peer, ort_path: Path, *, ro
         runners[name] = make_runner(onnx, target, timing=True).activate()
     rows = _timed(runners, sizes, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens, phase="openvino")
     for name, runner in runners.items():
-        if name != ort:
+        if name not in ort_peers:
             runner.deactivate()
     return rows
 
@@ -334,13 +386,16 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
         peer_int4(model_dir, paths[peer].parent)
     target = load_target("cpu-int4")
     runners = {name: make_runner(path, target, timing=True).activate() for name, path in paths.items()}
+    if importlib.util.find_spec("onnxruntime_genai"):  # the bench extra installs it
+        paths[GENAI] = peer_genai(model_dir, work / "genai-int4")
+        runners[GENAI] = GenaiRunner(paths[GENAI].parent)
     rows = _timed(runners, paths, model_dir, rounds=rounds, prompt=prompt, new_tokens=new_tokens,
                   phase="ort") if forms else []  # --forms none: the OpenVINO phase alone
     if openvino:
-        for name in [n for n in runners if n != peer]:
+        for name in [n for n in runners if n.startswith("ffsplit")]:
             runners.pop(name).deactivate()
-        rows += _openvino_phase(model_dir, work, runners[peer], paths[peer], rounds=rounds, prompt=prompt,
-                                new_tokens=new_tokens)
+        rows += _openvino_phase(model_dir, work, runners, {n: paths[n] for n in runners}, rounds=rounds,
+                                prompt=prompt, new_tokens=new_tokens)
     for runner in runners.values():
         runner.deactivate()
     return rows
@@ -467,6 +522,27 @@ def record(rows: list[dict]) -> None:
     path.write_text(json.dumps(kept + rows, indent=1) + "\n")
 
 
+def _speed_goal(rows: list[dict]) -> list[str]:
+    """The issue's speed goal per model and batch, from the OpenVINO phase (every int4 peer ran in it): ffsplit
+    ``openvino-int4`` against the fastest-decoding peer, time to first token and decode tokens/s, and sizes."""
+    out = []
+    for (source, batch) in sorted({(r["source"], r["batch"]) for r in rows if r.get("phase") == "openvino"}):
+        run = [r for r in rows if (r["source"], r["batch"], r.get("phase")) == (source, batch, "openvino")]
+        ours = next((r for r in run if r["model"] == "ffsplit openvino-int4"), None)
+        peers = [r for r in run if not r["model"].startswith("ffsplit")]
+        if ours is None or not peers:
+            continue
+        best = max(peers, key=lambda r: r["decode_tokens_per_s"])
+        decode = ours["decode_tokens_per_s"] / best["decode_tokens_per_s"]
+        ttft = best["ttft_ms"] / ours["ttft_ms"]
+        met = decode >= 1.0 and ttft >= 1.0 and ours["onnx_mb"] <= best["onnx_mb"]
+        out.append(f"- {source}, batch {batch}: ffsplit openvino-int4 against the fastest int4 peer ({best['model']}): "
+                   f"decode {decode:.2f}x, first token {ttft:.2f}x, size {ours['onnx_mb']:.0f} vs "
+                   f"{best['onnx_mb']:.0f} MB: {'met' if met else '**missed**'} ({ours['date']}, {ours['cpu']})")
+    return ["", "Goal, decode and first token >= 1.0x the fastest int4 peer at equal or smaller size:", "", *out] \
+        if out else []
+
+
 def report() -> None:
     """benchmarks/results/decoders.md and decoders.png from decoders.json (the last row per model and command)."""
     rows = json.loads((RESULTS / "decoders.json").read_text())
@@ -498,6 +574,7 @@ def report() -> None:
         phase = " (OpenVINO phase)" if r.get("phase") == "openvino" else ""
         lines.append(f"| {r['source']} | {r['batch']} | {r['model']}{phase} | {r['ttft_ms']:.0f} ms | "
                      f"{r['decode_tokens_per_s']:.1f} | {r['onnx_mb']:.0f} MB | {r['date']}, {r['cpu']} |")
+    lines += _speed_goal(list(speeds.values()))
     mems = {(r["model"], r["source"]): r for r in rows if "generating_peak_mb" in r}
     if mems:
         lines += ["", "## Resident memory of each recipe, one child process each (above the interpreter and runtimes)",

@@ -1,7 +1,8 @@
 """ffsplit against the strongest recipes a user would pick instead, on MiniLM, measured side by side in one process.
 
 Run: .venv/bin/pip install -e '.[bench]' && .venv/bin/python benchmarks/peers.py
-Writes benchmarks/results/peers.{md,json,png}. About 25 minutes on 2 cores.
+Writes benchmarks/results/peers.{md,json,png}. About 35 minutes on 2 cores. ``--profile`` (after a run,
+models cached in ``--work``) writes peers-profile.md: OpenVINO's per-node counters of each OpenVINO point.
 
 Peers (every one from the same dynamo export of the original model, with ffsplit's exact generic
 rewrites, the ones ``ffsplit bench`` gives its baseline):
@@ -46,6 +47,7 @@ sys.path.insert(0, str(HERE))
 CALIBRATION = 128  # texts, for every static int8 recipe (peers); ffsplit's exports use their default 256
 HELD_OUT_FROM = 256  # export checks use the first 256 evaluation texts
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DEMO_FLOOR = 0.96  # make demo takes the fastest point holding this retrieval@10
 
 
 def _peak_rss_mb(model: Path, runtime: str) -> float:
@@ -196,6 +198,11 @@ def build(work: Path, log: Any) -> list[dict[str, Any]]:
         ("ffsplit openvino-int8, heavy 10% fp32", {"target": "openvino-int8"}),
         ("ffsplit openvino-int8, heavy 5% fp32", {"target": "openvino-int8", "heavy_ratio": 0.05}),
         ("ffsplit openvino-int8, heavy 10% int8 (own scales)", {"target": "openvino-int8", "heavy": "int8"}),
+        # fewer heavy hitters: the fp32 multiplies are what the split costs (OpenVINO's per-node counters)
+        ("ffsplit openvino-int8, heavy 2% fp32", {"target": "openvino-int8", "heavy_ratio": 0.02}),
+        ("ffsplit openvino-int8, heavy 1% fp32", {"target": "openvino-int8", "heavy_ratio": 0.01}),
+        ("ffsplit openvino-int8, heavy 2% int8 (own scales)",
+         {"target": "openvino-int8", "heavy": "int8", "heavy_ratio": 0.02}),
         # one up-projection over all neurons, only the down-projection split
         ("ffsplit openvino-int8 split=down, heavy 10% fp32", {"target": down("openvino-int8")}),
         ("ffsplit openvino-int8 split=down, heavy 5% fp32", {"target": down("openvino-int8"), "heavy_ratio": 0.05}),
@@ -322,14 +329,36 @@ def goals(configs: list[dict[str, Any]]) -> list[str]:
     def at_least_as_accurate(c: dict[str, Any], p: dict[str, Any]) -> bool:
         return all(c["accuracy"][k] >= p["accuracy"][k] for k in ("retrieval_at10", "cosine_min"))
 
+    def slowest(c: dict[str, Any], ref: dict[str, Any]) -> float:  # speed vs ref at the worse of the two batches
+        return min(_speed(c, ref, s) for s in shapes)
+
+    def closest(points: list[dict[str, Any]], what: str) -> str:
+        if not points:
+            return f"no ffsplit point is {what}"
+        best = max(points, key=lambda c: slowest(c, nncf))
+        return (f"closest {what}: {best['name']}, {speeds(best, nncf)} of NNCF int8's speed, retrieval@10 "
+                f"{best['accuracy']['retrieval_at10']:.3f}, cosine min {best['accuracy']['cosine_min']:.4f}")
+
+    # the issue's three goals against NNCF int8 of the original (ratios at b1 and b8 x 128)
+    as_accurate = [c for c in ov_points if at_least_as_accurate(c, nncf)]
+    hit = [c for c in as_accurate if slowest(c, nncf) >= 1.10]
+    lines.append(f"- dominance, an ffsplit point >= 1.10x NNCF int8 at b1 and b8, retrieval@10 and cosine min at or "
+                 f"above its: {'met' if hit else '**missed**'}; " + closest(hit or as_accurate, "as accurate"))
+    precise = [c for c in ov_points if c["accuracy"]["retrieval_at10"] >= 0.965 and c["accuracy"]["cosine_min"] >= 0.997]
+    hit = [c for c in precise if slowest(c, nncf) >= 1.0]
+    lines.append(f"- accuracy at speed, an ffsplit point >= 1.0x NNCF int8 at b1 and b8 with retrieval@10 >= 0.965 and "
+                 f"cosine min >= 0.997: {'met' if hit else '**missed**'}; "
+                 + closest(hit or precise, "that accurate"))
+    ours = [c for c in configs if c["kind"] == "ffsplit"]
+    # the fp32 peers are exact: matching their accuracy takes the exact recipe, not a lossy point
+    uncovered = [p["name"] for p in configs if p["kind"] == "peer" and p["accuracy"]["cosine_min"] < 0.99999 and not any(
+        at_least_as_accurate(c, p) and all(c["latency"][s]["p50_ms"] <= p["latency"][s]["p50_ms"] for s in shapes)
+        for c in ours)]
+    lines.append("- frontier, every lossy peer point matched by an ffsplit point at least as fast (b1 and b8) and as accurate: "
+                 + ("met" if not uncovered else f"**missed** for {', '.join(uncovered)}"))
     lossy_ov = [p for p in ov_peers if p["accuracy"]["cosine_min"] < 0.99999]
     for c in ov_points:
-        fast = all(c["latency"][s]["p50_ms"] <= nncf["latency"][s]["p50_ms"] for s in shapes)
-        verdict = "met" if fast and at_least_as_accurate(c, nncf) else "**missed**"
-        lines.append(
-            f"- {c['name']} at least as fast as OpenVINO + NNCF int8 of the original at b1 and b8 and at least as "
-            f"accurate: {verdict}"
-        )
+        lines.append(f"- {c['name']}:")
         for p in lossy_ov:  # each lossy peer on the same runtime: speed, and both accuracy figures side by side
             faster = all(c["latency"][s]["p50_ms"] <= p["latency"][s]["p50_ms"] for s in shapes)
             slower = all(c["latency"][s]["p50_ms"] > p["latency"][s]["p50_ms"] for s in shapes)
@@ -357,14 +386,14 @@ def goals(configs: list[dict[str, Any]]) -> list[str]:
                f"{speeds(c, fastest_peer)})" if slower else "")
             + (f" (not more accurate than {', '.join(less)})" if less else "")
         )
-    ok = [c for c in configs if c["kind"] == "ffsplit" and c["accuracy"]["retrieval_at10"] >= 0.95]
+    ok = [c for c in configs if c["kind"] == "ffsplit" and c["accuracy"]["retrieval_at10"] >= DEMO_FLOOR]
     base = by["ORT fp32"]
     if ok:
         best = max(ok, key=lambda c: _speed(c, base, "8x128"))
-        lines.append(f"- fastest ffsplit point holding retrieval@10 >= 0.95 (what `make demo` uses): {best['name']}, "
+        lines.append(f"- fastest ffsplit point holding retrieval@10 >= {DEMO_FLOOR} (what `make demo` uses): {best['name']}, "
                      f"{speeds(best, base)} vs ORT fp32 at retrieval@10 {best['accuracy']['retrieval_at10']:.3f}")
     else:
-        lines.append("- no ffsplit point holds retrieval@10 >= 0.95 on this machine")
+        lines.append(f"- no ffsplit point holds retrieval@10 >= {DEMO_FLOOR} on this machine")
     return lines
 
 
@@ -444,6 +473,51 @@ def plot(configs: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def profile(configs: list[dict[str, Any]], out: Path, runs: int, log: Any) -> None:
+    """Where the time goes: OpenVINO's per-node performance counters of every OpenVINO point, summed by node
+    type per inference (b1 and b8 x 128), beside NNCF int8 of the original: peers-profile.md."""
+    import openvino as ov
+
+    from ffsplit.bench.harness import make_feed
+    from ffsplit.loading import load_model
+    from ffsplit.split.calibration import evaluation_texts
+
+    tok = load_model("minilm").tokenizer
+    texts = [t.text for t in evaluation_texts(64)]
+    points = [c for c in configs if c["runtime"] == "openvino" and c["name"] != "OpenVINO fp32"]
+    core = ov.Core()
+    lines = ["# Where the time goes: OpenVINO's per-node counters (ms per inference, summed by node type)", "",
+             "Command: `python benchmarks/peers.py --profile`. Counters are each node's own time; wall is the "
+             "median of the same runs (they differ by what runs between nodes).", ""]
+    for b in (1, 8):
+        log(f"profiling batch {b} x 128 ...")
+        feed = make_feed(tok, texts, list(INPUTS), batch=b, sequence=128)
+        sums: dict[str, Counter] = {}
+        walls: dict[str, float] = {}
+        for c in points:
+            request = core.compile_model(str(c["model"]), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                  "PERF_COUNT": "YES"}).create_infer_request()
+            for _ in range(3):
+                request.infer(feed)
+            total: Counter = Counter()
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                request.infer(feed)
+                times.append(time.perf_counter() - t0)
+                for info in request.profiling_info:
+                    total[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1e3 / runs
+            sums[c["name"]], walls[c["name"]] = total, float(np.median(times)) * 1e3
+        kinds = sorted({k for t in sums.values() for k in t}, key=lambda k: -max(t[k] for t in sums.values()))
+        kinds = [k for k in kinds if max(t[k] for t in sums.values()) >= 0.05]
+        lines += [f"## Batch {b} x 128", "", "| node type (kernel) | " + " | ".join(sums) + " |",
+                  "|---|" + "---|" * len(sums)]
+        lines += [f"| {k} | " + " | ".join(f"{sums[n][k]:.2f}" for n in sums) + " |" for k in kinds]
+        lines += ["| **sum of counters** | " + " | ".join(f"**{sum(t.values()):.2f}**" for t in sums.values()) + " |",
+                  "| wall (median) | " + " | ".join(f"{walls[n]:.2f}" for n in sums) + " |", ""]
+    (out / "peers-profile.md").write_text("\n".join(lines))
+
+
 def replot(results: Path) -> None:
     """Rewrite peers.md and peers.png from peers.json (no re-measuring)."""
     data = json.loads((results / "peers.json").read_text())
@@ -456,6 +530,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=25, help="timed runs per model and shape")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--replot", action="store_true", help="only rewrite peers.md and peers.png from peers.json")
+    ap.add_argument("--profile", action="store_true",
+                    help="only write peers-profile.md: OpenVINO's per-node counters of the OpenVINO points")
     a = ap.parse_args()
     if a.replot:
         replot(Path(a.out))
@@ -466,6 +542,9 @@ def main() -> None:
         print(f"[peers] {msg}", file=sys.stderr, flush=True)
 
     configs = build(Path(a.work), log)
+    if a.profile:
+        profile(configs, Path(a.out), a.runs, log)
+        return
     for c in configs:
         c["size_mb"] = _size_mb(c["model"])
         c["peak_rss_mb"] = _peak_rss_mb(c["model"], c["runtime"])
