@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit import __version__, bounds
 from ffsplit.artifact import (
@@ -42,6 +42,14 @@ from ffsplit.exporter.export import EXPORT_ADVICE
 from ffsplit.manifest import FORMAT, Manifest
 from ffsplit.runtimes.targets import Target, list_targets, require_supported
 from ffsplit.stages.reload import load_source, rebuild, split_in_place
+
+if TYPE_CHECKING:
+    from ffsplit.loading import LoadedModel
+    from ffsplit.parity.check import RecordedOutputs
+    from ffsplit.plan import ExportPlan
+    from ffsplit.split.ffn_adapter import FFNAdapter
+    from ffsplit.split.profile import LayerProfile
+    from ffsplit.stages.split import Split
 
 PARITY_DIR = ".parity"  # in the staging folder: the recorded torch outputs parity compares with
 
@@ -137,7 +145,7 @@ def export(model: str, out: str | Path, *, log: Any = None, progress: bool = Tru
         return _export_into(plan, stage, log=log, progress=progress)
 
 
-def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportResult:
+def _export_into(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> ExportResult:
     """The stages of one export, written into the staging folder ``stage``.
 
     One copy of the weights at a time: the original's outputs are recorded before it is split in place,
@@ -221,7 +229,8 @@ def _export_into(plan: Any, stage: Path, *, log: Any, progress: bool) -> ExportR
 
 
 def _split_and_save(
-    plan: Any, stage: Path, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], stages: Stages,
+    plan: ExportPlan, stage: Path, loaded: LoadedModel, adapter: type[FFNAdapter], source: dict[str, Any],
+    profiles: list[LayerProfile], stages: Stages,
     log: Any, total_before: int,
 ) -> tuple[Any, dict[str, Any]]:
     """Split the loaded model in place and write split.safetensors, the tokenizer, config and
@@ -246,7 +255,8 @@ def _split_and_save(
 
 
 def _verify_into(
-    plan: Any, stage: Path, loaded: Any, recorded: tuple[Any, Any], source: dict[str, Any], manifest: dict[str, Any],
+    plan: ExportPlan, stage: Path, loaded: LoadedModel, recorded: tuple[RecordedOutputs, RecordedOutputs],
+    source: dict[str, Any], manifest: dict[str, Any],
     stages: Stages, *, log: Any, progress: bool,
 ) -> Any:
     """Build the runtime for the graph in ``stage``, guard it, run the three-way parity and save the golden
@@ -287,7 +297,8 @@ def _verify_into(
 
 
 def _manifest(
-    plan: Any, loaded: Any, adapter: Any, source: dict[str, Any], profiles: list[Any], done: Any, total_before: int,
+    plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], source: dict[str, Any],
+    profiles: list[LayerProfile], done: Split, total_before: int,
 ) -> dict[str, Any]:
     """The manifest of one export before its graph exists (exporter, separation and parity come later)."""
     from ffsplit.artifact import versions

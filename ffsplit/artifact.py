@@ -29,11 +29,14 @@ import signal
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.manifest import Manifest, embedded_view
+
+if TYPE_CHECKING:
+    from ffsplit.runtimes.targets import Target
 
 T = TypeVar("T")
 
@@ -529,7 +532,7 @@ class LoadedArtifact:
 
     folder: Path
     manifest: Manifest
-    target: Any  # runtimes.targets.Target: what it runs on (the build's target, when `ffsplit build` chose one)
+    target: Target  # what it runs on (the build's target, when `ffsplit build` chose one)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

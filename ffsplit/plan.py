@@ -12,13 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ffsplit import bounds
 from ffsplit.errors import UsageError
 from ffsplit.limits import COMPRESSION_METRICS
 from ffsplit.precisions import HALF_FLOATS, INTEGERS
 from ffsplit.runtimes.targets import Target, load_target, require_supported
+
+if TYPE_CHECKING:
+    from ffsplit.pooling import Pooling
+    from ffsplit.split.compress import LightRecipe
+    from ffsplit.tasks import TaskSpec
 
 DEFAULT_LIGHT = "lowrank:256"
 SMOOTH_ALPHA = 0.5
@@ -55,7 +60,7 @@ class ExportPlan:
 
     options: ExportOptions
     target: Target
-    recipe: Any  # LightRecipe, or the int4 candidate when a budget picks per layer
+    recipe: LightRecipe  # or the int4 candidate when a budget picks per layer
     heavy: str  # heavy branch precision
     heavy_ratio: float
     budget: tuple[str, float] | None
@@ -69,9 +74,9 @@ class ExportPlan:
     exporters: tuple[str, ...]
     texts: list[str]  # calibration texts
     eval_texts: list[str]  # what parity is checked on
-    pooling: Any  # pooling.Pooling of a sentence-transformers source (feature-extraction), else None
+    pooling: Pooling | None  # of a sentence-transformers source (a pooled task), else None
     source_dir: Path
-    task: Any  # TaskSpec
+    task: TaskSpec
     limits: dict[str, dict[str, float]]
     out: Path
     given_out: str | Path
@@ -90,7 +95,7 @@ class ExportPlan:
         return self.target.stand_in() if self.deferred else self.target
 
 
-def require_precisions(target: Target, heavy: str, recipes: list[Any]) -> None:
+def require_precisions(target: Target, heavy: str, recipes: list[LightRecipe]) -> None:
     """Refuse, before any work, a precision the target's runtime would not realise."""
     from ffsplit.graph_passes.quantize_branch_weights_pass import matmulnbits_block_ok
 

@@ -7,12 +7,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ffsplit.artifact import MODEL_FILE, LoadedArtifact
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def lossy_baseline(target: Any) -> str | None:
+    from ffsplit.loading import LoadedModel
+    from ffsplit.runtimes.targets import Target
+
+
+def lossy_baseline(target: Target) -> str | None:
     """What the baseline of an artifact for ``target`` is when it is not the original at full precision."""
     if target.ir_compression == "int8":
         return "the original model with NNCF static int8 (nothing ignored), on OpenVINO"
@@ -23,7 +29,7 @@ def lossy_baseline(target: Any) -> str | None:
     return None
 
 
-def baseline_onnx(art: LoadedArtifact, loaded: Any, log: Any = None) -> Path:
+def baseline_onnx(art: LoadedArtifact, loaded: LoadedModel, log: Callable[[str], None] | None = None) -> Path:
     """The original model exported the same way as the split one, cached by source hash and versions.
 
     For an NNCF target the original also gets NNCF's static int8 (nothing ignored, calibrated on as

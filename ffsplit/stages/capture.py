@@ -10,16 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.errors import UsageError
 from ffsplit.plan import ExportPlan
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    import torch
+
+    from ffsplit.graph_passes.precision import WeightGrid
 
 
 @dataclass
 class Captured:
     exporter: str
-    model: Any  # onnx_ir.Model, or None when capture failed
+    model: ir.Model | None  # None when capture failed
     error: BaseException | None = None
 
     @property
@@ -30,7 +36,7 @@ class Captured:
         return "" if self.error is None else f"export: {describe_failure(self.error)}"
 
 
-def capture(plan: ExportPlan, model: Any, tokenizer: Any, exporter: str) -> Captured:
+def capture(plan: ExportPlan, model: torch.nn.Module, tokenizer: Any, exporter: str) -> Captured:
     from ffsplit.exporter import export_program
 
     try:
@@ -43,9 +49,9 @@ def capture(plan: ExportPlan, model: Any, tokenizer: Any, exporter: str) -> Capt
 
 
 def graph_passes(
-    plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str, Any], act_absmax: Any, *,
-    store_weights: str | None = None,
-) -> list[Any]:
+    plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str, WeightGrid], act_absmax: dict[str, float] | None,
+    *, store_weights: str | None = None,
+) -> list[ir.passes.PassBase]:
     """Tag, generic and precision passes for the plan's target (EmbedManifestPass runs after, in ``save``);
     ``store_weights`` as ``openvino_ir.weight_storage`` says."""
     from ffsplit.exporter.export import WRAPPER_PREFIX
@@ -67,7 +73,7 @@ def graph_passes(
     )
 
 
-def save(model: Any, passes: list[Any], manifest: dict[str, Any], path: Path) -> Any:
+def save(model: ir.Model, passes: list[ir.passes.PassBase], manifest: dict[str, Any], path: Path) -> int | None:
     """Run ``passes``, record them in ``manifest``, embed it and save; returns the default-domain opset."""
     from ffsplit.exporter import save_model
     from ffsplit.graph_passes import EmbedManifestPass
@@ -85,7 +91,7 @@ def save(model: Any, passes: list[Any], manifest: dict[str, Any], path: Path) ->
     return opset
 
 
-def release_weights(graph: Any) -> None:
+def release_weights(graph: ir.Graph) -> None:
     """Let go of a saved graph's weights. torch.onnx's initializers wrap the torch parameters themselves,
     and something inside the exporter keeps the captured graph alive after the export returns: without
     this, the whole torch model outlived the export (measured: a 1.3B model's build and check stages held it)."""

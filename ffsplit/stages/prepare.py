@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.errors import UsageError
 from ffsplit.loading import source_record
 from ffsplit.plan import ExportPlan
 
+if TYPE_CHECKING:
+    from ffsplit.loading import LoadedModel
+    from ffsplit.split.ffn_adapter import FFNAdapter
+    from ffsplit.split.profile import LayerProfile
 
-def load(plan: ExportPlan) -> tuple[Any, Any, dict[str, Any]]:
+
+def load(plan: ExportPlan) -> tuple[LoadedModel, type[FFNAdapter], dict[str, Any]]:
     """The source model, its adapter and its record; UsageError when the family or length does not fit."""
     from ffsplit.loading import load_model
     from ffsplit.split.adapters import find_adapter
@@ -34,7 +39,8 @@ def load(plan: ExportPlan) -> tuple[Any, Any, dict[str, Any]]:
     return loaded, adapter, source
 
 
-def profile(plan: ExportPlan, loaded: Any, adapter: Any, *, progress: bool) -> list[Any]:
+def profile(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], *, progress: bool,
+            ) -> list[LayerProfile]:
     from ffsplit.split.profile import profile_model
 
     # Full second moments (d_ff^2 per layer: gigabytes at decoder sizes) only where a recipe computes with

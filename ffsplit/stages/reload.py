@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.artifact import SPLIT_WEIGHTS, LoadedArtifact
 from ffsplit.errors import CheckFailed, UsageError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> Any:
+    import torch
+
+    from ffsplit.loading import LoadedModel
+
+
+def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """The source model of an artifact (the recorded one, or ``source``), refused if it changed since the export."""
     from ffsplit.loading import load_model
 
@@ -40,7 +47,8 @@ def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_rem
     return loaded
 
 
-def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = None) -> tuple[Any, Any]:
+def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Callable[[str], None] | None = None,
+            ) -> tuple[LoadedModel, torch.nn.Module]:
     """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors
     (two models: ``debug`` compares modules inside the split; ``check`` uses ``split_in_place``)."""
     if log:
@@ -51,12 +59,12 @@ def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Any = No
     return loaded, split
 
 
-def split_in_place(art: LoadedArtifact, loaded: Any) -> None:
+def split_in_place(art: LoadedArtifact, loaded: LoadedModel) -> None:
     """Turn the loaded source model into the artifact's split model, layer by layer (one copy of the weights)."""
     _rebuild_into(art, loaded.model)
 
 
-def _rebuild_into(art: LoadedArtifact, model: Any) -> None:
+def _rebuild_into(art: LoadedArtifact, model: torch.nn.Module) -> None:
     from ffsplit.residency import hold_as_stored
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.apply import rebuild_split

@@ -7,15 +7,24 @@ held twice (parity compares with the original's outputs, recorded before the spl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.plan import ExportPlan
 from ffsplit.precisions import HALF_FLOATS
 
+if TYPE_CHECKING:
+    import torch
+
+    from ffsplit.loading import LoadedModel
+    from ffsplit.runtimes.targets import Target
+    from ffsplit.split.compress import LightRecipe
+    from ffsplit.split.ffn_adapter import FFNAdapter
+    from ffsplit.split.profile import LayerProfile
+
 
 @dataclass
 class Split:
-    model: Any  # the split torch model: the loaded source model itself, split in place
+    model: torch.nn.Module  # the loaded source model itself, split in place
     plans: list[dict[str, Any]]  # per layer, as the manifest records them
     grids: dict[str, Any]  # weight path -> WeightGrid, for the graph's integer storage
     act_absmax: dict[str, float] | None  # static activation ranges (QDQ targets)
@@ -23,7 +32,8 @@ class Split:
     budget: dict[str, Any] | None
 
 
-def _per_layer(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> tuple[Any, dict[str, Any] | None]:
+def _per_layer(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], profiles: list[LayerProfile],
+               ) -> tuple[list[tuple[int, LightRecipe]] | None, dict[str, Any] | None]:
     """Per layer (heavy ratio, recipe) chosen by --budget, with its summary; (None, None) without one."""
     if plan.budget is None:
         return None, None
@@ -38,7 +48,7 @@ def _per_layer(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any])
     return [(c.heavy, parse_light(c.recipe)) for c in chosen], summary
 
 
-def _ir_bytes_per_param(target: Any) -> float:
+def _ir_bytes_per_param(target: Target) -> float:
     """Bytes per weight NNCF stores in the IR: int8 (scales aside), or int4 with an fp16 scale (and a 4-bit
     zero point when asymmetric) per group."""
     if target.ir_compression == "int8":
@@ -47,7 +57,7 @@ def _ir_bytes_per_param(target: Any) -> float:
     return 0.5 + per_group / target.nncf["group_size"]
 
 
-def split(plan: ExportPlan, loaded: Any, adapter: Any, profiles: list[Any]) -> Split:
+def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], profiles: list[LayerProfile]) -> Split:
     import torch
 
     from ffsplit.graph_passes.precision import WeightGrid

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit import bounds
 from ffsplit.errors import UsageError
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
+    from ffsplit.loading import LoadedModel
+    from ffsplit.parity.check import ParityReport, RecordedOutputs
+    from ffsplit.pooling import Pooling
+    from ffsplit.runtimes.base import Runner
+    from ffsplit.tasks import TaskSpec
+
+
 PARITY_BATCH = 16  # texts per padded parity batch
 
 
-def guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
+def guard(runner: Runner, plans: list[dict[str, Any]]) -> dict[str, Any]:
     """Run the separation guard on what the runtime executes: its record, with ``passed`` false, the
     ``findings`` and the one-line ``failure`` naming the layers when it failed."""
     from ffsplit.graph_passes import check_separation, expected_matmuls, expected_precisions
@@ -29,10 +41,12 @@ def guard(runner: Any, plans: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def parity(
-    original: Any, split: Any, runner: Any, tokenizer: Any, task: Any, *,
+    original: torch.nn.Module | RecordedOutputs, split: torch.nn.Module | RecordedOutputs, runner: Runner,
+    tokenizer: Any, task: TaskSpec, *,
     limits: dict[str, dict[str, float]], texts: list[str], max_length: int, batch_size: int = PARITY_BATCH,
-    max_positions: int | None = None, progress: bool = False, pooling: Any = None, pooled_limit: float = 1e-4,
-) -> Any:
+    max_positions: int | None = None, progress: bool = False, pooling: Pooling | None = None,
+    pooled_limit: float = 1e-4,
+) -> ParityReport:
     """The three-way ParityReport on ``texts`` (the evaluation texts); ``original`` and ``split`` are torch
     models or their outputs recorded by ``record`` on the same texts.
 
@@ -64,7 +78,8 @@ def parity(
 
 
 def record(
-    model: Any, loaded: Any, folder: Any, *, texts: list[str], max_length: int, max_positions: int | None,
+    model: torch.nn.Module, loaded: LoadedModel, folder: Path, *, texts: list[str], max_length: int,
+    max_positions: int | None,
     progress: bool, desc: str,
 ) -> Any:
     """``model``'s outputs on the parity batches of the evaluation ``texts``, recorded under ``folder``
