@@ -6,24 +6,17 @@ so the Python API and the command line cannot drift apart.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ffsplit import __version__, bounds
+from ffsplit import bounds
 from ffsplit.artifact import (
     MODEL_FILE,
     RUNTIME_DIR,
-    SPLIT_WEIGHTS,
     LoadedArtifact,
     check_external_data,
     holds_folder,
@@ -31,91 +24,21 @@ from ffsplit.artifact import (
     not_deployed,
     open_artifact,
     pack_artifact,
-    remove_tree,
     require_built,
     require_unpacked,
     staged_output,
     write_manifest,
 )
 from ffsplit.errors import CheckFailed, UsageError
-from ffsplit.exporter.export import EXPORT_ADVICE
-from ffsplit.manifest import FORMAT, Manifest
+from ffsplit.manifest import Manifest
 from ffsplit.runtimes.targets import Target, list_targets, require_supported
 from ffsplit.stages.reload import load_source, rebuild, split_in_place
-
-if TYPE_CHECKING:
-    from ffsplit.loading import LoadedModel
-    from ffsplit.parity.check import RecordedOutputs
-    from ffsplit.plan import ExportPlan
-    from ffsplit.split.ffn_adapter import FFNAdapter
-    from ffsplit.split.profile import LayerProfile
-    from ffsplit.stages.split import Split
-
-PARITY_DIR = ".parity"  # in the staging folder: the recorded torch outputs parity compares with
+from ffsplit.stages.run import ExportResult, run_export, utc_now
 
 __all__ = [
     "ExportResult", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact", "open_artifact", "pack",
     "targets",
 ]
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class Stages:
-    """When the run started, and the wall time and peak resident memory of each stage, in order."""
-
-    created: str = field(default_factory=_now)
-    seconds: dict[str, float] = field(default_factory=dict)
-    peak_mb: dict[str, float] = field(default_factory=dict)
-    per_stage: bool = True  # False where the kernel's peak cannot be reset: each figure is then the peak so far
-
-    @contextmanager
-    def stage(self, name: str, log: Any = None) -> Iterator[None]:
-        from ffsplit import resources
-
-        if log:
-            log(f"{name} ...")
-        self.per_stage = resources.reset_peak() and self.per_stage
-        t0 = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - t0, 3)
-        self.peak_mb[name] = round(resources.peak_bytes() / 1e6, 1)
-        if log:
-            log(f"{name} done in {self.seconds[name]:.1f} s, peak memory {self.peak_mb[name]:,.0f} MB")
-
-    def record(self) -> dict[str, Any]:
-        """What the manifest keeps about the run itself, in its one ``run`` record: when it was
-        (``created``), ``timings`` (s) and ``memory`` (peak resident MB per stage)."""
-        return {"run": {"created": self.created, "timings": self.seconds,
-                        "memory": {"peak_mb": self.peak_mb, "per_stage": self.per_stage}}}
-
-
-def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: int) -> dict[str, Any]:
-    before = sum(p["ffn_params_before"] for p in plans)
-    after = sum(p["ffn_params_after"] for p in plans)
-    bytes_before = sum(p["ffn_bytes_before"] for p in plans)
-    bytes_after = sum(p["ffn_bytes_after"] for p in plans)
-    return {
-        "ffn_bytes_before": bytes_before,
-        "ffn_bytes_after": bytes_after,
-        "ffn_bytes_reduction": round(1 - bytes_after / bytes_before, 4),
-        "ffn_before": before,
-        "ffn_after": after,
-        "ffn_reduction": round(1 - after / before, 4),
-        "total_before": total_before,
-        "total_after": total_after,
-        "total_reduction": round(1 - total_after / total_before, 4),
-    }
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    manifest: dict[str, Any]
-    report: Any
 
 
 def export(model: str, out: str | Path, *, log: Any = None, progress: bool = True, **options: Any) -> ExportResult:
@@ -142,209 +65,7 @@ def export(model: str, out: str | Path, *, log: Any = None, progress: bool = Tru
         log(f"--out '{plan.given_out}' is the folder {plan.out}")
     torch.manual_seed(0)
     with staged_output(plan.out, force=opts.force, protected={"source model": plan.source_dir}) as stage:
-        return _export_into(plan, stage, log=log, progress=progress)
-
-
-def _export_into(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> ExportResult:
-    """The stages of one export, written into the staging folder ``stage``.
-
-    One copy of the weights at a time: the original's outputs are recorded before it is split in place,
-    the split's before it is captured, and the torch model is freed once the graph is saved, before the
-    runtime is built (a retry with the next exporter loads and splits the source again).
-    """
-    from ffsplit import resources
-    from ffsplit.runtimes.openvino_ir import build_ir, weight_storage
-    from ffsplit.runtimes.shapes import clamp_shapes
-    from ffsplit.split.modules import count_params
-    from ffsplit.stages import capture, prepare, verify
-    from ffsplit.stages import split as split_stage
-
-    stages = Stages()
-    with stages.stage("load", log):
-        loaded, adapter, source = prepare.load(plan)
-        # runtime shape ranges (TensorRT profiles, Triton) never reach past the model's positions
-        shapes = clamp_shapes(plan.target.shapes, source["max_positions"], past=plan.task.past)
-        if shapes != plan.target.shapes:
-            plan.target = dataclasses.replace(plan.target, shapes=shapes)
-    with stages.stage("profile", log):
-        profiles = prepare.profile(plan, loaded, adapter, progress=progress)
-    recorded = stage / PARITY_DIR  # removed before the manifest lists the folder's files
-    record = partial(verify.record, texts=plan.eval_texts, max_length=plan.options.max_length,
-                     max_positions=source["max_positions"], progress=progress)
-    with stages.stage("original outputs", log):
-        original = record(loaded.model, loaded=loaded, folder=recorded / "original", desc="original model")
-    total_before = count_params(loaded.model)
-    done, manifest = _split_and_save(plan, stage, loaded, adapter, source, profiles, stages, log, total_before)
-    with stages.stage("split outputs", log):
-        split_out = record(done.model, loaded=loaded, folder=recorded / "split", desc="split model")
-    attempts: list[dict[str, str]] = []
-    report = None
-    for name in plan.exporters:  # try the next exporter when one cannot capture or misses fidelity
-        if done is None:  # freed after the last attempt's capture: load and split the source again
-            with stages.stage("reload", log):
-                loaded = prepare.load(plan)[0]
-                done = split_stage.split(plan, loaded, adapter, profiles)
-        with stages.stage(f"export ({name})", log):
-            captured = capture.capture(plan, done.model, loaded.tokenizer, name)
-            if captured.model is not None:
-                passes = capture.graph_passes(plan, done.plans, done.grids, done.act_absmax,
-                                              store_weights=weight_storage(plan.target, done.model))
-                opset = capture.save(captured.model, passes, manifest, stage / MODEL_FILE)
-        if captured.model is None:
-            attempts.append({"exporter": name, "failed": captured.failure})
-            if log:
-                log(f"the {name} exporter failed: {captured.failure}")
-            continue
-        captured = done = passes = None  # the graph is on disk: the torch model and the IR go before the runtime
-        resources.drop_weights(loaded.model)
-        loaded.model = None
-        resources.release_memory()
-        if log:
-            log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
-        if plan.nncf:
-            with stages.stage(f"{'quantize' if plan.nncf == 'int8' else 'compress'} (NNCF {plan.nncf})", log):
-                build_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
-                         keep_heavy=plan.heavy == "fp32")
-        report = _verify_into(plan, stage, loaded, (original, split_out), source, manifest, stages, log=log,
-                              progress=progress)
-        manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
-        if report.comparisons["fidelity"]["passed"]:
-            break
-        attempts.append({"exporter": name, "failed": "parity: " + "; ".join(report.failures())})
-        if log and name != plan.exporters[-1]:
-            log(f"the {name} export missed fidelity; trying the next exporter")
-    remove_tree(recorded)
-    manifest.update(stages.record())
-    if report is None:
-        manifest["exporter"] = {"name": None, "attempts": attempts}
-        raise CheckFailed(
-            "every exporter failed, nothing written: "
-            + "; ".join(f"{a['exporter']}: {a['failed']}" for a in attempts) + f". What you can do: {EXPORT_ADVICE}",
-            details=manifest,
-        )
-    manifest["parity"] = report.to_json()
-    if not report.passed:
-        raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()), details=manifest)
-    return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
-
-
-def _split_and_save(
-    plan: ExportPlan, stage: Path, loaded: LoadedModel, adapter: type[FFNAdapter], source: dict[str, Any],
-    profiles: list[LayerProfile], stages: Stages,
-    log: Any, total_before: int,
-) -> tuple[Any, dict[str, Any]]:
-    """Split the loaded model in place and write split.safetensors, the tokenizer, config and
-    sentence-transformers files; the Split (its saved state dropped) and the manifest so far."""
-    from safetensors.torch import save_file
-
-    from ffsplit.pooling import sentence_files
-    from ffsplit.stages import split
-
-    with stages.stage("split", log):
-        done = split.split(plan, loaded, adapter, profiles)
-    manifest = _manifest(plan, loaded, adapter, source, profiles, done, total_before)
-    with stages.stage("save split weights", log):
-        save_file(done.state, str(stage / SPLIT_WEIGHTS))
-        done.state = {}  # the int8 / int4 codes in it are held by the grids too; the rest are the model's
-        loaded.tokenizer.save_pretrained(stage)
-        loaded.model.config.save_pretrained(stage)
-        for rel in sentence_files(plan.source_dir):  # pooling and normalisation stay with a sentence-transformers model
-            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(plan.source_dir / rel, stage / rel)  # contents: the artifact holds no links
-    return done, manifest
-
-
-def _verify_into(
-    plan: ExportPlan, stage: Path, loaded: LoadedModel, recorded: tuple[RecordedOutputs, RecordedOutputs],
-    source: dict[str, Any], manifest: dict[str, Any],
-    stages: Stages, *, log: Any, progress: bool,
-) -> Any:
-    """Build the runtime for the graph in ``stage``, guard it, run the three-way parity and save the golden
-    outputs; the ParityReport. A deferred build checks parity on the target's CPU stand-in and leaves the
-    guard to ``ffsplit build``; a failed guard raises CheckFailed."""
-    from ffsplit.parity.golden import GOLDEN_FILE, GOLDEN_TEXTS, write_golden
-    from ffsplit.runtimes.base import make_runner
-    from ffsplit.split.calibration import encode_batches
-    from ffsplit.stages import verify
-
-    runtime_dir = stage / RUNTIME_DIR / plan.target.name
-    with stages.stage("build" if not plan.deferred else "build (CPU stand-in)", log):
-        runner = make_runner(stage / MODEL_FILE, plan.runner_target,
-                             runtime_dir=None if plan.deferred else runtime_dir).activate(just_written=True)
-        if plan.deferred:
-            manifest["separation"] = {"graph": "none: the build is deferred", "passed": None}
-            manifest["build"] = {"status": "deferred", "target": plan.target.name, "reason": plan.deferred,
-                                 "checked_on": runner.name}
-        else:
-            manifest["build"] = {"status": "built", "target": plan.target.name}
-            manifest["separation"] = verify.guard(runner, manifest["layers"])
-            if not manifest["separation"]["passed"]:
-                runner.deactivate()
-                manifest.update(stages.record())
-                raise CheckFailed(manifest["separation"]["failure"], details=manifest)
-    with stages.stage("check", log):
-        report = verify.parity(
-            *recorded, runner, loaded.tokenizer, loaded.task, limits=plan.limits,
-            texts=plan.eval_texts, max_length=plan.options.max_length,
-            max_positions=source["max_positions"], progress=progress, pooling=plan.pooling,
-        )
-        # what `check --golden` re-runs later, without torch or the source model
-        batch = next(encode_batches(loaded.tokenizer, plan.eval_texts[:GOLDEN_TEXTS], batch_size=GOLDEN_TEXTS,
-                                    max_length=plan.options.max_length))
-        write_golden(stage / GOLDEN_FILE, runner, {k: v.numpy() for k, v in batch.items()}, loaded.task)
-        runner.deactivate()
-    return report
-
-
-def _manifest(
-    plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], source: dict[str, Any],
-    profiles: list[LayerProfile], done: Split, total_before: int,
-) -> dict[str, Any]:
-    """The manifest of one export before its graph exists (exporter, separation and parity come later)."""
-    from ffsplit.artifact import versions
-    from ffsplit.split.calibration import corpus_digest
-    from ffsplit.split.modules import count_params
-
-    o, budget = plan.options, done.budget is not None
-    eval_texts = plan.eval_texts
-    return {
-        "format": FORMAT,
-        "ffsplit_version": __version__,
-        "source": source,
-        "task": loaded.task.name,
-        "adapter": adapter.family,
-        # where the FFN layout came from: a family file, or what structural discovery found and proved
-        "layout": getattr(adapter, "found", "") or f"family file {adapter.family}",
-        "target": plan.target.to_json(),
-        "budget": done.budget,
-        "recipe": {
-            "heavy_ratio": plan.heavy_ratio if not budget else "per layer (budget)",
-            "heavy_selection": "top mean|a_j| * ||W_out[:, j]||_2 over calibration tokens",
-            "light": {"recipe": str(plan.recipe), **plan.recipe.params()} if not budget else {"recipe": "per layer (budget)"},
-            "heavy_precision": plan.heavy,
-            "light_precision": (plan.recipe.quant or plan.planned_light) if not budget else "per layer (budget)",
-            # How integer grids are stored and computed in the graph (QuantizeBranchWeightsPass).
-            "graph_storage": plan.graph_storage if done.grids else "fp32",
-            "int8_weight_max": plan.int8_qmax,
-        },
-        "calibration": {
-            "source": str(o.calib) if o.calib else "bundled: Python standard library docstrings",
-            "texts": len(plan.texts),
-            "tokens": profiles[0].tokens,
-            "max_length": o.max_length,
-            "sha256": corpus_digest(plan.texts),
-        },
-        "evaluation": {
-            "source": str(o.eval) if o.eval else "bundled: Python standard library docstrings (disjoint from calibration)",
-            "texts": len(eval_texts),
-            "sha256": corpus_digest(eval_texts),
-        },
-        # what `check` holds the artifact to, decided once in the plan (embedded in model.onnx with the rest)
-        "checks": {"exact": plan.exact, "limits": plan.limits},
-        "layers": done.plans,
-        "params": _param_counts(done.plans, total_before, count_params(done.model)),
-        "versions": versions(),
-    }
+        return run_export(plan, stage, log=log, progress=progress)
 
 
 @holds_folder
@@ -617,7 +338,7 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
                 "the artifact on this machine to see its parity", details={"separation": separation, "golden": golden},
             )
         record: dict[str, Any] = {"status": "built", "target": tgt.name, "golden": golden,
-                                  "created": _now()}
+                                  "created": utc_now()}
         if tgt.name != exported.name or tgt.to_json() != exported.to_json():
             record["runtime_target"] = tgt.to_json()
         manifest = {k: v for k, v in m.items() if k != "files"}

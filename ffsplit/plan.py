@@ -54,9 +54,10 @@ class ExportOptions:
     exporter: str = "auto"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportPlan:
-    """Every decision of one export, made before the model is loaded."""
+    """Every decision of one export, made before the model is loaded (``stages.prepare.fit`` makes the one
+    change the loaded model asks for, as a new plan)."""
 
     options: ExportOptions
     target: Target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ffsplit.errors import UsageError
@@ -37,6 +38,17 @@ def load(plan: ExportPlan) -> tuple[LoadedModel, type[FFNAdapter], dict[str, Any
             f"computes: pass --max-length <= {source['max_positions']}"
         )
     return loaded, adapter, source
+
+
+def fit(plan: ExportPlan, source: dict[str, Any]) -> ExportPlan:
+    """The plan for the loaded model: its target's runtime shape ranges (TensorRT profiles, Triton) clamped to
+    the positions the model computes."""
+    from ffsplit.runtimes.shapes import clamp_shapes
+
+    shapes = clamp_shapes(plan.target.shapes, source["max_positions"], past=plan.task.past)
+    if shapes == plan.target.shapes:
+        return plan
+    return dataclasses.replace(plan, target=dataclasses.replace(plan.target, shapes=shapes))
 
 
 def profile(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], *, progress: bool,

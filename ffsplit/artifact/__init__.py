@@ -1,0 +1,66 @@
+"""The output folder: its file names (``layout``), atomic writing and the lock (``fs``), reading without
+trust (``reading``), manifest.json and verification (``verify``), the folder opened for use (``opened``) and
+``ffsplit pack`` (``pack``). Everything is importable from here, as before it was split into modules.
+"""
+
+from ffsplit.artifact.fs import (
+    check_output_file,
+    finish_interrupted_runs,
+    make_parents,
+    not_an_artifact,
+    output_lock,
+    refuse_inside,
+    refuse_overlap,
+    remove_empty_folders,
+    remove_tree,
+    resolve_out,
+    signals_held,
+    staged_output,
+    write_text_atomic,
+)
+from ffsplit.artifact.layout import (
+    EMBEDDED_KEY,
+    MANIFEST,
+    MANIFEST_MAX_BYTES,
+    MODEL_FILE,
+    RUNTIME_DIR,
+    SPLIT_WEIGHTS,
+    not_deployed,
+)
+from ffsplit.artifact.opened import (
+    LoadedArtifact,
+    holds_folder,
+    open_artifact,
+    require_built,
+    require_unpacked,
+    unreplaced,
+    versions,
+)
+from ffsplit.artifact.pack import pack_artifact
+from ffsplit.artifact.reading import (
+    list_files,
+    parse_json,
+    read_utf8,
+    safe_relative,
+    sha256_file,
+    sha256_files,
+)
+from ffsplit.artifact.verify import (
+    check_embedded_manifest,
+    check_external_data,
+    onnx_metadata,
+    read_manifest,
+    verify_artifact,
+    verify_files,
+    write_manifest,
+)
+
+__all__ = [
+    "EMBEDDED_KEY", "MANIFEST", "MANIFEST_MAX_BYTES", "MODEL_FILE", "RUNTIME_DIR", "SPLIT_WEIGHTS", "LoadedArtifact",
+    "check_embedded_manifest", "check_external_data", "check_output_file", "finish_interrupted_runs", "holds_folder",
+    "list_files", "make_parents", "not_an_artifact", "not_deployed", "onnx_metadata", "open_artifact", "output_lock",
+    "pack_artifact", "parse_json", "read_manifest", "read_utf8", "refuse_inside", "refuse_overlap",
+    "remove_empty_folders", "remove_tree", "require_built", "require_unpacked", "resolve_out", "safe_relative",
+    "sha256_file", "sha256_files", "signals_held", "staged_output", "unreplaced", "verify_artifact", "verify_files",
+    "versions", "write_manifest", "write_text_atomic",
+]
