@@ -262,12 +262,12 @@ def test_export_and_check_on_the_users_evaluation_text(tiny_bert_dir: Path, tmp_
 def test_the_export_report_says_which_int8_weight_range_was_used() -> None:
     """Full-range int8 weights run well only on CPUs with VNNI, so the report says which range an export used
     (and nothing when nothing is int8)."""
-    from ffsplit.cli import _weight_range_line
+    from ffsplit.cli.output import weight_range_line
 
     def manifest(weight_range: str, light: str, other: str = "fp32") -> dict:
         return {"target": {"int8_weight_range": weight_range, "other_matmuls": other},
                 "layers": [{"heavy_precision": "fp32", "light_precision": light}]}
 
-    assert _weight_range_line(manifest("full", "fp32")) is None
-    assert "CPUs without VNNI saturate" in (_weight_range_line(manifest("full", "int8")) or "")
-    assert "within +-64" in (_weight_range_line(manifest("reduced", "fp32", other="int8")) or "")
+    assert weight_range_line(manifest("full", "fp32")) is None
+    assert "CPUs without VNNI saturate" in (weight_range_line(manifest("full", "int8")) or "")
+    assert "within +-64" in (weight_range_line(manifest("reduced", "fp32", other="int8")) or "")

@@ -235,10 +235,10 @@ def test_an_interrupt_caught_inside_exec_still_exits_130(entry: str, tmp_path: P
     modules import) makes CPython end ``python -m`` by SIGINT (-2) although main() caught it: the flake
     the interrupted-export test showed under load. Here the interrupt lands inside exec() every time."""
     (tmp_path / "sitecustomize.py").write_text(
-        "import ffsplit.cli as cli\n"
+        "import ffsplit.cli.commands as commands\n"
         "def _interrupted(_args):\n"
         "    exec('raise KeyboardInterrupt')\n"
-        "cli._cmd_targets = _interrupted\n"
+        "commands.cmd_targets = _interrupted\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "ffsplit"] if entry == "-m" else [str(Path(sys.executable).parent / "ffsplit")]

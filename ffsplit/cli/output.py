@@ -1,0 +1,134 @@
+"""What the command line prints: one-line messages a terminal shows as they are, the tables and summary
+lines of each verb, and the --json files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ffsplit.jsonio import dumps
+
+
+def log(msg: str) -> None:
+    print(printable(f"[ffsplit] {msg}"), file=sys.stderr, flush=True)
+
+
+def write_json(path: str | None, data: Any) -> None:
+    from ffsplit.artifact import write_text_atomic
+
+    if path:
+        write_text_atomic(Path(path), dumps(data, indent=2) + "\n")
+
+
+def params_line(m: dict[str, Any]) -> str:
+    """Bytes first: an int8 or int4 light branch keeps its parameter count and shrinks its bytes."""
+    p = m["params"]
+    heavy = sum(r.get("heavy_bytes", 0) for r in m["layers"])
+    light = sum(r.get("light_bytes", 0) for r in m["layers"])
+    return (
+        f"FFN weights {p['ffn_bytes_before'] / 1e6:,.2f} MB -> {p['ffn_bytes_after'] / 1e6:,.2f} MB "
+        f"({p['ffn_bytes_reduction']:.1%} smaller; heavy {heavy / 1e6:,.2f} MB, light {light / 1e6:,.2f} MB); "
+        f"FFN parameters {p['ffn_before']:,} -> {p['ffn_after']:,} ({p['ffn_reduction']:.1%} fewer); "
+        f"model parameters {p['total_before']:,} -> {p['total_after']:,} ({p['total_reduction']:.1%} fewer)"
+    )
+
+
+def size_line(out: Path, m: dict[str, Any]) -> str:
+    """Size on disk: what the target runs beside the source's weights, and the whole folder."""
+    def size(paths: list[Path]) -> float:
+        return sum(q.stat().st_size for q in paths if q.is_file()) / 1e6
+
+    graph = size([out / name for name in m["files"] if name == "model.onnx" or name.startswith("model.onnx.")])
+    source = Path(m["source"]["path"])
+    weights = size([*source.glob("*.safetensors")]) if source.is_dir() else 0.0
+    total = size([out / name for name in m["files"]])
+    return (f"on disk: model.onnx {graph:,.1f} MB (source weights {weights:,.1f} MB); the folder {total:,.1f} MB "
+            "(with split.safetensors for check and the runtime's files)")
+
+
+def layer_table(m: dict[str, Any]) -> str:
+    head = (
+        f"{'layer':>5} {'d_ff':>6} {'heavy':>6} {'light':>6} {'light params':>13} {'FFN bytes':>10} {'recipe':<22} "
+        f"{'precision (h/l)':<16} {'heavy score':>11} {'light err in/out':>17}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in m["layers"]:
+        err = "/".join("-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("light_in_error", "light_out_error"))
+        err = "-" if err == "-/-" else err
+        lines.append(
+            f"{r['layer']:>5} {r['d_ff']:>6} {r['heavy']:>6} {r['light']:>6} {r['light_params']:>13,} "
+            f"{r.get('ffn_bytes_after', 0):>10,} {r['light_recipe']:<22} "
+            f"{r['heavy_precision'] + '/' + r['light_precision']:<16} {r['heavy_score_share']:>10.1%} {err:>17}"
+        )
+    return "\n".join(lines)
+
+
+def graph_table(graphs: dict[str, Any]) -> str:
+    """Per layer and branch: ops and realised precision in each graph (exported, then each runtime's)."""
+    lines = []
+    for name, summary in graphs.items():
+        lines.append(f"graph {name}:")
+        if "error" in summary:
+            lines.append(f"  {summary['error']}")
+            continue
+        lines.append(f"  {'layer':>5} {'branch':<6} {'precision':<10} ops")
+        for layer, branches in summary.items():
+            for branch, entry in branches.items():
+                ops = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in entry["ops"].items())
+                lines.append(f"  {layer:>5} {branch:<6} {','.join(entry['precisions']) or '-':<10} {ops}")
+    return "\n".join(lines)
+
+
+def weight_range_line(m: Any) -> str | None:
+    """Which int8 weight range the export used, when it quantised anything to int8: it decides where it runs well."""
+    tgt = m["target"]
+    int8 = tgt.get("other_matmuls") == "int8" or any(
+        "int8" in (row.get("heavy_precision"), row.get("light_precision")) for row in m["layers"])
+    if not int8:
+        return None
+    if tgt.get("int8_weight_range") == "full":
+        return ("int8 weights: full range (+-127); CPUs without VNNI saturate on them: to run there, export "
+                "with a target file saying int8_weight_range = \"reduced\"")
+    return "int8 weights: within +-64, safe on CPUs without VNNI (on one with VNNI, int8_weight_range = \"full\" is more accurate)"
+
+
+def print_layers(results: list[Any]) -> bool:
+    """Print the per-module table and the first divergence; True when one crossed its tolerance."""
+    from ffsplit.parity.layers import first_failure
+
+    head = f"{'layer':>5} {'module':<52} {'op':<22} {'precision':<10} {'max_abs':>10} {'tolerance':>10} result"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r.layer:>5} {r.module:<52} {r.op_type:<22} {r.precision or '-':<10} {r.max_abs:>10.3g} "
+              f"{r.tolerance:>10.3g} {'pass' if r.passed else 'FAIL'}")
+    bad = first_failure(results)
+    if bad is None:
+        print(f"all {len(results)} FFN module outputs within tolerance")
+        return False
+    print(
+        f"ffsplit: check failed: first divergence at layer {bad.layer}, {bad.module}: {bad.op_type} '{bad.node}'"
+        f"{' (' + bad.precision + ')' if bad.precision else ''} max abs {bad.max_abs:.3g} > {bad.tolerance:.3g}",
+        file=sys.stderr,
+    )
+    return True
+
+
+def accuracy_table(accuracy: dict[str, Any]) -> str:
+    """Both bench models' accuracy against the original torch model, one row each."""
+    names = list(accuracy["original"])
+    head = f"accuracy vs the original torch model on {accuracy['texts']} evaluation texts\n{'model':<10} " + " ".join(
+        f"{n:>15}" for n in names)
+    rows = [f"{m:<10} " + " ".join(f"{accuracy[m][n]:>15.4f}" for n in names) for m in ("original", "ffsplit")]
+    return "\n".join([head, *rows])
+
+
+MESSAGE_LIMIT = 2000  # characters of one error line: a value echoed from a file is cut, never printed whole
+
+
+def printable(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` on one line a terminal shows as it is: every character that is not printable (ESC, line and
+    paragraph separators, bidirectional marks, ...) escaped, and anything past ``limit`` cut."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
