@@ -6,8 +6,6 @@ so the Python API and the command line cannot drift apart.
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -20,6 +18,7 @@ from ffsplit.artifact import (
     LoadedArtifact,
     check_external_data,
     holds_folder,
+    link_or_copy,
     list_files,
     not_deployed,
     open_artifact,
@@ -83,8 +82,7 @@ def check(
     unchanged, or the bundled set).
     """
     from ffsplit import resources
-    from ffsplit.limits import TASK_METRICS
-    from ffsplit.plan import check_overrides
+    from ffsplit.plan import applied_limits, check_overrides
     from ffsplit.runtimes.base import make_runner
     from ffsplit.stages import verify
 
@@ -96,11 +94,7 @@ def check(
     require_unpacked(art, "check")
     require_supported(art.target)
     m = art.manifest
-    wanted = {k: v for k, v in (limits or {}).items() if v is not None}
-    missing = sorted(set(wanted) - set(TASK_METRICS[m.task]))
-    if missing:
-        raise UsageError(f"--limit {', '.join(missing)}: {m.task} does not measure it; use {', '.join(TASK_METRICS[m.task])}")
-    applied = {name: {**lims, **(wanted if name != "fidelity" else {})} for name, lims in m.limits.items()}
+    applied = applied_limits(m.task, m.limits, limits)
     texts = _check_texts(m, eval_file, eval_size)
     if log:
         log("loading the source model ...")
@@ -294,21 +288,13 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
     """
     from ffsplit.parity.golden import replay_golden
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.runtimes.targets import load_target
     from ffsplit.stages import verify
 
     if tolerance is not None:
         bounds.require_float("--tolerance", tolerance, 0.0, 1e6)
     art = open_artifact(folder)
     exported = Target.from_json(art.manifest["target"])
-    tgt = exported if target is None else load_target(target)
-    differ = exported.graph_differences(tgt)
-    if differ:
-        raise UsageError(f"target '{tgt.name}' needs another graph than the one exported for '{exported.name}' "
-                         f"({'; '.join(differ)}): re-run ffsplit export --target {target}")
-    if tgt.ir_compression and tgt.name != exported.name:
-        raise UsageError(f"the NNCF IR of this artifact belongs to '{exported.name}': build it under that name")
-    require_supported(tgt)
+    tgt = _build_target(exported, target)
     m = art.manifest
     mine = f"{RUNTIME_DIR}/{tgt.name}/"
     # the IR NNCF made at export is the graph the target runs; everything else there is rebuilt
@@ -316,7 +302,7 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
     with staged_output(art.folder, force=True) as stage:
         for rel in kept:  # linked, not copied: nothing below writes into a kept file
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(art.folder / rel, stage / rel, copy=rel.startswith(mine))
+            link_or_copy(art.folder / rel, stage / rel, copy=rel.startswith(mine))
         # the files as staged are the ones verified (the folder may have changed since it was opened)
         check_staged = {**m, "files": {rel: m.files[rel] for rel in kept}}
         from ffsplit.artifact import verify_files
@@ -346,14 +332,20 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
         return write_manifest(stage, manifest)
 
 
-def _link_or_copy(src: Path, dst: Path, *, copy: bool) -> None:
-    if not copy:
-        try:
-            os.link(src, dst, follow_symlinks=False)
-            return
-        except OSError:  # another file system, or links not allowed: a copy is the same file
-            pass
-    shutil.copyfile(src, dst, follow_symlinks=False)
+def _build_target(exported: Target, target: str | None) -> Target:
+    """What ``build`` builds for: the export's target, or ``target`` when it runs the same graph (and, for an NNCF
+    IR, has the same name); UsageError otherwise, or when it cannot run on this machine."""
+    from ffsplit.runtimes.targets import load_target
+
+    tgt = exported if target is None else load_target(target)
+    differ = exported.graph_differences(tgt)
+    if differ:
+        raise UsageError(f"target '{tgt.name}' needs another graph than the one exported for '{exported.name}' "
+                         f"({'; '.join(differ)}): re-run ffsplit export --target {target}")
+    if tgt.ir_compression and tgt.name != exported.name:
+        raise UsageError(f"the NNCF IR of this artifact belongs to '{exported.name}': build it under that name")
+    require_supported(tgt)
+    return tgt
 
 
 def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:

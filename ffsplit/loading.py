@@ -113,6 +113,34 @@ class LoadedModel:
     task: Any  # ffsplit.tasks.TaskSpec
 
 
+def _load_tokenizer(spec: str, path: Path, padding_side: str, trust_remote_code: bool) -> Any:
+    """The model folder's tokenizer, padding on ``padding_side`` (a decoder's eos pads when it has no pad token);
+    UsageError when the folder has none, or one that cannot be real."""
+    import transformers
+
+    # transformers 5 builds an empty-vocabulary tokenizer for a folder without tokenizer files
+    # (every word becomes [UNK]), so calibration would run on nothing; refuse instead.
+    if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise UsageError(
+            f"'{spec}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): copy them into the model folder"
+        )
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
+        raise UsageError(f"cannot load the tokenizer of '{spec}' ({type(exc).__name__}): add tokenizer files to the folder") from None
+    if len(tokenizer) < 100:
+        raise UsageError(f"the tokenizer of '{spec}' has only {len(tokenizer)} tokens: add its real tokenizer files")
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        # Decoder tokenizers often have no pad token; padded positions are masked out anyway.
+        if tokenizer.eos_token is None:
+            raise UsageError(f"the tokenizer of '{spec}' has neither a pad nor an eos token: add a pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code: bool = False) -> LoadedModel:
     """Load MODEL for ``task`` (``auto`` picks one) and its tokenizer, in eval mode, offline, from safetensors."""
     from ffsplit.tasks import get_task
@@ -130,26 +158,7 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    # transformers 5 builds an empty-vocabulary tokenizer for a folder without tokenizer files
-    # (every word becomes [UNK]), so calibration would run on nothing; refuse instead.
-    if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
-        raise UsageError(
-            f"'{spec}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): copy them into the model folder"
-        )
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except Exception as exc:  # transformers raises many types for a missing or broken tokenizer
-        raise UsageError(f"cannot load the tokenizer of '{spec}' ({type(exc).__name__}): add tokenizer files to the folder") from None
-    if len(tokenizer) < 100:
-        raise UsageError(f"the tokenizer of '{spec}' has only {len(tokenizer)} tokens: add its real tokenizer files")
-    tokenizer.padding_side = task_spec.padding_side
-    if tokenizer.pad_token is None:
-        # Decoder tokenizers often have no pad token; padded positions are masked out anyway.
-        if tokenizer.eos_token is None:
-            raise UsageError(f"the tokenizer of '{spec}' has neither a pad nor an eos token: add a pad token")
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _load_tokenizer(spec, path, task_spec.padding_side, trust_remote_code)
     import torch
 
     torch.manual_seed(0)  # a head the checkpoint lacks is initialised the same way every run

@@ -131,22 +131,66 @@ def _check_numbers(o: ExportOptions) -> None:
     bounds.require_int("--max-length", o.max_length, 2, bounds.MAX_LENGTH)
 
 
+def applied_limits(task: str, exported: dict[str, dict[str, float]], limits: dict[str, float] | None,
+                   ) -> dict[str, dict[str, float]]:
+    """What ``check`` holds an artifact to: the limits it was exported with, the user's ``--limit`` values in
+    place of its limits on what compression may cost (fidelity is never relaxed); UsageError for a metric the
+    task does not measure."""
+    from ffsplit.limits import TASK_METRICS
+
+    wanted = {k: v for k, v in (limits or {}).items() if v is not None}
+    missing = sorted(set(wanted) - set(TASK_METRICS[task]))
+    if missing:
+        raise UsageError(f"--limit {', '.join(missing)}: {task} does not measure it; use {', '.join(TASK_METRICS[task])}")
+    return {name: {**lims, **(wanted if name != "fidelity" else {})} for name, lims in exported.items()}
+
+
 def resolve(o: ExportOptions) -> ExportPlan:
     """The plan for ``o``; UsageError for anything wrong that can be found without loading the model."""
     from ffsplit.artifact import resolve_out
     from ffsplit.exporter.export import EXPORTERS
     from ffsplit.limits import limits_for
-    from ffsplit.loading import read_config, resolve_model
-    from ffsplit.split.apply import heavy_count
-    from ffsplit.split.budget import parse_budget
     from ffsplit.split.calibration import calibration_texts, eval_texts
-    from ffsplit.split.compress import INT8_QMAX, parse_heavy, parse_light
-    from ffsplit.tasks import get_task
+    from ffsplit.split.compress import INT8_QMAX, parse_light
 
     tgt = load_target(o.target)
     deferred = tgt.unavailable_reason()
     if deferred and not tgt.on_gpu:  # a CPU runtime missing here is an install step, not a build for elsewhere
         require_supported(tgt)
+    recipe, heavy, heavy_ratio, budget = _recipe(o, tgt)
+    nncf = tgt.ir_compression
+    # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
+    light_float = tgt.light_precision if tgt.light_precision in HALF_FLOATS and not recipe.quant else "fp32"
+    require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
+    # exact only if nothing else in the graph is quantised either (cpu-int8-full's attention projections)
+    exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32" and not nncf
+    overrides = {"cosine_mean": o.min_cosine, "retrieval_at10": o.min_retrieval, **(o.limits or {})}
+    check_overrides(overrides)
+    if o.exporter not in ("auto", *EXPORTERS):
+        raise UsageError(f"unknown exporter '{o.exporter}': use auto, {' or '.join(EXPORTERS)}")
+    _check_numbers(o)
+    texts = calibration_texts(o.calib, limit=o.calib_size, max_length=o.max_length)
+    evaluation = eval_texts(o.eval, limit=o.eval_size, max_length=o.max_length)
+    source_dir, spec, pooling, exporters = _source(o, tgt)
+    return ExportPlan(
+        options=o, target=tgt, recipe=recipe, heavy=heavy, heavy_ratio=heavy_ratio, budget=budget, nncf=nncf,
+        light_float=light_float, planned_light=nncf or light_float, exact=exact,
+        # runtimes that round activations to int8 get the light input projections smoothed
+        smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
+        int8_qmax=INT8_QMAX[tgt.int8_weight_range], overrides=overrides, exporters=exporters, texts=texts,
+        eval_texts=evaluation, pooling=pooling,
+        source_dir=source_dir, task=spec, limits=limits_for(tgt, spec.name, exact=exact, overrides=overrides),
+        out=resolve_out(o.out), given_out=o.out, deferred=deferred,
+    )
+
+
+def _recipe(o: ExportOptions, tgt: Target) -> tuple[LightRecipe, str, float, tuple[str, float] | None]:
+    """The light recipe, heavy precision, heavy ratio and budget the options and the target make; UsageError
+    for a combination the target cannot run."""
+    from ffsplit.split.apply import heavy_count
+    from ffsplit.split.budget import parse_budget
+    from ffsplit.split.compress import parse_heavy, parse_light
+
     budget = None
     if o.budget is not None:
         if o.light is not None or o.heavy_ratio is not None:
@@ -170,45 +214,34 @@ def resolve(o: ExportOptions) -> ExportPlan:
             f"({'with activation scales of its own' if nncf == 'int8' else 'weights per channel'}): "
             "use --heavy fp32 or --heavy int8"
         )
-    # A float light precision (GPU targets) applies to recipes without a quantiser of their own.
-    light_float = tgt.light_precision if tgt.light_precision in HALF_FLOATS and not recipe.quant else "fp32"
-    require_precisions(tgt, heavy, [recipe] if budget is None else [parse_light("int4")])
-    # exact only if nothing else in the graph is quantised either (cpu-int8-full's attention projections)
-    exact = recipe.exact and heavy == "fp32" and budget is None and tgt.other_matmuls == "fp32" and not nncf
     heavy_count(1 << 20, heavy_ratio)  # range check only
-    overrides = {"cosine_mean": o.min_cosine, "retrieval_at10": o.min_retrieval, **(o.limits or {})}
-    check_overrides(overrides)
-    if o.exporter not in ("auto", *EXPORTERS):
-        raise UsageError(f"unknown exporter '{o.exporter}': use auto, {' or '.join(EXPORTERS)}")
-    _check_numbers(o)
-    texts = calibration_texts(o.calib, limit=o.calib_size, max_length=o.max_length)
-    evaluation = eval_texts(o.eval, limit=o.eval_size, max_length=o.max_length)
+    return recipe, heavy, heavy_ratio, budget
+
+
+def _source(o: ExportOptions, tgt: Target) -> tuple[Path, TaskSpec, Pooling | None, tuple[str, ...]]:
+    """The source model's folder, its task, a sentence-transformers source's pooling and the exporters to try;
+    UsageError for an unknown task, or a task the target is not for."""
+    from ffsplit.exporter.export import EXPORTERS
+    from ffsplit.loading import read_config, resolve_model
+    from ffsplit.tasks import get_task
+
     source_dir = resolve_model(o.model)
     spec = get_task(o.task, read_config(source_dir))  # an unknown task fails before any work
-    if nncf == "int4" and spec.name == "feature-extraction":
+    if tgt.ir_compression == "int4" and spec.name == "feature-extraction":
         # NNCF keeps a model's last multiply int8 (for a decoder, its LM head): in an encoder's token output
         # that is the last layer's light branch, which the guard would then find at int8, not int4
         raise UsageError(
             f"target '{tgt.name}' is for decoders: NNCF keeps the last multiply int8, which in a "
             "feature-extraction graph is the last FFN's light branch; use openvino-int8 or cpu-int4"
         )
-    # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
-    # path for a KV cache: dynamo's own error is the useful one.
     pooling = None
     if spec.pooled and (source_dir / "modules.json").is_file():
         from ffsplit.pooling import read_pooling
 
         pooling = read_pooling(source_dir, default_length=None)  # its sentence_embedding goes in the graph
+    # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
+    # path for a KV cache: dynamo's own error is the useful one.
     exporters = EXPORTERS if o.exporter == "auto" else (o.exporter,)
     if spec.past and o.exporter == "auto":
         exporters = ("dynamo",)
-    return ExportPlan(
-        options=o, target=tgt, recipe=recipe, heavy=heavy, heavy_ratio=heavy_ratio, budget=budget, nncf=nncf,
-        light_float=light_float, planned_light=nncf or light_float, exact=exact,
-        # runtimes that round activations to int8 get the light input projections smoothed
-        smooth_alpha=SMOOTH_ALPHA if tgt.int8_compute in ("dynamic", "qdq") else None,
-        int8_qmax=INT8_QMAX[tgt.int8_weight_range], overrides=overrides, exporters=exporters, texts=texts,
-        eval_texts=evaluation, pooling=pooling,
-        source_dir=source_dir, task=spec, limits=limits_for(tgt, spec.name, exact=exact, overrides=overrides),
-        out=resolve_out(o.out), given_out=o.out, deferred=deferred,
-    )
+    return source_dir, spec, pooling, exporters

@@ -263,7 +263,7 @@ def main_in_process(*args: str) -> tuple[int, str]:
 def triton_installed() -> bool:
     """Whether the nvidia-pytriton wheel's server is where ``ffsplit serve`` looks (make test puts it there)."""
     from ffsplit.errors import UsageError
-    from ffsplit.serve.triton import triton_home
+    from ffsplit.serve.server import triton_home
 
     try:
         triton_home()

@@ -434,7 +434,7 @@ def test_triton_on_a_full_disk_leaves_nothing(tiny_none_artifact: Path, tmp_path
 @pytest.mark.skipif(not triton_installed(), reason="the nvidia-pytriton wheel is not installed (make test installs it)")
 def test_serve_interrupted_while_starting_stops_its_server(tiny_none_artifact: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import ffsplit.serve.triton as triton
+    import ffsplit.serve.server as server
 
     started: list[subprocess.Popen[bytes]] = []
     real_popen = subprocess.Popen
@@ -446,11 +446,11 @@ def test_serve_interrupted_while_starting_stops_its_server(tiny_none_artifact: P
     def interrupted(*_a: object, **_k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(triton.subprocess, "Popen", sleeper)
-    monkeypatch.setattr(triton, "_wait_ready", interrupted)
+    monkeypatch.setattr(server.subprocess, "Popen", sleeper)
+    monkeypatch.setattr(server, "_wait_ready", interrupted)
     workdirs_before = set(Path(tempfile.gettempdir()).glob("ffsplit-triton-*"))
     with pytest.raises(KeyboardInterrupt):
-        triton.start_server(tiny_none_artifact)
+        server.start_server(tiny_none_artifact)
     assert started and started[0].poll() is not None  # stopped, though it ran in a session of its own
     assert set(Path(tempfile.gettempdir()).glob("ffsplit-triton-*")) == workdirs_before
 

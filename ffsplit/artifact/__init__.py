@@ -6,6 +6,7 @@ trust (``reading``), manifest.json and verification (``verify``), the folder ope
 from ffsplit.artifact.fs import (
     check_output_file,
     finish_interrupted_runs,
+    link_or_copy,
     make_parents,
     not_an_artifact,
     output_lock,
@@ -56,11 +57,12 @@ from ffsplit.artifact.verify import (
 )
 
 __all__ = [
-    "EMBEDDED_KEY", "MANIFEST", "MANIFEST_MAX_BYTES", "MODEL_FILE", "RUNTIME_DIR", "SPLIT_WEIGHTS", "LoadedArtifact",
-    "check_embedded_manifest", "check_external_data", "check_output_file", "finish_interrupted_runs", "holds_folder",
-    "list_files", "make_parents", "not_an_artifact", "not_deployed", "onnx_metadata", "open_artifact", "output_lock",
-    "pack_artifact", "parse_json", "read_manifest", "read_utf8", "refuse_inside", "refuse_overlap",
-    "remove_empty_folders", "remove_tree", "require_built", "require_unpacked", "resolve_out", "safe_relative",
-    "sha256_file", "sha256_files", "signals_held", "staged_output", "unreplaced", "verify_artifact", "verify_files",
+    "EMBEDDED_KEY", "MANIFEST", "MANIFEST_MAX_BYTES", "MODEL_FILE", "RUNTIME_DIR", "SPLIT_WEIGHTS",
+    "LoadedArtifact", "check_embedded_manifest", "check_external_data", "check_output_file",
+    "finish_interrupted_runs", "holds_folder", "link_or_copy", "list_files", "make_parents",
+    "not_an_artifact", "not_deployed", "onnx_metadata", "open_artifact", "output_lock", "pack_artifact",
+    "parse_json", "read_manifest", "read_utf8", "refuse_inside", "refuse_overlap", "remove_empty_folders",
+    "remove_tree", "require_built", "require_unpacked", "resolve_out", "safe_relative", "sha256_file",
+    "sha256_files", "signals_held", "staged_output", "unreplaced", "verify_artifact", "verify_files",
     "versions", "write_manifest", "write_text_atomic",
 ]

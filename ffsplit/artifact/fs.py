@@ -313,3 +313,14 @@ def _check_replaceable(out: Path, *, force: bool) -> None:
         )
     if not force:
         raise UsageError(f"output folder '{out}' already exists: choose another --out or pass --force to replace it")
+
+
+def link_or_copy(src: Path, dst: Path, *, copy: bool) -> None:
+    """``dst`` as a hard link to ``src`` (a copy with ``copy``, or where links cannot be made)."""
+    if not copy:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            return
+        except OSError:  # another file system, or links not allowed: a copy is the same file
+            pass
+    shutil.copyfile(src, dst, follow_symlinks=False)

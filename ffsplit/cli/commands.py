@@ -273,7 +273,7 @@ def cmd_triton(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     import time
 
-    from ffsplit.serve.triton import start_server
+    from ffsplit.serve.server import start_server
 
     server = start_server(Path(a.dir), http_port=a.http_port, grpc_port=a.grpc_port, log=log)
     print(f"serving model '{server.model}' at http://{server.url}/v2/models/{server.model} (Ctrl-C stops)", flush=True)

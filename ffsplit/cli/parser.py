@@ -96,6 +96,12 @@ def _add_export(sub: Any) -> None:
 
 
 def _add_artifact_verbs(sub: Any) -> None:
+    _add_checks(sub)
+    _add_deployment(sub)
+
+
+def _add_checks(sub: Any) -> None:
+    """The verbs that re-run or measure an output folder: check, debug, bench, inspect."""
     c = sub.add_parser("check", help="re-run the separation guard and three-way parity of an output folder")
     c.add_argument("dir")
     c.add_argument("--eval-size", type=int, help="evaluation texts (default: as at export)")
@@ -138,6 +144,9 @@ def _add_artifact_verbs(sub: Any) -> None:
                    help="write the manifest and the per-graph summary as JSON to FILE, as other verbs do "
                    "(without FILE: print it)")
 
+
+def _add_deployment(sub: Any) -> None:
+    """The verbs that build, copy or serve an output folder: build, pack, triton, serve."""
     bd = sub.add_parser("build", help="build an output folder's runtime on this machine (e.g. the GPU one), guard it "
                         "and replay its golden outputs")
     bd.add_argument("dir")

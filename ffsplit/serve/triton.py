@@ -1,197 +1,32 @@
-"""Triton Inference Server: model repositories for artifacts, and a local server to serve one.
+"""Triton model repositories for artifacts.
 
 ``write_repository`` lays out a Triton model repository for an artifact: the
 onnxruntime backend for ONNX Runtime and OpenVINO targets, the tensorrt backend
-for engines, with ``config.pbtxt`` built from the model's signature, dynamic
-batching with preferred sizes from the target's batch range, an instance group
-per target kind, and sequence batching (one sequence per instance, in order)
-for KV-cache models. ``python_repository`` writes a Python-backend model that
-runs the artifact through ONNX Runtime, which is what the ``tritonserver``
-binary shipped in the ``nvidia-pytriton`` wheel can run (it has no onnxruntime
-backend inside). ``text_repository`` writes a Python-backend model that takes
-strings and returns what ``ffsplit.load`` gives (embeddings or logits), the
-slim artifact inside.
-
-``serve`` starts that binary. It needs the wheel's files, installed without
-its Python dependencies (they pin numpy below 2) into a folder of their own:
-``pip install --no-deps --target DIR nvidia-pytriton``, found through
-``$FFSPLIT_TRITON_HOME`` or ``<venv>/ffsplit-triton``, with numpy 1 for the
-wheel's backend stub in its ``stub-numpy`` folder.
+for engines, with ``config.pbtxt`` (``serve.config``) built from the model's
+signature, dynamic batching with preferred sizes from the target's batch range,
+an instance group per target kind, and sequence batching (one sequence per
+instance, in order) for KV-cache models. ``python_repository`` writes a
+Python-backend model that runs the artifact through ONNX Runtime, which is what
+the ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel can run (it
+has no onnxruntime backend inside; ``serve.server`` starts it).
+``text_repository`` writes a Python-backend model that takes strings and
+returns what ``ffsplit.load`` gives (embeddings or logits), the slim artifact
+inside.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import sysconfig
-import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, holds_folder, remove_tree, signals_held, staged_output
+from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, holds_folder, staged_output
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
-from ffsplit.signature import ELEMENT_TYPES, onnx_signature
+from ffsplit.serve.config import Signature, Tensor, model_config, signature, to_pbtxt
+from ffsplit.signature import onnx_signature
 from ffsplit.tasks import TASKS
-
-
-@dataclass
-class Tensor:
-    name: str
-    data_type: str
-    dims: list[int]  # without the batch dimension; -1 where dynamic
-
-
-@dataclass
-class Signature:
-    inputs: list[Tensor] = field(default_factory=list)
-    outputs: list[Tensor] = field(default_factory=list)
-
-
-def signature(model_path: Path) -> Signature:
-    """Inputs and outputs of an ONNX model, batch dimension dropped (Triton adds it with max_batch_size)."""
-    inputs, outputs = onnx_signature(model_path)
-
-    def tensors(values: dict[str, tuple[int, list[int | str]]]) -> list[Tensor]:
-        return [
-            Tensor(name, ELEMENT_TYPES.get(t, ("", "TYPE_FP32"))[1], [d if isinstance(d, int) and d > 0 else -1 for d in dims][1:])
-            for name, (t, dims) in values.items()
-        ]
-
-    return Signature(tensors(inputs), tensors(outputs))
-
-
-def model_config(
-    name: str, sig: Signature, *, platform: str | None, backend: str | None, shapes: dict[str, list[int]],
-    kind: str, sequence: bool, parameters: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The model configuration as a dict shaped like Triton's ModelConfig message."""
-    batch = shapes.get("batch", [1, 8, 32])
-    cfg: dict[str, Any] = {"name": name}
-    if platform:
-        cfg["platform"] = platform
-    if backend:
-        cfg["backend"] = backend
-    cfg["max_batch_size"] = int(batch[2])
-    cfg["input"] = [{"name": t.name, "data_type": t.data_type, "dims": t.dims} for t in sig.inputs]
-    cfg["output"] = [{"name": t.name, "data_type": t.data_type, "dims": t.dims} for t in sig.outputs]
-    preferred = sorted({b for b in (batch[1], batch[2]) if b > 1})
-    if sequence:
-        # one KV-cache sequence stays on one instance and its requests run in order
-        cfg["sequence_batching"] = {
-            "max_sequence_idle_microseconds": 5_000_000,
-            "oldest": {"max_candidate_sequences": int(batch[2]), "preferred_batch_size": preferred,
-                       "max_queue_delay_microseconds": 1000},
-        }
-    else:
-        cfg["dynamic_batching"] = {"preferred_batch_size": preferred, "max_queue_delay_microseconds": 1000}
-    cfg["instance_group"] = [{"count": 1, "kind": kind}]
-    if parameters:
-        cfg["parameters"] = [{"key": k, "value": {"string_value": v}} for k, v in parameters.items()]
-    return cfg
-
-
-_ENUMS = re.compile(r"^(TYPE_[A-Z0-9]+|KIND_[A-Z]+)$")
-
-
-def to_pbtxt(cfg: dict[str, Any], indent: int = 0) -> str:
-    """Protobuf text format for a ModelConfig dict (enums are bare words, strings quoted)."""
-    pad = "  " * indent
-    lines = []
-    for key, value in cfg.items():
-        items = value if isinstance(value, list) and value and isinstance(value[0], dict) else [value]
-        for item in items:
-            if isinstance(item, dict):
-                lines.append(f"{pad}{key} {{\n{to_pbtxt(item, indent + 1)}{pad}}}")
-            elif isinstance(item, list):
-                lines.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in item)}]")
-            else:
-                lines.append(f"{pad}{key}: {_scalar(item)}")
-    return "".join(line + "\n" for line in lines)
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, str) and _ENUMS.match(v):
-        return v
-    return dumps(str(v))
-
-
-_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)|("(?:[^"\\]|\\.)*")|(-?[0-9.eE+-]+)|([{}\[\]:,]))')
-
-
-def parse_pbtxt(text: str) -> dict[str, Any]:
-    """Parse the protobuf text format back into a dict (repeated fields become lists); for checking configs."""
-    tokens = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            if text[pos:].strip() == "":
-                break
-            raise ValueError(f"unexpected text at {pos}: {text[pos:pos + 20]!r}")
-        pos = m.end()
-        if m.group(1):
-            continue
-        tokens.append(m.group(0).strip())
-    tokens = [t for t in tokens if t]
-    i = 0
-
-    def value(tok: str) -> Any:
-        if tok.startswith('"'):
-            return json.loads(tok)
-        if tok in ("true", "false"):
-            return tok == "true"
-        if re.fullmatch(r"-?\d+", tok):
-            return int(tok)
-        try:
-            return float(tok)
-        except ValueError:
-            return tok
-
-    def message(end: str | None) -> dict[str, Any]:
-        nonlocal i
-        out: dict[str, Any] = {}
-        while i < len(tokens) and tokens[i] != end:
-            key = tokens[i]
-            i += 1
-            if tokens[i] == ":":
-                i += 1
-            if tokens[i] == "{":
-                i += 1
-                item: Any = message("}")
-                i += 1
-            elif tokens[i] == "[":
-                i += 1
-                item = []
-                while tokens[i] != "]":
-                    if tokens[i] != ",":
-                        item.append(value(tokens[i]))
-                    i += 1
-                i += 1
-            else:
-                item = value(tokens[i])
-                i += 1
-            if key in out:
-                out[key] = (out[key] if isinstance(out[key], list) and isinstance(item, dict) else [out[key]]) + [item]
-            else:
-                out[key] = item
-        return out
-
-    return message(None)
-
 
 # What ffsplit accepts as a Triton model name: one plain path component inside the repository.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -440,172 +275,6 @@ def python_model(
     return model_dir
 
 
-STUB_NUMPY = "stub-numpy"
 TEXT_TASKS = tuple(name for name, task in TASKS.items() if not task.decoder)
 
 
-def site_packages() -> str:
-    """This environment's package folders, for the Python backend stub of a server ``ffsplit serve`` starts."""
-    return os.pathsep.join(sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}))
-
-
-def triton_home() -> Path:
-    """Where the nvidia-pytriton wheel's files are (its ``pytriton/tritonserver`` folder inside)."""
-    candidates = []
-    if os.environ.get("FFSPLIT_TRITON_HOME"):
-        candidates.append(Path(os.environ["FFSPLIT_TRITON_HOME"]))
-    candidates.append(Path(sys.prefix) / "ffsplit-triton")
-    for c in candidates:
-        if (c / "pytriton" / "tritonserver" / "bin" / "tritonserver").is_file():
-            return c
-    raise UsageError(
-        "no tritonserver found: pip install --no-deps --target "
-        f"{Path(sys.prefix) / 'ffsplit-triton'} nvidia-pytriton tritonclient (or set FFSPLIT_TRITON_HOME)"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    http_port: int
-    grpc_port: int
-    model: str
-    workdir: Path
-    text_model: str | None = None  # the text-in front end, for embedding and classification artifacts
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    def log_errors(self) -> list[str]:
-        """The error lines of the server's log so far."""
-        text = (self.workdir / "server.log").read_text(errors="replace")
-        if os.environ.get("FFSPLIT_TRITON_DEBUG"):
-            print(text, file=sys.stderr)
-        return [line for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
-
-    def how_it_ended(self) -> str:
-        """How the server process ended, with the last errors of its log (call once it has)."""
-        code = self.process.returncode
-        if code is not None and code < 0:
-            try:
-                how = f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"killed by signal {-code}"
-        else:
-            how = f"exit code {code}"
-        errors = self.log_errors()
-        return how + (": " + " | ".join(errors[-3:])[:600] if errors else "")
-
-    def stop(self) -> None:
-        """Stop the server and remove its folder; a second Ctrl-C meanwhile cannot cut this short."""
-        with signals_held():
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def start_server(artifact: Path | None = None, *, models: dict[str, Path] | None = None, http_port: int = 0,
-                 grpc_port: int = 0, timeout: float = 120.0, log: Any = None) -> Server:
-    """Start tritonserver on loopback serving ``artifact`` (Python backend + ONNX Runtime); wait until ready.
-
-    ``models`` (name -> ONNX file) serves plain ONNX files as well, e.g. the original model beside the split one.
-    """
-    home = triton_home()
-    server_dir = home / "pytriton" / "tritonserver"
-    stub = server_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise UsageError(f"the pytriton wheel has no Python backend stub for Python {sys.version_info.major}.{sys.version_info.minor}")
-    for flag, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
-        if port and not _port_free(port):
-            raise UsageError(f"port {port} on 127.0.0.1 is in use: pass {flag} with a free port, or {flag} 0 for any")
-    server: Server | None = None
-    work = Path(tempfile.mkdtemp(prefix="ffsplit-triton-"))
-    try:
-        backends = work / "backends" / "python"
-        backends.mkdir(parents=True)
-        for f in (server_dir / "backends" / "python").iterdir():
-            if f.is_file():
-                shutil.copy2(f, backends / f.name)
-        shutil.copy2(stub, backends / stub.name)  # the stub for this interpreter's Python version
-        # the wheel's backend stub is built against numpy 1's C API: with numpy 2 first on its path, string
-        # (BYTES) inputs arrive as garbage, so the stub gets the numpy 1 that `make` puts beside the wheel
-        stub = [str(home / STUB_NUMPY)] if (home / STUB_NUMPY / "numpy").is_dir() else []
-        names = []
-        text_model = None
-        if artifact is not None:
-            names.append(python_repository(artifact, work / "repo").name)
-            if text_served(artifact) and stub:
-                text_model = text_repository(artifact, work / "repo").name
-                names.append(text_model)
-            elif text_served(artifact) and log:
-                log(f"no text front end: its string inputs need numpy 1 for the server's Python stub: "
-                    f"pip install --no-deps --target {home / STUB_NUMPY} numpy==1.26.4 ml_dtypes==0.5.4")
-        for extra_name, path in (models or {}).items():
-            names.append(python_model(path, work / "repo", name=extra_name).name)
-        http_port = http_port or _free_port()
-        grpc_port = grpc_port or _free_port()
-        env = {
-            **os.environ,
-            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(home / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH")])),
-            "PYTHONPATH": os.pathsep.join(filter(None, [*stub, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])),
-            "FFSPLIT_SITE_PACKAGES": os.pathsep.join([*stub, site_packages()]),
-        }
-        cmd = [
-            str(server_dir / "bin" / "tritonserver"), f"--model-repository={work / 'repo'}",
-            f"--backend-directory={work / 'backends'}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
-            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--allow-metrics=false", "--log-verbose=0",
-        ]
-        with open(work / "server.log", "wb") as log_file:  # the child keeps its own descriptor
-            # its own session, so a Ctrl-C in the terminal reaches ffsplit, which stops it in order
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        server = Server(proc, http_port, grpc_port, names[0], work, text_model)
-        _wait_ready(server, names, timeout)
-        return server
-    except BaseException:
-        # an error or an interrupt during start-up: the server (in a session of its own, so no
-        # signal reaches it) is stopped here, and the temporary folder goes with it
-        if server is not None:
-            server.stop()
-        remove_tree(work)
-        raise
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _wait_ready(server: Server, names: list[str], timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.process.poll() is not None:
-            errors = server.log_errors()
-            hint = " (a port in use? pass --http-port / --grpc-port 0)" if any("address" in e.lower() for e in errors) else ""
-            raise UsageError(f"tritonserver ended while starting ({server.how_it_ended()})" + hint)
-        try:
-            ready = 0
-            for model_name in names:
-                with urllib.request.urlopen(f"http://{server.url}/v2/models/{model_name}/ready", timeout=2) as r:
-                    ready += r.status == 200
-            if ready == len(names):
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise UsageError(f"tritonserver did not become ready in {timeout:.0f} s")

@@ -1,4 +1,5 @@
-"""Turn a profiled model into a split one, and rebuild a split model from saved weights."""
+"""Turn a profiled model into a split one, layer by layer in place, with what the manifest records of each
+layer (``split/rebuild.py`` rebuilds a split model from the saved weights)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from ffsplit.split.compress import (
     activation_error,
     heavy_weight,
     lowrank_factors,
-    parse_light,
     quantize,
     smooth_int8,
 )
@@ -190,27 +190,35 @@ def split_layer(
             g = gate(light_idx)
             f_gate = None if g is None else (factors(g[0].to(wide), moment=profile.input_moment), g[1])
             light = lowrank_branch(f_in, _rows(ffn.b_in, light_idx), f_out, ffn.act, f_gate)
-    quantized: dict[str, Quantized] = {}
-    with torch.no_grad():
-        for name, lin in _weights(light).items():
-            if smooth_alpha is not None and recipe.quant == "int8" and name in ("fc_in", "fc_gate") \
-                    and profile.input_absmax is not None:
-                qw = smooth_int8(lin.weight.detach(), profile.input_absmax, smooth_alpha, int8_qmax)
-            else:
-                qw = quantize(lin.weight.detach(), recipe, int8_qmax)
-            if qw is not None:  # the branch holds the grid (1 byte a weight), the plan its digest
-                light.set_submodule(name, GridLinear.from_quantized(qw, lin.bias))
-                quantized[f"light.{name}.weight"] = qw.held()
-        for name, lin in _weights(heavy).items():
-            w, qw = heavy_weight(lin.weight.detach(), heavy_precision, int8_qmax)
-            if qw is not None:
-                heavy.set_submodule(name, GridLinear.from_quantized(qw, lin.bias))
-                quantized[f"heavy.{name}.weight"] = qw.held()
-            else:  # fp32 as it is, or rounded to fp16 / bf16 values
-                lin.weight = nn.Parameter(w, requires_grad=False)
+    quantized = _quantize_branches(heavy, light, profile, recipe, heavy_precision, smooth_alpha, int8_qmax)
     if not recipe.exact:
         errors = _light_errors(ffn, profile, light, light_idx, dropped, w_in_l, w_out_l)
     return SplitResult(SplitFFN(heavy, light, b_out, up), heavy_idx, errors, quantized)
+
+
+@torch.no_grad()
+def _quantize_branches(heavy: Branch, light: Branch, profile: LayerProfile, recipe: LightRecipe, heavy_precision: str,
+                       smooth_alpha: float | None, int8_qmax: int) -> dict[str, Quantized]:
+    """Put each branch's weights on its grid, in place (a quantised Linear becomes a GridLinear holding 1 byte a
+    weight; an fp32 heavy weight stays, or is rounded to fp16 / bf16 values); each grid's digest by weight path."""
+    quantized: dict[str, Quantized] = {}
+    for name, lin in _weights(light).items():
+        if smooth_alpha is not None and recipe.quant == "int8" and name in ("fc_in", "fc_gate") \
+                and profile.input_absmax is not None:
+            qw = smooth_int8(lin.weight.detach(), profile.input_absmax, smooth_alpha, int8_qmax)
+        else:
+            qw = quantize(lin.weight.detach(), recipe, int8_qmax)
+        if qw is not None:  # the branch holds the grid (1 byte a weight), the plan its digest
+            light.set_submodule(name, GridLinear.from_quantized(qw, lin.bias))
+            quantized[f"light.{name}.weight"] = qw.held()
+    for name, lin in _weights(heavy).items():
+        w, qw = heavy_weight(lin.weight.detach(), heavy_precision, int8_qmax)
+        if qw is not None:
+            heavy.set_submodule(name, GridLinear.from_quantized(qw, lin.bias))
+            quantized[f"heavy.{name}.weight"] = qw.held()
+        else:  # fp32 as it is, or rounded to fp16 / bf16 values
+            lin.weight = nn.Parameter(w, requires_grad=False)
+    return quantized
 
 
 def _factorizer(rank: int | None, profile: LayerProfile) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
@@ -275,7 +283,7 @@ def _light_errors(
     return {"light_in_error": err_in, "light_out_error": err_out}
 
 
-def _module_path(model: nn.Module, module: nn.Module) -> str:
+def module_path(model: nn.Module, module: nn.Module) -> str:
     for name, m in model.named_modules():
         if m is module:
             return name
@@ -324,109 +332,31 @@ def split_model(
         split = res.split
         adapter.install(layer, split)
         forget_file_pages(ffn.tensors())  # the replaced FFN's pages of a mapped checkpoint
-        module = _module_path(model, split)
+        module = module_path(model, split)
         indices[module] = res.heavy_idx
         quantized.update({f"{module}.{name}": q for name, q in res.quantized.items()})
-        # the bias, and the down form's shared up-projection, belong to neither branch
-        bias_bytes = 4 * (count_params(split) - count_params(split.heavy) - count_params(split.light))
-        heavy_bytes, light_bytes = res.nbytes("heavy"), res.nbytes("light")
-        plans.append(
-            LayerPlan(
-                layer=i, module=module, d_model=d_model, d_ff=d_ff, heavy=k, light=d_ff - k,
-                light_recipe=str(recipe), heavy_precision=planned_heavy or heavy_precision,
-                light_precision=recipe.quant or light_precision,
-                ffn_params_before=before, heavy_params=count_params(split.heavy),
-                light_params=count_params(split.light), ffn_params_after=count_params(split),
-                heavy_score_share=float(prof.scores[res.heavy_idx].sum() / prof.scores.sum()),
-                gated=ffn.w_gate is not None,
-                light_kept=split.light.fc_out.in_features if recipe.structure != "lowrank" else d_ff - k,
-                ffn_bytes_before=4 * before, heavy_bytes=heavy_bytes, light_bytes=light_bytes,
-                ffn_bytes_after=heavy_bytes + light_bytes + bias_bytes, **res.errors, split=form,
-            )
-        )
+        plans.append(_layer_plan(i, module, ffn, before, prof, res, recipe, planned_heavy or heavy_precision,
+                                 recipe.quant or light_precision, form))
     return plans, indices, quantized
 
 
-def split_state(model: nn.Module, plans: list[LayerPlan]) -> dict[str, torch.Tensor]:
-    """The weights of every SplitFFN, keyed by full parameter path (what split.safetensors holds)."""
-    state: dict[str, torch.Tensor] = {}
-    for plan in plans:
-        for name, p in model.get_submodule(plan.module).state_dict().items():
-            state[f"{plan.module}.{name}"] = p.detach().contiguous()
-    return state
-
-
-@torch.no_grad()
-def rebuild_split(
-    model: nn.Module, adapter: type[FFNAdapter], plans: list[dict], state: dict[str, torch.Tensor]
-) -> list[str]:
-    """Install SplitFFNs shaped by ``plans`` into ``model`` and load ``state`` into them; return every
-    claim of ``plans`` about the model that the model contradicts (``layer 0: d_ff 16777216, the model
-    has 64``), empty when all hold.
-
-    The skeleton comes from ``split_layer`` on a placeholder profile (no moments, no samples: no error
-    figures and zero low-rank factors, nothing of size d_ff^2): only its shapes matter, every weight is
-    then loaded from ``state``.
-    """
-    wrong: list[str] = []
-    for i, (plan, layer) in enumerate(zip(plans, adapter.layer_modules(model), strict=True)):
-        ffn = adapter.weights(layer)
-        d_ff, d_model = ffn.w_in.shape
-        before = ffn.params()
-        gated = ffn.w_gate is not None
-        placeholder = LayerProfile(
-            scores=torch.arange(d_ff, 0, -1, dtype=torch.float64), mean_abs_act=torch.ones(d_ff),
-            input_moment=None, act_moment=None, tokens=1,
-        )
-        recipe = parse_light(plan["light_recipe"])
-        split = split_layer(ffn, placeholder, plan["heavy"], recipe, form=plan.get("split", "both")).split
-        prefix = f"{plan['module']}."
-        mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        _grid_shells(split, mine, recipe.block)
-        split.load_state_dict(mine, strict=True)
-        adapter.install(layer, split)
-        forget_file_pages(ffn.tensors())
-        wrong.extend(_contradicted(plan, _layer_facts(i, model, split, d_model, d_ff, before, gated,
-                                                           recipe.structure == "lowrank")))
-    return wrong
-
-
-def _grid_shells(split: SplitFFN, state: dict[str, torch.Tensor], block: int) -> None:
-    """Make each Linear of ``split`` whose saved state is a grid (``<path>.scale``) a GridLinear of that
-    grid's form: the skeleton may have made it a plain one (a heavy branch quantised for the runtime) or a
-    grid of another form."""
-    for name, module in list(split.named_modules()):
-        if not isinstance(module, nn.Linear) or f"{name}.scale" not in state:
-            continue
-        scale = state[f"{name}.scale"]
-        bits = 8 if scale.dim() == 1 else 4
-        # the skeleton's own grid may lack what the export applied (SmoothQuant's factors): the state decides
-        split.set_submodule(name, GridLinear(
-            state[f"{name}.weight"], scale, state.get(f"{name}.zero_point"), state.get(f"{name}.smooth"),
-            module.bias, bits=bits, block=block if bits == 4 else None,
-        ))
-
-
-def _layer_facts(
-    i: int, model: nn.Module, split: SplitFFN, d_model: int, d_ff: int, before: int, gated: bool, lowrank: bool
-) -> dict[str, object]:
-    """What a manifest row may claim about a layer, as the model shows it."""
-    heavy, light = count_params(split.heavy), count_params(split.light)
-    facts: dict[str, object] = {
-        "layer": i, "module": _module_path(model, split), "d_model": d_model, "d_ff": d_ff,
-        "light": d_ff - split.heavy.fc_out.in_features, "gated": gated, "split": split.form,
-        "ffn_params_before": before, "ffn_bytes_before": 4 * before,
-        "heavy_params": heavy, "light_params": light, "ffn_params_after": count_params(split),
-    }
-    if not lowrank:  # a low-rank light branch keeps every light neuron, in factors
-        facts["light_kept"] = split.light.fc_out.in_features
-    return facts
-
-
-def _contradicted(plan: dict, facts: dict[str, object]) -> list[str]:
-    where = f"layer {facts['layer']}"
-    wrong = [f"{where}: {key} {plan[key]!r}, the model has {value!r}"
-             for key, value in facts.items() if key in plan and plan[key] != value]
-    if plan.get("heavy") is not None and plan["heavy"] + plan.get("light", 0) != facts["d_ff"]:
-        wrong.append(f"{where}: heavy {plan['heavy']} + light {plan.get('light')} is not d_ff {facts['d_ff']}")
-    return wrong
+def _layer_plan(i: int, module: str, ffn: FFNWeights, before: int, prof: LayerProfile, res: SplitResult,
+                recipe: LightRecipe, heavy_precision: str, light_precision: str, form: str) -> LayerPlan:
+    """What the manifest records of one layer's split: sizes, parameters and bytes per branch, precisions."""
+    split = res.split
+    d_ff, d_model = ffn.w_in.shape
+    k = res.heavy_idx.numel()
+    # the bias, and the down form's shared up-projection, belong to neither branch
+    bias_bytes = 4 * (count_params(split) - count_params(split.heavy) - count_params(split.light))
+    heavy_bytes, light_bytes = res.nbytes("heavy"), res.nbytes("light")
+    return LayerPlan(
+        layer=i, module=module, d_model=d_model, d_ff=d_ff, heavy=k, light=d_ff - k,
+        light_recipe=str(recipe), heavy_precision=heavy_precision, light_precision=light_precision,
+        ffn_params_before=before, heavy_params=count_params(split.heavy),
+        light_params=count_params(split.light), ffn_params_after=count_params(split),
+        heavy_score_share=float(prof.scores[res.heavy_idx].sum() / prof.scores.sum()),
+        gated=ffn.w_gate is not None,
+        light_kept=split.light.fc_out.in_features if recipe.structure != "lowrank" else d_ff - k,
+        ffn_bytes_before=4 * before, heavy_bytes=heavy_bytes, light_bytes=light_bytes,
+        ffn_bytes_after=heavy_bytes + light_bytes + bias_bytes, **res.errors, split=form,
+    )

@@ -67,8 +67,8 @@ def split_in_place(art: LoadedArtifact, loaded: LoadedModel) -> None:
 def _rebuild_into(art: LoadedArtifact, model: torch.nn.Module) -> None:
     from ffsplit.residency import hold_as_stored
     from ffsplit.split.adapters import find_adapter
-    from ffsplit.split.apply import rebuild_split
     from ffsplit.split.modules import count_params
+    from ffsplit.split.rebuild import rebuild_split
 
     adapter = find_adapter(model)
     state = read_split_weights(art.folder / SPLIT_WEIGHTS)

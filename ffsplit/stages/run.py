@@ -98,10 +98,9 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> Ex
     the split's before it is captured, and the torch model is freed once the graph is saved, before the
     runtime is built (a retry with the next exporter loads and splits the source again).
     """
-    from ffsplit import resources
-    from ffsplit.runtimes.openvino_ir import build_ir, weight_storage
+    from ffsplit.runtimes.openvino_ir import build_ir
     from ffsplit.split.modules import count_params
-    from ffsplit.stages import capture, prepare, verify
+    from ffsplit.stages import prepare, verify
     from ffsplit.stages import split as split_stage
 
     stages = Stages()
@@ -127,22 +126,14 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> Ex
                 loaded = prepare.load(plan)[0]
                 done = split_stage.split(plan, loaded, adapter, profiles)
         with stages.stage(f"export ({name})", log):
-            captured = capture.capture(plan, done.model, loaded.tokenizer, name)
-            if captured.model is not None:
-                passes = capture.graph_passes(plan, done.plans, done.grids, done.act_absmax,
-                                              store_weights=weight_storage(plan.target, done.model))
-                opset = capture.save(captured.model, passes, manifest, stage / MODEL_FILE)
-        if captured.model is None:
-            attempts.append({"exporter": name, "failed": captured.failure})
+            failure, opset = _capture_and_save(plan, done, loaded.tokenizer, name, manifest, stage)
+        if failure:
+            attempts.append({"exporter": name, "failed": failure})
             if log:
-                log(f"the {name} exporter failed: {captured.failure}")
+                log(f"the {name} exporter failed: {failure}")
             continue
-        captured = done = passes = None  # the graph is on disk: the torch model and the IR go before the runtime
-        resources.drop_weights(loaded.model)
-        loaded.model = None
-        resources.release_memory()
-        if log:
-            log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
+        done = None  # the graph is on disk: the torch model goes before the runtime
+        _free_torch(loaded, log)
         if plan.nncf:
             with stages.stage(f"{'quantize' if plan.nncf == 'int8' else 'compress'} (NNCF {plan.nncf})", log):
                 build_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
@@ -157,6 +148,13 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> Ex
             log(f"the {name} export missed fidelity; trying the next exporter")
     remove_tree(recorded)
     manifest.update(stages.record())
+    return _finish(plan, stage, manifest, report, attempts)
+
+
+def _finish(plan: ExportPlan, stage: Path, manifest: dict[str, Any], report: ParityReport | None,
+            attempts: list[dict[str, str]]) -> ExportResult:
+    """The manifest written into ``stage`` when parity passed; CheckFailed (with the manifest so far) when every
+    exporter failed or parity did not pass, and nothing is written."""
     if report is None:
         manifest["exporter"] = {"name": None, "attempts": attempts}
         raise CheckFailed(
@@ -168,6 +166,32 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> Ex
     if not report.passed:
         raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()), details=manifest)
     return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
+
+
+def _capture_and_save(plan: ExportPlan, done: Split, tokenizer: Any, exporter: str, manifest: dict[str, Any],
+                      stage: Path) -> tuple[str | None, int | None]:
+    """Capture the split model with ``exporter``, run the target's passes and save model.onnx into ``stage``:
+    (None, the graph's opset), or (why the exporter could not capture it, None)."""
+    from ffsplit.runtimes.openvino_ir import weight_storage
+    from ffsplit.stages import capture
+
+    captured = capture.capture(plan, done.model, tokenizer, exporter)
+    if captured.model is None:
+        return captured.failure, None
+    passes = capture.graph_passes(plan, done.plans, done.grids, done.act_absmax,
+                                  store_weights=weight_storage(plan.target, done.model))
+    return None, capture.save(captured.model, passes, manifest, stage / MODEL_FILE)
+
+
+def _free_torch(loaded: LoadedModel, log: Any) -> None:
+    """Let the torch model go (the graph is saved) before a runtime is built beside what is left."""
+    from ffsplit import resources
+
+    resources.drop_weights(loaded.model)
+    loaded.model = None
+    resources.release_memory()
+    if log:
+        log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
 
 
 def _split_and_save(

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from ffsplit.loading import LoadedModel
     from ffsplit.runtimes.targets import Target
+    from ffsplit.split.apply import LayerPlan
     from ffsplit.split.compress import LightRecipe
     from ffsplit.split.ffn_adapter import FFNAdapter
     from ffsplit.split.profile import LayerProfile
@@ -62,8 +63,9 @@ def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], prof
 
     from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.residency import hold_as_stored
-    from ffsplit.split.apply import split_model, split_state
+    from ffsplit.split.apply import split_model
     from ffsplit.split.profile import input_absmax
+    from ffsplit.split.rebuild import split_state
 
     per_layer, budget = _per_layer(plan, loaded, adapter, profiles)
     model = loaded.model
@@ -79,6 +81,26 @@ def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], prof
     if budget is not None:
         for plan_obj, row in zip(plan_objs, budget["plan"], strict=True):
             plan_obj.calib_error = row["error"]
+    _stored_bytes(plan, model, plan_objs)
+    grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
+    act_absmax = None
+    if plan.target.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):
+        # static activation scales: each int8 multiply's input range over the calibration text
+        absmax = input_absmax(
+            model, [p.removesuffix(".weight") for p, g in grids.items() if g.bits == 8], loaded.tokenizer,
+            plan.texts, max_length=plan.options.max_length, position_ids=loaded.task.position_ids,
+        )
+        act_absmax = {f"{k}.weight": v for k, v in absmax.items()}
+    hold_as_stored(model)  # the split's rows of a bf16 checkpoint stay bf16, computed in fp32
+    # every SplitFFN's weights as held: rows in the checkpoint's dtype, quantised weights as their grids
+    state = split_state(model, plan_objs)
+    state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
+    return Split(model, [p.to_json() for p in plan_objs], grids, act_absmax, state, budget)
+
+
+def _stored_bytes(plan: ExportPlan, model: torch.nn.Module, plan_objs: list[LayerPlan]) -> None:
+    """Each layer plan's byte counts as the runtime stores the branches (``split_model`` counts fp32 and the
+    int8 / int4 grids it made): NNCF's IR, fp16 / bf16 branches, the down form's shared up-projection."""
     if plan.nncf:  # the light weights (and NNCF's int8 heavy branch) as the IR stores them
         for p in plan_objs:
             light_bytes = round(p.light_params * _ir_bytes_per_param(plan.target))
@@ -103,17 +125,3 @@ def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], prof
         if up is not None:
             n = sum(t.numel() for name, t in up.named_parameters() if name.endswith("weight"))
             p.ffn_bytes_after -= round(n * (4.0 - per_param))
-    grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
-    act_absmax = None
-    if plan.target.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):
-        # static activation scales: each int8 multiply's input range over the calibration text
-        absmax = input_absmax(
-            model, [p.removesuffix(".weight") for p, g in grids.items() if g.bits == 8], loaded.tokenizer,
-            plan.texts, max_length=plan.options.max_length, position_ids=loaded.task.position_ids,
-        )
-        act_absmax = {f"{k}.weight": v for k, v in absmax.items()}
-    hold_as_stored(model)  # the split's rows of a bf16 checkpoint stay bf16, computed in fp32
-    # every SplitFFN's weights as held: rows in the checkpoint's dtype, quantised weights as their grids
-    state = split_state(model, plan_objs)
-    state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
-    return Split(model, [p.to_json() for p in plan_objs], grids, act_absmax, state, budget)

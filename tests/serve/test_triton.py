@@ -12,7 +12,8 @@ import pytest
 from conftest import triton_installed
 
 from ffsplit.errors import UsageError
-from ffsplit.serve.triton import Signature, Tensor, model_config, parse_pbtxt, to_pbtxt, write_repository
+from ffsplit.serve.config import Signature, Tensor, model_config, parse_pbtxt, to_pbtxt
+from ffsplit.serve.triton import write_repository
 
 
 def test_onnxruntime_repository_config_parses_back(tiny_none_artifact: Path, tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ def test_tensorrt_artifact_without_engine_is_refused(tiny_none_artifact: Path, t
 def test_real_server_answers_concurrent_requests_like_onnxruntime(tiny_none_artifact: Path) -> None:
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.targets import load_target
-    from ffsplit.serve.triton import start_server, triton_home
+    from ffsplit.serve.server import start_server, triton_home
 
     sys.path.insert(0, str(triton_home()))
     import tritonclient.http as httpclient

@@ -13,19 +13,13 @@ from hypothesis import strategies as st
 from ffsplit.errors import UsageError
 from ffsplit.loading import load_model
 from ffsplit.split.adapters import find_adapter
-from ffsplit.split.apply import (
-    heavy_count,
-    rebuild_split,
-    split_layer,
-    split_model,
-    split_state,
-    validate_recipe,
-)
+from ffsplit.split.apply import heavy_count, split_layer, split_model, validate_recipe
 from ffsplit.split.calibration import calibration_texts, encode_batches
 from ffsplit.split.compress import LightRecipe, onnx_digest, parse_light
 from ffsplit.split.ffn_adapter import FFNWeights
 from ffsplit.split.modules import GridLinear, SplitFFN
 from ffsplit.split.profile import LayerProfile, profile_model
+from ffsplit.split.rebuild import rebuild_split, split_state
 
 
 def _outputs(model: torch.nn.Module, tokenizer, texts: list[str]) -> torch.Tensor:  # noqa: ANN001
