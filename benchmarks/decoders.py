@@ -154,8 +154,8 @@ def _opened_target(folder: Path, base: str, form: str = "both", ratio: float | N
 
 def _fp32_export(model_dir: Path, out: Path, name: str = "fp32.onnx", target=None) -> Path:  # noqa: ANN001
     """The original with ffsplit's exporter (KV cache) and generic passes, fp32: what both peers start from.
-    For an OpenVINO peer (``target``, an int4 IR target) exported as ffsplit's export is for it: at the target's
-    opset, and with the weights NNCF compresses stored as the source stores them (``weight_storage``)."""
+    Exported as ffsplit's export is for ``target``: at its opset, and for an int4 IR target with the weights NNCF
+    compresses stored as the source stores them (``weight_storage``)."""
     from ffsplit.exporter import export_program, save_model
     from ffsplit.graph_passes.pipeline import baseline_passes, run_passes
     from ffsplit.loading import load_model
@@ -221,11 +221,14 @@ def peer_ov_int4(model_dir: Path, folder: Path, target, tokenizer=None, texts: l
 
 
 def peer_int4(model_dir: Path, out: Path) -> Path:
-    """The original with the same exporter (KV cache), every MatMul int4 by ONNX Runtime's MatMulNBitsQuantizer."""
+    """The original with the same exporter (KV cache, at the cpu-int4 target's opset), every MatMul int4 by ONNX
+    Runtime's MatMulNBitsQuantizer."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    fp32 = _fp32_export(model_dir, out)
+    from ffsplit.runtimes.targets import load_target
+
+    fp32 = _fp32_export(model_dir, out, target=load_target("cpu-int4"))  # at cpu-int4's opset, as ffsplit's is
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     quant = MatMulNBitsQuantizer(onnx.load(str(fp32)), block_size=32, is_symmetric=True, accuracy_level=4)
     quant.process()
@@ -373,15 +376,17 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
 
     work.mkdir(parents=True, exist_ok=True)
     paths = {}
+    opset = load_target("cpu-int4").opset
+    tag = f"-opset{opset}" if opset else ""  # a folder made at another opset is not reused
     for form in forms:  # each split form of the cpu-int4 target, exported once and kept in `work`
-        art = work / ("ffsplit-cpu-int4" if form == "both" else f"ffsplit-cpu-int4-{form}")
+        art = work / (("ffsplit-cpu-int4" if form == "both" else f"ffsplit-cpu-int4-{form}") + tag)
         if not (art / "manifest.json").is_file():
             export(model_dir, art, ["--target", str(_opened_target(work, "cpu-int4", form)), "--task", "causal-lm-with-past",
                                     "--calib-size", "32", "--eval-size", "16", "--max-length", "64",
                                     *RANDOM_WEIGHT_LIMITS])
         paths[f"ffsplit cpu-int4 split={form}"] = art / "model.onnx"
     peer = "ORT MatMulNBitsQuantizer int4"
-    paths[peer] = work / "ort-int4" / "model.onnx"
+    paths[peer] = work / f"ort-int4{tag}" / "model.onnx"
     if not paths[peer].is_file():
         peer_int4(model_dir, paths[peer].parent)
     target = load_target("cpu-int4")

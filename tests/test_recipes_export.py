@@ -126,6 +126,8 @@ def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(form: s
         # the shared up-projection counts as the int4 it is stored as, not as fp32
         assert all(p["ffn_bytes_after"] < 0.3 * p["ffn_bytes_before"] for p in m["layers"])
     assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
+    # opset 23: each layer's attention one ONNX Attention op over the KV cache (ONNX Runtime's own kernel)
+    assert m["exporter"]["opset"] == 23 and sum(n.op_type == "Attention" for n in graph.graph.node) == 2
     assert "QuantizeOtherMatMulsInt4Pass" in [p["pass"] for p in m["graph_passes"]]
     assert m["parity"]["comparisons"]["fidelity"]["metrics"]["max_abs"] > 1e-4  # the runtime rounds: not fp32-exact
 
