@@ -108,9 +108,7 @@ def check(
             log("rebuilding the split from split.safetensors ...")
         split_in_place(art, loaded)
         split = record(loaded.model, folder=Path(tmp) / "split", desc="split model")
-        resources.drop_weights(loaded.model)
-        loaded.model = None
-        resources.release_memory()
+        verify.free_model(loaded)
         if log:
             log("building the runtime session and checking branch separation ...")
         with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp) / "runtime") as runner:

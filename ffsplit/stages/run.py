@@ -133,7 +133,7 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> Ex
                 log(f"the {name} exporter failed: {failure}")
             continue
         done = None  # the graph is on disk: the torch model goes before the runtime
-        _free_torch(loaded, log)
+        verify.free_model(loaded, log)
         if plan.nncf:
             with stages.stage(f"{'quantize' if plan.nncf == 'int8' else 'compress'} (NNCF {plan.nncf})", log):
                 build_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
@@ -181,17 +181,6 @@ def _capture_and_save(plan: ExportPlan, done: Split, tokenizer: Any, exporter: s
     passes = capture.graph_passes(plan, done.plans, done.grids, done.act_absmax,
                                   store_weights=weight_storage(plan.target, done.model))
     return None, capture.save(captured.model, passes, manifest, stage / MODEL_FILE)
-
-
-def _free_torch(loaded: LoadedModel, log: Any) -> None:
-    """Let the torch model go (the graph is saved) before a runtime is built beside what is left."""
-    from ffsplit import resources
-
-    resources.drop_weights(loaded.model)
-    loaded.model = None
-    resources.release_memory()
-    if log:
-        log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
 
 
 def _split_and_save(

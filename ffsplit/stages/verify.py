@@ -93,3 +93,15 @@ def record(
     inputs = set(graph_input_names(tok, model, task))
     return RecordedOutputs.record(model, batches, task, inputs, folder, prompts=generation_prompts(tok, texts),
                                   progress=progress, desc=desc)
+
+
+def free_model(loaded: LoadedModel, log: Any = None) -> None:
+    """Let the loaded torch model go (its outputs are recorded, its graph saved) before a runtime is built
+    beside what is left: one model in memory at a time."""
+    from ffsplit import resources
+
+    resources.drop_weights(loaded.model)
+    loaded.model = None
+    resources.release_memory()
+    if log:
+        log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
