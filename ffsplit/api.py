@@ -15,16 +15,13 @@ from ffsplit import bounds
 from ffsplit.artifact import (
     MODEL_FILE,
     RUNTIME_DIR,
-    LoadedArtifact,
+    Artifact,
     check_external_data,
     holds_folder,
     link_or_copy,
     list_files,
     not_deployed,
-    open_artifact,
     pack_artifact,
-    require_built,
-    require_unpacked,
     staged_output,
     write_manifest,
 )
@@ -35,9 +32,13 @@ from ffsplit.stages.reload import load_source, rebuild, split_in_place
 from ffsplit.stages.run import ExportResult, run_export, utc_now
 
 __all__ = [
-    "ExportResult", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact", "open_artifact", "pack",
-    "targets",
+    "Artifact", "ExportResult", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact",
+    "open_artifact", "pack", "targets",
 ]
+
+# the names ffsplit.api has always had for an opened output folder
+LoadedArtifact = Artifact
+open_artifact = Artifact.open
 
 
 def export(model: str, out: str | Path, *, log: Any = None, progress: bool = True, **options: Any) -> ExportResult:
@@ -90,8 +91,7 @@ def check(
     if eval_size is not None:
         bounds.require_int("--eval-size", eval_size, bounds.MIN_EVAL_TEXTS, bounds.MAX_TEXTS)
     check_overrides(dict(limits or {}))
-    art = open_artifact(folder)
-    require_unpacked(art, "check")
+    art = Artifact.open(folder).require_unpacked("check")
     require_supported(art.target)
     m = art.manifest
     applied = applied_limits(m.task, m.limits, limits)
@@ -111,7 +111,7 @@ def check(
         verify.free_model(loaded)
         if log:
             log("building the runtime session and checking branch separation ...")
-        with make_runner(art.folder / MODEL_FILE, art.target, runtime_dir=Path(tmp) / "runtime") as runner:
+        with make_runner(art.model_path, art.target, runtime_dir=Path(tmp) / "runtime") as runner:
             separation = verify.guard(runner, m.layers)
             if log:
                 log("running parity ...")
@@ -124,12 +124,12 @@ def check(
     return report
 
 
-def _graph_pooling(art: LoadedArtifact) -> Any:
+def _graph_pooling(art: Artifact) -> Any:
     """The pooling behind an artifact's ``sentence_embedding`` output, or None when its graph has none."""
     from ffsplit.pooling import read_pooling
     from ffsplit.signature import SENTENCE_OUTPUT, onnx_signature
 
-    if SENTENCE_OUTPUT not in onnx_signature(art.folder / MODEL_FILE)[1]:
+    if SENTENCE_OUTPUT not in onnx_signature(art.model_path)[1]:
         return None
     return read_pooling(art.folder, default_length=None)
 
@@ -171,8 +171,7 @@ def debug(
     bounds.require_int("--batch", batch, 1, bounds.MAX_BATCH)
     if tolerance is not None:
         bounds.require_float("--tolerance", tolerance, 0.0, 1e6, lo_open=True)
-    art = open_artifact(folder)
-    require_unpacked(art, "debug")
+    art = Artifact.open(folder).require_unpacked("debug")
     require_supported(art.target)
     m = art.manifest
     loaded, split = rebuild(art, source, log)
@@ -180,16 +179,16 @@ def debug(
     texts = [t.text for t in evaluation_texts(batch)]
     enc = next(encode_batches(loaded.tokenizer, texts, batch_size=batch, max_length=m.max_length))
     try:
-        model = ir.load(art.folder / MODEL_FILE)
+        model = ir.load(art.model_path)
     except Exception as exc:
-        raise UsageError(f"cannot read {art.folder / MODEL_FILE} ({type(exc).__name__}): re-run ffsplit export") from None
+        raise UsageError(f"cannot read {art.model_path} ({type(exc).__name__}): re-run ffsplit export") from None
     if log:
         log("running split torch and the runtime with every FFN module's output exposed ...")
     graph_inputs = {v.name for v in model.graph.inputs}
     return compare_layers(
         split, model, lambda path: make_runner(path, art.target).activate(), enc,
         lambda mod, b: torch_output(mod, b, loaded.task, graph_inputs),
-        split_modules={p["module"]: p["layer"] for p in m.layers}, prefix=WRAPPER_PREFIX, tolerance=tol,
+        split_modules={p.module: p.layer for p in m.layers}, prefix=WRAPPER_PREFIX, tolerance=tol,
     )
 
 
@@ -216,8 +215,7 @@ def bench(
     bounds.require_float("--min-seconds", min_seconds, 0.0, bounds.MAX_SECONDS)
     if not batches or not sequences:
         raise UsageError("--batch and --seq each need at least one size")
-    art = open_artifact(folder)
-    require_built(art, "bench")
+    art = Artifact.open(folder).require_built("bench")
     require_supported(art.target)
     max_pos = art.manifest.source.max_positions
     for b in batches:
@@ -228,7 +226,7 @@ def bench(
     texts = [t.text for t in evaluation_texts(64)]
     rows = []
     with make_runner(baseline, art.target, timing=True) as orig, \
-            make_runner(art.folder / MODEL_FILE, art.target, timing=True) as split:
+            make_runner(art.model_path, art.target, timing=True) as split:
         names = list(split.input_signature())
         for b in batches:
             for s in sequences:
@@ -256,11 +254,11 @@ def bench_accuracy(
     from ffsplit.parity.check import runtime_accuracy
     from ffsplit.runtimes.base import make_runner
 
-    art = open_artifact(folder)
+    art = Artifact.open(folder)
     lossy = lossy_baseline(art.target)
     if lossy is None:
         return None
-    require_built(art, "bench")
+    art.require_built("bench")
     require_supported(art.target)
     m = art.manifest
     texts = _check_texts(m, None, None)
@@ -268,7 +266,7 @@ def bench_accuracy(
     baseline = baseline_onnx(art, loaded, log)
     if log:
         log(f"measuring both models' accuracy against the original on {len(texts)} evaluation texts ...")
-    with make_runner(baseline, art.target) as orig, make_runner(art.folder / MODEL_FILE, art.target) as split:
+    with make_runner(baseline, art.target) as orig, make_runner(art.model_path, art.target) as split:
         metrics = runtime_accuracy(loaded.model, {"original": orig, "ffsplit": split}, loaded.tokenizer, texts,
                                    loaded.task, batch_size=16, max_length=m.max_length)
     return {"baseline": lossy, "texts": len(texts), **metrics}
@@ -290,7 +288,7 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
 
     if tolerance is not None:
         bounds.require_float("--tolerance", tolerance, 0.0, 1e6)
-    art = open_artifact(folder)
+    art = Artifact.open(folder)
     exported = Target.from_json(art.manifest["target"])
     tgt = _build_target(exported, target)
     m = art.manifest
@@ -362,7 +360,7 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
     from ffsplit.graph_passes.precision import branch_summary, records_summary
     from ffsplit.runtimes.records import records_from_file
 
-    art = open_artifact(folder, verify=False)
+    art = Artifact.open(folder, verify=False)
     info = dict(art.manifest)
     if graphs:
         found: dict[str, Any] = {}

@@ -31,14 +31,13 @@ class Model:
     def __init__(self, folder: str | Path, *, verify: bool = True) -> None:
         from transformers import AutoTokenizer
 
-        from ffsplit.artifact import MODEL_FILE, open_artifact, require_built
+        from ffsplit.artifact import Artifact
         from ffsplit.runtimes.base import make_runner
         from ffsplit.runtimes.targets import require_supported
         from ffsplit.signature import onnx_signature
         from ffsplit.tasks import TASKS
 
-        self.artifact = open_artifact(folder, verify=verify)
-        require_built(self.artifact, "ffsplit.load")
+        self.artifact = Artifact.open(folder, verify=verify).require_built("ffsplit.load")
         require_supported(self.artifact.target)
         self.folder = self.artifact.folder
         self.task = TASKS[self.artifact.manifest.task]
@@ -52,8 +51,8 @@ class Model:
         max_positions = self.artifact.manifest.source.max_positions
         self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.pooled \
             else Pooling(max_seq_length=max_positions)
-        self.runner = make_runner(self.folder / MODEL_FILE, self.artifact.target).activate()
-        self.outputs = set(onnx_signature(self.folder / MODEL_FILE)[1])
+        self.runner = make_runner(self.artifact.model_path, self.artifact.target).activate()
+        self.outputs = set(onnx_signature(self.artifact.model_path)[1])
         self.generation_times: list[Any] = []  # GenerationTimes per batch of the last generate()
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from ffsplit.errors import UsageError
@@ -171,19 +171,79 @@ _COUNT = integer(0, BIG)
 _FRACTION = number(0.0, 1.0)
 _LIMITS = mapping(number(0.0, 1e6), max_len=32, key=re.compile(r"[a-z0-9_]{1,40}"))
 
-LAYER = table(
-    {
-        "layer": integer(0, 100_000), "module": text(512, _MODULE), "d_model": integer(1, 1 << 20),
-        "d_ff": integer(1, 1 << 24), "heavy": integer(0, 1 << 24), "light": integer(0, 1 << 24),
-        "light_recipe": text(200), "heavy_precision": _PRECISION, "light_precision": _PRECISION,
-        "ffn_params_before": _COUNT, "heavy_params": _COUNT, "light_params": _COUNT, "ffn_params_after": _COUNT,
-        "heavy_score_share": _FRACTION, "gated": boolean, "light_kept": optional(integer(0, 1 << 24)),
-        "ffn_bytes_before": _COUNT, "heavy_bytes": _COUNT, "light_bytes": _COUNT, "ffn_bytes_after": _COUNT,
-        "light_in_error": optional(number(0.0)), "light_out_error": optional(number(0.0)),
-        "calib_error": optional(number(0.0)), "split": text(choices=("both", "down")),
-    },
-    optional_keys=frozenset({"light_kept", "light_in_error", "light_out_error", "calib_error", "gated", "split"}),
-)
+@dataclass(kw_only=True)
+class LayerPlan:
+    """One row of the manifest's per-layer table: how one FFN was split (written by the split, read by every
+    verb through ``Manifest.layers``). A field with a default may be absent from a row."""
+
+    layer: int
+    module: str
+    d_model: int
+    d_ff: int
+    heavy: int
+    light: int
+    light_recipe: str
+    heavy_precision: str
+    light_precision: str
+    ffn_params_before: int
+    heavy_params: int
+    light_params: int
+    ffn_params_after: int
+    heavy_score_share: float
+    gated: bool | None = None  # None: not recorded
+    light_kept: int | None = None  # light neurons left after pruning (None: low rank, or not recorded)
+    # bytes as the runtime stores each part (``split.apply.Storage``)
+    ffn_bytes_before: int
+    heavy_bytes: int
+    light_bytes: int
+    ffn_bytes_after: int
+    light_in_error: float | None = None
+    light_out_error: float | None = None
+    calib_error: float | None = None  # budget mode: relative FFN output error on calibration inputs
+    split: str = "both"  # "down": one shared up-projection, only the down-projection split
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> LayerPlan:
+        """A row of a checked manifest (``LAYER``)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def lowrank(self) -> bool:
+        """Whether the light branch is low-rank factors (the recipe's structure, its first step)."""
+        return self.light_recipe.startswith("lowrank:")
+
+    @property
+    def projections(self) -> int:
+        """Matrix multiplies of one dense branch: its down-projection alone in the ``down`` form, else 2, or 3
+        when gated."""
+        return 1 if self.split == "down" else 3 if self.gated else 2
+
+
+# The bounds of each LayerPlan field; the fields with a default may be absent
+_LAYER_FIELDS: dict[str, Check] = {
+    "layer": integer(0, 100_000), "module": text(512, _MODULE), "d_model": integer(1, 1 << 20),
+    "d_ff": integer(1, 1 << 24), "heavy": integer(0, 1 << 24), "light": integer(0, 1 << 24),
+    "light_recipe": text(200), "heavy_precision": _PRECISION, "light_precision": _PRECISION,
+    "ffn_params_before": _COUNT, "heavy_params": _COUNT, "light_params": _COUNT, "ffn_params_after": _COUNT,
+    "heavy_score_share": _FRACTION, "gated": optional(boolean), "light_kept": optional(integer(0, 1 << 24)),
+    "ffn_bytes_before": _COUNT, "heavy_bytes": _COUNT, "light_bytes": _COUNT, "ffn_bytes_after": _COUNT,
+    "light_in_error": optional(number(0.0)), "light_out_error": optional(number(0.0)),
+    "calib_error": optional(number(0.0)), "split": text(choices=("both", "down")),
+}
+LAYER = table(_LAYER_FIELDS, optional_keys=frozenset(f.name for f in fields(LayerPlan) if f.default is not MISSING))
+
+
+def layer_totals(layers: list[LayerPlan]) -> dict[str, int]:
+    """The FFN totals the manifest's ``params`` records, summed over its rows."""
+    return {
+        "ffn_before": sum(p.ffn_params_before for p in layers), "ffn_after": sum(p.ffn_params_after for p in layers),
+        "ffn_bytes_before": sum(p.ffn_bytes_before for p in layers),
+        "ffn_bytes_after": sum(p.ffn_bytes_after for p in layers),
+    }
+
 
 SCHEMA = table(
     {
@@ -349,8 +409,8 @@ class Manifest(Mapping[str, Any]):
         return Source(s["spec"], s["path"], s["sha256"], s["model_type"], s["architecture"], s.get("max_positions"))
 
     @property
-    def layers(self) -> list[dict[str, Any]]:
-        return list(self._data["layers"])
+    def layers(self) -> list[LayerPlan]:
+        return [LayerPlan.from_json(row) for row in self._data["layers"]]
 
     @property
     def exact(self) -> bool:

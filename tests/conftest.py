@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -315,3 +316,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in gpu_tests:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def layer_plan(**fields: object) -> Any:
+    """A manifest row (``LayerPlan``) of one small dense layer, with ``fields`` changed."""
+    from ffsplit.manifest import LayerPlan
+
+    row: dict[str, Any] = dict(
+        layer=0, module="model.layers.0.mlp", d_model=8, d_ff=16, heavy=4, light=12, light_recipe="none",
+        heavy_precision="fp32", light_precision="fp32", ffn_params_before=256, heavy_params=64, light_params=192,
+        ffn_params_after=256, heavy_score_share=0.5, ffn_bytes_before=1024, heavy_bytes=256, light_bytes=768,
+        ffn_bytes_after=1024,
+    )
+    row.update(fields)
+    return LayerPlan(**row)

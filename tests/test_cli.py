@@ -262,11 +262,14 @@ def test_export_and_check_on_the_users_evaluation_text(tiny_bert_dir: Path, tmp_
 def test_the_export_report_says_which_int8_weight_range_was_used() -> None:
     """Full-range int8 weights run well only on CPUs with VNNI, so the report says which range an export used
     (and nothing when nothing is int8)."""
-    from ffsplit.cli.output import weight_range_line
+    from conftest import layer_plan
 
-    def manifest(weight_range: str, light: str, other: str = "fp32") -> dict:
-        return {"target": {"int8_weight_range": weight_range, "other_matmuls": other},
-                "layers": [{"heavy_precision": "fp32", "light_precision": light}]}
+    from ffsplit.cli.output import weight_range_line
+    from ffsplit.manifest import Manifest
+
+    def manifest(weight_range: str, light: str, other: str = "fp32") -> Manifest:
+        return Manifest({"target": {"int8_weight_range": weight_range, "other_matmuls": other},
+                         "layers": [layer_plan(light_precision=light).to_json()]})
 
     assert weight_range_line(manifest("full", "fp32")) is None
     assert "CPUs without VNNI saturate" in (weight_range_line(manifest("full", "int8")) or "")

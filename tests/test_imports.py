@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ffsplit.split", "ffsplit.exporter", "ffsplit.graph_passes", "ffsplit.runtimes", "ffsplit.parity", "ffsplit.bench"),
     # the output folder and what an artifact records: its manifest, source model, pooling and target
     ("ffsplit.artifact", "ffsplit.manifest", "ffsplit.loading", "ffsplit.residency", "ffsplit.pooling",
-     "ffsplit.runtimes.targets", "ffsplit.runtimes.target_schema"),
+     "ffsplit.runtimes.targets", "ffsplit.runtimes.target_schema", "ffsplit.runtimes.specs"),
     ("ffsplit.errors", "ffsplit.bounds", "ffsplit.jsonio", "ffsplit.resources", "ffsplit.precisions", "ffsplit.limits", "ffsplit.tasks", "ffsplit.signature",
      "ffsplit.version"),
 )

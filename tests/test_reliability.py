@@ -366,8 +366,8 @@ def test_an_artifact_replaced_while_it_is_read_is_refused(verb: str, tiny_none_a
                                                           tiny_lowrank_artifact: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import ffsplit.api
-    import ffsplit.artifact.pack
     import ffsplit.runtimes.base
+    from ffsplit.artifact import Artifact
 
     art = _copy(tiny_none_artifact, tmp_path)
     if verb == "check":
@@ -377,7 +377,7 @@ def test_an_artifact_replaced_while_it_is_read_is_refused(verb: str, tiny_none_a
         _swap_when_called(monkeypatch, ffsplit.runtimes.base, "make_runner", art, tiny_lowrank_artifact)
         argv = ["check", str(art), "--golden"]
     else:
-        _swap_when_called(monkeypatch, ffsplit.artifact.pack, "require_unpacked", art, tiny_lowrank_artifact)
+        _swap_when_called(monkeypatch, Artifact, "require_unpacked", art, tiny_lowrank_artifact)
         argv = ["pack", str(art), "--out", str(tmp_path / "slim")]
     code, err = _main(*argv)
     errors = [line for line in err.splitlines() if line.startswith("ffsplit:")]
@@ -388,15 +388,15 @@ def test_an_artifact_replaced_while_it_is_read_is_refused(verb: str, tiny_none_a
 def test_pack_refuses_a_file_changed_while_it_is_copied(tiny_none_artifact: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Changed in place, not renamed: the copy's hash must still be the verified one."""
-    import ffsplit.artifact.pack
+    from ffsplit.artifact import Artifact
 
     art = _copy(tiny_none_artifact, tmp_path)
-    original = ffsplit.artifact.pack.require_unpacked
+    original = Artifact.require_unpacked
 
     def tamper(*args: object, **kwargs: object) -> object:
         (art / "config.json").write_text((art / "config.json").read_text().replace("{", "{ ", 1))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ffsplit.artifact.pack, "require_unpacked", tamper)
+    monkeypatch.setattr(Artifact, "require_unpacked", tamper)
     code, err = _main("pack", str(art), "--out", str(tmp_path / "slim"))
     assert code == 2 and "changed while it was copied" in err and not (tmp_path / "slim").exists(), err

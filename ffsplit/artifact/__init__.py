@@ -29,11 +29,8 @@ from ffsplit.artifact.layout import (
     not_deployed,
 )
 from ffsplit.artifact.opened import (
-    LoadedArtifact,
+    Artifact,
     holds_folder,
-    open_artifact,
-    require_built,
-    require_unpacked,
     unreplaced,
     versions,
 )
@@ -58,11 +55,11 @@ from ffsplit.artifact.verify import (
 
 __all__ = [
     "EMBEDDED_KEY", "MANIFEST", "MANIFEST_MAX_BYTES", "MODEL_FILE", "RUNTIME_DIR", "SPLIT_WEIGHTS",
-    "LoadedArtifact", "check_embedded_manifest", "check_external_data", "check_output_file",
+    "Artifact", "check_embedded_manifest", "check_external_data", "check_output_file",
     "finish_interrupted_runs", "holds_folder", "link_or_copy", "list_files", "make_parents",
-    "not_an_artifact", "not_deployed", "onnx_metadata", "open_artifact", "output_lock", "pack_artifact",
+    "not_an_artifact", "not_deployed", "onnx_metadata", "output_lock", "pack_artifact",
     "parse_json", "read_manifest", "read_utf8", "refuse_inside", "refuse_overlap", "remove_empty_folders",
-    "remove_tree", "require_built", "require_unpacked", "resolve_out", "safe_relative", "sha256_file",
+    "remove_tree", "resolve_out", "safe_relative", "sha256_file",
     "sha256_files", "signals_held", "staged_output", "unreplaced", "verify_artifact", "verify_files",
     "versions", "write_manifest", "write_text_atomic",
 ]

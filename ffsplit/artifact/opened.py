@@ -1,5 +1,6 @@
-"""An output folder opened for use (manifest and target checked), held against being replaced while a verb
-reads it, and what a verb requires of it (built, unpacked); the versions an export records."""
+"""``Artifact``: an output folder opened for use (manifest and target checked), and what a verb requires of it
+(built, unpacked); holding a folder against being replaced while a verb reads it; the versions an export
+records."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ffsplit.artifact.layout import SPLIT_WEIGHTS
+from ffsplit.artifact.layout import MODEL_FILE, SPLIT_WEIGHTS
 from ffsplit.artifact.verify import read_manifest, verify_artifact
 from ffsplit.errors import UsageError
 from ffsplit.manifest import Manifest
@@ -21,15 +22,6 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
-
-
-@dataclass
-class LoadedArtifact:
-    """An output folder opened for use: its manifest (schema-checked) and its target (validated)."""
-
-    folder: Path
-    manifest: Manifest
-    target: Target  # what it runs on (the build's target, when `ffsplit build` chose one)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -84,37 +76,6 @@ def holds_folder(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def open_artifact(folder: str | Path, *, verify: bool = True) -> LoadedArtifact:
-    """An output folder with its manifest (schema-checked) and target (checked like a target file).
-
-    ``verify`` (everything but ``inspect``) also checks the files against the
-    manifest both ways, external data of every ONNX file, and the manifest
-    against the copy embedded in model.onnx.
-    """
-    from ffsplit.limits import TASK_METRICS
-    from ffsplit.runtimes.targets import Target
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if verify:
-        verify_artifact(folder, manifest)
-    target = Target.from_json(manifest["target"], where=str(folder / "manifest.json"))
-    built = manifest.build.runtime_target
-    if built is not None:  # `ffsplit build --target` built this graph for another target with the same graph
-        runtime_target = Target.from_json(built, where=f"{folder / 'manifest.json'} (build)")
-        if runtime_target.graph_differences(target) or manifest.build.target != runtime_target.name:
-            raise UsageError(f"{folder / 'manifest.json'} is damaged (its build target does not run this graph): "
-                             "re-run ffsplit build")
-        target = runtime_target
-    unknown = {k for limits in manifest.limits.values() for k in limits} - set(TASK_METRICS[manifest.task])
-    if unknown:
-        raise UsageError(
-            f"{folder / 'manifest.json'} is damaged (limits on {', '.join(sorted(unknown))}, which "
-            f"{manifest.task} does not measure): re-run ffsplit export"
-        )
-    return LoadedArtifact(folder, manifest, target)
-
-
 def versions() -> dict[str, str]:
     """The versions an artifact records (and the bench baseline cache is keyed on)."""
     import platform
@@ -138,20 +99,70 @@ def versions() -> dict[str, str]:
     }
 
 
-def require_built(art: LoadedArtifact, verb: str) -> None:
-    """Refuse to run an artifact whose build was deferred: no guard has seen what its runtime executes."""
-    build = art.manifest.build
-    if build.deferred:
-        raise UsageError(
-            f"{art.folder} was exported for '{build.target}' without building it (on that machine: "
-            f"{str(build.reason or 'it could not run')[:200]}): run `ffsplit build {art.folder}` on a machine "
-            f"where '{build.target}' runs, then `{verb}`"
-        )
+@dataclass
+class Artifact:
+    """An output folder opened for use: its manifest (schema-checked) and its target (validated).
 
+    ``Artifact.open(folder)`` opens one; a verb then states what it needs of it (``require_built``,
+    ``require_unpacked``, each returning the artifact) and runs ``model_path`` on ``target``.
+    """
 
-def require_unpacked(art: LoadedArtifact, verb: str) -> None:
-    if art.manifest.packed:
-        raise UsageError(
-            f"{art.folder} is a packed folder (no {SPLIT_WEIGHTS}): `{verb}` needs the full artifact; "
-            "run `ffsplit check DIR --golden` here, or point at the folder `ffsplit export` wrote"
-        )
+    folder: Path
+    manifest: Manifest
+    target: Target  # what it runs on (the build's target, when `ffsplit build` chose one)
+
+    @classmethod
+    def open(cls, folder: str | Path, *, verify: bool = True) -> Artifact:
+        """An output folder with its manifest (schema-checked) and target (checked like a target file).
+
+        ``verify`` (everything but ``inspect``) also checks the files against the
+        manifest both ways, external data of every ONNX file, and the manifest
+        against the copy embedded in model.onnx.
+        """
+        from ffsplit.limits import TASK_METRICS
+        from ffsplit.runtimes.targets import Target
+
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if verify:
+            verify_artifact(folder, manifest)
+        target = Target.from_json(manifest["target"], where=str(folder / "manifest.json"))
+        built = manifest.build.runtime_target
+        if built is not None:  # `ffsplit build --target` built this graph for another target with the same graph
+            runtime_target = Target.from_json(built, where=f"{folder / 'manifest.json'} (build)")
+            if runtime_target.graph_differences(target) or manifest.build.target != runtime_target.name:
+                raise UsageError(f"{folder / 'manifest.json'} is damaged (its build target does not run this "
+                                 "graph): re-run ffsplit build")
+            target = runtime_target
+        unknown = {k for limits in manifest.limits.values() for k in limits} - set(TASK_METRICS[manifest.task])
+        if unknown:
+            raise UsageError(
+                f"{folder / 'manifest.json'} is damaged (limits on {', '.join(sorted(unknown))}, which "
+                f"{manifest.task} does not measure): re-run ffsplit export"
+            )
+        return cls(folder, manifest, target)
+
+    @property
+    def model_path(self) -> Path:
+        """The split graph (what the target's runtime runs, or builds its engine / IR from)."""
+        return self.folder / MODEL_FILE
+
+    def require_built(self, verb: str) -> Artifact:
+        """Refuse to run an artifact whose build was deferred: no guard has seen what its runtime executes."""
+        build = self.manifest.build
+        if build.deferred:
+            raise UsageError(
+                f"{self.folder} was exported for '{build.target}' without building it (on that machine: "
+                f"{str(build.reason or 'it could not run')[:200]}): run `ffsplit build {self.folder}` on a "
+                f"machine where '{build.target}' runs, then `{verb}`"
+            )
+        return self
+
+    def require_unpacked(self, verb: str) -> Artifact:
+        """Refuse a packed folder for a verb that needs the torch side (the split weights)."""
+        if self.manifest.packed:
+            raise UsageError(
+                f"{self.folder} is a packed folder (no {SPLIT_WEIGHTS}): `{verb}` needs the full artifact; "
+                "run `ffsplit check DIR --golden` here, or point at the folder `ffsplit export` wrote"
+            )
+        return self

@@ -8,7 +8,7 @@ from typing import Any
 
 from ffsplit.artifact.fs import staged_output
 from ffsplit.artifact.layout import not_deployed
-from ffsplit.artifact.opened import holds_folder, open_artifact, require_unpacked
+from ffsplit.artifact.opened import Artifact, holds_folder
 from ffsplit.artifact.reading import list_files
 from ffsplit.artifact.verify import write_manifest
 from ffsplit.errors import UsageError
@@ -18,8 +18,7 @@ from ffsplit.errors import UsageError
 def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Copy a verified artifact to ``out`` without the files its target does not run (``not_deployed``);
     the copy's manifest lists them under ``packed``. Returns the copy's manifest."""
-    art = open_artifact(folder)
-    require_unpacked(art, "pack")
+    art = Artifact.open(folder).require_unpacked("pack")
     present, _ = list_files(art.folder)
     runs_ir = art.target.ir_compression is not None
     keep = sorted(rel for rel in art.manifest.files if not not_deployed(rel, runs_ir=runs_ir))

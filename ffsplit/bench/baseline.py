@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ffsplit.artifact import MODEL_FILE, LoadedArtifact
+from ffsplit.artifact import MODEL_FILE, Artifact
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,7 +29,7 @@ def lossy_baseline(target: Target) -> str | None:
     return None
 
 
-def baseline_onnx(art: LoadedArtifact, loaded: LoadedModel, log: Callable[[str], None] | None = None) -> Path:
+def baseline_onnx(art: Artifact, loaded: LoadedModel, log: Callable[[str], None] | None = None) -> Path:
     """The original model exported the same way as the split one, cached by source hash and versions.
 
     For an NNCF target the original also gets NNCF's static int8 (nothing ignored, calibrated on as

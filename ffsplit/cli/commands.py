@@ -240,7 +240,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     from ffsplit.manifest import Manifest
 
     print(f"FFN layout: {m.get('layout') or 'family file ' + m['adapter']}")
-    build = Manifest(m).build  # the manifest inspect read was schema-checked; inspect adds `graphs`
+    man = Manifest(m)  # the manifest inspect read was schema-checked; inspect adds `graphs`
+    build = man.build
     if build.deferred:
         print(f"build: deferred ({build.reason}): run `ffsplit build {a.dir}` where '{build.target}' runs")
     else:
@@ -253,8 +254,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         for row in b["plan"]:
             print(f"  layer {row['layer']}: heavy {row['heavy']} ({row['heavy_ratio']}), light {row['recipe']}, "
                   f"calibration error {row['error']:.4f}")
-    print(layer_table(m))
-    print(params_line(m))
+    print(layer_table(man))
+    print(params_line(man))
     print(graph_table(m.get("graphs", {})))
     parity = m.get("parity", {})
     print(f"parity at export: {'pass' if parity.get('passed') else 'FAIL'}")

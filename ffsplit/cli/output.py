@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.jsonio import dumps
+
+if TYPE_CHECKING:
+    from ffsplit.manifest import Manifest
 
 
 def log(msg: str) -> None:
@@ -21,11 +24,11 @@ def write_json(path: str | None, data: Any) -> None:
         write_text_atomic(Path(path), dumps(data, indent=2) + "\n")
 
 
-def params_line(m: dict[str, Any]) -> str:
+def params_line(m: Manifest) -> str:
     """Bytes first: an int8 or int4 light branch keeps its parameter count and shrinks its bytes."""
     p = m["params"]
-    heavy = sum(r.get("heavy_bytes", 0) for r in m["layers"])
-    light = sum(r.get("light_bytes", 0) for r in m["layers"])
+    heavy = sum(r.heavy_bytes for r in m.layers)
+    light = sum(r.light_bytes for r in m.layers)
     return (
         f"FFN weights {p['ffn_bytes_before'] / 1e6:,.2f} MB -> {p['ffn_bytes_after'] / 1e6:,.2f} MB "
         f"({p['ffn_bytes_reduction']:.1%} smaller; heavy {heavy / 1e6:,.2f} MB, light {light / 1e6:,.2f} MB); "
@@ -47,19 +50,19 @@ def size_line(out: Path, m: dict[str, Any]) -> str:
             "(with split.safetensors for check and the runtime's files)")
 
 
-def layer_table(m: dict[str, Any]) -> str:
+def layer_table(m: Manifest) -> str:
     head = (
         f"{'layer':>5} {'d_ff':>6} {'heavy':>6} {'light':>6} {'light params':>13} {'FFN bytes':>10} {'recipe':<22} "
         f"{'precision (h/l)':<16} {'heavy score':>11} {'light err in/out':>17}"
     )
     lines = [head, "-" * len(head)]
-    for r in m["layers"]:
-        err = "/".join("-" if r.get(k) is None else f"{r[k]:.3g}" for k in ("light_in_error", "light_out_error"))
+    for r in m.layers:
+        err = "/".join("-" if e is None else f"{e:.3g}" for e in (r.light_in_error, r.light_out_error))
         err = "-" if err == "-/-" else err
         lines.append(
-            f"{r['layer']:>5} {r['d_ff']:>6} {r['heavy']:>6} {r['light']:>6} {r['light_params']:>13,} "
-            f"{r.get('ffn_bytes_after', 0):>10,} {r['light_recipe']:<22} "
-            f"{r['heavy_precision'] + '/' + r['light_precision']:<16} {r['heavy_score_share']:>10.1%} {err:>17}"
+            f"{r.layer:>5} {r.d_ff:>6} {r.heavy:>6} {r.light:>6} {r.light_params:>13,} "
+            f"{r.ffn_bytes_after:>10,} {r.light_recipe:<22} "
+            f"{r.heavy_precision + '/' + r.light_precision:<16} {r.heavy_score_share:>10.1%} {err:>17}"
         )
     return "\n".join(lines)
 
@@ -80,11 +83,11 @@ def graph_table(graphs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def weight_range_line(m: Any) -> str | None:
+def weight_range_line(m: Manifest) -> str | None:
     """Which int8 weight range the export used, when it quantised anything to int8: it decides where it runs well."""
     tgt = m["target"]
     int8 = tgt.get("other_matmuls") == "int8" or any(
-        "int8" in (row.get("heavy_precision"), row.get("light_precision")) for row in m["layers"])
+        "int8" in (row.heavy_precision, row.light_precision) for row in m.layers)
     if not int8:
         return None
     if tgt.get("int8_weight_range") == "full":

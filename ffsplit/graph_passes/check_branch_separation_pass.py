@@ -11,7 +11,7 @@ failure) when given the precisions the target asked for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx_ir as ir
@@ -19,6 +19,7 @@ from onnx_ir.passes import InPlacePass, PassError, PassResult
 
 from ffsplit.graph_passes.precision import MATMUL_OPS, realized_precision
 from ffsplit.graph_passes.tag_branches_pass import node_tags
+from ffsplit.manifest import LayerPlan
 
 
 class BranchSeparationError(PassError):
@@ -29,26 +30,19 @@ class BranchSeparationError(PassError):
         self.findings = findings
 
 
-def expected_precisions(plans: list[Mapping[str, object]]) -> dict[int, dict[str, str]]:
+def expected_precisions(plans: Sequence[LayerPlan]) -> dict[int, dict[str, str]]:
     """The precision each branch of each layer must run at, as the split planned it."""
-    return {
-        int(p["layer"]): {"heavy": str(p.get("heavy_precision", "fp32")), "light": str(p.get("light_precision", "fp32"))}  # type: ignore[call-overload]
-        for p in plans
-    }
+    return {p.layer: {"heavy": p.heavy_precision, "light": p.light_precision} for p in plans}
 
 
-def expected_matmuls(plans: list[Mapping[str, object]]) -> dict[int, dict[str, int]]:
+def expected_matmuls(plans: Sequence[LayerPlan]) -> dict[int, dict[str, int]]:
     """Matrix multiplies each branch of each layer must keep.
 
     A dense (or pruned) branch has one per projection (2, or 3 when gated); a low-rank one two per projection.
     In the ``down`` split form each branch is its down-projection alone (the shared up-projection is neither's).
     """
-    out: dict[int, dict[str, int]] = {}
-    for plan in plans:
-        projections = 1 if plan.get("split") == "down" else 3 if plan.get("gated") else 2
-        light = 2 * projections if "lowrank" in str(plan["light_recipe"]) else projections
-        out[int(plan["layer"])] = {"heavy": projections, "light": light}  # type: ignore[call-overload]
-    return out
+    return {p.layer: {"heavy": p.projections, "light": 2 * p.projections if p.lowrank else p.projections}
+            for p in plans}
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,9 @@ def _run_fusions(model: ir.Model) -> dict[str, int]:
         ("mha_bias", ort_fusions.fuse_mha_bias, {}),
         ("gelu", ort_fusions.fuse_gelu, {}),
         ("bias_gelu", ort_fusions.fuse_bias_gelu, {}),
+        # an SDPA the MultiHeadAttention rules left (a decoder's attention: rotary, grouped heads) is an
+        # intermediate op no runtime has: onnxscript's own pipeline makes it a MultiHeadAttention here
+        ("sdpa_via_mha", ort_fusions.replace_sdpa_by_mha, {}),
     ]
     counts = {name: int(fuse(model, **kwargs)) for name, fuse, kwargs in steps}
     optimize(model)

@@ -104,16 +104,15 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
     output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its
     shape changed."""
     from ffsplit import bounds
-    from ffsplit.artifact import MODEL_FILE, open_artifact, require_built
+    from ffsplit.artifact import Artifact
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.targets import require_supported
 
     if tolerance is not None:  # the Python API takes the CLI's bounds: an infinite tolerance checks nothing
         bounds.require_float("tolerance", tolerance, 0.0, 1e6)
-    art = open_artifact(folder)
-    require_built(art, "check --golden")
+    art = Artifact.open(folder).require_built("check --golden")
     require_supported(art.target)
-    with make_runner(art.folder / MODEL_FILE, art.target) as runner:
+    with make_runner(art.model_path, art.target) as runner:
         return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ffsplit.errors import UsageError
+from ffsplit.runtimes.specs import RUNTIME_SPECS
 from ffsplit.signature import ELEMENT_TYPES, is_past, onnx_signature
 
 if TYPE_CHECKING:
@@ -174,13 +175,8 @@ class Runner:
         raise NotImplementedError
 
 
-# runtime name -> the module that registers its runner; imported on first use, so an optional
-# runtime's package (openvino, tensorrt) is only needed by the targets that use it.
-RUNTIME_MODULES = {
-    "onnxruntime": "ffsplit.runtimes.onnxruntime",
-    "openvino": "ffsplit.runtimes.openvino",
-    "tensorrt": "ffsplit.runtimes.tensorrt",
-}
+# a runtime's runner module (RUNTIME_SPECS) is imported on first use, so an optional runtime's package
+# (openvino, tensorrt) is only needed by the targets that use it
 _RUNNERS: dict[str, type[Runner]] = {}
 
 
@@ -200,10 +196,10 @@ def runner_class(runtime: str) -> type[Runner]:
     from ffsplit.loading import no_telemetry
 
     no_telemetry()  # before the runtime's library loads
-    if runtime not in _RUNNERS and runtime in RUNTIME_MODULES:
-        importlib.import_module(RUNTIME_MODULES[runtime])
+    if runtime not in _RUNNERS and runtime in RUNTIME_SPECS:
+        importlib.import_module(RUNTIME_SPECS[runtime].runner_module)
     if runtime not in _RUNNERS:
-        raise UsageError(f"unknown runtime '{runtime}': use {', '.join(RUNTIME_MODULES)}")
+        raise UsageError(f"unknown runtime '{runtime}': use {', '.join(RUNTIME_SPECS)}")
     return _RUNNERS[runtime]
 
 

@@ -9,9 +9,7 @@ from typing import Any
 
 from ffsplit.limits import PARITY_KEYS, UPPER_BOUNDED
 from ffsplit.precisions import HEAVY_PRECISIONS, INT4_COMPUTE, INT8_COMPUTE, PRECISIONS
-
-RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
-
+from ffsplit.runtimes.specs import RUNTIMES
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import tomllib
 
 from ffsplit.errors import UsageError
 from ffsplit.precisions import HALF_FLOATS
+from ffsplit.runtimes.specs import RUNTIME_SPECS
 from ffsplit.runtimes.target_schema import (
     GPU_PROVIDERS,
     GRAPH_FIELDS,
@@ -156,27 +156,7 @@ class Target:
             reason = gpu_present()
             if reason:
                 return reason
-        if self.runtime == "onnxruntime":
-            import onnxruntime as ort
-
-            have = set(ort.get_available_providers())
-            missing = [p for p in self.providers if p not in have]
-            if missing:
-                return (
-                    f"ONNX Runtime here lacks {', '.join(missing)} (has {', '.join(sorted(have))}); "
-                    "install ffsplit[gpu] on a machine with a GPU"
-                )
-        elif self.runtime == "openvino":
-            if find_spec("openvino") is None:
-                return "OpenVINO is not installed: pip install 'ffsplit[openvino]'"
-            import openvino as ov
-
-            device = self.openvino.get("device", "CPU")
-            if device not in ov.Core().available_devices:
-                return f"OpenVINO has no device {device} here (has {', '.join(ov.Core().available_devices)})"
-        elif self.runtime == "tensorrt" and find_spec("tensorrt") is None:
-            return "TensorRT is not installed: pip install 'ffsplit[gpu]'"
-        return None
+        return RUNTIME_SPECS[self.runtime].unavailable_reason(self)
 
 
 def _builtin_dir() -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, holds_folder, staged_output
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
+from ffsplit.runtimes.specs import RUNTIME_SPECS
 from ffsplit.serve.config import Signature, Tensor, model_config, signature, to_pbtxt
 from ffsplit.signature import onnx_signature
 from ffsplit.tasks import TASKS
@@ -58,10 +59,9 @@ def _model_dir(repo: Path, name: str, artifact: Path) -> Path:
 @holds_folder
 def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Triton model repository serving ``artifact`` with Triton's own backend for its target."""
-    from ffsplit.artifact import open_artifact, require_built
+    from ffsplit.artifact import Artifact
 
-    art = open_artifact(artifact)
-    require_built(art, "triton")
+    art = Artifact.open(artifact).require_built("triton")
     model_dir = _model_dir(repo, name or _model_name(art.manifest), art.folder)
     name = model_dir.name
     target = art.target
@@ -71,15 +71,17 @@ def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> 
             "ffsplit triton does not write (it writes ONNX Runtime and TensorRT models, and model.onnx is not the "
             "graph that was checked): serve the IR with Triton's OpenVINO backend, or ffsplit.load in Python"
         )
-    sig = signature(art.folder / MODEL_FILE)
-    if target.runtime == "tensorrt":
-        plan = art.folder / RUNTIME_DIR / target.name / "model.plan"
-        if not plan.is_file():
-            raise UsageError(f"'{artifact}' has no TensorRT engine ({plan}): export it for the target on a GPU first")
-        platform, files = "tensorrt_plan", [(plan, "model.plan")]
-    else:
-        platform = "onnxruntime_onnx"
-        files = [(p, p.name) for p in [art.folder / MODEL_FILE, *art.folder.glob(MODEL_FILE + ".data")]]
+    sig = signature(art.model_path)
+    spec = RUNTIME_SPECS[target.runtime]
+    platform = spec.triton_platform
+    if spec.triton_file == MODEL_FILE:
+        files = [(p, p.name) for p in [art.model_path, *art.folder.glob(MODEL_FILE + ".data")]]
+    else:  # an engine the build wrote into the runtime folder
+        engine = art.folder / RUNTIME_DIR / target.name / spec.triton_file
+        if not engine.is_file():
+            raise UsageError(f"'{artifact}' has no {spec.label} engine ({engine}): export it for the target on a "
+                             "GPU first")
+        files = [(engine, spec.triton_file)]
     cfg = model_config(
         name, sig, platform=platform, backend=None, shapes=target.shapes,
         kind="KIND_GPU" if target.on_gpu else "KIND_CPU", sequence=TASKS[art.manifest.task].past,
@@ -110,19 +112,18 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
     """A Python-backend model that takes text (``text``, one string per row) and returns what ``ffsplit.load``
     gives: ``sentence_embedding`` (feature-extraction: the source's pooling and normalisation, or mean
     pooling) or ``logits`` (text-classification). The slim artifact (``pack``) sits in its version folder."""
-    from ffsplit.artifact import open_artifact, pack_artifact, require_built
+    from ffsplit.artifact import Artifact, pack_artifact
     from ffsplit.pooling import read_pooling
     from ffsplit.signature import SENTENCE_OUTPUT
 
-    art = open_artifact(artifact)
-    require_built(art, "triton --text")
+    art = Artifact.open(artifact).require_built("triton --text")
     task = art.manifest.task
     if task not in TEXT_TASKS:
         raise UsageError(f"a text front end serves embeddings or class logits; '{artifact}' is {task}: "
                          "serve its tensors (without --text)")
     if TASKS[task].pooled:  # the pooling the served model will read, refused here if it is unreadable
         read_pooling(art.folder, default_length=None)
-    _, outputs = onnx_signature(art.folder / MODEL_FILE)
+    _, outputs = onnx_signature(art.model_path)
     source = SENTENCE_OUTPUT if SENTENCE_OUTPUT in outputs else art_output(task)
     width = outputs[source][1][-1]
     if not isinstance(width, int):
@@ -156,14 +157,13 @@ def text_served(artifact: Path) -> bool:
 
 def python_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Python-backend model running ``artifact`` with ONNX Runtime (what the pytriton server can run)."""
-    from ffsplit.artifact import open_artifact, require_built
+    from ffsplit.artifact import Artifact
 
-    art = open_artifact(artifact)
-    require_built(art, "serve")
+    art = Artifact.open(artifact).require_built("serve")
     if art.target.runtime != "onnxruntime" or art.target.on_gpu:
         raise UsageError(f"ffsplit serve runs ONNX Runtime CPU artifacts; '{artifact}' targets {art.target.name}")
     return python_model(
-        art.folder / MODEL_FILE, repo, name=name or _model_name(art.manifest), shapes=art.target.shapes,
+        art.model_path, repo, name=name or _model_name(art.manifest), shapes=art.target.shapes,
         session_config=art.target.session_config, sequence=TASKS[art.manifest.task].past,
     )
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
+from ffsplit.manifest import LayerPlan
 from ffsplit.residency import fp32_value
 from ffsplit.resources import forget_file_pages
 from ffsplit.split.compress import (
@@ -80,37 +81,15 @@ def validate_recipe(adapter: type[FFNAdapter], model: nn.Module, ratio: float, r
             )
 
 
-@dataclass
-class LayerPlan:
-    """One row of the manifest's per-layer table."""
+@dataclass(frozen=True)
+class Storage:
+    """Bytes per weight as the runtime stores each part of a split FFN, for the plan's byte counts. None: as
+    ``split_model`` made the branch (fp32, or the int8 / int4 grid it quantised). ``shared_up``: the down form's
+    one up-projection (and gate), stored as the runtime stores the model's other multiplies."""
 
-    layer: int
-    module: str
-    d_model: int
-    d_ff: int
-    heavy: int
-    light: int
-    light_recipe: str
-    heavy_precision: str
-    light_precision: str
-    ffn_params_before: int
-    heavy_params: int
-    light_params: int
-    ffn_params_after: int
-    heavy_score_share: float
-    gated: bool = False
-    light_kept: int | None = None  # light neurons left after pruning
-    ffn_bytes_before: int = 0
-    heavy_bytes: int = 0
-    light_bytes: int = 0
-    ffn_bytes_after: int = 0
-    light_in_error: float | None = None
-    light_out_error: float | None = None
-    calib_error: float | None = None  # budget mode: relative FFN output error on calibration inputs
-    split: str = "both"  # "down": one shared up-projection, only the down-projection split
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
+    heavy: float | None = None
+    light: float | None = None
+    shared_up: float = 4.0
 
 
 def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
@@ -306,6 +285,7 @@ def split_model(
     int8_qmax: int = 127,
     form: str = "both",
     align: int = 8,
+    storage: Storage = Storage(),
 ) -> tuple[list[LayerPlan], dict[str, torch.Tensor], dict[str, Quantized]]:
     """Replace every FFN of ``model`` in place; return the per-layer plan, the heavy index sets and
     every quantised weight (by full parameter path). ``per_layer`` (budget mode) gives each layer
@@ -315,7 +295,8 @@ def split_model(
     to the weights here.
 
     Module paths in the plan are relative to ``model`` (a task model or a backbone). ``form``: the
-    split form (``split_layer``); ``align``: the heavy count's rounding (``heavy_count``).
+    split form (``split_layer``); ``align``: the heavy count's rounding (``heavy_count``); ``storage``: how
+    the runtime stores the branches, for the plan's byte counts.
     """
     plans: list[LayerPlan] = []
     indices: dict[str, torch.Tensor] = {}
@@ -336,19 +317,27 @@ def split_model(
         indices[module] = res.heavy_idx
         quantized.update({f"{module}.{name}": q for name, q in res.quantized.items()})
         plans.append(_layer_plan(i, module, ffn, before, prof, res, recipe, planned_heavy or heavy_precision,
-                                 recipe.quant or light_precision, form))
+                                 recipe.quant or light_precision, form, storage))
     return plans, indices, quantized
 
 
 def _layer_plan(i: int, module: str, ffn: FFNWeights, before: int, prof: LayerProfile, res: SplitResult,
-                recipe: LightRecipe, heavy_precision: str, light_precision: str, form: str) -> LayerPlan:
-    """What the manifest records of one layer's split: sizes, parameters and bytes per branch, precisions."""
+                recipe: LightRecipe, heavy_precision: str, light_precision: str, form: str,
+                storage: Storage) -> LayerPlan:
+    """What the manifest records of one layer's split: sizes, parameters and bytes per branch (as ``storage``
+    says the runtime stores them), precisions."""
     split = res.split
     d_ff, d_model = ffn.w_in.shape
     k = res.heavy_idx.numel()
+    heavy_bytes, light_bytes = (
+        res.nbytes(branch) if per is None else round(count_params(getattr(split, branch)) * per)
+        for branch, per in (("heavy", storage.heavy), ("light", storage.light)))
     # the bias, and the down form's shared up-projection, belong to neither branch
     bias_bytes = 4 * (count_params(split) - count_params(split.heavy) - count_params(split.light))
-    heavy_bytes, light_bytes = res.nbytes("heavy"), res.nbytes("light")
+    up = getattr(split, "up", None)
+    if up is not None:
+        n = sum(t.numel() for name, t in up.named_parameters() if name.endswith("weight"))
+        bias_bytes -= round(n * (4.0 - storage.shared_up))
     return LayerPlan(
         layer=i, module=module, d_model=d_model, d_ff=d_ff, heavy=k, light=d_ff - k,
         light_recipe=str(recipe), heavy_precision=heavy_precision, light_precision=light_precision,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ffsplit.manifest import LayerPlan
 from ffsplit.resources import forget_file_pages
-from ffsplit.split.apply import LayerPlan, module_path, split_layer
+from ffsplit.split.apply import module_path, split_layer
 from ffsplit.split.compress import parse_light
 from ffsplit.split.ffn_adapter import FFNAdapter
 from ffsplit.split.modules import GridLinear, SplitFFN, count_params
@@ -25,7 +26,7 @@ def split_state(model: nn.Module, plans: list[LayerPlan]) -> dict[str, torch.Ten
 
 @torch.no_grad()
 def rebuild_split(
-    model: nn.Module, adapter: type[FFNAdapter], plans: list[dict], state: dict[str, torch.Tensor]
+    model: nn.Module, adapter: type[FFNAdapter], plans: list[LayerPlan], state: dict[str, torch.Tensor]
 ) -> list[str]:
     """Install SplitFFNs shaped by ``plans`` into ``model`` and load ``state`` into them; return every
     claim of ``plans`` about the model that the model contradicts (``layer 0: d_ff 16777216, the model
@@ -45,9 +46,9 @@ def rebuild_split(
             scores=torch.arange(d_ff, 0, -1, dtype=torch.float64), mean_abs_act=torch.ones(d_ff),
             input_moment=None, act_moment=None, tokens=1,
         )
-        recipe = parse_light(plan["light_recipe"])
-        split = split_layer(ffn, placeholder, plan["heavy"], recipe, form=plan.get("split", "both")).split
-        prefix = f"{plan['module']}."
+        recipe = parse_light(plan.light_recipe)
+        split = split_layer(ffn, placeholder, plan.heavy, recipe, form=plan.split).split
+        prefix = f"{plan.module}."
         mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         _grid_shells(split, mine, recipe.block)
         split.load_state_dict(mine, strict=True)
@@ -90,10 +91,12 @@ def _layer_facts(
     return facts
 
 
-def _contradicted(plan: dict, facts: dict[str, object]) -> list[str]:
+def _contradicted(plan: LayerPlan, facts: dict[str, object]) -> list[str]:
+    """Every fact the row states (a field it does not record is None) that the model contradicts."""
     where = f"layer {facts['layer']}"
-    wrong = [f"{where}: {key} {plan[key]!r}, the model has {value!r}"
-             for key, value in facts.items() if key in plan and plan[key] != value]
-    if plan.get("heavy") is not None and plan["heavy"] + plan.get("light", 0) != facts["d_ff"]:
-        wrong.append(f"{where}: heavy {plan['heavy']} + light {plan.get('light')} is not d_ff {facts['d_ff']}")
+    claims = {key: getattr(plan, key) for key in facts}
+    wrong = [f"{where}: {key} {claims[key]!r}, the model has {value!r}"
+             for key, value in facts.items() if claims[key] is not None and claims[key] != value]
+    if plan.heavy + plan.light != facts["d_ff"]:
+        wrong.append(f"{where}: heavy {plan.heavy} + light {plan.light} is not d_ff {facts['d_ff']}")
     return wrong

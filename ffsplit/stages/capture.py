@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from ffsplit.graph_passes.precision import WeightGrid
+    from ffsplit.manifest import LayerPlan
 
 
 @dataclass
@@ -49,7 +50,7 @@ def capture(plan: ExportPlan, model: torch.nn.Module, tokenizer: Any, exporter: 
 
 
 def graph_passes(
-    plan: ExportPlan, plans: list[dict[str, Any]], grids: dict[str, WeightGrid], act_absmax: dict[str, float] | None,
+    plan: ExportPlan, plans: list[LayerPlan], grids: dict[str, WeightGrid], act_absmax: dict[str, float] | None,
     *, store_weights: str | None = None,
 ) -> list[ir.passes.PassBase]:
     """Tag, generic and precision passes for the plan's target (EmbedManifestPass runs after, in ``save``);
@@ -60,7 +61,7 @@ def graph_passes(
 
     floats = plan.target.floats_in_graph
     return target_passes(
-        split_modules={p["module"]: p["layer"] for p in plans}, prefix=WRAPPER_PREFIX, grids=grids,
+        split_modules={p.module: p.layer for p in plans}, prefix=WRAPPER_PREFIX, grids=grids,
         int8_form=plan.target.int8_compute, int4_form=plan.target.int4_compute,
         heavy_precision=plan.heavy if floats else "fp32",
         light_precision=plan.light_float if floats else "fp32",

@@ -7,8 +7,9 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ffsplit.artifact import SPLIT_WEIGHTS, LoadedArtifact
+from ffsplit.artifact import SPLIT_WEIGHTS, Artifact
 from ffsplit.errors import CheckFailed, UsageError
+from ffsplit.manifest import LayerPlan, layer_totals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from ffsplit.loading import LoadedModel
 
 
-def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_remote_code: bool = False) -> LoadedModel:
+def load_source(art: Artifact, source: str | Path | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """The source model of an artifact (the recorded one, or ``source``), refused if it changed since the export."""
     from ffsplit.loading import load_model
 
@@ -47,7 +48,7 @@ def load_source(art: LoadedArtifact, source: str | Path | None = None, trust_rem
     return loaded
 
 
-def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Callable[[str], None] | None = None,
+def rebuild(art: Artifact, source: str | Path | None = None, log: Callable[[str], None] | None = None,
             ) -> tuple[LoadedModel, torch.nn.Module]:
     """The artifact's source model (hash-checked) and its split torch model, rebuilt from split.safetensors
     (two models: ``debug`` compares modules inside the split; ``check`` uses ``split_in_place``)."""
@@ -59,12 +60,12 @@ def rebuild(art: LoadedArtifact, source: str | Path | None = None, log: Callable
     return loaded, split
 
 
-def split_in_place(art: LoadedArtifact, loaded: LoadedModel) -> None:
+def split_in_place(art: Artifact, loaded: LoadedModel) -> None:
     """Turn the loaded source model into the artifact's split model, layer by layer (one copy of the weights)."""
     _rebuild_into(art, loaded.model)
 
 
-def _rebuild_into(art: LoadedArtifact, model: torch.nn.Module) -> None:
+def _rebuild_into(art: Artifact, model: torch.nn.Module) -> None:
     from ffsplit.residency import hold_as_stored
     from ffsplit.split.adapters import find_adapter
     from ffsplit.split.modules import count_params
@@ -73,8 +74,9 @@ def _rebuild_into(art: LoadedArtifact, model: torch.nn.Module) -> None:
     adapter = find_adapter(model)
     state = read_split_weights(art.folder / SPLIT_WEIGHTS)
     total_before = count_params(model)
+    layers = art.manifest.layers
     try:
-        wrong = rebuild_split(model, adapter, art.manifest.layers, state)
+        wrong = rebuild_split(model, adapter, layers, state)
     except (KeyError, ValueError, RuntimeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UsageError(
@@ -82,20 +84,15 @@ def _rebuild_into(art: LoadedArtifact, model: torch.nn.Module) -> None:
             "re-run ffsplit export"
         ) from None
     hold_as_stored(model)
-    wrong += _contradicted_totals(art.manifest["params"], art.manifest.layers, total_before, count_params(model))
+    wrong += _contradicted_totals(art.manifest["params"], layers, total_before, count_params(model))
     if wrong:  # hashes and the embedded copy agree, so the export itself wrote (or a forger re-signed) these
         raise CheckFailed(f"the manifest describes another model than the one it holds: {'; '.join(wrong[:3])}"
                           + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""))
 
 
-def _contradicted_totals(params: dict[str, Any], layers: list[dict[str, Any]], before: int, after: int) -> list[str]:
+def _contradicted_totals(params: dict[str, Any], layers: list[LayerPlan], before: int, after: int) -> list[str]:
     """The manifest's parameter totals against the model's (``before``/``after`` the split) and its own rows."""
-    facts = {
-        "total_before": before, "total_after": after,
-        "ffn_before": sum(p["ffn_params_before"] for p in layers), "ffn_after": sum(p["ffn_params_after"] for p in layers),
-        "ffn_bytes_before": sum(p["ffn_bytes_before"] for p in layers),
-        "ffn_bytes_after": sum(p["ffn_bytes_after"] for p in layers),
-    }
+    facts = {"total_before": before, "total_after": after, **layer_totals(layers)}
     return [f"params.{key} {params[key]!r}, the model has {value!r}" for key, value in facts.items()
             if key in params and params[key] != value]
 

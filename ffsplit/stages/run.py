@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, SPLIT_WEIGHTS, remove_tree, write_manifest
 from ffsplit.errors import CheckFailed
 from ffsplit.exporter.export import EXPORT_ADVICE
-from ffsplit.manifest import FORMAT
+from ffsplit.manifest import FORMAT, LayerPlan, Manifest, layer_totals
 from ffsplit.version import __version__
 
 if TYPE_CHECKING:
@@ -66,11 +66,10 @@ class Stages:
                         "memory": {"peak_mb": self.peak_mb, "per_stage": self.per_stage}}}
 
 
-def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: int) -> dict[str, Any]:
-    before = sum(p["ffn_params_before"] for p in plans)
-    after = sum(p["ffn_params_after"] for p in plans)
-    bytes_before = sum(p["ffn_bytes_before"] for p in plans)
-    bytes_after = sum(p["ffn_bytes_after"] for p in plans)
+def _param_counts(plans: list[LayerPlan], total_before: int, total_after: int) -> dict[str, Any]:
+    totals = layer_totals(plans)
+    before, after = totals["ffn_before"], totals["ffn_after"]
+    bytes_before, bytes_after = totals["ffn_bytes_before"], totals["ffn_bytes_after"]
     return {
         "ffn_bytes_before": bytes_before,
         "ffn_bytes_after": bytes_after,
@@ -87,7 +86,7 @@ def _param_counts(plans: list[dict[str, Any]], total_before: int, total_after: i
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest  # as written into the output folder
     report: ParityReport
 
 
@@ -165,7 +164,7 @@ def _finish(plan: ExportPlan, stage: Path, manifest: dict[str, Any], report: Par
     manifest["parity"] = report.to_json()
     if not report.passed:
         raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()), details=manifest)
-    return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
+    return ExportResult(out=plan.out, manifest=Manifest(write_manifest(stage, manifest)), report=report)
 
 
 def _capture_and_save(plan: ExportPlan, done: Split, tokenizer: Any, exporter: str, manifest: dict[str, Any],
@@ -232,7 +231,7 @@ def _verify_into(
                                  "checked_on": runner.name}
         else:
             manifest["build"] = {"status": "built", "target": plan.target.name}
-            manifest["separation"] = verify.guard(runner, manifest["layers"])
+            manifest["separation"] = verify.guard(runner, [LayerPlan.from_json(row) for row in manifest["layers"]])
             if not manifest["separation"]["passed"]:
                 runner.deactivate()
                 manifest.update(stages.record())
@@ -296,7 +295,7 @@ def _manifest(
         },
         # what `check` holds the artifact to, decided once in the plan (embedded in model.onnx with the rest)
         "checks": {"exact": plan.exact, "limits": plan.limits},
-        "layers": done.plans,
+        "layers": [p.to_json() for p in done.plans],
         "params": _param_counts(done.plans, total_before, count_params(done.model)),
         "versions": versions(),
     }

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     import torch
 
     from ffsplit.loading import LoadedModel
+    from ffsplit.manifest import LayerPlan
     from ffsplit.runtimes.targets import Target
-    from ffsplit.split.apply import LayerPlan
+    from ffsplit.split.apply import Storage
     from ffsplit.split.compress import LightRecipe
     from ffsplit.split.ffn_adapter import FFNAdapter
     from ffsplit.split.profile import LayerProfile
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass
 class Split:
     model: torch.nn.Module  # the loaded source model itself, split in place
-    plans: list[dict[str, Any]]  # per layer, as the manifest records them
+    plans: list[LayerPlan]  # per layer, as the manifest records them
     grids: dict[str, Any]  # weight path -> WeightGrid, for the graph's integer storage
     act_absmax: dict[str, float] | None  # static activation ranges (QDQ targets)
     state: dict[str, Any]  # what split.safetensors holds
@@ -58,6 +59,21 @@ def _ir_bytes_per_param(target: Target) -> float:
     return 0.5 + per_group / target.nncf["group_size"]
 
 
+def _storage(plan: ExportPlan) -> Storage:
+    """How the runtime stores each branch (``split_model`` counts fp32 and the int8 / int4 grids it makes):
+    NNCF's IR for the light branch (and NNCF's int8 heavy branch), 2 bytes for a branch held in fp16 / bf16
+    (in the graph, or in TensorRT's engine), the down form's shared up-projection as the model's other
+    multiplies (NNCF's, or the target's other_matmuls; int4: 4 bits and an fp32 scale per block of 32)."""
+    from ffsplit.split.apply import Storage
+
+    ir = _ir_bytes_per_param(plan.target) if plan.nncf else None
+    heavy = 1.0 if plan.heavy == "int8" and plan.nncf == "int8" else None
+    halved = {b for b, precision in (("heavy", plan.heavy), ("light", plan.light_float)) if precision in HALF_FLOATS}
+    shared_up = ir if ir is not None else {"int8": 1.0, "int4": 0.5 + 4 / 32}.get(plan.target.other_matmuls, 4.0)
+    return Storage(heavy=2.0 if "heavy" in halved else heavy, light=2.0 if "light" in halved else ir,
+                   shared_up=shared_up)
+
+
 def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], profiles: list[LayerProfile]) -> Split:
     import torch
 
@@ -76,12 +92,11 @@ def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], prof
         light_precision=plan.planned_light, per_layer=per_layer, smooth_alpha=plan.smooth_alpha,
         int8_qmax=plan.int8_qmax, form=plan.target.split,
         # NNCF's int4 groups: a light branch a whole number of groups wide
-        align=plan.target.nncf["group_size"] if plan.nncf == "int4" else 8,
+        align=plan.target.nncf["group_size"] if plan.nncf == "int4" else 8, storage=_storage(plan),
     )
     if budget is not None:
         for plan_obj, row in zip(plan_objs, budget["plan"], strict=True):
             plan_obj.calib_error = row["error"]
-    _stored_bytes(plan, model, plan_objs)
     grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
     act_absmax = None
     if plan.target.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):
@@ -95,33 +110,4 @@ def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], prof
     # every SplitFFN's weights as held: rows in the checkpoint's dtype, quantised weights as their grids
     state = split_state(model, plan_objs)
     state.update({f"heavy_index.{k}": v.to(torch.int64) for k, v in indices.items()})
-    return Split(model, [p.to_json() for p in plan_objs], grids, act_absmax, state, budget)
-
-
-def _stored_bytes(plan: ExportPlan, model: torch.nn.Module, plan_objs: list[LayerPlan]) -> None:
-    """Each layer plan's byte counts as the runtime stores the branches (``split_model`` counts fp32 and the
-    int8 / int4 grids it made): NNCF's IR, fp16 / bf16 branches, the down form's shared up-projection."""
-    if plan.nncf:  # the light weights (and NNCF's int8 heavy branch) as the IR stores them
-        for p in plan_objs:
-            light_bytes = round(p.light_params * _ir_bytes_per_param(plan.target))
-            p.ffn_bytes_after += light_bytes - p.light_bytes
-            p.light_bytes = light_bytes
-            if plan.heavy == "int8" and plan.nncf == "int8":
-                p.ffn_bytes_after += p.heavy_params - p.heavy_bytes
-                p.heavy_bytes = p.heavy_params
-    # a float branch the runtime holds in fp16 / bf16 (in the graph, or in TensorRT's engine) takes 2 bytes
-    halved = [b for b, precision in (("heavy", plan.heavy), ("light", plan.light_float)) if precision in HALF_FLOATS]
-    for p in plan_objs:
-        rest = p.ffn_bytes_after - p.heavy_bytes - p.light_bytes  # the merged output bias, fp32
-        for branch in halved:
-            setattr(p, f"{branch}_bytes", 2 * getattr(p, f"{branch}_params"))
-        p.ffn_bytes_after = p.heavy_bytes + p.light_bytes + rest
-    # the down form's shared up-projection is stored as the runtime stores the model's other multiplies:
-    # NNCF's, or the target's other_matmuls (int4: 4 bits and an fp32 scale per block of 32)
-    per_param = _ir_bytes_per_param(plan.target) if plan.nncf else \
-        {"int8": 1.0, "int4": 0.5 + 4 / 32}.get(plan.target.other_matmuls, 4.0)
-    for p in plan_objs:
-        up = getattr(model.get_submodule(p.module), "up", None)
-        if up is not None:
-            n = sum(t.numel() for name, t in up.named_parameters() if name.endswith("weight"))
-            p.ffn_bytes_after -= round(n * (4.0 - per_param))
+    return Split(model, plan_objs, grids, act_absmax, state, budget)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import torch
 
     from ffsplit.loading import LoadedModel
+    from ffsplit.manifest import LayerPlan
     from ffsplit.parity.check import ParityReport, RecordedOutputs
     from ffsplit.pooling import Pooling
     from ffsplit.runtimes.base import Runner
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 PARITY_BATCH = 16  # texts per padded parity batch
 
 
-def guard(runner: Runner, plans: list[dict[str, Any]]) -> dict[str, Any]:
+def guard(runner: Runner, plans: list[LayerPlan]) -> dict[str, Any]:
     """Run the separation guard on what the runtime executes: its record, with ``passed`` false, the
     ``findings`` and the one-line ``failure`` naming the layers when it failed."""
     from ffsplit.graph_passes import check_separation, expected_matmuls, expected_precisions

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ffsplit.artifact import open_artifact
+from ffsplit.artifact import Artifact
 from ffsplit.bench.baseline import baseline_onnx, lossy_baseline
 from ffsplit.runtimes.targets import load_target
 from ffsplit.stages.reload import load_source
@@ -39,7 +39,7 @@ def _original_outputs(path: Path, loaded) -> tuple[np.ndarray, np.ndarray]:  # n
 def test_the_baseline_is_the_original_exported_once(tiny_none_artifact: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FFSPLIT_CACHE", str(tmp_path))
-    art = open_artifact(tiny_none_artifact)
+    art = Artifact.open(tiny_none_artifact)
     loaded = load_source(art)
     said: list[str] = []
     path = baseline_onnx(art, loaded, said.append)
@@ -60,7 +60,7 @@ def test_a_target_at_another_opset_gets_a_baseline_of_its_own(tiny_none_artifact
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache key holds what changes the baseline's graph: here the opset the target asks for."""
     monkeypatch.setenv("FFSPLIT_CACHE", str(tmp_path))
-    art = open_artifact(tiny_none_artifact)
+    art = Artifact.open(tiny_none_artifact)
     loaded = load_source(art)
     default = baseline_onnx(art, loaded)
     at23 = baseline_onnx(dataclasses.replace(art, target=dataclasses.replace(art.target, opset=23)), loaded)

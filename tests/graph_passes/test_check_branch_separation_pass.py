@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ffsplit.graph_passes import BranchSeparationError, CheckBranchSeparationPass, expected_matmuls
+from ffsplit.manifest import Manifest
 
 
 def test_guard_passes_on_the_runtime_graph(tiny_none_artifact: Path) -> None:
     manifest = json.loads((tiny_none_artifact / "manifest.json").read_text())
     graph = ir.load(tiny_none_artifact / "runtime" / "cpu" / "optimized.onnx")
-    guard = CheckBranchSeparationPass(expected=expected_matmuls(manifest["layers"]))
+    guard = CheckBranchSeparationPass(expected=expected_matmuls(Manifest(manifest).layers))
     assert guard(graph).modified is False
     assert guard.found == {0: {"heavy": 2, "light": 2}, 1: {"heavy": 2, "light": 2}}
 
@@ -29,7 +31,7 @@ def test_guard_catches_a_fused_node_that_lost_its_tag(tiny_none_artifact: Path) 
     victim = next(n for n in graph.graph if n.op_type == "MatMul" and (n.name or "").startswith("ffsplit/L1/light/"))
     victim.name = "SomeRuntimeFusion_17"
     with pytest.raises(BranchSeparationError, match="layer 1: 1 light matmul nodes, expected 2"):
-        CheckBranchSeparationPass(expected=expected_matmuls(manifest["layers"]))(graph)
+        CheckBranchSeparationPass(expected=expected_matmuls(Manifest(manifest).layers))(graph)
 
 
 def _ffn_graph(merged: bool) -> onnx.ModelProto:
@@ -81,9 +83,14 @@ def test_guard_flags_a_matmul_in_the_merge() -> None:
         CheckBranchSeparationPass(expected={0: {"heavy": 1, "light": 0}})(ir.from_proto(model))
 
 
-def test_expected_counts_follow_the_recipe() -> None:
-    plans = [{"layer": 0, "light_recipe": "none"}, {"layer": 1, "light_recipe": "lowrank:8"}]
-    assert expected_matmuls(plans) == {0: {"heavy": 2, "light": 2}, 1: {"heavy": 2, "light": 4}}
+def test_expected_counts_follow_the_recipe_and_form(tiny_none_artifact: Path) -> None:
+    row = Manifest(json.loads((tiny_none_artifact / "manifest.json").read_text())).layers[0]
+    plans = [replace(row, layer=0, light_recipe="none", gated=False),
+             replace(row, layer=1, light_recipe="lowrank:8", gated=False),
+             replace(row, layer=2, light_recipe="prune:0.1+int8", gated=True),
+             replace(row, layer=3, light_recipe="lowrank:8+int4", split="down")]
+    assert expected_matmuls(plans) == {0: {"heavy": 2, "light": 2}, 1: {"heavy": 2, "light": 4},
+                                       2: {"heavy": 3, "light": 3}, 3: {"heavy": 1, "light": 2}}
 
 
 def _ort_optimized(model: ir.Model, tmp_path: Path) -> ir.Model:

@@ -58,3 +58,36 @@ def test_a_lost_branch_multiply_is_a_broken_contract(tiny_none_artifact: Path) -
     victim.metadata_props.clear()
     with pytest.raises(PostconditionError, match="crossed a branch boundary"):
         fuse.ensures(model)
+
+
+def test_a_decoders_attention_leaves_no_op_the_runtime_lacks(family_root: Path) -> None:
+    """Llama's attention (rotary, grouped heads) matches onnxscript's SDPA rule but neither MultiHeadAttention
+    rule: the SDPA left in the graph is an intermediate op ONNX Runtime cannot load. The pass ends as
+    onnxscript's own pipeline does, with that SDPA as a MultiHeadAttention: exact, nothing of the
+    intermediate domain left."""
+    from conftest import save_family_model
+
+    from ffsplit.exporter import export_program
+    from ffsplit.graph_passes.pipeline import generic_passes, run_passes
+    from ffsplit.loading import load_model
+
+    loaded = load_model(str(save_family_model("llama", family_root)), task="causal-lm")
+    model, _ = run_passes(export_program(loaded.model, loaded.tokenizer, loaded.task), generic_passes())
+    ids = np.random.default_rng(0).integers(1000, 2000, size=(2, 9)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": np.cumsum(mask, axis=1) - 1}
+
+    def logits(m: ir.Model) -> np.ndarray:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(ir.to_proto(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return sess.run(["logits"], {i.name: feed[i.name] for i in sess.get_inputs()})[0]
+
+    before = logits(model)
+    fuse = FuseGraphPass()
+    fuse(model)
+    assert fuse.fusions["sdpa"] >= 1 and fuse.fusions["sdpa_via_mha"] == fuse.fusions["sdpa"]
+    assert not [n.op_type for n in model.graph if n.domain == "ai.onnxruntime._fusion"]
+    assert Counter(n.op_type for n in model.graph)["MultiHeadAttention"] == fuse.fusions["sdpa"]
+    np.testing.assert_allclose(logits(model)[mask == 1], before[mask == 1], rtol=1e-3, atol=1e-4)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from ffsplit.artifact import open_artifact
+from ffsplit.artifact import Artifact
 from ffsplit.exporter.export import WRAPPER_PREFIX
 from ffsplit.parity.check import torch_output
 from ffsplit.parity.layers import compare_layers, find_probes, first_failure
@@ -19,7 +19,7 @@ from ffsplit.stages.reload import rebuild
 
 
 def _inputs(art_dir: Path) -> tuple:  # noqa: ANN001
-    art = open_artifact(art_dir)
+    art = Artifact.open(art_dir)
     loaded, split = rebuild(art)
     texts = [t.text for t in evaluation_texts(4)]
     batch = next(encode_batches(loaded.tokenizer, texts, batch_size=4, max_length=32))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from conftest import layer_plan
+
 from ffsplit.graph_passes.check_branch_separation_pass import LayerRecord
 from ffsplit.stages.verify import guard
 
 # one layer of the "down" split form: heavy down-projection int8, light int4
-PLANS = [{"layer": 0, "split": "down", "gated": True, "light_recipe": "int4", "heavy_precision": "int8",
-          "light_precision": "int4"}]
+PLANS = [layer_plan(split="down", gated=True, light_recipe="int4", heavy_precision="int8", light_precision="int4")]
 
 
 def _runner(records: list[LayerRecord]) -> SimpleNamespace:
