@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
 
-    from ffsplit.artifact import open_artifact
+    from ffsplit.artifact import Artifact
     from ffsplit.bench.baseline import baseline_onnx
     from ffsplit.bench.harness import machine_info, make_feed
     from ffsplit.serve.triton import start_server, triton_home
@@ -85,7 +85,7 @@ def main() -> None:
     from ffsplit.stages.reload import load_source
 
     sys.path.insert(0, str(triton_home()))
-    art = open_artifact(a.artifact)
+    art = Artifact.open(a.artifact)
     loaded = load_source(art)
     original = baseline_onnx(art, loaded)
     texts = [t.text for t in evaluation_texts(256)]
