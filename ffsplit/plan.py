@@ -221,7 +221,7 @@ def _recipe(o: ExportOptions, tgt: Target) -> tuple[LightRecipe, str, float, tup
 def _source(o: ExportOptions, tgt: Target) -> tuple[Path, TaskSpec, Pooling | None, tuple[str, ...]]:
     """The source model's folder, its task, a sentence-transformers source's pooling and the exporters to try;
     UsageError for an unknown task, or a task the target is not for."""
-    from ffsplit.exporter.export import EXPORTERS
+    from ffsplit.exporter.export import EXPORTERS, STRATEGIES
     from ffsplit.loading import read_config, resolve_model
     from ffsplit.tasks import get_task
 
@@ -242,6 +242,6 @@ def _source(o: ExportOptions, tgt: Target) -> tuple[Path, TaskSpec, Pooling | No
     # dynamo first; TorchScript only when dynamo fails to export or misses fidelity. No TorchScript
     # path for a KV cache: dynamo's own error is the useful one.
     exporters = EXPORTERS if o.exporter == "auto" else (o.exporter,)
-    if spec.past and o.exporter == "auto":
-        exporters = ("dynamo",)
+    if spec.past and o.exporter == "auto":  # only the strategies that capture a KV cache
+        exporters = tuple(name for name in EXPORTERS if STRATEGIES[name].kv_cache)
     return source_dir, spec, pooling, exporters

@@ -52,6 +52,18 @@ def test_a_kv_cache_graph_has_no_torchscript_fallback(folder: Path) -> None:
     assert _plan(folder, task="causal-lm-with-past").exporters == ("dynamo",)
 
 
+def test_the_capture_strategies_are_the_exporters_the_cli_offers() -> None:
+    """One table of strategies: the CLI's --exporter choices, the plan's order and the KV-cache refusal read it."""
+    from ffsplit.cli.parser import build_parser
+    from ffsplit.exporter.export import EXPORTERS, STRATEGIES, export_program
+
+    export = next(a for a in build_parser()._subparsers._group_actions[0].choices["export"]._actions  # noqa: SLF001
+                  if a.dest == "exporter")
+    assert tuple(export.choices) == ("auto", *EXPORTERS) and tuple(STRATEGIES) == EXPORTERS
+    with pytest.raises(UsageError, match="the torchscript exporter cannot export a KV cache here: use --exporter dynamo"):
+        export_program(None, None, "causal-lm-with-past", exporter="torchscript")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("options", "says"), [
     ({"budget": "params=0.5", "light": "int8"}, "--budget chooses the light recipe"),
     ({"target": "openvino-int8", "light": "int4"}, "makes the light branch int8 with NNCF"),

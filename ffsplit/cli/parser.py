@@ -87,7 +87,7 @@ def _add_export(sub: Any) -> None:
         help=" | ".join(["auto (from the model's architectures)", *TASKS]),
     )
     e.add_argument(
-        "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+        "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],  # exporter.export.EXPORTERS (a test holds them equal)
         help="auto: dynamo, falling back to TorchScript only if dynamo fails or misses fidelity",
     )
     e.add_argument("--force", action="store_true", help="replace the output folder if it exists")

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import onnx
 import onnx_ir as ir
@@ -298,9 +298,6 @@ def sample_inputs(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:  # no
     return {n: enc[n] for n in names}
 
 
-EXPORTERS = ("dynamo", "torchscript")
-
-
 def _export_torchscript(wrapper: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], outputs: list[str]) -> ir.Model:
     """The legacy TorchScript exporter (fallback only). Its node names carry the module scope
     (``/model/encoder/layer.0/intermediate/heavy/fc_in/MatMul``), which the tag pass reads
@@ -314,33 +311,76 @@ def _export_torchscript(wrapper: nn.Module, args: tuple[torch.Tensor, ...], name
         return ir.load(path)
 
 
+class CaptureStrategy:
+    """One way to capture a model as ONNX, as torch.onnx's capture strategies are: ``capture`` returns the
+    in-memory graph or raises what stopped it (``stages.capture.Captured`` is the result the export keeps)."""
+
+    name: ClassVar[str]
+    kv_cache: ClassVar[bool]  # whether it can capture a KV-cache graph (causal-lm-with-past)
+
+    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Any, opset: int | None) -> ir.Model:
+        raise NotImplementedError
+
+    @staticmethod
+    def _wrapped(model: nn.Module, tokenizer: Any, spec: TaskSpec, pooling: Any) -> tuple[TaskWrapper, list[str], list[str]]:
+        """The task wrapper, its input names and its output names."""
+        names = input_names_for(tokenizer, model, spec)
+        outputs = [spec.output] + ([SENTENCE_OUTPUT] if pooling is not None else [])
+        return TaskWrapper(model, spec, names, pooling).eval(), names, outputs
+
+
+class DynamoCapture(CaptureStrategy):
+    """torch.export and torch.onnx's dynamo exporter, with dynamic batch and sequence (and past) dimensions."""
+
+    name = "dynamo"
+    kv_cache = True
+
+    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Any, opset: int | None) -> ir.Model:
+        if spec.past:
+            return _export_with_past(model, tokenizer, opset)
+        wrapper, names, outputs = self._wrapped(model, tokenizer, spec, pooling)
+        batch, seq, _ = _dims(model, past=False)
+        return _capture(wrapper, tuple(sample_inputs(tokenizer, names).values()), input_names=names,
+                        output_names=outputs, dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset=opset)
+
+
+class TorchScriptCapture(CaptureStrategy):
+    """The legacy TorchScript exporter: the fallback when dynamo cannot capture a model (no KV cache)."""
+
+    name = "torchscript"
+    kv_cache = False
+
+    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Any, opset: int | None) -> ir.Model:
+        from ffsplit.residency import materialised
+
+        wrapper, names, outputs = self._wrapped(model, tokenizer, spec, pooling)
+        with materialised(model):  # it writes the weights itself: give it real fp32 ones
+            return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, outputs)
+
+
+# in the order `--exporter auto` tries them
+STRATEGIES: dict[str, type[CaptureStrategy]] = {cls.name: cls for cls in (DynamoCapture, TorchScriptCapture)}
+EXPORTERS = tuple(STRATEGIES)
+
+
 def export_program(
     model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo",  # noqa: ANN001
     pooling: Any = None, opset: int | None = None,
 ) -> ir.Model:
-    """Export ``model`` for ``task`` with ``exporter``; returns the in-memory ONNX IR model.
+    """Export ``model`` for ``task`` with the capture strategy named ``exporter``; returns the in-memory ONNX IR
+    model.
 
     ``pooling`` (feature-extraction; a ``pooling.Pooling``) adds a ``sentence_embedding`` output. ``opset``
     (the dynamo exporter) is the ONNX opset to write, None for torch.onnx's default.
     """
     spec = TASKS[task] if isinstance(task, str) else task
-    if exporter not in EXPORTERS:
+    if exporter not in STRATEGIES:
         raise UsageError(f"unknown exporter '{exporter}': use auto, {' or '.join(EXPORTERS)}")
-    if spec.past:
-        if exporter != "dynamo":
-            raise UsageError("the TorchScript exporter cannot export a KV cache here: use --exporter dynamo")
-        return _export_with_past(model, tokenizer, opset)
-    names = input_names_for(tokenizer, model, spec)
-    outputs = [spec.output] + ([SENTENCE_OUTPUT] if pooling is not None else [])
-    wrapper = TaskWrapper(model, spec, names, pooling).eval()
-    if exporter == "torchscript":
-        from ffsplit.residency import materialised
-
-        with materialised(model):  # it writes the weights itself: give it real fp32 ones
-            return _export_torchscript(wrapper, tuple(sample_inputs(tokenizer, names).values()), names, outputs)
-    batch, seq, _ = _dims(model, past=False)
-    return _capture(wrapper, tuple(sample_inputs(tokenizer, names).values()), input_names=names,
-                    output_names=outputs, dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset=opset)
+    strategy = STRATEGIES[exporter]()
+    if spec.past and not strategy.kv_cache:
+        kv = " or ".join(n for n, s in STRATEGIES.items() if s.kv_cache)
+        raise UsageError(f"the {exporter} exporter cannot export a KV cache here: use --exporter {kv}")
+    return strategy.capture(model, tokenizer, spec, pooling=pooling, opset=opset)
 
 
 def save_model(model: ir.Model, path: Path) -> list[Path]:
