@@ -7,6 +7,7 @@ so the Python API and the command line cannot drift apart.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ LoadedArtifact = Artifact
 open_artifact = Artifact.open
 
 
-def export(model: str, out: str | Path, *, log: Any = None, progress: bool = True, **options: Any) -> ExportResult:
+def export(model: str, out: str | Path, *, log: Callable[[str], None] | None = None, progress: bool = True, **options: Any) -> ExportResult:
     """Profile, split, export, build for the target and check parity; write the output folder.
 
     ``options`` are ExportOptions' fields (the CLI's options). Raises UsageError
@@ -71,7 +72,7 @@ def export(model: str, out: str | Path, *, log: Any = None, progress: bool = Tru
 @holds_folder
 def check(
     folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None,
-    limits: dict[str, float] | None = None, eval_file: str | Path | None = None, log: Any = None,
+    limits: dict[str, float] | None = None, eval_file: str | Path | None = None, log: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> Any:
     """Re-run the separation guard and the three-way parity of an artifact.
@@ -153,7 +154,7 @@ def _check_texts(m: Manifest, eval_file: str | Path | None, eval_size: int | Non
 @holds_folder
 def debug(
     folder: str | Path, *, batch: int = 8, tolerance: float | None = None, source: str | Path | None = None,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[Any]:
     """Compare every module inside every SplitFFN between split torch and the runtime, in graph order.
 
@@ -202,7 +203,7 @@ def bench(
     runs: int = 30,
     min_seconds: float = 2.0,
     source: str | Path | None = None,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[Any]:
     """Time the original and the split ONNX side by side in the artifact's runtime."""
     from ffsplit.bench.baseline import baseline_onnx
@@ -241,7 +242,7 @@ def bench(
 
 @holds_folder
 def bench_accuracy(
-    folder: str | Path, *, source: str | Path | None = None, log: Any = None
+    folder: str | Path, *, source: str | Path | None = None, log: Callable[[str], None] | None = None
 ) -> dict[str, Any] | None:
     """Accuracy of ``bench``'s two models against the original torch model, on the export's evaluation texts,
     when ``bench``'s baseline is lossy too (NNCF int8 of the original); None when it is the original itself.
@@ -272,7 +273,7 @@ def bench_accuracy(
     return {"baseline": lossy, "texts": len(texts), **metrics}
 
 
-def build(folder: str | Path, *, target: str | None = None, tolerance: float | None = None, log: Any = None) -> dict[str, Any]:
+def build(folder: str | Path, *, target: str | None = None, tolerance: float | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build an artifact's runtime on this machine, guard it and replay its golden outputs; the artifact is
     rewritten with the build recorded (``build``, ``separation``). Returns the new manifest.
 

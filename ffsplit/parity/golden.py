@@ -19,6 +19,8 @@ from ffsplit.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
     from ffsplit.manifest import Manifest
+    from ffsplit.runtimes.base import Runner
+    from ffsplit.tasks import TaskSpec
 
 GOLDEN_FILE = "golden.npz"
 GOLDEN_TEXTS = 4
@@ -29,7 +31,7 @@ def _kept(output: np.ndarray, decoder: bool) -> np.ndarray:
     return output[:, -1] if decoder else output
 
 
-def write_golden(path: Path, runner: Any, batch: dict[str, np.ndarray], task: Any) -> None:
+def write_golden(path: Path, runner: Runner, batch: dict[str, np.ndarray], task: TaskSpec) -> None:
     """Run ``batch`` (a tokenised batch) through ``runner`` and save its feed and the task's output."""
     feed = runner.feed_from(batch)
     out = runner.infer(feed)[task.output]

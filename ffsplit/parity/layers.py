@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import ast
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -29,6 +29,9 @@ import torch
 
 from ffsplit.graph_passes.precision import MATMUL_OPS, realized_precision
 from ffsplit.graph_passes.tag_branches_pass import NAME_PREFIX, normalize_scope
+
+if TYPE_CHECKING:
+    from ffsplit.runtimes.base import Runner
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ def _capture(model: torch.nn.Module, paths: list[str]) -> tuple[Any, list[Any]]:
 
 
 def compare_layers(
-    split: torch.nn.Module, model: ir.Model, runner_for: Any, batch: dict[str, torch.Tensor], run_torch: Any,
+    split: torch.nn.Module, model: ir.Model, runner_for: Callable[[Path], Runner], batch: dict[str, torch.Tensor],
+    run_torch: Any,
     *, split_modules: Mapping[str, int], prefix: str, tolerance: float,
 ) -> list[ProbeResult]:
     """Compare every probe on one batch; ``runner_for(path)`` gives an activated runner for an ONNX file."""

@@ -24,7 +24,7 @@ The IR lives at ``runtime/<target>/model.xml`` beside model.onnx, its weights as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,17 +32,20 @@ from ffsplit.artifact import RUNTIME_DIR
 from ffsplit.resources import runtime_writes
 from ffsplit.signature import is_past, present_for
 
+if TYPE_CHECKING:
+    from ffsplit.runtimes.targets import Target
+
 IR_FILE = "model.xml"
 # a stateful IR's input choosing, per sequence of the batch, whose cache it continues (optimum-intel's name)
 BEAM_INPUT = "beam_idx"
 
 
-def ir_path(onnx_path: Path, target: Any) -> Path:
+def ir_path(onnx_path: Path, target: Target) -> Path:
     """Where an NNCF target's IR lives for the ONNX file ``onnx_path`` (in the artifact's runtime folder)."""
     return Path(onnx_path).parent / RUNTIME_DIR / target.name / IR_FILE
 
 
-def weight_storage(target: Any, model: Any) -> str | None:
+def weight_storage(target: Target, model: Any) -> str | None:
     """"bf16" / "fp16" when NNCF compresses model.onnx's weights into an int4 IR for ``target`` and the torch
     ``model`` holds every float weight matrix in that type: the graph then stores those weights so, exactly
     (``StoreWeightsHalfPass``), and NNCF reads the stored size rather than the fp32 graph's twice that. None
@@ -66,7 +69,7 @@ def heavy_nodes(model: Any) -> list[str]:
     return out
 
 
-def quantize_int8(model: Any, target: Any, feeds: list[dict[str, np.ndarray]], *, keep_heavy: bool = True) -> Any:
+def quantize_int8(model: Any, target: Target, feeds: list[dict[str, np.ndarray]], *, keep_heavy: bool = True) -> Any:
     """NNCF static int8 of ``model`` calibrated on ``feeds`` (one tokenised text each).
 
     With ``keep_heavy`` the heavy-branch MatMuls are in NNCF's ignored scope (fp32); without it NNCF
@@ -86,7 +89,7 @@ def quantize_int8(model: Any, target: Any, feeds: list[dict[str, np.ndarray]], *
     )
 
 
-def compress_int4(model: Any, target: Any, feeds: list[dict[str, np.ndarray]] | None) -> Any:
+def compress_int4(model: Any, target: Target, feeds: list[dict[str, np.ndarray]] | None) -> Any:
     """NNCF int4 weight compression of every multiply but the heavy branch's, as ``target.nncf`` says.
 
     ``feeds`` calibrate AWQ and scale estimation (None when the target asks for neither). A multiply
@@ -162,7 +165,7 @@ def stateful(model: Any) -> Any:
 
 
 def build_ir(
-    onnx_path: Path, target: Any, tokenizer: Any, texts: list[str], max_length: int, *, keep_heavy: bool = True
+    onnx_path: Path, target: Target, tokenizer: Any, texts: list[str], max_length: int, *, keep_heavy: bool = True
 ) -> Path:
     """The target's OpenVINO IR for ``onnx_path`` (static int8 or int4 weights, per the target), stateful
     when the graph has a KV cache; its path (``ir_path``)."""

@@ -16,9 +16,9 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ffsplit.artifact import remove_tree, signals_held
 from ffsplit.errors import UsageError
@@ -100,7 +100,7 @@ class Server:
 
 
 def start_server(artifact: Path | None = None, *, models: dict[str, Path] | None = None, http_port: int = 0,
-                 grpc_port: int = 0, timeout: float = 120.0, log: Any = None) -> Server:
+                 grpc_port: int = 0, timeout: float = 120.0, log: Callable[[str], None] | None = None) -> Server:
     """Start tritonserver on loopback serving ``artifact`` (Python backend + ONNX Runtime); wait until ready.
 
     ``models`` (name -> ONNX file) serves plain ONNX files as well, e.g. the original model beside the split one.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,7 +46,7 @@ class Stages:
     per_stage: bool = True  # False where the kernel's peak cannot be reset: each figure is then the peak so far
 
     @contextmanager
-    def stage(self, name: str, log: Any = None) -> Iterator[None]:
+    def stage(self, name: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
         from ffsplit import resources
 
         if log:
@@ -90,7 +90,7 @@ class ExportResult:
     report: ParityReport
 
 
-def run_export(plan: ExportPlan, stage: Path, *, log: Any, progress: bool) -> ExportResult:
+def run_export(plan: ExportPlan, stage: Path, *, log: Callable[[str], None] | None, progress: bool) -> ExportResult:
     """The stages of one export, written into the staging folder ``stage``.
 
     One copy of the weights at a time: the original's outputs are recorded before it is split in place,
@@ -185,7 +185,7 @@ def _capture_and_save(plan: ExportPlan, done: Split, tokenizer: Any, exporter: s
 def _split_and_save(
     plan: ExportPlan, stage: Path, loaded: LoadedModel, adapter: type[FFNAdapter], source: dict[str, Any],
     profiles: list[LayerProfile], stages: Stages,
-    log: Any, total_before: int,
+    log: Callable[[str], None] | None, total_before: int,
 ) -> tuple[Split, dict[str, Any]]:
     """Split the loaded model in place and write split.safetensors, the tokenizer, config and
     sentence-transformers files; the Split (its saved state dropped) and the manifest so far."""
@@ -211,7 +211,7 @@ def _split_and_save(
 def _verify_into(
     plan: ExportPlan, stage: Path, loaded: LoadedModel, recorded: tuple[RecordedOutputs, RecordedOutputs],
     source: dict[str, Any], manifest: dict[str, Any],
-    stages: Stages, *, log: Any, progress: bool,
+    stages: Stages, *, log: Callable[[str], None] | None, progress: bool,
 ) -> ParityReport:
     """Build the runtime for the graph in ``stage``, guard it, run the three-way parity and save the golden
     outputs; the ParityReport. A deferred build checks parity on the target's CPU stand-in and leaves the

@@ -8,6 +8,7 @@ from ffsplit import bounds
 from ffsplit.errors import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import torch
@@ -96,7 +97,7 @@ def record(
                                   progress=progress, desc=desc)
 
 
-def free_model(loaded: LoadedModel, log: Any = None) -> None:
+def free_model(loaded: LoadedModel, log: Callable[[str], None] | None = None) -> None:
     """Let the loaded torch model go (its outputs are recorded, its graph saved) before a runtime is built
     beside what is left: one model in memory at a time."""
     from ffsplit import resources
