@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from ffsplit.tasks import TaskSpec
 
 DEFAULT_LIGHT = "lowrank:256"
+# the heavy share when neither --heavy-ratio nor the target says
+DEFAULT_HEAVY_RATIO = 0.1
 SMOOTH_ALPHA = 0.5
 
 
@@ -200,7 +202,7 @@ def _recipe(o: ExportOptions, tgt: Target) -> tuple[LightRecipe, str, float, tup
     light = o.light
     if light is None:  # a target that asks for an integer light branch makes it the default recipe
         light = "none" if nncf else tgt.light_precision if tgt.light_precision in INTEGERS else DEFAULT_LIGHT
-    heavy_ratio = 0.1 if o.heavy_ratio is None else o.heavy_ratio
+    heavy_ratio = o.heavy_ratio if o.heavy_ratio is not None else tgt.heavy_ratio or DEFAULT_HEAVY_RATIO
     recipe = parse_light(light)
     if nncf and (recipe.quant or budget is not None):
         raise UsageError(

@@ -47,6 +47,12 @@ def test_only_the_untouched_graph_is_exact(folder: Path) -> None:
     assert not _plan(folder, light="none", target="cpu-int8-full", task="causal-lm").exact  # attention int8 too
 
 
+def test_the_heavy_ratio_comes_from_the_option_then_the_target_then_the_default(folder: Path) -> None:
+    assert _plan(folder, target="openvino-int4", task="causal-lm-with-past").heavy_ratio == 0.02
+    assert _plan(folder, target="openvino-int4", task="causal-lm-with-past", heavy_ratio=0.3).heavy_ratio == 0.3
+    assert _plan(folder, task="causal-lm").heavy_ratio == 0.1
+
+
 def test_a_kv_cache_graph_has_no_torchscript_fallback(folder: Path) -> None:
     assert _plan(folder, task="causal-lm").exporters == ("dynamo", "torchscript")
     assert _plan(folder, task="causal-lm-with-past").exporters == ("dynamo",)

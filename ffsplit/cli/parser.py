@@ -58,7 +58,7 @@ def _add_export(sub: Any) -> None:
     e.add_argument("model", help="a local Hugging Face model folder, or an alias: minilm")
     e.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
     e.add_argument("--target", default="cpu", help="shipped target name or a .toml path (default: cpu)")
-    e.add_argument("--heavy-ratio", type=float, default=None, help="fraction of FFN neurons kept heavy, in (0, 1) (default 0.1)")
+    e.add_argument("--heavy-ratio", type=float, default=None, help="fraction of FFN neurons kept heavy, in (0, 1) (default: the target's heavy_ratio, else 0.1)")
     e.add_argument(
         "--light", default=None,
         help="light-branch recipe: none | lowrank:R | prune:P | int8 | int4[:B][:sym|asym] | structure+quantiser, "

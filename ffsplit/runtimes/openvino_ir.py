@@ -55,8 +55,8 @@ def weight_storage(target: Target, model: Any) -> str | None:
     return half_storage(model) if target.ir_compression == "int4" else None
 
 
-def heavy_nodes(model: Any) -> list[str]:
-    """Friendly names of the heavy-branch MatMuls of a converted model, from their tags."""
+def branch_nodes(model: Any, branch: str) -> list[str]:
+    """Friendly names of one branch's MatMuls (``heavy`` or ``light``) in a converted model, from their tags."""
     from ffsplit.graph_passes.tag_branches_pass import tags_in
 
     out = []
@@ -64,9 +64,14 @@ def heavy_nodes(model: Any) -> list[str]:
         if op.get_type_name() != "MatMul":
             continue
         tags = tags_in(op.get_friendly_name())
-        if tags and all(branch == "heavy" for _, branch in tags):
+        if tags and all(b == branch for _, b in tags):
             out.append(op.get_friendly_name())
     return out
+
+
+def heavy_nodes(model: Any) -> list[str]:
+    """Friendly names of the heavy-branch MatMuls of a converted model, from their tags."""
+    return branch_nodes(model, "heavy")
 
 
 def quantize_int8(model: Any, target: Target, feeds: list[dict[str, np.ndarray]], *, keep_heavy: bool = True) -> Any:
@@ -94,21 +99,46 @@ def compress_int4(model: Any, target: Target, feeds: list[dict[str, np.ndarray]]
 
     ``feeds`` calibrate AWQ and scale estimation (None when the target asks for neither). A multiply
     whose input width is not a whole number of groups gets the largest smaller group that fits (NNCF's
-    ADJUST fallback): the split rounds the heavy count so that the light branch's width is one.
+    ADJUST fallback): the split rounds the heavy count so that the light branch's width is one. A target
+    whose light branch has a group size of its own (``light_group_size``) gets that branch compressed
+    first, in a pass of its own.
     """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     settings = target.nncf
-    heavy = heavy_nodes(model)
+    ignored = heavy_nodes(model)
+    light = branch_nodes(model, "light") if target.light_group_size != settings["group_size"] else []
+    if light:  # the light branch first, on a grid of its own
+        ignored += light
+        model = _compress_light(model, target, set(light))
     data_aware = settings["awq"] or settings["scale_estimation"]
     return nncf.compress_weights(
         model, mode=nncf.CompressWeightsMode(settings["mode"]), group_size=settings["group_size"],
         ratio=float(settings["ratio"]),
-        ignored_scope=nncf.IgnoredScope(names=heavy, validate=False) if heavy else None,
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
         dataset=nncf.Dataset(feeds) if data_aware and feeds else None,
         awq=settings["awq"] or None, scale_estimation=settings["scale_estimation"] or None,
         subset_size=len(feeds) if data_aware and feeds else 128,
+        advanced_parameters=AdvancedCompressionParameters(
+            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16),
+    )
+
+
+def _compress_light(model: Any, target: Target, light: set[str]) -> Any:
+    """The light branch's multiplies alone compressed in the target's int4 mode with their own group size
+    (``light_group_size``; -1: one scale per output channel), data-free: the heavy hitters, kept int8, carry
+    what a coarser grid would lose. Every other multiply is left to the main pass."""
+    import nncf
+
+    others = [op.get_friendly_name() for op in model.get_ordered_ops()
+              if op.get_type_name() in ("MatMul", "Gather") and op.get_friendly_name() not in light]
+    # all_layers: NNCF would otherwise keep the last multiply it compresses (here a light one) int8
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    return nncf.compress_weights(
+        model, mode=nncf.CompressWeightsMode(target.nncf["mode"]), group_size=target.light_group_size,
+        ratio=1.0, all_layers=True, ignored_scope=nncf.IgnoredScope(names=others, validate=False),
         advanced_parameters=AdvancedCompressionParameters(
             group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16),
     )

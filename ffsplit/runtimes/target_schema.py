@@ -130,6 +130,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "int8_weight_range": (str, False),
     "fusions": (str, False),
     "split": (str, False),
+    "heavy_ratio": ((int, float), False),
     "opset": (int, False),
     "session_config": (dict, False),
     "openvino": (dict, False),
@@ -146,6 +147,8 @@ _OPENVINO: dict[str, type | tuple[type, ...]] = {"device": str, "config": dict}
 # NNCF's int4 weight compression (int4_compute = "nncf"): its mode, group size and data-aware methods
 _NNCF: dict[str, type | tuple[type, ...]] = {
     "mode": str, "group_size": int, "ratio": (int, float), "awq": bool, "scale_estimation": bool,
+    # the light branch's own group size (-1: one scale per output channel); absent: group_size
+    "light_group_size": int,
 }
 
 
@@ -269,6 +272,13 @@ def _runtime_option_problems(data: dict[str, Any]) -> list[str]:
         ratio = data["nncf"].get("ratio")
         if _is(ratio, (int, float)) and not 0.0 < ratio <= 1.0:
             errors.append(f"nncf.ratio {ratio} is outside (0, 1]")
+        light = data["nncf"].get("light_group_size")
+        if _is(light, int) and light not in (-1, *NNCF_GROUP_SIZES):
+            errors.append(f"nncf.light_group_size {light} is not -1 (per channel) or one of "
+                          f"{', '.join(map(str, NNCF_GROUP_SIZES))}")
+    heavy_ratio = data.get("heavy_ratio")
+    if _is(heavy_ratio, (int, float)) and not 0.0 < heavy_ratio < 1.0:
+        errors.append(f"heavy_ratio {heavy_ratio} is outside (0, 1)")
     _check_table(data.get("tensorrt"), _TENSORRT, "tensorrt", errors)
     if isinstance(data.get("tensorrt"), dict):
         for k in ("workspace_mb", "builder_optimization_level"):

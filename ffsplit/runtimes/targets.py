@@ -62,6 +62,7 @@ class Target:
     int8_weight_range: str = "full"
     fusions: str = "none"
     split: str = "both"
+    heavy_ratio: float | None = None  # the export's default --heavy-ratio (None: the plan's)
     opset: int | None = None  # None: the exporter's default
     session_config: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +86,14 @@ class Target:
             out.append("fp16 / bf16 " + " vs ".join(
                 "in the graph" if t.floats_in_graph else "by the TensorRT builder" for t in (self, other)))
         return out
+
+    @property
+    def light_group_size(self) -> int | None:
+        """NNCF's int4 group along the light branch's input (-1: one scale per output channel); None when NNCF
+        does not compress this target's weights to int4."""
+        if not self.nncf:
+            return None
+        return int(self.nncf.get("light_group_size", self.nncf["group_size"]))
 
     @property
     def ir_compression(self) -> str | None:
@@ -123,6 +132,7 @@ class Target:
             "int8_weight_range": self.int8_weight_range,
             "fusions": self.fusions,
             "split": self.split,
+            **({"heavy_ratio": self.heavy_ratio} if self.heavy_ratio is not None else {}),
             **({"opset": self.opset} if self.opset else {}),
             "session_config": self.session_config,
             "openvino": self.openvino,
@@ -279,6 +289,7 @@ def load_target(spec: str) -> Target:
         int8_weight_range=weight_range(data.get("int8_weight_range", "full")),
         fusions=data.get("fusions", "none"),
         split=data.get("split", "both"),
+        heavy_ratio=data.get("heavy_ratio"),
         opset=data.get("opset"),
         session_config=data.get("session_config", {}),
         openvino=data.get("openvino", {}),

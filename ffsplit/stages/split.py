@@ -50,13 +50,15 @@ def _per_layer(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter],
     return [(c.heavy, parse_light(c.recipe)) for c in chosen], summary
 
 
-def _ir_bytes_per_param(target: Target) -> float:
+def _ir_bytes_per_param(target: Target, *, light: bool = False) -> float:
     """Bytes per weight NNCF stores in the IR: int8 (scales aside), or int4 with an fp16 scale (and a 4-bit
-    zero point when asymmetric) per group."""
+    zero point when asymmetric) per group: the light branch's own group (``light``), or per output channel
+    (whose one scale a row is left out: under 0.1% of a row's thousands of weights)."""
     if target.ir_compression == "int8":
         return 1.0
+    group = target.light_group_size if light else target.nncf["group_size"]
     per_group = 2.0 + (0.5 if target.nncf["mode"] == "int4_asym" else 0.0)
-    return 0.5 + per_group / target.nncf["group_size"]
+    return 0.5 + (per_group / group if group and group > 0 else 0.0)
 
 
 def _storage(plan: ExportPlan) -> Storage:
@@ -67,10 +69,11 @@ def _storage(plan: ExportPlan) -> Storage:
     from ffsplit.split.apply import Storage
 
     ir = _ir_bytes_per_param(plan.target) if plan.nncf else None
+    light = _ir_bytes_per_param(plan.target, light=True) if plan.nncf else None
     heavy = 1.0 if plan.heavy == "int8" and plan.nncf == "int8" else None
     halved = {b for b, precision in (("heavy", plan.heavy), ("light", plan.light_float)) if precision in HALF_FLOATS}
     shared_up = ir if ir is not None else {"int8": 1.0, "int4": 0.5 + 4 / 32}.get(plan.target.other_matmuls, 4.0)
-    return Storage(heavy=2.0 if "heavy" in halved else heavy, light=2.0 if "light" in halved else ir,
+    return Storage(heavy=2.0 if "heavy" in halved else heavy, light=2.0 if "light" in halved else light,
                    shared_up=shared_up)
 
 

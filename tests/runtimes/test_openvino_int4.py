@@ -42,7 +42,7 @@ def test_heavy_hitters_run_int8_and_the_rest_int4(ov_int4_artifact: Path) -> Non
     name = m["target"]["name"]
     assert m["recipe"]["light"]["recipe"] == "none" and m["target"]["int4_compute"] == "nncf"
     assert m["target"]["nncf"] == {"mode": "int4_asym", "group_size": 128, "ratio": 1.0, "awq": False,
-                                   "scale_estimation": False}
+                                   "scale_estimation": False, "light_group_size": -1}
     assert f"runtime/{name}/model.xml" in m["files"] and f"runtime/{name}/model.bin" in m["files"]
     # the guard read OpenVINO's executed layers: per layer one heavy down-projection at int8, one light at int4
     assert m["separation"]["passed"]
@@ -65,6 +65,35 @@ def test_heavy_hitters_run_int8_and_the_rest_int4(ov_int4_artifact: Path) -> Non
     # the light branch a whole number of groups wide where the width allows: 64 neurons, 16 heavy, 48 light
     assert [(row["heavy"], row["light"]) for row in m["layers"]] == [(16, 48), (16, 48)]
     assert all(row["light_bytes"] < row["light_params"] for row in m["layers"])  # counted as int4, not fp32
+
+
+def _int4_weight_ranks(xml: Path) -> dict[str, int]:
+    """Each MatMul of an IR whose weight is 4-bit -> the rank of that weight's constant: 2 with one scale per
+    output channel, 3 in groups along the input (out, groups, group)."""
+    import openvino as ov
+
+    out = {}
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        stack = [op.input_value(1).get_node()]
+        while stack:
+            node = stack.pop()
+            if node.get_type_name() == "Constant" and node.get_element_type() in (ov.Type.u4, ov.Type.i4):
+                out[op.get_friendly_name()] = len(node.get_output_shape(0))
+                break
+            stack += [i.get_source_output().get_node() for i in node.inputs()]
+    return out
+
+
+def test_the_light_branch_has_one_scale_per_channel_and_the_rest_groups(ov_int4_artifact: Path) -> None:
+    """light_group_size = -1: NNCF compresses the light down-projections per output channel in a pass of their
+    own; every other int4 multiply keeps groups along its input."""
+    name = json.loads((ov_int4_artifact / "manifest.json").read_text())["target"]["name"]
+    ranks = _int4_weight_ranks(ov_int4_artifact / "runtime" / name / "model.xml")
+    light = {k: v for k, v in ranks.items() if "/light/" in k}
+    assert len(light) == 2 and set(light.values()) == {2}
+    assert len(ranks) - len(light) == 2 * (4 + 2) and {v for k, v in ranks.items() if k not in light} == {3}
 
 
 def test_the_kv_cache_stays_inside_openvino(ov_int4_artifact: Path) -> None:

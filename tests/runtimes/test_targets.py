@@ -141,8 +141,13 @@ def test_new_keys_are_checked(tmp_path: Path) -> None:
 def test_the_nncf_int4_settings_are_checked(tmp_path: Path) -> None:
     t = load_target("openvino-int4")
     assert (t.ir_compression, t.heavy_precision, t.other_matmuls, t.split) == ("int4", "int8", "int4", "down")
-    assert t.nncf == {"mode": "int4_asym", "group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": False}
+    assert t.nncf == {"mode": "int4_asym", "group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": False,
+                      "light_group_size": -1}
+    assert (t.light_group_size, t.heavy_ratio) == (-1, 0.02)
     assert load_target("cpu-int4").nncf == {} and "nncf" not in load_target("cpu-int4").to_json()
+    assert load_target("cpu-int4").light_group_size is None and load_target("cpu-int4").heavy_ratio is None
+    # a target (or a manifest from before the key) without a light group size: the light branch uses group_size
+    assert dataclasses.replace(t, nncf={k: v for k, v in t.nncf.items() if k != "light_group_size"}).light_group_size == 128
     assert type(t).from_json(t.to_json()) == dataclasses.replace(t, source="", description="")
     base = Path(t.source).read_text()
     for old, new, fragment in (
@@ -153,6 +158,9 @@ def test_the_nncf_int4_settings_are_checked(tmp_path: Path) -> None:
         ('mode = "int4_asym"', 'mode = "nf4"', "nncf.mode 'nf4' is not one of int4_asym, int4_sym"),
         ("group_size = 128", "group_size = 100", "nncf.group_size 100 is not one of 32, 64, 128, 256"),
         ("group_size = 128", "group_size = 128\nratio = 0", "nncf.ratio 0 is outside (0, 1]"),
+        ("light_group_size = -1", "light_group_size = 0", "nncf.light_group_size 0 is not -1 (per channel) or one of"),
+        ("heavy_ratio = 0.02", "heavy_ratio = 1.5", "heavy_ratio 1.5 is outside (0, 1)"),
+        ("heavy_ratio = 0.02", 'heavy_ratio = "2%"', "'heavy_ratio' must be a"),
         ("awq = false", 'awq = "yes"', "'nncf.awq' must be a"),
         ("awq = false", "gptq = true", "unknown key 'nncf.gptq'"),
     ):
