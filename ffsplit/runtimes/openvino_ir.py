@@ -130,12 +130,11 @@ def _compress_light(model: Any, target: Target, light: set[str]) -> Any:
     (``light_group_size``; -1: one scale per output channel), data-free: the heavy hitters, kept int8, carry
     what a coarser grid would lose. Every other multiply is left to the main pass."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     others = [op.get_friendly_name() for op in model.get_ordered_ops()
               if op.get_type_name() in ("MatMul", "Gather") and op.get_friendly_name() not in light]
     # all_layers: NNCF would otherwise keep the last multiply it compresses (here a light one) int8
-    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
-
     return nncf.compress_weights(
         model, mode=nncf.CompressWeightsMode(target.nncf["mode"]), group_size=target.light_group_size,
         ratio=1.0, all_layers=True, ignored_scope=nncf.IgnoredScope(names=others, validate=False),
