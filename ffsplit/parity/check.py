@@ -128,18 +128,44 @@ class RecordedOutputs:
         progress: bool = False, desc: str = "recording outputs",
     ) -> RecordedOutputs:
         folder.mkdir(parents=True, exist_ok=True)
+        source = TorchOutputs(model, task, graph_inputs)
         for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
-            np.save(folder / f"{i}.npy", torch_output(model, batch, task, graph_inputs), allow_pickle=False)
-        generated = None
-        if task.past and prompts is not None:
-            from ffsplit.parity.generation import greedy_torch
-
-            generated = greedy_torch(model, *prompts, generate_tokens)
+            np.save(folder / f"{i}.npy", source.output(i, batch), allow_pickle=False)
+        generated = source.tokens(*prompts, generate_tokens) if task.past and prompts is not None else None
         return cls(folder, len(batches), generated)
 
-    def output(self, i: int) -> np.ndarray:
+    def output(self, i: int, batch: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        """Batch ``i``'s task output as recorded (``batch`` is the one it was recorded on)."""
         # read whole, one batch at a time: pages of a mapping would stay in this process's resident set
         return np.load(self.folder / f"{i}.npy", allow_pickle=False)
+
+    def tokens(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int) -> np.ndarray:
+        """The greedy tokens recorded on the generation prompts."""
+        assert self.generated is not None, "recorded without the generation prompts"
+        return self.generated
+
+
+class TorchOutputs:
+    """A torch model read the way a comparison reads ``RecordedOutputs``: each batch's task output, computed
+    on exactly the inputs the graph takes, and greedy tokens. Every comparator runs the torch side through
+    one of the two."""
+
+    def __init__(self, model: torch.nn.Module, task: TaskSpec, graph_inputs: set[str]) -> None:
+        self.model, self.task, self.graph_inputs = model, task, graph_inputs
+
+    def output(self, i: int, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return torch_output(self.model, batch, self.task, self.graph_inputs)
+
+    def tokens(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int) -> np.ndarray:
+        from ffsplit.parity.generation import greedy_torch
+
+        return greedy_torch(self.model, ids, mask, new_tokens)
+
+
+def torch_side(model: torch.nn.Module | RecordedOutputs | TorchOutputs, task: TaskSpec,
+               graph_inputs: set[str]) -> RecordedOutputs | TorchOutputs:
+    """``model`` as a comparison reads it: recorded outputs as they are, a torch model through TorchOutputs."""
+    return model if isinstance(model, RecordedOutputs | TorchOutputs) else TorchOutputs(model, task, graph_inputs)
 
 
 def compare_three(
@@ -161,14 +187,15 @@ def compare_three(
                              max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
-    for model in (original, split):
-        if isinstance(model, RecordedOutputs) and model.count != len(batches):
-            raise AssertionError(f"recorded {model.count} batches, parity runs {len(batches)}")
+    sides = {"original": torch_side(original, task, graph_inputs), "split": torch_side(split, task, graph_inputs)}
+    for side in sides.values():
+        if isinstance(side, RecordedOutputs) and side.count != len(batches):
+            raise AssertionError(f"recorded {side.count} batches, parity runs {len(batches)}")
 
-    def output(model: torch.nn.Module | RecordedOutputs, i: int, batch: dict[str, torch.Tensor]) -> Callable[[], np.ndarray]:
-        if isinstance(model, RecordedOutputs):
-            return partial(model.output, i)  # read from disk when needed, as often as needed
-        value = torch_output(model, batch, task, graph_inputs)
+    def output(side: RecordedOutputs | TorchOutputs, i: int, batch: dict[str, torch.Tensor]) -> Callable[[], np.ndarray]:
+        if isinstance(side, RecordedOutputs):
+            return partial(side.output, i)  # read from disk when needed, as often as needed
+        value = side.output(i, batch)  # computed once
         return lambda: value
 
     for i, batch in enumerate(tqdm(batches, desc="checking parity", unit="batch", disable=not progress, leave=False)):
@@ -176,23 +203,16 @@ def compare_three(
         runtime = runner.infer(runner.feed_from(np_batch))
         if on_runtime is not None:  # every output of the graph, for checks of its other outputs
             on_runtime(np_batch, runtime)
-        _compare_batch(accs, {"original": output(original, i, batch), "split": output(split, i, batch),
+        _compare_batch(accs, {"original": output(sides["original"], i, batch), "split": output(sides["split"], i, batch),
                               "runtime": lambda runtime=runtime: runtime.pop(task.output)}, np_batch)
         del runtime
     results = {name: acc.result() for name, acc in accs.items()}
     if task.past:
-        from ffsplit.parity.generation import agreement, greedy_runtime, greedy_torch
+        from ffsplit.parity.generation import agreement, greedy_runtime
 
         ids, mask = generation_prompts(tokenizer, texts)
-
-        def tokens(model: torch.nn.Module | RecordedOutputs) -> np.ndarray:
-            if isinstance(model, RecordedOutputs):
-                assert model.generated is not None, "recorded without the generation prompts"
-                return model.generated
-            return greedy_torch(model, ids, mask, generate_tokens)
-
-        generated = {"original": tokens(original), "split": tokens(split),
-                     "runtime": greedy_runtime(runner, ids, mask, generate_tokens)}
+        generated = {name: side.tokens(ids, mask, generate_tokens) for name, side in sides.items()}
+        generated["runtime"] = greedy_runtime(runner, ids, mask, generate_tokens)
         for name, (ref, other, _) in COMPARISONS.items():
             results[name]["generation_agreement"] = agreement(generated[ref], generated[other])
     return results
@@ -222,10 +242,10 @@ def runtime_accuracy(
     """Each runner's task metrics against the original torch model on ``texts`` in padded batches: what
     each one costs, measured on the same inputs (``bench``: a lossy baseline next to ffsplit)."""
     accs = {name: metrics_for(task.name) for name in runners}
-    graph_inputs = set(next(iter(runners.values())).input_signature())
-    for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
+    reference = TorchOutputs(original, task, set(next(iter(runners.values())).input_signature()))
+    for i, batch in enumerate(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)):
         np_batch = {k: v.numpy() for k, v in batch.items()}
-        ref = torch_output(original, batch, task, graph_inputs)
+        ref = reference.output(i, batch)
         for name, runner in runners.items():
             accs[name].update(ref, runner.infer(runner.feed_from(np_batch))[task.output], np_batch)
     return {name: acc.result() for name, acc in accs.items()}
