@@ -236,6 +236,34 @@ _LAYER_FIELDS: dict[str, Check] = {
 LAYER = table(_LAYER_FIELDS, optional_keys=frozenset(f.name for f in fields(LayerPlan) if f.default is not MISSING))
 
 
+@dataclass(frozen=True)
+class Params:
+    """The manifest's ``params``: parameters and bytes of the FFNs, and parameters of the whole model, before
+    and after the split (a reduction is the fraction saved: 1 - after / before)."""
+
+    ffn_before: int
+    ffn_after: int
+    ffn_reduction: float
+    total_before: int
+    total_after: int
+    total_reduction: float
+    ffn_bytes_before: int
+    ffn_bytes_after: int
+    ffn_bytes_reduction: float
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Params:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+# The bounds of each Params field (every one required)
+_PARAMS_FIELDS: dict[str, Check] = {
+    "ffn_before": integer(1, BIG), "ffn_after": _COUNT, "ffn_reduction": number(-1e6, 1.0),
+    "total_before": integer(1, BIG), "total_after": _COUNT, "total_reduction": number(-1e6, 1.0),
+    "ffn_bytes_before": _COUNT, "ffn_bytes_after": _COUNT, "ffn_bytes_reduction": number(-1e6, 1.0),
+}
+
+
 def layer_totals(layers: list[LayerPlan]) -> dict[str, int]:
     """The FFN totals the manifest's ``params`` records, summed over its rows."""
     return {
@@ -276,11 +304,7 @@ SCHEMA = table(
             "limits": table({"compression": _LIMITS, "fidelity": _LIMITS, "shipped": _LIMITS}),
         }),
         "layers": items(LAYER, min_len=1, max_len=100_000),
-        "params": table({
-            "ffn_before": integer(1, BIG), "ffn_after": _COUNT, "ffn_reduction": number(-1e6, 1.0),
-            "total_before": integer(1, BIG), "total_after": _COUNT, "total_reduction": number(-1e6, 1.0),
-            "ffn_bytes_before": _COUNT, "ffn_bytes_after": _COUNT, "ffn_bytes_reduction": number(-1e6, 1.0),
-        }),
+        "params": table(_PARAMS_FIELDS),
         "versions": mapping(text(200), max_len=100),
         "graph_passes": items(table({"pass": text(200), "modified": boolean}), max_len=1000),
         "separation": table({"graph": text(200)}),
@@ -407,6 +431,10 @@ class Manifest(Mapping[str, Any]):
     def source(self) -> Source:
         s = self._data["source"]
         return Source(s["spec"], s["path"], s["sha256"], s["model_type"], s["architecture"], s.get("max_positions"))
+
+    @property
+    def params(self) -> Params:
+        return Params.from_json(self._data["params"])
 
     @property
     def layers(self) -> list[LayerPlan]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ffsplit.errors import UsageError
-from ffsplit.manifest import _LAYER_FIELDS, FORMAT, LAYER, LayerPlan, Manifest
+from ffsplit.manifest import _LAYER_FIELDS, _PARAMS_FIELDS, FORMAT, LAYER, LayerPlan, Manifest, Params
 
 
 def test_typed_view_reads_what_the_file_says(tiny_none_artifact: Path) -> None:
@@ -20,6 +21,7 @@ def test_typed_view_reads_what_the_file_says(tiny_none_artifact: Path) -> None:
     assert m.limits == raw["checks"]["limits"] and m.exact is True
     assert m.max_length == raw["calibration"]["max_length"] and m.evaluation.texts == raw["evaluation"]["texts"]
     assert m.evaluation.bundled and [p.to_json() for p in m.layers] == raw["layers"] and m.files == raw["files"]
+    assert dataclasses.asdict(m.params) == raw["params"]
     assert (m.build.status, m.build.target, m.build.deferred) == ("built", "cpu", False)
     assert m.to_json() == raw and dict(m) == raw and m == raw  # nothing lost: a Mapping over the JSON
     # an artifact from before build-later has no build record: it was built at export
@@ -44,6 +46,7 @@ def test_the_layer_schema_bounds_every_field_of_the_typed_row_and_no_other(tiny_
     """One record: a field added to LayerPlan without bounds (or bounds without a field) fails here; the fields
     with a default are the ones a row may leave out."""
     assert set(_LAYER_FIELDS) == {f.name for f in fields(LayerPlan)}
+    assert set(_PARAMS_FIELDS) == {f.name for f in fields(Params)}
     row = json.loads((tiny_none_artifact / "manifest.json").read_text())["layers"][0]
     for f in fields(LayerPlan):
         errors: list[str] = []

@@ -26,14 +26,14 @@ def write_json(path: str | None, data: Any) -> None:
 
 def params_line(m: Manifest) -> str:
     """Bytes first: an int8 or int4 light branch keeps its parameter count and shrinks its bytes."""
-    p = m["params"]
+    p = m.params
     heavy = sum(r.heavy_bytes for r in m.layers)
     light = sum(r.light_bytes for r in m.layers)
     return (
-        f"FFN weights {p['ffn_bytes_before'] / 1e6:,.2f} MB -> {p['ffn_bytes_after'] / 1e6:,.2f} MB "
-        f"({p['ffn_bytes_reduction']:.1%} smaller; heavy {heavy / 1e6:,.2f} MB, light {light / 1e6:,.2f} MB); "
-        f"FFN parameters {p['ffn_before']:,} -> {p['ffn_after']:,} ({p['ffn_reduction']:.1%} fewer); "
-        f"model parameters {p['total_before']:,} -> {p['total_after']:,} ({p['total_reduction']:.1%} fewer)"
+        f"FFN weights {p.ffn_bytes_before / 1e6:,.2f} MB -> {p.ffn_bytes_after / 1e6:,.2f} MB "
+        f"({p.ffn_bytes_reduction:.1%} smaller; heavy {heavy / 1e6:,.2f} MB, light {light / 1e6:,.2f} MB); "
+        f"FFN parameters {p.ffn_before:,} -> {p.ffn_after:,} ({p.ffn_reduction:.1%} fewer); "
+        f"model parameters {p.total_before:,} -> {p.total_after:,} ({p.total_reduction:.1%} fewer)"
     )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ffsplit.artifact import SPLIT_WEIGHTS, Artifact
 from ffsplit.errors import CheckFailed, UsageError
-from ffsplit.manifest import LayerPlan, layer_totals
+from ffsplit.manifest import LayerPlan, Params, layer_totals
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -84,17 +84,17 @@ def _rebuild_into(art: Artifact, model: torch.nn.Module) -> None:
             "re-run ffsplit export"
         ) from None
     hold_as_stored(model)
-    wrong += _contradicted_totals(art.manifest["params"], layers, total_before, count_params(model))
+    wrong += _contradicted_totals(art.manifest.params, layers, total_before, count_params(model))
     if wrong:  # hashes and the embedded copy agree, so the export itself wrote (or a forger re-signed) these
         raise CheckFailed(f"the manifest describes another model than the one it holds: {'; '.join(wrong[:3])}"
                           + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""))
 
 
-def _contradicted_totals(params: dict[str, Any], layers: list[LayerPlan], before: int, after: int) -> list[str]:
+def _contradicted_totals(params: Params, layers: list[LayerPlan], before: int, after: int) -> list[str]:
     """The manifest's parameter totals against the model's (``before``/``after`` the split) and its own rows."""
     facts = {"total_before": before, "total_after": after, **layer_totals(layers)}
-    return [f"params.{key} {params[key]!r}, the model has {value!r}" for key, value in facts.items()
-            if key in params and params[key] != value]
+    return [f"params.{key} {getattr(params, key)!r}, the model has {value!r}" for key, value in facts.items()
+            if getattr(params, key) != value]
 
 
 def read_split_weights(path: Path) -> dict[str, Any]:
