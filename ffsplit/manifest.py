@@ -264,6 +264,36 @@ _PARAMS_FIELDS: dict[str, Check] = {
 }
 
 
+@dataclass(frozen=True)
+class BudgetLayer:
+    """What ``--budget`` chose for one layer."""
+
+    layer: int
+    heavy: int
+    heavy_ratio: float
+    recipe: str
+    error: float  # relative FFN output error on the calibration inputs
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The manifest's ``budget``: the ``--budget`` an export was given and what it chose per layer."""
+
+    kind: str
+    value: float
+    limit: float
+    used: float
+    plan: tuple[BudgetLayer, ...]
+    used_fraction_of_limit: float | None = None  # recorded by exports since the budget summary had them
+    total_error: float | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Budget:
+        rows = tuple(BudgetLayer(**{f.name: row[f.name] for f in fields(BudgetLayer)}) for row in data["plan"])
+        return cls(data["kind"], data["value"], data["limit"], data["used"], rows,
+                   data.get("used_fraction_of_limit"), data.get("total_error"))
+
+
 def layer_totals(layers: list[LayerPlan]) -> dict[str, int]:
     """The FFN totals the manifest's ``params`` records, summed over its rows."""
     return {
@@ -431,6 +461,12 @@ class Manifest(Mapping[str, Any]):
     def source(self) -> Source:
         s = self._data["source"]
         return Source(s["spec"], s["path"], s["sha256"], s["model_type"], s["architecture"], s.get("max_positions"))
+
+    @property
+    def budget(self) -> Budget | None:
+        """What ``--budget`` chose, or None for an export without one."""
+        b = self._data.get("budget")
+        return Budget.from_json(b) if b else None
 
     @property
     def params(self) -> Params:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ffsplit.cli.output import (
     accuracy_table,
+    budget_lines,
     graph_table,
     layer_table,
     log,
@@ -75,10 +76,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     weights = weight_range_line(m)
     if weights:
         print(weights)
-    if m.get("budget"):
-        b = m["budget"]
-        print(f"budget {b['kind']}={b['value']:g}: used {b['used']:,} of {b['limit']:,.0f} "
-              f"({b['used_fraction_of_limit']:.1%}); summed calibration error {b['total_error']:.4f}")
+    for line in budget_lines(m, per_layer=False):
+        print(line)
     build = m.get("build") or {}
     if build.get("status") == "deferred":
         print(f"build deferred: target '{build['target']}' cannot run here ({build['reason']}); parity was "
@@ -248,12 +247,8 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         print(f"build: built for {build.target}")
     print(f"recipe: heavy ratio {m['recipe']['heavy_ratio']}, light {m['recipe']['light']['recipe']}, "
           f"heavy precision {m['recipe'].get('heavy_precision', 'fp32')}")
-    if m.get("budget"):
-        b = m["budget"]
-        print(f"budget {b['kind']}={b['value']:g}: used {b['used']:,} of {b['limit']:,.0f}")
-        for row in b["plan"]:
-            print(f"  layer {row['layer']}: heavy {row['heavy']} ({row['heavy_ratio']}), light {row['recipe']}, "
-                  f"calibration error {row['error']:.4f}")
+    for line in budget_lines(man, per_layer=True):
+        print(line)
     print(layer_table(man))
     print(params_line(man))
     print(graph_table(m.get("graphs", {})))

@@ -37,6 +37,19 @@ def params_line(m: Manifest) -> str:
     )
 
 
+def budget_lines(m: Manifest, *, per_layer: bool) -> list[str]:
+    """What ``--budget`` chose (nothing without one): the total, and with ``per_layer`` each layer's choice."""
+    b = m.budget
+    if b is None:
+        return []
+    head = f"budget {b.kind}={b.value:g}: used {b.used:,} of {b.limit:,.0f}"
+    if b.used_fraction_of_limit is not None and b.total_error is not None:
+        head += f" ({b.used_fraction_of_limit:.1%}); summed calibration error {b.total_error:.4f}"
+    rows = [f"  layer {r.layer}: heavy {r.heavy} ({r.heavy_ratio}), light {r.recipe}, calibration error {r.error:.4f}"
+            for r in b.plan] if per_layer else []
+    return [head, *rows]
+
+
 def size_line(out: Path, m: dict[str, Any]) -> str:
     """Size on disk: what the target runs beside the source's weights, and the whole folder."""
     def size(paths: list[Path]) -> float:

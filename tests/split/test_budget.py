@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -120,3 +121,22 @@ def test_budget_export_end_to_end(tiny_bert_dir: Path, tmp_path: Path, cache_dir
 def test_budget_refuses_explicit_recipe(tiny_bert_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="drop --light and --heavy-ratio"):
         api.export(str(tiny_bert_dir), tmp_path / "b", budget="ffn-params=0.5", light="int8", progress=False)
+
+
+def test_the_manifest_reads_back_what_the_budget_chose_and_the_cli_prints_it(tiny_profiled: tuple) -> None:
+    """The summary ``plan_budget`` writes into the manifest is read back as a typed Budget; ``export`` prints its
+    total and ``inspect`` each layer's choice."""
+    from ffsplit.cli.output import budget_lines
+    from ffsplit.manifest import Manifest
+
+    _, ffns, profiles = tiny_profiled
+    chosen, summary = plan_budget(ffns, profiles, "ffn-params", 0.5, other_bytes=0)
+    m = Manifest({"budget": json.loads(json.dumps(summary))})  # as written to manifest.json
+    b = m.budget
+    assert b is not None and (b.kind, b.value, b.used, b.total_error) == ("ffn-params", 0.5, summary["used"],
+                                                                         summary["total_error"])
+    assert [(r.layer, r.heavy, r.recipe) for r in b.plan] == [(i, c.heavy, c.recipe) for i, c in enumerate(chosen)]
+    head, *rows = budget_lines(m, per_layer=True)
+    assert head.startswith("budget ffn-params=0.5: used ") and "summed calibration error" in head
+    assert len(rows) == len(chosen) and rows[0].startswith("  layer 0: heavy ")
+    assert budget_lines(m, per_layer=False) == [head] and budget_lines(Manifest({}), per_layer=True) == []
