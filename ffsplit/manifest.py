@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from ffsplit.errors import UsageError
 from ffsplit.precisions import PRECISIONS
@@ -171,6 +171,14 @@ _COUNT = integer(0, BIG)
 _FRACTION = number(0.0, 1.0)
 _LIMITS = mapping(number(0.0, 1e6), max_len=32, key=re.compile(r"[a-z0-9_]{1,40}"))
 
+T = TypeVar("T")
+
+
+def _record(cls: type[T], data: Mapping[str, Any]) -> T:
+    """The dataclass ``cls`` from a checked JSON table: its fields that the table has (other keys ignored)."""
+    return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})  # type: ignore[arg-type]
+
+
 @dataclass(kw_only=True)
 class LayerPlan:
     """One row of the manifest's per-layer table: how one FFN was split (written by the split, read by every
@@ -205,7 +213,7 @@ class LayerPlan:
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> LayerPlan:
         """A row of a checked manifest (``LAYER``)."""
-        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+        return _record(cls, row)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,7 +261,7 @@ class Params:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Params:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return _record(cls, data)
 
 
 # The bounds of each Params field (every one required)
@@ -289,9 +297,7 @@ class Budget:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Budget:
-        rows = tuple(BudgetLayer(**{f.name: row[f.name] for f in fields(BudgetLayer)}) for row in data["plan"])
-        return cls(data["kind"], data["value"], data["limit"], data["used"], rows,
-                   data.get("used_fraction_of_limit"), data.get("total_error"))
+        return _record(cls, {**data, "plan": tuple(_record(BudgetLayer, row) for row in data["plan"])})
 
 
 def layer_totals(layers: list[LayerPlan]) -> dict[str, int]:

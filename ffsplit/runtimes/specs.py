@@ -9,7 +9,7 @@ runtime names), ``Target.unavailable_reason``, ``runtimes.base.runner_class`` (t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 class Target(Protocol):
     """What of a ``runtimes.targets.Target`` the availability checks read (that module reads this one)."""
 
-    providers: list[str]
+    providers: Sequence[str]
     openvino: Mapping[str, Any]
 
 

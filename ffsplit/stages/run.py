@@ -115,6 +115,7 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Callable[[str], None] | No
         original = record(loaded.model, loaded=loaded, folder=recorded / "original", desc="original model")
     total_before = count_params(loaded.model)
     done, manifest = _split_and_save(plan, stage, loaded, adapter, source, profiles, stages, log, total_before)
+    layers = done.plans  # what manifest["layers"] records, kept typed for the guard after the model is freed
     with stages.stage("split outputs", log):
         split_out = record(done.model, loaded=loaded, folder=recorded / "split", desc="split model")
     attempts: list[dict[str, str]] = []
@@ -137,8 +138,8 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Callable[[str], None] | No
             with stages.stage(f"{'quantize' if plan.nncf == 'int8' else 'compress'} (NNCF {plan.nncf})", log):
                 build_ir(stage / MODEL_FILE, plan.target, loaded.tokenizer, plan.texts, plan.options.max_length,
                          keep_heavy=plan.heavy == "fp32")
-        report = _verify_into(plan, stage, loaded, (original, split_out), source, manifest, stages, log=log,
-                              progress=progress)
+        report = _verify_into(plan, stage, loaded, (original, split_out), source, manifest, layers, stages,
+                              log=log, progress=progress)
         manifest["exporter"] = {"name": name, "opset": opset, "attempts": attempts}
         if report.comparisons["fidelity"]["passed"]:
             break
@@ -210,7 +211,7 @@ def _split_and_save(
 
 def _verify_into(
     plan: ExportPlan, stage: Path, loaded: LoadedModel, recorded: tuple[RecordedOutputs, RecordedOutputs],
-    source: dict[str, Any], manifest: dict[str, Any],
+    source: dict[str, Any], manifest: dict[str, Any], layers: list[LayerPlan],
     stages: Stages, *, log: Callable[[str], None] | None, progress: bool,
 ) -> ParityReport:
     """Build the runtime for the graph in ``stage``, guard it, run the three-way parity and save the golden
@@ -231,7 +232,7 @@ def _verify_into(
                                  "checked_on": runner.name}
         else:
             manifest["build"] = {"status": "built", "target": plan.target.name}
-            manifest["separation"] = verify.guard(runner, [LayerPlan.from_json(row) for row in manifest["layers"]])
+            manifest["separation"] = verify.guard(runner, layers)
             if not manifest["separation"]["passed"]:
                 runner.deactivate()
                 manifest.update(stages.record())
