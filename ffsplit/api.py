@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,13 @@ from ffsplit.artifact import (
     write_manifest,
 )
 from ffsplit.errors import CheckFailed, UsageError
-from ffsplit.manifest import Manifest
+from ffsplit.manifest import Build, Manifest
 from ffsplit.runtimes.targets import Target, list_targets, require_supported
 from ffsplit.stages.reload import load_source, rebuild, split_in_place
 from ffsplit.stages.run import ExportResult, run_export, utc_now
 
 __all__ = [
-    "Artifact", "ExportResult", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact",
+    "Artifact", "ExportResult", "Inspection", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact",
     "open_artifact", "pack", "targets",
 ]
 
@@ -273,7 +274,7 @@ def bench_accuracy(
     return {"baseline": lossy, "texts": len(texts), **metrics}
 
 
-def build(folder: str | Path, *, target: str | None = None, tolerance: float | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def build(folder: str | Path, *, target: str | None = None, tolerance: float | None = None, log: Callable[[str], None] | None = None) -> Manifest:
     """Build an artifact's runtime on this machine, guard it and replay its golden outputs; the artifact is
     rewritten with the build recorded (``build``, ``separation``). Returns the new manifest.
 
@@ -290,7 +291,7 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
     if tolerance is not None:
         bounds.require_float("--tolerance", tolerance, 0.0, 1e6)
     art = Artifact.open(folder)
-    exported = Target.from_json(art.manifest["target"])
+    exported = Target.from_json(art.manifest.target)  # the graph's target (art.target: what a build ran)
     tgt = _build_target(exported, target)
     m = art.manifest
     mine = f"{RUNTIME_DIR}/{tgt.name}/"
@@ -301,16 +302,15 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(art.folder / rel, stage / rel, copy=rel.startswith(mine))
         # the files as staged are the ones verified (the folder may have changed since it was opened)
-        check_staged = {**m, "files": {rel: m.files[rel] for rel in kept}}
         from ffsplit.artifact import verify_files
 
-        verify_files(stage, check_staged)
+        verify_files(stage, {rel: m.files[rel] for rel in kept})
         if log:
             log(f"building for {tgt.name} and checking branch separation ...")
         with make_runner(stage / MODEL_FILE, tgt, runtime_dir=stage / RUNTIME_DIR / tgt.name) as runner:
             separation = verify.guard(runner, m.layers)
-            if not separation["passed"]:
-                raise CheckFailed(separation["failure"], details={"separation": separation})
+            if not separation.passed:
+                raise CheckFailed(str(separation.failure), details={"separation": separation.to_json()})
             if log:
                 log("replaying the golden outputs ...")
             golden = replay_golden(stage, runner, m, tolerance=tolerance)
@@ -318,15 +318,13 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
             raise CheckFailed(
                 f"{tgt.name} moved the golden {golden['output']} by {golden['max_abs']:.3g} (tolerance "
                 f"{golden['tolerance']:.3g}), nothing changed: check the target's options, or `ffsplit check` "
-                "the artifact on this machine to see its parity", details={"separation": separation, "golden": golden},
+                "the artifact on this machine to see its parity",
+                details={"separation": separation.to_json(), "golden": golden},
             )
-        record: dict[str, Any] = {"status": "built", "target": tgt.name, "golden": golden,
-                                  "created": utc_now()}
-        if tgt.name != exported.name or tgt.to_json() != exported.to_json():
-            record["runtime_target"] = tgt.to_json()
-        manifest = {k: v for k, v in m.items() if k != "files"}
-        manifest.update(build=record, separation=separation)
-        return write_manifest(stage, manifest)
+        same = tgt.name == exported.name and tgt.to_json() == exported.to_json()
+        record = Build(status="built", target=tgt.name, golden=golden, created=utc_now(),
+                       runtime_target=None if same else tgt.to_json())
+        return write_manifest(stage, m.replace(build=record, separation=separation))
 
 
 def _build_target(exported: Target, target: str | None) -> Target:
@@ -345,14 +343,26 @@ def _build_target(exported: Target, target: str | None) -> Target:
     return tgt
 
 
-def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> Manifest:
     """A slim copy of a verified artifact holding only what its target runs, with the tokenizer, config,
     sentence-transformers files and golden outputs; its manifest lists what was left out. ``ffsplit.load``,
     ``check --golden``, ``bench``, ``triton`` and ``serve`` work on it; the three-way ``check`` needs the full one."""
     return pack_artifact(folder, out, force=force)
 
 
-def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Inspection:
+    """What ``inspect`` found: the manifest, and per graph file its layers' ops and precisions (or why it could
+    not be read)."""
+
+    manifest: Manifest
+    graphs: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.manifest.to_json(), "graphs": self.graphs}
+
+
+def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> Inspection:
     """The manifest of an artifact, and per layer and branch the ops and precisions found in the
     exported graph and in each runtime's optimised graph (hashes are not verified: inspecting a
     broken folder is allowed)."""
@@ -362,9 +372,8 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
     from ffsplit.runtimes.records import records_from_file
 
     art = Artifact.open(folder, verify=False)
-    info = dict(art.manifest)
+    found: dict[str, Any] = {}
     if graphs:
-        found: dict[str, Any] = {}
         present, _links = list_files(art.folder)  # regular files only: never follow a link out of the folder
         paths = [present[MODEL_FILE]] if MODEL_FILE in present else []
         for suffix in ("/optimized.onnx", "/layers.json"):
@@ -379,8 +388,7 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> dict[str, An
                 found[str(path.relative_to(art.folder))] = {str(k): v for k, v in summary.items()}  # as in JSON
             except Exception as exc:
                 found[str(path.relative_to(art.folder))] = {"error": f"cannot read: {exc}"[:300]}
-        info["graphs"] = found
-    return info
+    return Inspection(art.manifest, found)
 
 
 def targets() -> list[tuple[Target, str | None]]:

@@ -6,10 +6,51 @@ and the limits an export decides once (``limits_for``) and records in its manife
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ffsplit.tasks import TASKS
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric parity measures: whether a limit on it is a ceiling (smaller is better) or a floor, and the
+    range a limit may take (a perplexity ratio below 1 would fail the original itself)."""
+
+    name: str
+    ceiling: bool
+    lo: float = 0.0
+    hi: float = 1.0
+
+    def holds(self, value: float, limit: float) -> bool:
+        return value <= limit if self.ceiling else value >= limit
+
+    @property
+    def sign(self) -> str:
+        return "<=" if self.ceiling else ">="
+
+    def limit_problem(self, value: float) -> str | None:
+        """Why ``value`` cannot be a limit on this metric (None when it can)."""
+        if not math.isfinite(value) or not self.lo <= value <= self.hi:
+            return f"{value:g} is outside [{self.lo:g}, {self.hi:g}]"
+        return None
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("max_abs", ceiling=True, hi=1e6),
+    Metric("mean_abs", ceiling=True, hi=1e6),
+    Metric("cosine_min", ceiling=False),
+    Metric("cosine_mean", ceiling=False),
+    Metric("retrieval_at10", ceiling=False),
+    Metric("label_agreement", ceiling=False),
+    Metric("top1_agreement", ceiling=False),
+    Metric("top5_agreement", ceiling=False),
+    Metric("generation_agreement", ceiling=False),
+    Metric("perplexity", ceiling=True, lo=1.0, hi=math.inf),  # measured and reported; limits are on the ratio
+    Metric("perplexity_ratio", ceiling=True, lo=1.0, hi=1e6),
+)}
 
 COMPARISONS: dict[str, tuple[str, str, str]] = {
     # name -> (reference, compared, what it says)
@@ -17,8 +58,6 @@ COMPARISONS: dict[str, tuple[str, str, str]] = {
     "fidelity": ("split", "runtime", "split torch vs runtime"),
     "shipped": ("original", "runtime", "original torch vs runtime"),
 }
-# Metrics where smaller is better; every other limit is a floor.
-UPPER_BOUNDED = frozenset({"max_abs", "mean_abs", "perplexity_ratio"})
 TASK_METRICS: dict[str, tuple[str, ...]] = {name: task.metrics for name, task in TASKS.items()}
 DEFAULT_LIMITS = {
     "fidelity": {"max_abs": 1e-4, "cosine_min": 0.99999, "generation_agreement": 1.0},
@@ -57,7 +96,7 @@ def limits_for(
     fidelity = pick("fidelity")
     if exact:
         lossy = pick("exact")
-        shipped = {k: (v * 2 if k in UPPER_BOUNDED else v) for k, v in lossy.items()}
+        shipped = {k: (v * 2 if METRICS[k].ceiling else v) for k, v in lossy.items()}
     else:
         lossy = pick("compression")
         lossy.update({k: float(v) for k, v in (overrides or {}).items() if v is not None and k in have})

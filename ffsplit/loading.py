@@ -11,9 +11,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.errors import UsageError
+
+if TYPE_CHECKING:
+    from ffsplit.manifest import Source
 
 # Alias -> (importable package, folder inside it). Located with find_spec so the
 # package itself is never imported.
@@ -213,16 +216,13 @@ def usable_positions(model: Any, *, past: bool = False) -> int | None:
     return max(limit, 1)
 
 
-def source_record(loaded: Any) -> dict[str, Any]:
+def source_record(loaded: LoadedModel) -> Source:
     """What the manifest records of the source model: where, what, its hash and usable positions."""
     from ffsplit.artifact import sha256_files
+    from ffsplit.manifest import Source
 
-    cfg = loaded.model.config
-    return {
-        "spec": loaded.spec,
-        "path": str(loaded.path),
-        "model_type": cfg.model_type,
-        "architecture": type(loaded.model).__name__,
-        "sha256": sha256_files(model_files(loaded.path), loaded.path),
-        "max_positions": usable_positions(loaded.model, past=loaded.task.past),
-    }
+    return Source(
+        spec=loaded.spec, path=str(loaded.path), model_type=loaded.model.config.model_type,
+        architecture=type(loaded.model).__name__, sha256=sha256_files(model_files(loaded.path), loaded.path),
+        max_positions=usable_positions(loaded.model, past=loaded.task.past),
+    )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ffsplit import bounds
 from ffsplit.errors import UsageError
-from ffsplit.limits import COMPRESSION_METRICS
+from ffsplit.limits import COMPRESSION_METRICS, METRICS
 from ffsplit.precisions import HALF_FLOATS, INTEGERS
 from ffsplit.runtimes.targets import Target, load_target, require_supported
 
@@ -121,10 +121,7 @@ def check_overrides(overrides: dict[str, float | None]) -> None:
             raise UsageError(f"unknown limit '{name}': use one of {', '.join(COMPRESSION_METRICS)}")
         if v is None:
             continue
-        if name == "perplexity_ratio":  # a ceiling on ppl / original ppl
-            bounds.require_float(f"--limit {name}", v, 1.0, 1e6)
-        else:
-            bounds.require_float(f"--limit {name}", v, 0.0, 1.0)
+        bounds.require_float(f"--limit {name}", v, METRICS[name].lo, METRICS[name].hi)
 
 
 def _check_numbers(o: ExportOptions) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ffsplit.artifact import read_manifest, staged_output, verify_files, write_manifest
+from ffsplit.artifact import read_manifest, staged_output, verify_files, write_manifest_json
 from ffsplit.errors import UsageError
 
 
@@ -15,7 +15,7 @@ def test_success_renames_into_place(tmp_path: Path) -> None:
     out = tmp_path / "a" / "b" / "out"
     with staged_output(out, force=False) as stage:
         (stage / "model.onnx").write_bytes(b"x")
-        write_manifest(stage, {"format": 2})
+        write_manifest_json(stage, {"format": 2})
     assert (out / "model.onnx").read_bytes() == b"x"
     assert [p.name for p in out.parent.iterdir()] == ["out"]
 
@@ -32,7 +32,7 @@ def test_failure_with_force_keeps_the_previous_output(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "old").write_text("previous")
-    write_manifest(out, {"format": 2})
+    write_manifest_json(out, {"format": 2})
     with pytest.raises(KeyboardInterrupt), staged_output(out, force=True) as stage:
         (stage / "new").write_text("half")
         raise KeyboardInterrupt
@@ -42,7 +42,7 @@ def test_failure_with_force_keeps_the_previous_output(tmp_path: Path) -> None:
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     with staged_output(tmp_path / "out", force=False) as stage:
-        write_manifest(stage, {"format": 2})
+        write_manifest_json(stage, {"format": 2})
     with pytest.raises(UsageError, match="already exists: choose another --out or pass --force"), staged_output(tmp_path / "out", force=False):
         pass
     with staged_output(tmp_path / "out", force=True) as stage:
@@ -55,17 +55,17 @@ def test_hashes_are_verified(tmp_path: Path) -> None:
         (stage / "model.onnx").write_bytes(b"model")
         (stage / "sub").mkdir()
         (stage / "sub" / "x.txt").write_text("x")
-        write_manifest(stage, {"format": 2})
+        write_manifest_json(stage, {"format": 2})
     folder = tmp_path / "out"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.onnx", "sub/x.txt"}
-    verify_files(folder, manifest)
+    verify_files(folder, manifest["files"])
     (folder / "model.onnx").write_bytes(b"tampered")
     with pytest.raises(UsageError, match="model.onnx was modified"):
-        verify_files(folder, manifest)
+        verify_files(folder, manifest["files"])
     (folder / "sub" / "x.txt").unlink()
     with pytest.raises(UsageError, match="sub/x.txt is missing"):
-        verify_files(folder, manifest)
+        verify_files(folder, manifest["files"])
 
 
 def test_manifest_path_traversal_is_refused(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_manifest_path_traversal_is_refused(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "manifest.json").write_text(json.dumps({"format": 2, "files": {"../secret": "0" * 64}}))
     with pytest.raises(UsageError, match="points outside the folder"):
-        verify_files(folder, json.loads((folder / "manifest.json").read_text()))
+        verify_files(folder, json.loads((folder / "manifest.json").read_text())["files"])
 
 
 @pytest.mark.parametrize("content", [None, "not json", json.dumps({"format": 99, "files": {}})])
@@ -95,10 +95,10 @@ def test_pack_keeps_what_the_target_runs(tiny_none_artifact: Path, tmp_path: Pat
     out = tmp_path / "slim"
     r = run_cli("pack", str(tiny_none_artifact), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    m = read_manifest(out)
+    m = read_manifest(out).to_json()
     assert m["packed"]["dropped"] == ["runtime/cpu/optimized.onnx", "split.safetensors"]
     assert not (out / "split.safetensors").exists() and (out / "golden.npz").is_file()
-    assert sorted(m["files"]) == sorted(set(read_manifest(tiny_none_artifact)["files"]) - set(m["packed"]["dropped"]))
+    assert sorted(m["files"]) == sorted(set(read_manifest(tiny_none_artifact).files) - set(m["packed"]["dropped"]))
     with ffsplit.load(out) as slim, ffsplit.load(tiny_none_artifact) as full:
         texts = ["a cat", "the weather is nice today"]
         np.testing.assert_array_equal(slim.encode(texts), full.encode(texts))
@@ -110,7 +110,7 @@ def test_pack_keeps_what_the_target_runs(tiny_none_artifact: Path, tmp_path: Pat
     r = run_cli("pack", str(out), "--out", str(tmp_path / "again"))
     assert r.returncode == 2 and "needs the full artifact" in r.stderr
     r = run_cli("pack", str(tiny_none_artifact), "--out", str(tiny_none_artifact), "--force")
-    assert r.returncode == 2 and read_manifest(tiny_none_artifact).get("packed") is None
+    assert r.returncode == 2 and read_manifest(tiny_none_artifact).packed is None
 
 
 def test_every_stage_reports_its_time_and_peak_memory(tiny_none_artifact: Path) -> None:

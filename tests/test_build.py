@@ -13,6 +13,7 @@ import pytest
 
 from ffsplit import api
 from ffsplit.errors import CheckFailed, UsageError
+from ffsplit.manifest import Separation
 from ffsplit.runtimes.targets import gpu_present, load_target
 from tests.conftest import FAST, forge_manifest, run_cli
 
@@ -93,7 +94,7 @@ def test_a_failed_build_changes_nothing(deferred: Path, tmp_path: Path, monkeypa
     from ffsplit.stages import verify
 
     before = _digest(deferred)
-    monkeypatch.setattr(verify, "guard", lambda runner, plans: {"passed": False, "graph": "x", "failure": "merged"})
+    monkeypatch.setattr(verify, "guard", lambda runner, plans: Separation(passed=False, graph="x", failure="merged"))
     with pytest.raises(CheckFailed, match="merged"):
         api.build(deferred, target=str(deferred.parent / "cpu-small.toml"))
     monkeypatch.undo()

@@ -265,12 +265,11 @@ def test_the_export_report_says_which_int8_weight_range_was_used() -> None:
     from conftest import layer_plan
 
     from ffsplit.cli.output import weight_range_line
-    from ffsplit.manifest import Manifest
 
-    def manifest(weight_range: str, light: str, other: str = "fp32") -> Manifest:
-        return Manifest({"target": {"int8_weight_range": weight_range, "other_matmuls": other},
-                         "layers": [layer_plan(light_precision=light).to_json()]})
+    def line(weight_range: str, light: str, other: str = "fp32") -> str | None:
+        return weight_range_line({"int8_weight_range": weight_range, "other_matmuls": other},
+                                 [layer_plan(light_precision=light)])
 
-    assert weight_range_line(manifest("full", "fp32")) is None
-    assert "CPUs without VNNI saturate" in (weight_range_line(manifest("full", "int8")) or "")
-    assert "within +-64" in (weight_range_line(manifest("reduced", "fp32", other="int8")) or "")
+    assert line("full", "fp32") is None
+    assert "CPUs without VNNI saturate" in (line("full", "int8") or "")
+    assert "within +-64" in (line("reduced", "fp32", other="int8") or "")

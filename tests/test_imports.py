@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the output folder and what an artifact records: its manifest, source model, pooling and target
     ("ffsplit.artifact", "ffsplit.manifest", "ffsplit.loading", "ffsplit.residency", "ffsplit.pooling",
      "ffsplit.runtimes.targets", "ffsplit.runtimes.target_schema", "ffsplit.runtimes.specs"),
-    ("ffsplit.errors", "ffsplit.bounds", "ffsplit.jsonio", "ffsplit.resources", "ffsplit.precisions", "ffsplit.limits", "ffsplit.tasks", "ffsplit.signature",
+    ("ffsplit.errors", "ffsplit.bounds", "ffsplit.jsonio", "ffsplit.schema", "ffsplit.resources", "ffsplit.precisions", "ffsplit.limits", "ffsplit.tasks", "ffsplit.signature",
      "ffsplit.version"),
 )
 

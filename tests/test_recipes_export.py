@@ -19,7 +19,7 @@ def test_quantised_light_and_int8_heavy_export_and_check(tiny_bert_dir: Path, tm
     out = tmp_path / "q"
     res = api.export(str(tiny_bert_dir), out, light="prune:0.25+int4:16:asym", heavy="int8", limits=LENIENT,
                      calib_size=16, eval_size=24, max_length=32, progress=False)
-    m = res.manifest
+    m = res.manifest.to_json()
     assert m["recipe"]["light"]["recipe"] == "prune:0.25+int4:16:asym" and m["recipe"]["heavy_precision"] == "int8"
     assert m["params"]["ffn_bytes_reduction"] > 0.6
     fid = m["parity"]["comparisons"]["fidelity"]["metrics"]
@@ -39,7 +39,7 @@ def test_quantised_light_and_int8_heavy_export_and_check(tiny_bert_dir: Path, tm
     }
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert ops.count("MatMulNBits") == 4 and ops.count("DequantizeLinear") == 4
-    assert [p["pass"] for p in m["graph_passes"]] == [
+    assert [p["name"] for p in m["graph_passes"]] == [
         "TagBranchesPass", "CleanupGraphPass", "RemoveSoftmaxNanGuardPass", "StripTracesPass", "QuantizeBranchWeightsPass",
         "CheckBranchSeparationPass",
     ]
@@ -49,7 +49,7 @@ def test_cpu_int8_target_runs_the_light_branch_in_dynamic_int8(tiny_bert_dir: Pa
     out = tmp_path / "i8"
     res = api.export(str(tiny_bert_dir), out, target="cpu-int8", limits=LENIENT, calib_size=16, eval_size=24,
                      max_length=32, progress=False)
-    m = res.manifest
+    m = res.manifest.to_json()
     assert m["recipe"]["light"]["recipe"] == "int8"  # the target's default light recipe
     assert m["separation"]["precisions"]["0"] == {"heavy": ["fp32"], "light": ["int8"]}
     optimized = onnx.load(str(out / "runtime" / "cpu-int8" / "optimized.onnx"))
@@ -88,7 +88,7 @@ def test_qdq_target_calibrates_static_activation_scales(tiny_bert_dir: Path, tmp
     scales = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("input_scale")}
     assert len(scales) == 4 and all(float(v) > 0 for v in scales.values())
     assert [n.op_type for n in model.graph.node].count("QuantizeLinear") == 4
-    assert res.manifest["separation"]["precisions"]["1"] == {"heavy": ["fp32"], "light": ["int8"]}
+    assert res.manifest.to_json()["separation"]["precisions"]["1"] == {"heavy": ["fp32"], "light": ["int8"]}
 
 
 @pytest.mark.parametrize("form", ["both", "down"])
@@ -107,7 +107,7 @@ def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(form: s
     opened = {"top1_agreement": 0.0, "top5_agreement": 0.0, "perplexity_ratio": 1000.0}
     out = tmp_path / "i4"
     m = api.export(str(model), out, target=str(target), task="causal-lm-with-past", heavy_ratio=0.25, limits=opened,
-                   calib_size=16, eval_size=16, max_length=32, progress=False).manifest
+                   calib_size=16, eval_size=16, max_length=32, progress=False).manifest.to_json()
     assert m["recipe"]["light"]["recipe"] == "int4" and m["target"]["matmulnbits_accuracy_level"] == 4
     # per neuron: the heavy hitters int8, the rest int4, in what ONNX Runtime runs
     assert m["separation"]["passed"] and m["separation"]["precisions"]["0"] == {"heavy": ["int8"], "light": ["int4"]}
@@ -128,7 +128,7 @@ def test_cpu_int4_target_puts_a_decoder_in_int4_except_the_heavy_hitters(form: s
     assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
     # opset 23: each layer's attention one ONNX Attention op over the KV cache (ONNX Runtime's own kernel)
     assert m["exporter"]["opset"] == 23 and sum(n.op_type == "Attention" for n in graph.graph.node) == 2
-    assert "QuantizeOtherMatMulsInt4Pass" in [p["pass"] for p in m["graph_passes"]]
+    assert "QuantizeOtherMatMulsInt4Pass" in [p["name"] for p in m["graph_passes"]]
     assert m["parity"]["comparisons"]["fidelity"]["metrics"]["max_abs"] > 1e-4  # the runtime rounds: not fp32-exact
 
 
@@ -145,12 +145,12 @@ def test_the_down_split_form_is_exact_and_guarded(family: str, family_root: Path
     target.write_text('extends = "cpu"\nsplit = "down"\n')
     task = "causal-lm" if family == "llama" else "feature-extraction"
     opts = {"calib_size": 16, "eval_size": 16, "max_length": 32, "progress": False, "task": task}
-    m = api.export(str(model), tmp_path / "none", target=str(target), light="none", **opts).manifest
+    m = api.export(str(model), tmp_path / "none", target=str(target), light="none", **opts).manifest.to_json()
     assert m["checks"]["exact"] and m["parity"]["passed"] and {p["split"] for p in m["layers"]} == {"down"}
     assert m["separation"]["matmuls"] == {str(p["layer"]): {"heavy": 1, "light": 1} for p in m["layers"]}
     out = tmp_path / "int8"
     m = api.export(str(model), out, target=str(target), light="int8", limits=LENIENT if family == "bert" else
-                   {"top1_agreement": 0.0, "top5_agreement": 0.0, "perplexity_ratio": 1000.0}, **opts).manifest
+                   {"top1_agreement": 0.0, "top5_agreement": 0.0, "perplexity_ratio": 1000.0}, **opts).manifest.to_json()
     assert m["separation"]["precisions"] == {str(p["layer"]): {"heavy": ["fp32"], "light": ["int8"]} for p in m["layers"]}
     graph = onnx.load(str(out / "model.onnx")).graph
     tagged = [n.name.split("/")[2] for n in graph.node if n.name.startswith("ffsplit/") and "MatMul" in n.op_type]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ffsplit import api
-from ffsplit.artifact import check_external_data, output_lock, staged_output, write_manifest
+from ffsplit.artifact import check_external_data, output_lock, staged_output, write_manifest_json
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.targets import load_target
 
@@ -40,7 +40,7 @@ def test_truncated_model_is_refused_even_with_a_matching_manifest(tiny_none_arti
     code, err = _main("check", str(art))
     assert code == 2 and "model.onnx was modified" in err
     manifest = json.loads((art / "manifest.json").read_text())
-    write_manifest(art, {k: v for k, v in manifest.items() if k != "files"})  # hashes that match the damage
+    write_manifest_json(art, {k: v for k, v in manifest.items() if k != "files"})  # hashes that match the damage
     code, err = _main("check", str(art))
     assert code == 2 and "is not a readable ONNX model" in err and "Traceback" not in err
     assert err.count("\n") == 1
@@ -57,7 +57,7 @@ def test_external_data_outside_the_folder_is_never_read(tiny_none_artifact: Path
     tensor.external_data.add(key="location", value="../secret.bin")
     onnx.save(model, str(art / "model.onnx"))
     manifest = json.loads((art / "manifest.json").read_text())
-    write_manifest(art, {k: v for k, v in manifest.items() if k != "files"})
+    write_manifest_json(art, {k: v for k, v in manifest.items() if k != "files"})
     before = secret.stat().st_atime_ns
     for verb in ("check", "bench", "debug"):
         code, err = _main(verb, str(art))
@@ -65,7 +65,7 @@ def test_external_data_outside_the_folder_is_never_read(tiny_none_artifact: Path
     with pytest.raises(UsageError, match="refusing to read it"):
         check_external_data(art / "model.onnx")
     info = api.inspect_artifact(art)
-    assert "outside the model's folder" in info["graphs"]["model.onnx"]["error"]
+    assert "outside the model's folder" in info.graphs["model.onnx"]["error"]
     assert secret.stat().st_atime_ns == before
 
 

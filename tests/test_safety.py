@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ffsplit import api
-from ffsplit.artifact import MANIFEST, output_lock, resolve_out, staged_output, write_manifest
+from ffsplit.artifact import MANIFEST, output_lock, resolve_out, staged_output, write_manifest_json
 from ffsplit.errors import FFSplitError, UsageError
 from ffsplit.runtimes.targets import load_target
 
@@ -133,7 +133,7 @@ def test_non_finite_numbers_never_reach_a_json_file(tmp_path: Path) -> None:
     from ffsplit.jsonio import dumps
 
     with pytest.raises(ValueError):  # a record other verbs read back: a bug, never written
-        write_manifest(tmp_path, {"format": 3, "x": math.inf})
+        write_manifest_json(tmp_path, {"format": 3, "x": math.inf})
     assert not (tmp_path / MANIFEST).exists()
     assert json.loads(dumps({"a": [1.0, math.nan, -math.inf], "b": {"c": math.inf}})) == {"a": [1.0, None, None],
                                                                                          "b": {"c": None}}
@@ -174,7 +174,7 @@ def test_out_through_a_link_is_its_real_folder(tiny_none_artifact: Path, tmp_pat
     link.symlink_to(real)
     assert resolve_out(link) == real.resolve()
     with staged_output(link, force=True) as stage:
-        write_manifest(stage, {"format": 2})
+        write_manifest_json(stage, {"format": 2})
     assert link.is_symlink() and set(os.listdir(real)) == {MANIFEST}  # the real folder was replaced, the link kept
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -262,7 +262,7 @@ def test_external_data_of_the_runtime_graph_is_confined_too(tiny_none_artifact: 
     tensor.data_location = onnx.TensorProto.EXTERNAL
     tensor.external_data.add(key="location", value="../../secret.bin")
     onnx.save(model, str(path))
-    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    write_manifest_json(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
     before = secret.stat().st_atime_ns
     code, err = _main("check", str(art))
     _one_line_error(code, err, "points outside the model's folder ('../../secret.bin')")
@@ -309,13 +309,13 @@ def test_the_file_list_is_checked_both_ways(case: str, tiny_none_artifact: Path,
 def test_a_swapped_model_fails_the_check(tiny_none_artifact: Path, tiny_lowrank_artifact: Path, tmp_path: Path) -> None:
     art = _copy(tiny_none_artifact, tmp_path / "art")
     shutil.copy(tiny_lowrank_artifact / "model.onnx", art / "model.onnx")  # another valid export
-    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    write_manifest_json(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
     code, err = _main("check", str(art))
     _one_line_error(code, err, "disagrees with the manifest embedded in model.onnx", exit_code=1)
     plain = onnx.load(str(art / "model.onnx"))
     del plain.metadata_props[:]
     onnx.save(plain, str(art / "model.onnx"))
-    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    write_manifest_json(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
     code, err = _main("check", str(art))
     _one_line_error(code, err, "carries no ffsplit manifest", exit_code=1)
 
@@ -353,7 +353,7 @@ _RUN = textwrap.dedent("""
 def _previous(out: Path) -> None:
     out.mkdir()
     (out / "old").write_bytes(b"o" * 100000)
-    write_manifest(out, {"format": 2})
+    write_manifest_json(out, {"format": 2})
 
 
 @pytest.mark.parametrize("mode", ["after-swap", "double", "kill"])
@@ -372,7 +372,7 @@ def test_signals_never_leave_half_written_folders(mode: str, tmp_path: Path) -> 
         assert proc.returncode == -signal.SIGKILL
         assert any(".ffsplit-tmp-" in n for n in names)
         with staged_output(out, force=True) as stage:
-            write_manifest(stage, {"format": 2})
+            write_manifest_json(stage, {"format": 2})
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -489,7 +489,7 @@ def test_damaged_split_weights(damage: str, tiny_none_artifact: Path, tmp_path: 
         save_file({"nothing": torch.zeros(2)}, str(path))
         data = path.read_bytes()
     path.write_bytes(data)
-    write_manifest(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
+    write_manifest_json(art, {k: v for k, v in json.loads((art / MANIFEST).read_text()).items() if k != "files"})
     code, err = _main("check", str(art))
     _one_line_error(code, err, "split.safetensors")
 

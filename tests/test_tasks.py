@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ffsplit.cli import build_parser
-from ffsplit.limits import TASK_METRICS
+from ffsplit.limits import DEFAULT_LIMITS, METRICS, TASK_METRICS
 from ffsplit.parity.metrics import SCORES, metrics_for
 from ffsplit.serve.triton import TEXT_TASKS
 from ffsplit.split.adapters import registry
@@ -50,3 +50,14 @@ def test_every_reader_of_tasks_lists_the_registry() -> None:
 def test_every_family_lists_only_registered_tasks(family: str) -> None:
     tasks = registry()[family].tasks
     assert tasks and set(tasks) <= set(TASKS), f"{family} lists a task the registry does not have"
+
+
+def test_every_metric_a_task_measures_or_a_limit_names_has_one_record() -> None:
+    """One Metric per metric (ceiling or floor, and the range of its limits): a metric a task declares, or a
+    default limit names, without one fails here, and so does a Metric no task measures."""
+    declared = {m for spec in TASKS.values() for m in spec.metrics}
+    limited = {m for limits in DEFAULT_LIMITS.values() for m in limits}
+    assert declared | limited == set(METRICS)
+    assert all(name == m.name for name, m in METRICS.items())
+    assert METRICS["perplexity_ratio"].holds(1.05, 1.10) and not METRICS["cosine_min"].holds(0.5, 0.9)
+    assert METRICS["perplexity_ratio"].limit_problem(0.9) and METRICS["top1_agreement"].limit_problem(0.9) is None

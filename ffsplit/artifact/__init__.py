@@ -51,6 +51,7 @@ from ffsplit.artifact.verify import (
     verify_artifact,
     verify_files,
     write_manifest,
+    write_manifest_json,
 )
 
 __all__ = [
@@ -61,5 +62,5 @@ __all__ = [
     "parse_json", "read_manifest", "read_utf8", "refuse_inside", "refuse_overlap", "remove_empty_folders",
     "remove_tree", "resolve_out", "safe_relative", "sha256_file",
     "sha256_files", "signals_held", "staged_output", "unreplaced", "verify_artifact", "verify_files",
-    "versions", "write_manifest", "write_text_atomic",
+    "versions", "write_manifest", "write_manifest_json", "write_text_atomic",
 ]

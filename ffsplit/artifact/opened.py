@@ -126,11 +126,11 @@ class Artifact:
         manifest = read_manifest(folder)
         if verify:
             verify_artifact(folder, manifest)
-        target = Target.from_json(manifest["target"], where=str(folder / "manifest.json"))
-        built = manifest.build.runtime_target
+        target = Target.from_json(manifest.target, where=str(folder / "manifest.json"))
+        built = manifest.built.runtime_target
         if built is not None:  # `ffsplit build --target` built this graph for another target with the same graph
             runtime_target = Target.from_json(built, where=f"{folder / 'manifest.json'} (build)")
-            if runtime_target.graph_differences(target) or manifest.build.target != runtime_target.name:
+            if runtime_target.graph_differences(target) or manifest.built.target != runtime_target.name:
                 raise UsageError(f"{folder / 'manifest.json'} is damaged (its build target does not run this "
                                  "graph): re-run ffsplit build")
             target = runtime_target
@@ -149,7 +149,7 @@ class Artifact:
 
     def require_built(self, verb: str) -> Artifact:
         """Refuse to run an artifact whose build was deferred: no guard has seen what its runtime executes."""
-        build = self.manifest.build
+        build = self.manifest.built
         if build.deferred:
             raise UsageError(
                 f"{self.folder} was exported for '{build.target}' without building it (on that machine: "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ffsplit.artifact.fs import staged_output
 from ffsplit.artifact.layout import not_deployed
@@ -12,10 +11,11 @@ from ffsplit.artifact.opened import Artifact, holds_folder
 from ffsplit.artifact.reading import list_files
 from ffsplit.artifact.verify import write_manifest
 from ffsplit.errors import UsageError
+from ffsplit.manifest import Manifest, Packed
 
 
 @holds_folder
-def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -> Manifest:
     """Copy a verified artifact to ``out`` without the files its target does not run (``not_deployed``);
     the copy's manifest lists them under ``packed``. Returns the copy's manifest."""
     art = Artifact.open(folder).require_unpacked("pack")
@@ -27,10 +27,8 @@ def pack_artifact(folder: str | Path, out: str | Path, *, force: bool = False) -
         for rel in keep:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(present[rel], stage / rel, follow_symlinks=False)
-        manifest = {k: v for k, v in art.manifest.items() if k != "files"}
-        manifest["packed"] = {"dropped": dropped}
-        written = write_manifest(stage, manifest)
-        changed = sorted(rel for rel in keep if written["files"].get(rel) != art.manifest.files[rel])
+        written = write_manifest(stage, art.manifest.replace(packed=Packed(dropped=tuple(dropped))))
+        changed = sorted(rel for rel in keep if written.files.get(rel) != art.manifest.files[rel])
         if changed:  # copied after verification: a file changed in between is not the verified one
             raise UsageError(f"{', '.join(changed[:3])} in '{art.folder}' changed while it was copied: run pack again")
     return written

@@ -30,21 +30,26 @@ def read_manifest(folder: str | Path) -> Manifest:
     return Manifest.from_json(parse_json(read_utf8(path, "re-run ffsplit export"), str(path)), where=str(path))
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the hashes of every file in ``folder`` and write manifest.json (atomically)."""
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Write manifest.json (atomically) with the hashes of every file in ``folder``; the manifest as written."""
+    return manifest.replace(files=write_manifest_json(folder, manifest.to_json())["files"])
+
+
+def write_manifest_json(folder: Path, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the JSON object ``data`` as manifest.json (atomically), ``files`` set to the hash of every file in
+    ``folder``; what was written. ``write_manifest`` for a Manifest; this, for any object (tests that damage one)."""
     files, problems = list_files(folder)
     if problems:
         raise RuntimeError(f"ffsplit wrote something other than files into its output: {problems}")
-    manifest = {**manifest, "files": {rel: sha256_file(p) for rel, p in sorted(files.items()) if rel != MANIFEST}}
-    write_text_atomic(folder / MANIFEST, dumps(manifest, strict=True, indent=2, sort_keys=False) + "\n")
-    return manifest
+    data = {**data, "files": {rel: sha256_file(p) for rel, p in sorted(files.items()) if rel != MANIFEST}}
+    write_text_atomic(folder / MANIFEST, dumps(data, strict=True, indent=2, sort_keys=False) + "\n")
+    return data
 
 
-def verify_files(folder: Path, manifest: Mapping[str, Any]) -> None:
-    """Refuse an artifact whose files differ from what its manifest lists, either way."""
+def verify_files(folder: Path, listed: Mapping[str, str]) -> None:
+    """Refuse an artifact whose files differ from what its manifest lists (``listed``: path -> hash), either way."""
     folder = Path(folder)
     present, problems = list_files(folder)
-    listed = manifest["files"]
     for rel, digest in listed.items():
         if not safe_relative(rel):
             problems.append(f"{rel} points outside the folder")
@@ -93,7 +98,7 @@ def check_external_data(model_path: Path) -> None:
     onnx_metadata(model_path)
 
 
-def check_embedded_manifest(folder: Path, manifest: Mapping[str, Any], meta: dict[str, str] | None = None) -> None:
+def check_embedded_manifest(folder: Path, manifest: Manifest, meta: dict[str, str] | None = None) -> None:
     """manifest.json must agree with the copy embedded in model.onnx (whose hash the manifest lists).
 
     Everything decided before the model was saved (source, target with its
@@ -111,7 +116,7 @@ def check_embedded_manifest(folder: Path, manifest: Mapping[str, Any], meta: dic
     embedded = parse_json(meta[EMBEDDED_KEY], f"the manifest embedded in {MODEL_FILE}")
     if not isinstance(embedded, dict):
         raise CheckFailed(f"the manifest embedded in {MODEL_FILE} is not an object: re-run ffsplit export")
-    ours, theirs = embedded_view(embedded), embedded_view(manifest)
+    ours, theirs = embedded_view(embedded), manifest.embedded()
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         raise CheckFailed(
@@ -120,9 +125,9 @@ def check_embedded_manifest(folder: Path, manifest: Mapping[str, Any], meta: dic
         )
 
 
-def verify_artifact(folder: Path, manifest: Mapping[str, Any]) -> None:
+def verify_artifact(folder: Path, manifest: Manifest) -> None:
     """Everything ``check`` / ``bench`` / ``debug`` / ``triton`` trust, before anything runs."""
-    verify_files(folder, manifest)
+    verify_files(folder, manifest.files)
     # each ONNX file is parsed once: its external data checked, and model.onnx's metadata kept
-    metadata = {rel: onnx_metadata(Path(folder) / rel) for rel in manifest["files"] if rel.endswith(".onnx")}
+    metadata = {rel: onnx_metadata(Path(folder) / rel) for rel in manifest.files if rel.endswith(".onnx")}
     check_embedded_manifest(folder, manifest, metadata.get(MODEL_FILE))

@@ -46,9 +46,9 @@ def baseline_onnx(art: Artifact, loaded: LoadedModel, log: Callable[[str], None]
     # the graph gets the same target-independent passes as the split one (cleanup, NaN guards, fusions)
     fusions = art.target.fusions
     nncf = lossy_baseline(art.target) is not None
-    calib = art.manifest["calibration"]
+    calib = art.manifest.calibration
     key = (f"{art.manifest.source.sha256[:16]}-torch{v['torch']}-tf{v['transformers']}-ffsplit{v['ffsplit']}"
-           f"-g4-{fusions}" + (f"-opset{art.target.opset}" if art.target.opset else "") + (f"-nncf-{art.target.int8_weight_range}-{calib['texts']}x{calib['max_length']}" if nncf else "")
+           f"-g4-{fusions}" + (f"-opset{art.target.opset}" if art.target.opset else "") + (f"-nncf-{art.target.int8_weight_range}-{calib.texts}x{calib.max_length}" if nncf else "")
            + "".join(f"-{setting}{value}" for setting, value in sorted(art.target.nncf.items())))
     root = Path(os.environ.get("FFSPLIT_CACHE", Path.home() / ".cache" / "ffsplit")) / "baseline" / key
     path = root / MODEL_FILE
@@ -67,8 +67,8 @@ def baseline_onnx(art: Artifact, loaded: LoadedModel, log: Callable[[str], None]
         if nncf:
             if log:
                 log(f"NNCF {art.target.ir_compression} of the original for comparison (cached) ...")
-            texts = calibration_texts(limit=calib["texts"], max_length=calib["max_length"])
-            build_ir(tmp / MODEL_FILE, art.target, loaded.tokenizer, texts, calib["max_length"])
+            texts = calibration_texts(limit=calib.texts, max_length=calib.max_length)
+            build_ir(tmp / MODEL_FILE, art.target, loaded.tokenizer, texts, calib.max_length)
         with contextlib.suppress(OSError):  # another process cached it first
             os.replace(tmp, root)
     finally:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ffsplit.manifest import Manifest
 from ffsplit.split.calibration import positions_from_mask
 
 
@@ -131,22 +132,21 @@ def machine_info() -> dict[str, str]:
 
 
 def report_markdown(
-    manifest: dict, rows: list[Timing], versions: dict[str, str], command: str, *,
+    manifest: Manifest, rows: list[Timing], versions: dict[str, str], command: str, *,
     accuracy: dict | None = None,
 ) -> str:
     """One artifact's benchmark report: machine, timings side by side, size, accuracy from its checks (and,
     against a lossy baseline, both models' ``accuracy`` as ``api.bench_accuracy`` measured it)."""
-    src = manifest["source"]
-    comps = manifest.get("parity", {}).get("comparisons", {})
-    shipped = comps.get("shipped", {}).get("metrics", {})
+    src, recipe, params = manifest.source, manifest.recipe, manifest.params
+    shipped = manifest.parity.comparisons["shipped"].metrics if manifest.parity else {}
     lines = [
-        f"# ffsplit bench: {src['spec']} ({src['architecture']}) for target {manifest['target']['name']}", "",
+        f"# ffsplit bench: {src.spec} ({src.architecture}) for target {manifest.target_name}", "",
         f"Command: `{command}` (original and split in one process, same inputs, runs interleaved, warm-up excluded).",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in {**machine_info(), **versions}.items()), "",
-        f"Recipe: light {manifest['recipe']['light']['recipe']}, heavy ratio {manifest['recipe']['heavy_ratio']}, "
-        f"heavy precision {manifest['recipe'].get('heavy_precision', 'fp32')}; FFN parameters "
-        f"{manifest['params']['ffn_reduction']:.1%} fewer, FFN bytes {manifest['params'].get('ffn_bytes_reduction', 0):.1%} fewer.",
+        f"Recipe: light {recipe.light_recipe}, heavy ratio {recipe.heavy_ratio}, "
+        f"heavy precision {recipe.heavy_precision}; FFN parameters "
+        f"{params.ffn_reduction:.1%} fewer, FFN bytes {params.ffn_bytes_reduction:.1%} fewer.",
         "",
         "| model | batch | sequence | runs | p50 ms | p90 ms | seq/s | speedup |",
         "|---|---|---|---|---|---|---|---|",

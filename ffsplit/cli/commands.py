@@ -73,29 +73,28 @@ def cmd_export(a: argparse.Namespace) -> int:
     print(layer_table(m))
     print(params_line(m))
     print(size_line(res.out, m))
-    weights = weight_range_line(m)
+    weights = weight_range_line(m.target, m.layers)
     if weights:
         print(weights)
-    for line in budget_lines(m, per_layer=False):
+    for line in budget_lines(m.budget, per_layer=False):
         print(line)
-    build = m.get("build") or {}
-    if build.get("status") == "deferred":
-        print(f"build deferred: target '{build['target']}' cannot run here ({build['reason']}); parity was "
-              f"checked on {build['checked_on']} (a CPU stand-in running the same graph); the separation guard "
+    build = m.built
+    if build.deferred:
+        print(f"build deferred: target '{build.target}' cannot run here ({build.reason}); parity was "
+              f"checked on {build.checked_on} (a CPU stand-in running the same graph); the separation guard "
               "waits for the build")
-    else:
-        print(f"branch separation in the runtime's optimised graph: pass ({m['separation']['graph']})")
+    elif m.separation is not None:
+        print(f"branch separation in the runtime's optimised graph: pass ({m.separation.graph})")
     print(format_table(res.report))
-    run = m.get("run") or m  # format 2 artifacts written before the `run` record kept its parts at the top
-    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in run.get("timings", {}).items()))
-    memory = run.get("memory")
-    if memory:
-        kind = "peak memory per stage" if memory["per_stage"] else "peak memory so far, after each stage"
-        print(f"{kind}: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in memory["peak_mb"].items()))
+    if m.run is not None:
+        print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m.run.timings.items()))
+        memory = m.run.memory
+        kind = "peak memory per stage" if memory.per_stage else "peak memory so far, after each stage"
+        print(f"{kind}: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in memory.peak_mb.items()))
     print(f"wrote {res.out}")
-    if build.get("status") == "deferred":
-        print(f"next, on a machine where '{build['target']}' runs: ffsplit build {res.out}")
-    write_json(a.json, {**m, "passed": True})
+    if build.deferred:
+        print(f"next, on a machine where '{build.target}' runs: ffsplit build {res.out}")
+    write_json(a.json, {**m.to_json(), "passed": True})
     return 0
 
 
@@ -117,8 +116,8 @@ def cmd_check(a: argparse.Namespace) -> int:
 
     report = api.check(a.dir, eval_size=a.eval_size, source=a.source, limits=_limits(a.limit), eval_file=a.eval,
                        log=log, progress=sys.stderr.isatty())
-    sep = report.separation or {}
-    print(f"branch separation in the runtime's optimised graph: {'pass' if sep.get('passed') else 'FAIL'}")
+    passed = report.separation is not None and report.separation.passed
+    print(f"branch separation in the runtime's optimised graph: {'pass' if passed else 'FAIL'}")
     print(format_table(report))
     write_json(a.json, report.to_json())
     failed = not report.passed
@@ -180,7 +179,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.report:
         from ffsplit.bench.harness import report_markdown
 
-        manifest = api.inspect_artifact(a.dir, graphs=False)
+        manifest = api.inspect_artifact(a.dir, graphs=False).manifest
         command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
         from ffsplit.artifact import versions, write_text_atomic
 
@@ -202,13 +201,12 @@ def cmd_build(a: argparse.Namespace) -> int:
     except CheckFailed as exc:
         write_json(a.json, {**(exc.details or {}), "passed": False, "error": str(exc)})
         raise
-    b = m["build"]
-    print(f"branch separation in what {b['target']} runs: pass ({m['separation']['graph']})")
-    g = b["golden"]
-    print(f"golden {g['output']} on {b['target']}: max abs {g['max_abs']:.3g} (tolerance {g['tolerance']:.3g}, "
+    b, g = m.built, m.built.golden or {}
+    print(f"branch separation in what {b.target} runs: pass ({m.separation.graph if m.separation else 'not run'})")
+    print(f"golden {g['output']} on {b.target}: max abs {g['max_abs']:.3g} (tolerance {g['tolerance']:.3g}, "
           f"{g['rows']} texts): pass")
-    print(f"built {b['target']} in {Path(a.dir).resolve()}")
-    write_json(a.json, {**m, "passed": True})
+    print(f"built {b.target} in {Path(a.dir).resolve()}")
+    write_json(a.json, {**m.to_json(), "passed": True})
     return 0
 
 
@@ -217,10 +215,11 @@ def cmd_pack(a: argparse.Namespace) -> int:
 
     m = api.pack(a.dir, a.out, force=a.force)
     out = Path(a.out).resolve()
-    size = sum((out / rel).stat().st_size for rel in m["files"]) / 1e6
+    size = sum((out / rel).stat().st_size for rel in m.files) / 1e6
     before = sum(p.stat().st_size for p in Path(a.dir).rglob("*") if p.is_file() and not p.is_symlink()) / 1e6
-    print(f"left out (not run by target {m['target']['name']}): {', '.join(m['packed']['dropped']) or 'nothing'}")
-    print(f"{len(m['files'])} files, {size:,.1f} MB (the full folder: {before:,.1f} MB)")
+    dropped = m.packed.dropped if m.packed else ()
+    print(f"left out (not run by target {m.target_name}): {', '.join(dropped) or 'nothing'}")
+    print(f"{len(m.files)} files, {size:,.1f} MB (the full folder: {before:,.1f} MB)")
     print(f"wrote {out}")
     return 0
 
@@ -228,32 +227,28 @@ def cmd_pack(a: argparse.Namespace) -> int:
 def cmd_inspect(a: argparse.Namespace) -> int:
     from ffsplit import api
 
-    m = api.inspect_artifact(a.dir)
+    found = api.inspect_artifact(a.dir)
     if a.json == "-":
-        print(dumps(m, indent=2))
+        print(dumps(found.to_json(), indent=2))
         return 0
     if a.json:
-        write_json(a.json, m)
-    src = m["source"]
-    print(f"source: {src['spec']} ({src['architecture']}, {src['model_type']})  task: {m['task']}  target: {m['target']['name']}")
-    from ffsplit.manifest import Manifest
-
-    print(f"FFN layout: {m.get('layout') or 'family file ' + m['adapter']}")
-    man = Manifest(m)  # the manifest inspect read was schema-checked; inspect adds `graphs`
-    build = man.build
+        write_json(a.json, found.to_json())
+    m, src = found.manifest, found.manifest.source
+    print(f"source: {src.spec} ({src.architecture}, {src.model_type})  task: {m.task}  target: {m.target_name}")
+    print(f"FFN layout: {m.layout or 'family file ' + m.adapter}")
+    build = m.built
     if build.deferred:
         print(f"build: deferred ({build.reason}): run `ffsplit build {a.dir}` where '{build.target}' runs")
     else:
         print(f"build: built for {build.target}")
-    print(f"recipe: heavy ratio {m['recipe']['heavy_ratio']}, light {m['recipe']['light']['recipe']}, "
-          f"heavy precision {m['recipe'].get('heavy_precision', 'fp32')}")
-    for line in budget_lines(man, per_layer=True):
+    print(f"recipe: heavy ratio {m.recipe.heavy_ratio}, light {m.recipe.light_recipe}, "
+          f"heavy precision {m.recipe.heavy_precision}")
+    for line in budget_lines(m.budget, per_layer=True):
         print(line)
-    print(layer_table(man))
-    print(params_line(man))
-    print(graph_table(m.get("graphs", {})))
-    parity = m.get("parity", {})
-    print(f"parity at export: {'pass' if parity.get('passed') else 'FAIL'}")
+    print(layer_table(m))
+    print(params_line(m))
+    print(graph_table(found.graphs))
+    print(f"parity at export: {'pass' if m.parity is not None and m.parity.passed else 'FAIL'}")
     return 0
 
 

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 from ffsplit.jsonio import dumps
 
 if TYPE_CHECKING:
-    from ffsplit.manifest import Manifest
+    from collections.abc import Mapping, Sequence
+
+    from ffsplit.manifest import Budget, LayerPlan, Manifest
 
 
 def log(msg: str) -> None:
@@ -37,9 +39,8 @@ def params_line(m: Manifest) -> str:
     )
 
 
-def budget_lines(m: Manifest, *, per_layer: bool) -> list[str]:
+def budget_lines(b: Budget | None, *, per_layer: bool) -> list[str]:
     """What ``--budget`` chose (nothing without one): the total, and with ``per_layer`` each layer's choice."""
-    b = m.budget
     if b is None:
         return []
     head = f"budget {b.kind}={b.value:g}: used {b.used:,} of {b.limit:,.0f}"
@@ -50,15 +51,15 @@ def budget_lines(m: Manifest, *, per_layer: bool) -> list[str]:
     return [head, *rows]
 
 
-def size_line(out: Path, m: dict[str, Any]) -> str:
+def size_line(out: Path, m: Manifest) -> str:
     """Size on disk: what the target runs beside the source's weights, and the whole folder."""
     def size(paths: list[Path]) -> float:
         return sum(q.stat().st_size for q in paths if q.is_file()) / 1e6
 
-    graph = size([out / name for name in m["files"] if name == "model.onnx" or name.startswith("model.onnx.")])
-    source = Path(m["source"]["path"])
+    graph = size([out / name for name in m.files if name == "model.onnx" or name.startswith("model.onnx.")])
+    source = Path(m.source.path)
     weights = size([*source.glob("*.safetensors")]) if source.is_dir() else 0.0
-    total = size([out / name for name in m["files"]])
+    total = size([out / name for name in m.files])
     return (f"on disk: model.onnx {graph:,.1f} MB (source weights {weights:,.1f} MB); the folder {total:,.1f} MB "
             "(with split.safetensors for check and the runtime's files)")
 
@@ -96,11 +97,11 @@ def graph_table(graphs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def weight_range_line(m: Manifest) -> str | None:
-    """Which int8 weight range the export used, when it quantised anything to int8: it decides where it runs well."""
-    tgt = m["target"]
+def weight_range_line(tgt: Mapping[str, Any], layers: Sequence[LayerPlan]) -> str | None:
+    """Which int8 weight range an export for the target ``tgt`` (as its manifest records it) used, when it
+    quantised anything to int8: it decides where it runs well."""
     int8 = tgt.get("other_matmuls") == "int8" or any(
-        "int8" in (row.heavy_precision, row.light_precision) for row in m.layers)
+        "int8" in (row.heavy_precision, row.light_precision) for row in layers)
     if not int8:
         return None
     if tgt.get("int8_weight_range") == "full":

@@ -56,6 +56,7 @@ from ffsplit.graph_passes.remove_softmax_nan_guard_pass import RemoveSoftmaxNanG
 from ffsplit.graph_passes.store_weights_half_pass import StoreWeightsHalfPass
 from ffsplit.graph_passes.strip_traces_pass import StripTracesPass
 from ffsplit.graph_passes.tag_branches_pass import TagBranchesPass
+from ffsplit.manifest import GraphPass
 from ffsplit.precisions import HALF_FLOATS
 
 
@@ -66,7 +67,7 @@ class PassFailed(RuntimeError):
 class _Recorded(PassBase):
     """One pass inside the PassManager: records what it did, and names itself when it fails."""
 
-    def __init__(self, inner: PassBase, done: list[dict[str, object]]) -> None:
+    def __init__(self, inner: PassBase, done: list[GraphPass]) -> None:
         self.inner = inner
         self.done = done
 
@@ -82,17 +83,17 @@ class _Recorded(PassBase):
         try:
             result = self.inner(model)
         except Exception as exc:  # a contract (requires / ensures) or anything else: the pass's bug
-            after = ", ".join(str(d["pass"]) for d in self.done) or "none"
+            after = ", ".join(d.name for d in self.done) or "none"
             kind = "failed its contract" if isinstance(exc, (PreconditionError, PostconditionError)) else "failed"
             raise PassFailed(f"{type(self.inner).__name__} {kind} (after {after}): {type(exc).__name__}: {exc}") from exc
-        self.done.append({"pass": type(self.inner).__name__, "modified": bool(result.modified)})
+        self.done.append(GraphPass(name=type(self.inner).__name__, modified=bool(result.modified)))
         return result
 
 
-def run_passes(model: ir.Model, passes: Sequence[PassBase]) -> tuple[ir.Model, list[dict[str, object]]]:
+def run_passes(model: ir.Model, passes: Sequence[PassBase]) -> tuple[ir.Model, list[GraphPass]]:
     """Run ``passes`` once, in order, through onnx_ir's PassManager; the model and what each did (for the
     manifest). Any failure inside a pass raises PassFailed naming it: never a reason to try another exporter."""
-    done: list[dict[str, object]] = []
+    done: list[GraphPass] = []
     manager = PassManager([_Recorded(p, done) for p in passes], steps=1)
     try:
         result = manager(model)

@@ -12,7 +12,6 @@ value, its limit and whether it passed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ffsplit.limits import COMPARISONS, DEFAULT_LIMITS, TASK_METRICS, UPPER_BOUNDED, limits_for
+from ffsplit.limits import COMPARISONS, DEFAULT_LIMITS, METRICS, TASK_METRICS, limits_for
+from ffsplit.manifest import Comparison, ParityReport
 from ffsplit.parity.metrics import Outputs, metrics_for
 from ffsplit.split.calibration import encode_batches, model_inputs, positions_from_mask
 from ffsplit.tasks import TaskSpec
 
 __all__ = [
-    "COMPARISONS", "DEFAULT_LIMITS", "TASK_METRICS", "UPPER_BOUNDED", "ParityReport", "RecordedOutputs", "compare_three",
+    "COMPARISONS", "DEFAULT_LIMITS", "METRICS", "TASK_METRICS", "ParityReport", "RecordedOutputs", "compare_three",
     "evaluate", "generation_prompts", "parity_batches",
     "format_table", "limits_for", "run_torch", "torch_output",
 ]
@@ -251,47 +251,6 @@ def runtime_accuracy(
     return {name: acc.result() for name, acc in accs.items()}
 
 
-@dataclass
-class ParityReport:
-    task: str = "feature-extraction"
-    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
-    texts: int = 0
-    separation: dict[str, Any] | None = None  # the guard's record, when `check` ran it beside parity
-    sentence_embedding: dict[str, Any] | None = None  # the graph's pooled output vs its token output, pooled
-
-    @property
-    def passed(self) -> bool:
-        guard_ok = self.separation is None or bool(self.separation.get("passed"))
-        pooled_ok = self.sentence_embedding is None or bool(self.sentence_embedding["passed"])
-        return guard_ok and pooled_ok and all(c["passed"] for c in self.comparisons.values())
-
-    def failures(self) -> list[str]:
-        out = [] if self.separation is None or self.separation.get("passed") else [str(self.separation["failure"])]
-        pooled = self.sentence_embedding
-        if pooled is not None and not pooled["passed"]:
-            out.append(f"sentence_embedding (the graph's pooling vs its token output pooled) max_abs "
-                       f"{pooled['max_abs']:.3g} > {pooled['limit']:.3g}")
-        for name, comp in self.comparisons.items():
-            for metric, lim in comp["limits"].items():
-                value = comp["metrics"][metric]
-                if metric in UPPER_BOUNDED and value > lim:
-                    out.append(f"{name} ({comp['what']}) {comp['output']} {metric} {value:.3g} > {lim:.3g} (over by {value - lim:.3g})")
-                elif metric not in UPPER_BOUNDED and value < lim:
-                    out.append(f"{name} ({comp['what']}) {metric} {value:.4f} < {lim:.4f} (short by {lim - value:.4f})")
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "passed": self.passed, "task": self.task, "texts": self.texts,
-            "comparisons": self.comparisons, "failures": self.failures(),
-        }
-        if self.separation is not None:
-            out["separation"] = self.separation
-        if self.sentence_embedding is not None:
-            out["sentence_embedding"] = self.sentence_embedding
-        return out
-
-
 def evaluate(
     metrics: Mapping[str, Mapping[str, float]], limits: Mapping[str, Mapping[str, float]], *,
     task: TaskSpec, texts: int,
@@ -300,8 +259,8 @@ def evaluate(
     for name, (_, _, what) in COMPARISONS.items():
         m = dict(metrics[name])
         lim = dict(limits[name])
-        ok = all((m[k] <= v) if k in UPPER_BOUNDED else (m[k] >= v) for k, v in lim.items())
-        report.comparisons[name] = {"what": what, "output": task.output, "metrics": m, "limits": lim, "passed": bool(ok)}
+        ok = all(METRICS[k].holds(m[k], v) for k, v in lim.items())
+        report.comparisons[name] = Comparison(what=what, output=task.output, metrics=m, limits=lim, passed=bool(ok))
     return report
 
 
@@ -316,10 +275,10 @@ def format_table(report: ParityReport) -> str:
         return f"{v:.2e}" if m in ("max_abs", "mean_abs") else f"{v:.4f}"
 
     for name, comp in report.comparisons.items():
-        cells = [f"{number(m, comp['metrics'][m]):>{width}}" for m in metrics]
-        lines.append(f"{name:<13} {comp['what']:<30} " + " ".join(cells) + ("  pass" if comp["passed"] else "  FAIL"))
+        cells = [f"{number(m, comp.metrics[m]):>{width}}" for m in metrics]
+        lines.append(f"{name:<13} {comp.what:<30} " + " ".join(cells) + ("  pass" if comp.passed else "  FAIL"))
         limits = [
-            f"{('<= ' if m in UPPER_BOUNDED else '>= ') + number(m, comp['limits'][m]):>{width}}" if m in comp["limits"]
+            f"{METRICS[m].sign + ' ' + number(m, comp.limits[m]):>{width}}" if m in comp.limits
             else " " * width for m in metrics
         ]
         lines.append((f"{'':<13} {'  limits':<30} " + " ".join(limits)).rstrip())

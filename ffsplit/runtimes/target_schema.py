@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from ffsplit.limits import PARITY_KEYS, UPPER_BOUNDED
+from ffsplit.limits import METRICS, PARITY_KEYS
 from ffsplit.precisions import HEAVY_PRECISIONS, INT4_COMPUTE, INT8_COMPUTE, PRECISIONS
 from ffsplit.runtimes.specs import RUNTIMES
 
@@ -302,10 +302,6 @@ def _shape_problems(shapes: Any) -> list[str]:
     return errors
 
 
-# the least a ceiling may be: a perplexity ratio below 1 would fail the original itself
-_CEILING_FLOOR = {"perplexity_ratio": 1.0}
-
-
 def _parity_problems(parity: Any) -> list[str]:
     errors: list[str] = []
     if isinstance(parity, dict):
@@ -321,8 +317,6 @@ def _parity_problems(parity: Any) -> list[str]:
                     errors.append(f"unknown key 'parity.{group}.{k}'")
                 elif not _is(v, (int, float)) or not math.isfinite(v):
                     errors.append(f"'parity.{group}.{k}' must be a finite number")
-                elif k in UPPER_BOUNDED and not v >= _CEILING_FLOOR.get(k, 0.0):
-                    errors.append(f"'parity.{group}.{k}' = {v} is below {_CEILING_FLOOR.get(k, 0.0):g}")
-                elif k not in UPPER_BOUNDED and not 0.0 <= v <= 1.0:
-                    errors.append(f"'parity.{group}.{k}' = {v} is outside [0, 1]")
+                elif (problem := METRICS[k].limit_problem(v)) is not None:
+                    errors.append(f"'parity.{group}.{k}' = {problem}")
     return errors

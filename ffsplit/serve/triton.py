@@ -19,11 +19,11 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, holds_folder, staged_output
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
+from ffsplit.manifest import Manifest
 from ffsplit.runtimes.specs import RUNTIME_SPECS
 from ffsplit.serve.config import Signature, Tensor, model_config, signature, to_pbtxt
 from ffsplit.signature import onnx_signature
@@ -33,9 +33,9 @@ from ffsplit.tasks import TASKS
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-def _model_name(manifest: dict[str, Any]) -> str:
-    base = Path(str(manifest["source"]["spec"])).name or "model"
-    return re.sub(r"[^A-Za-z0-9_-]", "-", f"ffsplit-{base}-{manifest['target']['name']}")[:128]
+def _model_name(manifest: Manifest) -> str:
+    base = Path(manifest.source.spec).name or "model"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"ffsplit-{base}-{manifest.target_name}")[:128]
 
 
 def _model_dir(repo: Path, name: str, artifact: Path) -> Path:

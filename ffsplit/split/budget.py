@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ffsplit.errors import UsageError
+from ffsplit.manifest import Budget, BudgetLayer
 from ffsplit.split.apply import heavy_count, split_layer
 from ffsplit.split.compress import parse_light
 from ffsplit.split.ffn_adapter import FFNWeights
@@ -143,7 +144,7 @@ def choose(candidates: list[list[Candidate]], kind: str, limit: float) -> list[i
 
 def plan_budget(
     ffns: list[FFNWeights], profiles: list[LayerProfile], kind: str, value: float, *, other_bytes: int
-) -> tuple[list[Candidate], dict[str, object]]:
+) -> tuple[list[Candidate], Budget]:
     """The chosen candidate per layer and a summary for the manifest. ``other_bytes``: the model outside the FFNs."""
     candidates = [layer_candidates(f, p) for f, p in zip(ffns, profiles, strict=True)]
     base_params = sum(f.params() for f in ffns)
@@ -157,10 +158,10 @@ def plan_budget(
     idx = choose(candidates, kind, limit)
     chosen = [c[i] for c, i in zip(candidates, idx, strict=True)]
     used = sum(c.cost(kind) for c in chosen)
-    summary = {
-        "kind": kind, "value": value, "limit": limit, "used": used,
-        "used_fraction_of_limit": used / limit, "total_error": sum(c.error for c in chosen),
-        "candidates_per_layer": [len(c) for c in candidates],
-        "plan": [{"layer": i, **asdict(c)} for i, c in enumerate(chosen)],
-    }
+    summary = Budget(
+        kind=kind, value=value, limit=limit, used=used,
+        used_fraction_of_limit=used / limit, total_error=sum(c.error for c in chosen),
+        candidates_per_layer=tuple(len(c) for c in candidates),
+        plan=tuple(BudgetLayer(layer=i, **asdict(c)) for i, c in enumerate(chosen)),
+    )
     return chosen, summary

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from ffsplit.graph_passes.precision import WeightGrid
-    from ffsplit.manifest import LayerPlan
+    from ffsplit.manifest import LayerPlan, Manifest
 
 
 @dataclass
@@ -74,22 +74,22 @@ def graph_passes(
     )
 
 
-def save(model: ir.Model, passes: list[ir.passes.PassBase], manifest: dict[str, Any], path: Path) -> int | None:
-    """Run ``passes``, record them in ``manifest``, embed it and save; returns the default-domain opset."""
+def save(model: ir.Model, passes: list[ir.passes.PassBase], manifest: Manifest, path: Path) -> tuple[Manifest, int | None]:
+    """Run ``passes``, embed ``manifest`` with them recorded and save; that manifest and the default-domain opset."""
     from ffsplit.exporter import save_model
     from ffsplit.graph_passes import EmbedManifestPass
     from ffsplit.graph_passes.pipeline import run_passes
-    from ffsplit.manifest import embedded_view
 
     captured = model
-    model, manifest["graph_passes"] = run_passes(model, passes)
+    model, done = run_passes(model, passes)
+    manifest = manifest.replace(graph_passes=tuple(done))
     # what the run records about itself (when it ran) stays in manifest.json: the graph is the same every run
-    EmbedManifestPass(manifest=embedded_view(manifest))(model)
+    EmbedManifestPass(manifest=manifest.embedded())(model)
     save_model(model, path)
     opset = model.opset_imports.get("", None)
     for graph in {id(m.graph): m.graph for m in (captured, model)}.values():
         release_weights(graph)
-    return opset
+    return manifest, opset
 
 
 def release_weights(graph: ir.Graph) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ffsplit.errors import UsageError
 from ffsplit.loading import source_record
@@ -11,11 +11,12 @@ from ffsplit.plan import ExportPlan
 
 if TYPE_CHECKING:
     from ffsplit.loading import LoadedModel
+    from ffsplit.manifest import Source
     from ffsplit.split.ffn_adapter import FFNAdapter
     from ffsplit.split.profile import LayerProfile
 
 
-def load(plan: ExportPlan) -> tuple[LoadedModel, type[FFNAdapter], dict[str, Any]]:
+def load(plan: ExportPlan) -> tuple[LoadedModel, type[FFNAdapter], Source]:
     """The source model, its adapter and its record; UsageError when the family or length does not fit."""
     from ffsplit.loading import load_model
     from ffsplit.split.adapters import find_adapter
@@ -32,20 +33,20 @@ def load(plan: ExportPlan) -> tuple[LoadedModel, type[FFNAdapter], dict[str, Any
     if plan.budget is None:
         validate_recipe(adapter, loaded.model, plan.heavy_ratio, plan.recipe)
     source = source_record(loaded)
-    if source["max_positions"] and o.max_length > source["max_positions"]:
+    if source.max_positions and o.max_length > source.max_positions:
         raise UsageError(
-            f"--max-length {o.max_length} is longer than the {source['max_positions']} positions the model "
-            f"computes: pass --max-length <= {source['max_positions']}"
+            f"--max-length {o.max_length} is longer than the {source.max_positions} positions the model "
+            f"computes: pass --max-length <= {source.max_positions}"
         )
     return loaded, adapter, source
 
 
-def fit(plan: ExportPlan, source: dict[str, Any]) -> ExportPlan:
+def fit(plan: ExportPlan, source: Source) -> ExportPlan:
     """The plan for the loaded model: its target's runtime shape ranges (TensorRT profiles, Triton) clamped to
     the positions the model computes."""
     from ffsplit.runtimes.shapes import clamp_shapes
 
-    shapes = clamp_shapes(plan.target.shapes, source["max_positions"], past=plan.task.past)
+    shapes = clamp_shapes(plan.target.shapes, source.max_positions, past=plan.task.past)
     if shapes == plan.target.shapes:
         return plan
     return dataclasses.replace(plan, target=dataclasses.replace(plan.target, shapes=shapes))

@@ -40,7 +40,7 @@ def load_source(art: Artifact, source: str | Path | None = None, trust_remote_co
     loaded = load_model(spec, task=art.manifest.task, trust_remote_code=trust_remote_code)
     from ffsplit.loading import source_record
 
-    if source_record(loaded)["sha256"] != src.sha256:
+    if source_record(loaded).sha256 != src.sha256:
         raise UsageError(
             f"source model at '{loaded.path}' is not the one exported (its hash differs): pass --source with the "
             "exact model the export used, or re-run ffsplit export"

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from ffsplit.loading import LoadedModel
-    from ffsplit.manifest import LayerPlan
+    from ffsplit.manifest import Budget, LayerPlan
     from ffsplit.runtimes.targets import Target
     from ffsplit.split.apply import Storage
     from ffsplit.split.compress import LightRecipe
@@ -31,11 +31,11 @@ class Split:
     grids: dict[str, Any]  # weight path -> WeightGrid, for the graph's integer storage
     act_absmax: dict[str, float] | None  # static activation ranges (QDQ targets)
     state: dict[str, Any]  # what split.safetensors holds
-    budget: dict[str, Any] | None
+    budget: Budget | None
 
 
 def _per_layer(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], profiles: list[LayerProfile],
-               ) -> tuple[list[tuple[int, LightRecipe]] | None, dict[str, Any] | None]:
+               ) -> tuple[list[tuple[int, LightRecipe]] | None, Budget | None]:
     """Per layer (heavy ratio, recipe) chosen by --budget, with its summary; (None, None) without one."""
     if plan.budget is None:
         return None, None
@@ -98,8 +98,8 @@ def split(plan: ExportPlan, loaded: LoadedModel, adapter: type[FFNAdapter], prof
         align=plan.target.nncf["group_size"] if plan.nncf == "int4" else 8, storage=_storage(plan),
     )
     if budget is not None:
-        for plan_obj, row in zip(plan_objs, budget["plan"], strict=True):
-            plan_obj.calib_error = row["error"]
+        for plan_obj, row in zip(plan_objs, budget.plan, strict=True):
+            plan_obj.calib_error = row.error
     grids = {path: WeightGrid.from_quantized(path, qw) for path, qw in quantized.items()}
     act_absmax = None
     if plan.target.int8_compute == "qdq" and any(g.bits == 8 for g in grids.values()):

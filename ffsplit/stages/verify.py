@@ -8,13 +8,13 @@ from ffsplit import bounds
 from ffsplit.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     import torch
 
     from ffsplit.loading import LoadedModel
-    from ffsplit.manifest import LayerPlan
+    from ffsplit.manifest import LayerPlan, Separation
     from ffsplit.parity.check import ParityReport, RecordedOutputs
     from ffsplit.pooling import Pooling
     from ffsplit.runtimes.base import Runner
@@ -24,22 +24,21 @@ if TYPE_CHECKING:
 PARITY_BATCH = 16  # texts per padded parity batch
 
 
-def guard(runner: Runner, plans: list[LayerPlan]) -> dict[str, Any]:
+def guard(runner: Runner, plans: Sequence[LayerPlan]) -> Separation:
     """Run the separation guard on what the runtime executes: its record, with ``passed`` false, the
     ``findings`` and the one-line ``failure`` naming the layers when it failed."""
     from ffsplit.graph_passes import check_separation, expected_matmuls, expected_precisions
+    from ffsplit.manifest import Separation
 
     found, realized, findings = check_separation(
         runner.layer_records(), expected_matmuls(plans), expected_precisions(plans)
     )
-    record: dict[str, Any] = {
-        "passed": not findings, "graph": runner.runtime_graph, "matmuls": {str(k): v for k, v in found.items()},
-        "precisions": {str(k): {b: sorted(set(v)) for b, v in br.items()} for k, br in realized.items()},
-    }
-    if findings:
-        record["findings"] = list(findings)
-        record["failure"] = f"branch separation failed in what {runner.target.runtime} runs: " + "; ".join(findings)
-    return record
+    failure = f"branch separation failed in what {runner.target.runtime} runs: " + "; ".join(findings)
+    return Separation(
+        passed=not findings, graph=runner.runtime_graph, matmuls={str(k): v for k, v in found.items()},
+        precisions={str(k): {b: sorted(set(v)) for b, v in br.items()} for k, br in realized.items()},
+        findings=tuple(findings), failure=failure if findings else None,
+    )
 
 
 def parity(
@@ -57,6 +56,7 @@ def parity(
     """
     import numpy as np
 
+    from ffsplit.manifest import PooledCheck
     from ffsplit.parity.check import compare_three, evaluate
     from ffsplit.signature import SENTENCE_OUTPUT
 
@@ -74,8 +74,8 @@ def parity(
     )
     report = evaluate(metrics, limits, task=task, texts=len(texts))
     if pooling is not None:
-        report.sentence_embedding = {"max_abs": worst[0], "limit": pooled_limit, "passed": worst[0] <= pooled_limit,
-                                     "pooling": list(pooling.modes), "normalize": pooling.normalize}
+        report.sentence_embedding = PooledCheck(max_abs=worst[0], limit=pooled_limit, passed=worst[0] <= pooled_limit,
+                                                pooling=tuple(pooling.modes), normalize=pooling.normalize)
     return report
 
 

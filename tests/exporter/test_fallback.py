@@ -40,7 +40,7 @@ def test_torchscript_graph_is_tagged_from_node_names(tiny_bert_dir: Path) -> Non
 
 def test_torchscript_exporter_by_request(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
     res = api.export(str(tiny_bert_dir), tmp_path / "o", light="none", exporter="torchscript", **FAST)
-    assert res.manifest["exporter"]["name"] == "torchscript" and res.report.passed
+    assert res.manifest.to_json()["exporter"]["name"] == "torchscript" and res.report.passed
 
 
 def _patched(monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
@@ -74,7 +74,7 @@ def test_falls_back_to_torchscript(
 ) -> None:
     _patched(monkeypatch, broken)
     res = api.export(str(tiny_bert_dir), tmp_path / "o", light="none", **FAST)
-    exp = res.manifest["exporter"]
+    exp = res.manifest.to_json()["exporter"]
     assert exp["name"] == "torchscript" and res.report.passed
     assert [a["exporter"] for a in exp["attempts"]] == ["dynamo"] and exp["attempts"][0]["failed"].startswith(reason)
 

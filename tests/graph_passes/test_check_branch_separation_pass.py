@@ -20,7 +20,7 @@ from ffsplit.manifest import Manifest
 def test_guard_passes_on_the_runtime_graph(tiny_none_artifact: Path) -> None:
     manifest = json.loads((tiny_none_artifact / "manifest.json").read_text())
     graph = ir.load(tiny_none_artifact / "runtime" / "cpu" / "optimized.onnx")
-    guard = CheckBranchSeparationPass(expected=expected_matmuls(Manifest(manifest).layers))
+    guard = CheckBranchSeparationPass(expected=expected_matmuls(Manifest.from_json(manifest).layers))
     assert guard(graph).modified is False
     assert guard.found == {0: {"heavy": 2, "light": 2}, 1: {"heavy": 2, "light": 2}}
 
@@ -31,7 +31,7 @@ def test_guard_catches_a_fused_node_that_lost_its_tag(tiny_none_artifact: Path) 
     victim = next(n for n in graph.graph if n.op_type == "MatMul" and (n.name or "").startswith("ffsplit/L1/light/"))
     victim.name = "SomeRuntimeFusion_17"
     with pytest.raises(BranchSeparationError, match="layer 1: 1 light matmul nodes, expected 2"):
-        CheckBranchSeparationPass(expected=expected_matmuls(Manifest(manifest).layers))(graph)
+        CheckBranchSeparationPass(expected=expected_matmuls(Manifest.from_json(manifest).layers))(graph)
 
 
 def _ffn_graph(merged: bool) -> onnx.ModelProto:
@@ -84,7 +84,7 @@ def test_guard_flags_a_matmul_in_the_merge() -> None:
 
 
 def test_expected_counts_follow_the_recipe_and_form(tiny_none_artifact: Path) -> None:
-    row = Manifest(json.loads((tiny_none_artifact / "manifest.json").read_text())).layers[0]
+    row = Manifest.from_json(json.loads((tiny_none_artifact / "manifest.json").read_text())).layers[0]
     plans = [replace(row, layer=0, light_recipe="none", gated=False),
              replace(row, layer=1, light_recipe="lowrank:8", gated=False),
              replace(row, layer=2, light_recipe="prune:0.1+int8", gated=True),

@@ -7,6 +7,7 @@ import pytest
 from onnx_ir.passes import InPlacePass, PassResult, PostconditionError
 
 from ffsplit.graph_passes.pipeline import PassFailed, generic_passes, run_passes
+from ffsplit.manifest import GraphPass
 
 
 def _graph() -> ir.Model:
@@ -44,7 +45,7 @@ class BrokenContractPass(InPlacePass):
 
 def test_passes_run_in_order_and_report_honestly() -> None:
     model, done = run_passes(_graph(), [NothingPass(), RenamePass()])
-    assert done == [{"pass": "NothingPass", "modified": False}, {"pass": "RenamePass", "modified": True}]
+    assert done == [GraphPass(name="NothingPass", modified=False), GraphPass(name="RenamePass", modified=True)]
     assert [n.name for n in model.graph] == ["renamed"]
 
 
@@ -90,7 +91,7 @@ def test_an_export_checks_separation_on_its_own_graph() -> None:
                                         int4_form="matmulnbits", heavy_precision="fp32")[-1], CheckBranchSeparationPass)
     check = CheckBranchSeparationPass(expected=expected, precisions={0: {"heavy": "fp32", "light": "fp32"}})
     model, done = run_passes(ir.from_proto(ffn_model(weights())), [check])
-    assert done == [{"pass": "CheckBranchSeparationPass", "modified": False}]
+    assert done == [GraphPass(name="CheckBranchSeparationPass", modified=False)]
     with pytest.raises(PassFailed, match=r"CheckBranchSeparationPass failed \(after UntagLightPass\).*"
                                          r"1 light matmul nodes, expected 2"):
         run_passes(ir.from_proto(ffn_model(weights())), [UntagLightPass(), CheckBranchSeparationPass(expected=expected)])

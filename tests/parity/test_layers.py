@@ -23,7 +23,7 @@ def _inputs(art_dir: Path) -> tuple:  # noqa: ANN001
     loaded, split = rebuild(art)
     texts = [t.text for t in evaluation_texts(4)]
     batch = next(encode_batches(loaded.tokenizer, texts, batch_size=4, max_length=32))
-    modules = {p["module"]: p["layer"] for p in art.manifest["layers"]}
+    modules = {p.module: p.layer for p in art.manifest.layers}
     return art, loaded, split, batch, modules
 
 

@@ -20,7 +20,7 @@ def test_gpu_target_exports_and_checks(target: str, tiny_bert_dir: Path, tmp_pat
     out = tmp_path / target
     res = api.export(str(tiny_bert_dir), out, target=target, limits=LENIENT, calib_size=16, eval_size=24,
                      max_length=32, progress=False)
-    m = res.manifest
+    m = res.manifest.to_json()
     want = {"cuda-fp16": ("fp16", "fp16"), "tensorrt-fp16": ("fp16", "fp16"), "tensorrt-int8": ("fp16", "int8")}[target]
     assert m["separation"]["precisions"]["0"] == {"heavy": [want[0]], "light": [want[1]]}
     if target.startswith("tensorrt"):
@@ -40,7 +40,7 @@ def test_deferred_export_builds_on_the_gpu(target: str, tiny_bert_dir: Path, tmp
         m.setattr(targets, "gpu_present", lambda: "no NVIDIA GPU (pretended)")
         res = api.export(str(tiny_bert_dir), out, target=target, limits=LENIENT, calib_size=16, eval_size=24,
                          max_length=32, progress=False)
-    assert res.manifest["build"]["status"] == "deferred"
+    assert res.manifest.to_json()["build"]["status"] == "deferred"
     built = api.build(out)
     assert built["build"]["status"] == "built" and built["separation"]["passed"] is True
     assert api.check(out).passed

@@ -40,11 +40,11 @@ def test_export_and_check_on_openvino(tiny_bert_dir: Path, tmp_path: Path, cache
     out = tmp_path / "ov"
     res = api.export(str(tiny_bert_dir), out, target="openvino", limits=LENIENT, calib_size=16, eval_size=24,
                      max_length=32, progress=False)
-    m = res.manifest
+    m = res.manifest.to_json()
     assert m["target"]["runtime"] == "openvino" and m["recipe"]["light"]["recipe"] == "int8"
     assert m["separation"]["graph"] == "layers.json"
     assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in (0, 1)}
     assert (out / "runtime" / "openvino" / "layers.json").is_file()
     assert api.check(out).passed
     info = api.inspect_artifact(out)
-    assert info["graphs"]["runtime/openvino/layers.json"]["0"]["light"] == {"ops": {"FullyConnected": 2}, "precisions": ["int8"]}
+    assert info.graphs["runtime/openvino/layers.json"]["0"]["light"] == {"ops": {"FullyConnected": 2}, "precisions": ["int8"]}

@@ -61,7 +61,7 @@ def test_heavy_hitters_run_int8_and_the_rest_int4(ov_int4_artifact: Path) -> Non
     stored = {i.name for i in graph.graph.initializer if i.data_type == onnx.TensorProto.BFLOAT16}
     assert len(stored) == 2 * (1 + 2 + 4) + 2 and not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
                                                         and i.dims[0] * i.dims[1] >= 4096 for i in graph.graph.initializer)
-    assert {"pass": "StoreWeightsHalfPass", "modified": True} in m["graph_passes"]
+    assert {"name": "StoreWeightsHalfPass", "modified": True} in m["graph_passes"]
     # the light branch a whole number of groups wide where the width allows: 64 neurons, 16 heavy, 48 light
     assert [(row["heavy"], row["light"]) for row in m["layers"]] == [(16, 48), (16, 48)]
     assert all(row["light_bytes"] < row["light_params"] for row in m["layers"])  # counted as int4, not fp32
@@ -194,8 +194,8 @@ def test_a_packed_ir_artifact_keeps_what_runs(ov_int4_artifact: Path, tmp_path: 
     assert not_deployed("model.onnx.data", runs_ir=True) and not not_deployed("model.onnx.data")
     assert not not_deployed("model.onnx", runs_ir=True)
     slim = pack_artifact(ov_int4_artifact, tmp_path / "slim")
-    name = slim["target"]["name"]
-    assert f"runtime/{name}/model.xml" in slim["files"] and "split.safetensors" in slim["packed"]["dropped"]
+    name = slim.target_name
+    assert f"runtime/{name}/model.xml" in slim.files and slim.packed and "split.safetensors" in slim.packed.dropped
     with ffsplit.load(ov_int4_artifact) as full, ffsplit.load(tmp_path / "slim") as packed:
         assert packed.generate(["the cat"], max_new_tokens=4) == full.generate(["the cat"], max_new_tokens=4)
     with pytest.raises(UsageError, match="runs an OpenVINO IR"):

@@ -124,7 +124,7 @@ def test_the_down_split_form_on_openvino(tiny_bert_dir: Path, tmp_path: Path) ->
     multiplies, and OpenVINO still runs one fp32 heavy and one int8 light down-projection per layer."""
     target = tmp_path / "ov-down.toml"
     target.write_text('extends = "openvino-int8"\nsplit = "down"\n')
-    m = api.export(str(tiny_bert_dir), tmp_path / "art", target=str(target), progress=False, **FAST).manifest
+    m = api.export(str(tiny_bert_dir), tmp_path / "art", target=str(target), progress=False, **FAST).manifest.to_json()
     assert m["separation"]["matmuls"] == {str(i): {"heavy": 1, "light": 1} for i in range(2)}
     assert m["separation"]["precisions"] == {str(i): {"heavy": ["fp32"], "light": ["int8"]} for i in range(2)}
     assert m["parity"]["passed"] and {p["split"] for p in m["layers"]} == {"down"}

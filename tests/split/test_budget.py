@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ffsplit import api
+from ffsplit.artifact import read_manifest
 from ffsplit.errors import UsageError
 from ffsplit.loading import load_model
 from ffsplit.split.adapters import find_adapter
@@ -88,7 +89,7 @@ def test_every_budget_kind_is_respected(tiny_profiled: tuple, kind: str, value: 
     if value is None:  # the model outside the FFNs, plus 30% of the FFNs' fp32 bytes
         value = (other + 0.3 * 4 * ffn_params) / 1e6
     chosen, summary = plan_budget(ffns, profiles, kind, value, other_bytes=other)
-    assert summary["used"] <= summary["limit"]
+    assert summary.used <= summary.limit
     if kind == "ffn-params":
         assert sum(c.params for c in chosen) <= value * ffn_params
     elif kind == "flops":
@@ -98,7 +99,8 @@ def test_every_budget_kind_is_respected(tiny_profiled: tuple, kind: str, value: 
     # A looser budget never leaves more error.
     looser = plan_budget(ffns, profiles, kind, value * 1.5 if kind == "size-mb" else min(1.0, value * 1.5),
                          other_bytes=other)[1]
-    assert looser["total_error"] <= summary["total_error"] + 1e-12
+    assert looser.total_error is not None and summary.total_error is not None
+    assert looser.total_error <= summary.total_error + 1e-12
 
 
 def test_budget_too_small_is_a_usage_error(tiny_profiled: tuple) -> None:
@@ -108,13 +110,13 @@ def test_budget_too_small_is_a_usage_error(tiny_profiled: tuple) -> None:
 
 
 def test_budget_export_end_to_end(tiny_bert_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
-    res = api.export(str(tiny_bert_dir), tmp_path / "b", budget="ffn-params=0.5", calib_size=16, eval_size=24,
+    api.export(str(tiny_bert_dir), tmp_path / "b", budget="ffn-params=0.5", calib_size=16, eval_size=24,
                      max_length=32, progress=False, limits={"cosine_mean": 0.5, "cosine_min": 0.3, "retrieval_at10": 0.2})
-    m = res.manifest
-    assert m["params"]["ffn_after"] <= 0.5 * m["params"]["ffn_before"]
-    assert m["budget"]["kind"] == "ffn-params" and len(m["budget"]["plan"]) == 2
-    assert [row["recipe"] for row in m["budget"]["plan"]] == [p["light_recipe"] for p in m["layers"]]
-    assert all(p["calib_error"] is not None for p in m["layers"])
+    m = read_manifest(tmp_path / "b")
+    assert m.params.ffn_after <= 0.5 * m.params.ffn_before
+    assert m.budget is not None and m.budget.kind == "ffn-params" and len(m.budget.plan) == 2
+    assert [row.recipe for row in m.budget.plan] == [p.light_recipe for p in m.layers]
+    assert all(p.calib_error is not None for p in m.layers)
     assert api.check(tmp_path / "b").passed
 
 
@@ -124,19 +126,21 @@ def test_budget_refuses_explicit_recipe(tiny_bert_dir: Path, tmp_path: Path) -> 
 
 
 def test_the_manifest_reads_back_what_the_budget_chose_and_the_cli_prints_it(tiny_profiled: tuple) -> None:
-    """The summary ``plan_budget`` writes into the manifest is read back as a typed Budget; ``export`` prints its
-    total and ``inspect`` each layer's choice."""
+    """The Budget ``plan_budget`` chose is written into the manifest and read back the same, within its bounds;
+    ``export`` prints its total and ``inspect`` each layer's choice."""
     from ffsplit.cli.output import budget_lines
-    from ffsplit.manifest import Manifest
+    from ffsplit.manifest import Budget
 
     _, ffns, profiles = tiny_profiled
     chosen, summary = plan_budget(ffns, profiles, "ffn-params", 0.5, other_bytes=0)
-    m = Manifest({"budget": json.loads(json.dumps(summary))})  # as written to manifest.json
-    b = m.budget
-    assert b is not None and (b.kind, b.value, b.used, b.total_error) == ("ffn-params", 0.5, summary["used"],
-                                                                         summary["total_error"])
+    written = json.loads(json.dumps(summary.to_json()))  # as manifest.json holds it
+    errors: list[str] = []
+    Budget.check()(written, "budget", errors)
+    assert errors == []
+    b = Budget.from_json(written)
+    assert b == summary and (b.kind, b.value) == ("ffn-params", 0.5)
     assert [(r.layer, r.heavy, r.recipe) for r in b.plan] == [(i, c.heavy, c.recipe) for i, c in enumerate(chosen)]
-    head, *rows = budget_lines(m, per_layer=True)
+    head, *rows = budget_lines(b, per_layer=True)
     assert head.startswith("budget ffn-params=0.5: used ") and "summed calibration error" in head
     assert len(rows) == len(chosen) and rows[0].startswith("  layer 0: heavy ")
-    assert budget_lines(m, per_layer=False) == [head] and budget_lines(Manifest({}), per_layer=True) == []
+    assert budget_lines(b, per_layer=False) == [head] and budget_lines(None, per_layer=True) == []

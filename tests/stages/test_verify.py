@@ -21,21 +21,21 @@ def _runner(records: list[LayerRecord]) -> SimpleNamespace:
 def test_a_separate_graph_passes_with_counts_and_precisions() -> None:
     record = guard(_runner([LayerRecord("h", "FullyConnected", ((0, "heavy"),), "int8"),
                             LayerRecord("l", "FullyConnected", ((0, "light"), (0, "merge")), "int4")]), PLANS)
-    assert record["passed"] and "failure" not in record and "findings" not in record
-    assert record["matmuls"] == {"0": {"heavy": 1, "light": 1}}
-    assert record["precisions"] == {"0": {"heavy": ["int8"], "light": ["int4"]}}
-    assert record["graph"] == "executed graph"
+    assert record.passed and record.failure is None and record.findings == ()
+    assert record.matmuls == {"0": {"heavy": 1, "light": 1}}
+    assert record.precisions == {"0": {"heavy": ["int8"], "light": ["int4"]}}
+    assert record.graph == "executed graph"
 
 
 def test_merged_branches_fail_with_one_line_naming_the_runtime_and_layer() -> None:
     record = guard(_runner([LayerRecord("hl", "FullyConnected", ((0, "heavy"), (0, "light")), "int4")]), PLANS)
-    assert not record["passed"] and len(record["findings"]) == 3  # merged, and each branch's multiply missing
-    assert record["failure"].startswith("branch separation failed in what openvino runs: ")
-    assert "L0 heavy, L0 light" in record["failure"] and "\n" not in record["failure"]
+    assert not record.passed and len(record.findings) == 3  # merged, and each branch's multiply missing
+    assert record.failure is not None and record.failure.startswith("branch separation failed in what openvino runs: ")
+    assert "L0 heavy, L0 light" in record.failure and "\n" not in record.failure
 
 
 def test_a_branch_at_another_precision_fails() -> None:
     record = guard(_runner([LayerRecord("h", "FullyConnected", ((0, "heavy"),), "int4"),
                             LayerRecord("l", "FullyConnected", ((0, "light"),), "int4")]), PLANS)
-    assert not record["passed"]
-    assert record["findings"] == ["layer 0: heavy FullyConnected 'h' runs at int4, the target asked for int8"]
+    assert not record.passed
+    assert record.findings == ("layer 0: heavy FullyConnected 'h' runs at int4, the target asked for int8",)

@@ -21,7 +21,7 @@ def test_gated_lowrank_with_kv_cache(family_root: Path, tmp_path: Path, cache_di
     res = api.export(str(save_family_model("llama", family_root)), out, light="lowrank:8", heavy_ratio=0.25,
                      calib_size=16, eval_size=24, max_length=32, progress=False,
                      limits={"top1_agreement": 0.0, "top5_agreement": 0.0, "perplexity_ratio": 100.0})
-    m = res.manifest
+    m = res.manifest.to_json()
     assert m["task"] == "causal-lm-with-past"  # --task auto on a *ForCausalLM checkpoint
     assert m["separation"]["matmuls"]["0"] == {"heavy": 3, "light": 6}
     assert m["parity"]["comparisons"]["fidelity"]["metrics"]["generation_agreement"] == 1.0
