@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit import bounds
 from ffsplit.artifact import (
@@ -28,10 +28,13 @@ from ffsplit.artifact import (
     write_manifest,
 )
 from ffsplit.errors import CheckFailed, UsageError
-from ffsplit.manifest import Build, Manifest
+from ffsplit.manifest import Build, Manifest, ParityReport
 from ffsplit.runtimes.targets import Target, list_targets, require_supported
 from ffsplit.stages.reload import load_source, rebuild, split_in_place
 from ffsplit.stages.run import ExportResult, run_export, utc_now
+
+if TYPE_CHECKING:
+    from ffsplit.pooling import Pooling
 
 __all__ = [
     "Artifact", "ExportResult", "Inspection", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact",
@@ -75,7 +78,7 @@ def check(
     folder: str | Path, *, eval_size: int | None = None, source: str | Path | None = None,
     limits: dict[str, float] | None = None, eval_file: str | Path | None = None, log: Callable[[str], None] | None = None,
     progress: bool = False,
-) -> Any:
+) -> ParityReport:
     """Re-run the separation guard and the three-way parity of an artifact.
 
     Returns the ParityReport with the guard's record in ``separation``; ``passed`` is false when either
@@ -126,7 +129,7 @@ def check(
     return report
 
 
-def _graph_pooling(art: Artifact) -> Any:
+def _graph_pooling(art: Artifact) -> Pooling | None:
     """The pooling behind an artifact's ``sentence_embedding`` output, or None when its graph has none."""
     from ffsplit.pooling import read_pooling
     from ffsplit.signature import SENTENCE_OUTPUT, onnx_signature

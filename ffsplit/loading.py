@@ -17,6 +17,7 @@ from ffsplit.errors import UsageError
 
 if TYPE_CHECKING:
     from ffsplit.manifest import Source
+    from ffsplit.tasks import TaskSpec
 
 # Alias -> (importable package, folder inside it). Located with find_spec so the
 # package itself is never imported.
@@ -113,7 +114,7 @@ class LoadedModel:
     tokenizer: Any
     path: Path
     spec: str
-    task: Any  # ffsplit.tasks.TaskSpec
+    task: TaskSpec
 
 
 def _load_tokenizer(spec: str, path: Path, padding_side: str, trust_remote_code: bool) -> Any:

@@ -42,14 +42,34 @@ def integer(lo: int, hi: int) -> Check:
     return check
 
 
-def number(lo: float = -math.inf, hi: float = math.inf) -> Check:
+def number(lo: float = -math.inf, hi: float = math.inf, *, open_lo: bool = False, open_hi: bool = False) -> Check:
+    """A finite number from ``lo`` to ``hi``, each end included unless open."""
+
     def check(v: Any, where: str, errors: list[str]) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             errors.append(f"{where} must be a number, not {kind_of(v)}")
-        elif not math.isfinite(v) or not lo <= v <= hi:
-            errors.append(f"{where} = {v} is outside [{lo:g}, {hi:g}]")
+        elif not math.isfinite(v) or not ((lo < v) if open_lo else (lo <= v)) or not ((v < hi) if open_hi else (v <= hi)):
+            span = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+            errors.append(f"{where} = {v} is outside {span}")
 
     return check
+
+
+def one_of(*values: int) -> Check:
+    """An integer from ``values``."""
+
+    def check(v: Any, where: str, errors: list[str]) -> None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            errors.append(f"{where} must be an integer, not {kind_of(v)}")
+        elif v not in values:
+            errors.append(f"{where} {v} is not one of {', '.join(map(str, values))}")
+
+    return check
+
+
+def _at(where: str, key: object) -> str:
+    """Where a table's ``key`` is: ``where.key``, or ``key`` at the top of a file (``where`` empty)."""
+    return f"{where}.{key}" if where else str(key)
 
 
 def text(max_len: int = 4096, pattern: re.Pattern[str] | None = None, choices: tuple[str, ...] = ()) -> Check:
@@ -93,19 +113,22 @@ def either(*options: Check) -> Check:
     return check
 
 
-def table(fields: dict[str, Check], *, optional_keys: frozenset[str] = frozenset()) -> Check:
-    """A JSON object with these keys (extra keys are allowed and left unread)."""
+def table(fields: dict[str, Check], *, optional_keys: frozenset[str] = frozenset(), strict: bool = False) -> Check:
+    """A JSON object (or TOML table) with these keys; extra keys are left unread, or with ``strict`` each is a
+    problem (a file a person writes: a misspelt key must not be ignored)."""
 
     def check(v: Any, where: str, errors: list[str]) -> None:
         if not isinstance(v, dict):
-            errors.append(f"{where} must be an object, not {kind_of(v)}")
+            errors.append(f"{where} must be a table, not {kind_of(v)}")
             return
+        if strict:
+            errors.extend(f"unknown key '{_at(where, k)}'" for k in v if k not in fields)
         for key, inner in fields.items():
             if key not in v:
                 if key not in optional_keys:
-                    errors.append(f"{where}.{key} is missing")
+                    errors.append(f"{_at(where, key)} is missing")
                 continue
-            inner(v[key], f"{where}.{key}", errors)
+            inner(v[key], _at(where, key), errors)
 
     return check
 
@@ -128,7 +151,7 @@ def items(inner: Check, *, max_len: int, min_len: int = 0) -> Check:
 def mapping(inner: Check, *, max_len: int = 10_000, key: re.Pattern[str] | None = None) -> Check:
     def check(v: Any, where: str, errors: list[str]) -> None:
         if not isinstance(v, dict):
-            errors.append(f"{where} must be an object, not {kind_of(v)}")
+            errors.append(f"{where} must be a table, not {kind_of(v)}")
             return
         if len(v) > max_len:
             errors.append(f"{where} has {len(v)} entries (at most {max_len})")
@@ -136,7 +159,7 @@ def mapping(inner: Check, *, max_len: int = 10_000, key: re.Pattern[str] | None 
         for k, item in v.items():
             if key is not None and not key.fullmatch(k):
                 errors.append(f"{where} key '{k[:40]}' is malformed")
-            inner(item, f"{where}.{k}", errors)
+            inner(item, _at(where, k), errors)
 
     return check
 
@@ -167,13 +190,15 @@ def nested_items(cls: type, *, max_len: int, min_len: int = 0, default: Any = MI
 
 
 @functools.cache
-def record_check(cls: type) -> Check:
-    """The check of a JSON table holding the record ``cls``: each field's bounds, by its name."""
+def record_check(cls: type, *, strict: bool = False, leave_out: frozenset[str] = frozenset()) -> Check:
+    """The check of a table holding the record ``cls``: each field's bounds, by its name (``strict``: a key
+    that is no field is a problem; ``leave_out``: fields the table may not hold, as unknown keys)."""
     missing = [f.name for f in fields(cls) if "check" not in f.metadata]
     if missing:
         raise TypeError(f"{cls.__name__} fields without bounds: {', '.join(missing)}")
-    return table({f.name: f.metadata["check"] for f in fields(cls)},
-                 optional_keys=frozenset(f.name for f in fields(cls) if not f.metadata["required"]))
+    kept = [f for f in fields(cls) if f.name not in leave_out]
+    return table({f.name: f.metadata["check"] for f in kept},
+                 optional_keys=frozenset(f.name for f in kept if not f.metadata["required"]), strict=strict)
 
 
 @functools.cache

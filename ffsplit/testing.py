@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ffsplit.manifest import ParityReport
 
 
 def assert_parity(folder: str | Path, limits: Mapping[str, float] | None = None, *,
-                  source: str | Path | None = None, eval_size: int | None = None) -> Any:
+                  source: str | Path | None = None, eval_size: int | None = None) -> ParityReport:
     """``ffsplit check``: the separation guard and the three-way parity, with ``limits`` (metric -> value,
     as ``--limit``) replacing the export's limits on what compression may cost. AssertionError naming every
     failure; returns the report."""

@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx
 import onnx_ir as ir
@@ -26,6 +26,9 @@ from ffsplit.errors import UsageError
 from ffsplit.signature import INPUT_ORDER, SENTENCE_OUTPUT, past_names
 from ffsplit.split.calibration import positions_from_mask
 from ffsplit.tasks import TASKS, TaskSpec
+
+if TYPE_CHECKING:
+    from ffsplit.pooling import Pooling
 
 # Module path prefix the wrapper adds in front of the model's own paths.
 WRAPPER_PREFIX = "model."
@@ -66,7 +69,7 @@ class TaskWrapper(nn.Module):
     The forward signature is set per instance so torch.export binds each input by name.
     """
 
-    def __init__(self, model: nn.Module, task: TaskSpec, names: list[str], pooling: Any = None) -> None:
+    def __init__(self, model: nn.Module, task: TaskSpec, names: list[str], pooling: Pooling | None = None) -> None:
         super().__init__()
         self.model = model
         self.output = task.output
@@ -365,7 +368,7 @@ EXPORTERS = tuple(STRATEGIES)
 
 def export_program(
     model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo",  # noqa: ANN001
-    pooling: Any = None, opset: int | None = None,
+    pooling: Pooling | None = None, opset: int | None = None,
 ) -> ir.Model:
     """Export ``model`` for ``task`` with the capture strategy named ``exporter``; returns the in-memory ONNX IR
     model.

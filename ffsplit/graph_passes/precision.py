@@ -8,10 +8,13 @@ graph), the separation guard (which checks the runtime kept them) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
+
+if TYPE_CHECKING:
+    from ffsplit.split.compress import Quantized
 
 # Every op that multiplies by a weight matrix in the runtimes we build for.
 MATMUL_OPS = frozenset(
@@ -66,7 +69,7 @@ class WeightGrid:
     digest: tuple[tuple[int, ...], str] | None = None
 
     @classmethod
-    def from_quantized(cls, name: str, qw: Any) -> WeightGrid:
+    def from_quantized(cls, name: str, qw: Quantized) -> WeightGrid:
         """From the split's ``Quantized`` (torch tensors)."""
         return cls(
             name=name, q=qw.q.numpy(), scale=qw.scale.numpy(), digest=qw.held().digest,

@@ -118,7 +118,7 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
         return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
 
 
-def replay_golden(folder: Path, runner: Any, manifest: Manifest, *, tolerance: float | None = None) -> dict[str, Any]:
+def replay_golden(folder: Path, runner: Runner, manifest: Manifest, *, tolerance: float | None = None) -> dict[str, Any]:
     """Run the golden inputs of the artifact in ``folder`` through an active ``runner`` and compare (see
     ``check_golden``). The feed is rebuilt by the runner from the token inputs, so a runtime with its own
     prefill form (TensorRT's one masked past slot) replays what another runtime recorded."""

@@ -1,5 +1,6 @@
-"""The schema of a target file: the values each key may take, and every problem of a target's table, listed at
-once (``target_problems``); ``runtimes.targets`` reads the files and builds the Target."""
+"""The schema of a target file: the values each key may take (``FIELD_CHECKS``, the bounds ``Target`` declares
+its fields with, in the shared ``ffsplit.schema`` mechanism) and the rules keys obey together
+(``rule_problems``); ``runtimes.targets`` reads the files, lists every problem at once and builds the Target."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ from typing import Any
 from ffsplit.limits import METRICS, PARITY_KEYS
 from ffsplit.precisions import HEAVY_PRECISIONS, INT4_COMPUTE, INT8_COMPUTE, PRECISIONS
 from ffsplit.runtimes.specs import RUNTIMES
+from ffsplit.schema import (
+    Check,
+    anything,
+    boolean,
+    integer,
+    items,
+    kind_of,
+    mapping,
+    number,
+    one_of,
+    optional,
+    table,
+    text,
+)
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -63,6 +78,12 @@ INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 _SCALAR = (str, int, float, bool)
 
 
+def _is(value: Any, typ: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and typ in (int, float, (int, float)):  # TOML true is not a number
+        return False
+    return isinstance(value, typ)
+
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
@@ -114,98 +135,87 @@ def _session_config_problems(key: str, value: object) -> list[str]:
     return []
 
 
-# key -> (type, required); nested tables are checked below.
-_TOP: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    "description": (str, False),
-    "runtime": (str, True),
-    "providers": (list, False),
-    "provider_options": (dict, False),
-    "graph_optimization": (str, False),
-    "heavy_precision": (str, True),
-    "light_precision": (str, True),
-    "int8_compute": (str, False),
-    "int4_compute": (str, False),
-    "other_matmuls": (str, False),
-    "matmulnbits_accuracy_level": (int, False),
-    "int8_weight_range": (str, False),
-    "fusions": (str, False),
-    "split": (str, False),
-    "heavy_ratio": ((int, float), False),
-    "opset": (int, False),
-    "session_config": (dict, False),
-    "openvino": (dict, False),
-    "nncf": (dict, False),
-    "tensorrt": (dict, False),
-    "shapes": (dict, False),
-    "parity": (dict, False),
-}
-
-
-_OPENVINO: dict[str, type | tuple[type, ...]] = {"device": str, "config": dict}
-
-
-# NNCF's int4 weight compression (int4_compute = "nncf"): its mode, group size and data-aware methods
-_NNCF: dict[str, type | tuple[type, ...]] = {
-    "mode": str, "group_size": int, "ratio": (int, float), "awq": bool, "scale_estimation": bool,
-    # the light branch's own group size (-1: one scale per output channel); absent: group_size
-    "light_group_size": int,
-}
+_OPENVINO = table({"device": text(100), "config": mapping(anything, max_len=200)},
+                  optional_keys=frozenset({"device", "config"}), strict=True)
 
 
 NNCF_GROUP_SIZES = (32, 64, 128, 256)
 
 
-# ratio: the share of the multiplies (by weight count) NNCF makes int4; the rest int8, chosen by its weight
-# sensitivity (below 1.0 whole layers of the light branch may end up int8, which the guard then reports)
+# NNCF's int4 weight compression (int4_compute = "nncf"): its mode, group size and data-aware methods; ratio: the
+# share of the multiplies (by weight count) NNCF makes int4, the rest int8, chosen by its weight sensitivity
+# (below 1.0 whole layers of the light branch may end up int8, which the guard then reports); the light
+# branch's own group size (-1: one scale per output channel), absent: group_size
+_NNCF_FIELDS = {
+    "mode": text(choices=NNCF_INT4_MODES), "group_size": one_of(*NNCF_GROUP_SIZES),
+    "ratio": number(0.0, 1.0, open_lo=True), "awq": boolean, "scale_estimation": boolean,
+    "light_group_size": one_of(-1, *NNCF_GROUP_SIZES),
+}
+_NNCF = table(_NNCF_FIELDS, optional_keys=frozenset(_NNCF_FIELDS), strict=True)
 NNCF_DEFAULTS = {"mode": "int4_asym", "group_size": 128, "ratio": 1.0, "awq": False, "scale_estimation": False}
 
 
-_TENSORRT: dict[str, type | tuple[type, ...]] = {
-    "fp16": bool, "int8": bool, "bf16": bool, "obey_precision_constraints": bool, "workspace_mb": int,
-    "builder_optimization_level": int, "timing_cache": bool,
+_TENSORRT_FIELDS = {
+    "fp16": boolean, "int8": boolean, "bf16": boolean, "obey_precision_constraints": boolean,
+    "workspace_mb": integer(0, 1 << 24), "builder_optimization_level": integer(0, 5), "timing_cache": boolean,
+}
+_TENSORRT = table(_TENSORRT_FIELDS, optional_keys=frozenset(_TENSORRT_FIELDS), strict=True)
+
+
+def _shapes(v: Any, where: str, errors: list[str]) -> None:
+    if not isinstance(v, dict):
+        errors.append(f"{where} must be a table, not {kind_of(v)}")
+        return
+    for axis, rng in v.items():
+        if axis not in SHAPE_AXES:
+            errors.append(f"unknown key '{where}.{axis}'")
+        elif not (
+            isinstance(rng, list) and len(rng) == 3 and all(_is(x, int) and 0 < x <= 1 << 20 for x in rng)
+            and rng[0] <= rng[1] <= rng[2]
+        ):
+            errors.append(f"{where}.{axis} must be [min, opt, max] integers from 1 to 1048576, in order")
+
+
+def _parity(v: Any, where: str, errors: list[str]) -> None:
+    if not isinstance(v, dict):
+        errors.append(f"{where} must be a table, not {kind_of(v)}")
+        return
+    for group, values in v.items():
+        if group not in PARITY_KEYS:
+            errors.append(f"unknown key '{where}.{group}'")
+        elif not isinstance(values, dict):
+            errors.append(f"{where}.{group} must be a table, not {kind_of(values)}")
+        else:
+            for k, limit in values.items():
+                if k not in PARITY_KEYS[group]:
+                    errors.append(f"unknown key '{where}.{group}.{k}'")
+                elif not _is(limit, (int, float)) or not math.isfinite(limit):
+                    errors.append(f"{where}.{group}.{k} must be a finite number")
+                elif (problem := METRICS[k].limit_problem(limit)) is not None:
+                    errors.append(f"{where}.{group}.{k} = {problem}")
+
+
+# The bounds of each target key (``runtimes.targets.Target`` declares its fields with them).
+FIELD_CHECKS: dict[str, Check] = {
+    "name": text(100, NAME), "source": text(), "description": text(),
+    "runtime": text(choices=RUNTIMES), "providers": items(text(200), max_len=16),
+    "provider_options": mapping(mapping(anything, max_len=200), max_len=16),
+    "graph_optimization": text(choices=OPT_LEVELS),
+    "heavy_precision": text(choices=HEAVY_PRECISIONS), "light_precision": text(choices=PRECISIONS),
+    "int8_compute": text(choices=INT8_COMPUTE), "int4_compute": text(choices=INT4_COMPUTE),
+    "other_matmuls": text(choices=OTHER_MATMULS), "matmulnbits_accuracy_level": one_of(*INT4_ACCURACY_LEVELS),
+    "int8_weight_range": text(choices=INT8_WEIGHT_RANGES), "fusions": text(choices=FUSIONS),
+    "split": text(choices=SPLIT_FORMS), "heavy_ratio": optional(number(0.0, 1.0, open_lo=True, open_hi=True)),
+    "opset": optional(one_of(*OPSETS)), "session_config": mapping(anything, max_len=200), "openvino": _OPENVINO,
+    "nncf": _NNCF, "tensorrt": _TENSORRT, "shapes": _shapes, "parity": _parity,
 }
 
 
-def _type_name(typ: type | tuple[type, ...]) -> str:
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "table"}
-    if isinstance(typ, tuple):
-        return " or ".join(names.get(t, t.__name__) for t in typ)
-    return names.get(typ, typ.__name__)
-
-
-def _is(value: Any, typ: type | tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and typ in (int, float):  # TOML true is not a number
-        return False
-    return isinstance(value, typ)
-
-
-def _check_table(
-    table: Any, schema: dict[str, type | tuple[type, ...]], where: str, errors: list[str]
-) -> None:
-    if not isinstance(table, dict):
-        return
-    for k, v in table.items():
-        if k not in schema:
-            errors.append(f"unknown key '{where}.{k}'")
-        elif not _is(v, schema[k]):
-            errors.append(f"'{where}.{k}' must be a {_type_name(schema[k])}")
-
-
-def target_problems(data: dict[str, Any]) -> list[str]:
+def rule_problems(data: dict[str, Any]) -> list[str]:
+    """What the keys of a target say together that no key says alone (a runtime and what it needs, two
+    options that exclude each other, runtime options that would name files)."""
     errors: list[str] = []
-    for key in data:
-        if key not in _TOP:
-            errors.append(f"unknown key '{key}'")
-    for key, (typ, required) in _TOP.items():
-        if key not in data:
-            if required:
-                errors.append(f"missing key '{key}'")
-            continue
-        if not _is(data[key], typ):
-            errors.append(f"'{key}' must be a {_type_name(typ)}")
     runtime = data.get("runtime")
-    if isinstance(runtime, str) and runtime not in RUNTIMES:
-        errors.append(f"runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
     if data.get("int8_compute") == "nncf" and runtime != "openvino":
         errors.append("int8_compute 'nncf' (NNCF static int8 in an OpenVINO IR) needs runtime 'openvino'")
     if data.get("int4_compute") == "nncf" and runtime != "openvino":
@@ -216,34 +226,16 @@ def target_problems(data: dict[str, Any]) -> list[str]:
         errors.append("a [nncf] table configures int4_compute = 'nncf': set it, or drop the table")
     if runtime == "onnxruntime" and not data.get("providers"):
         errors.append("an onnxruntime target needs 'providers', e.g. [\"CPUExecutionProvider\"]")
-    for key, allowed in (
-        ("heavy_precision", HEAVY_PRECISIONS), ("light_precision", PRECISIONS), ("int8_compute", INT8_COMPUTE),
-        ("int4_compute", INT4_COMPUTE), ("graph_optimization", OPT_LEVELS), ("other_matmuls", OTHER_MATMULS),
-        ("int8_weight_range", INT8_WEIGHT_RANGES), ("fusions", FUSIONS), ("split", SPLIT_FORMS),
-    ):
-        if isinstance(data.get(key), str) and data[key] not in allowed:
-            errors.append(f"{key} '{data[key]}' is not one of {', '.join(allowed)}")
-    level = data.get("matmulnbits_accuracy_level", 0)
-    if isinstance(level, int) and level not in INT4_ACCURACY_LEVELS:
-        errors.append(f"matmulnbits_accuracy_level {level} is not one of {', '.join(map(str, INT4_ACCURACY_LEVELS))}")
-    opset = data.get("opset", OPSETS[0])
-    if _is(opset, int) and opset not in OPSETS:
-        errors.append(f"opset {opset} is not one from {OPSETS[0]} to {OPSETS[-1]}")
-    errors += _runtime_option_problems(data)
-    errors += _shape_problems(data.get("shapes"))
-    errors += _parity_problems(data.get("parity"))
-    return errors
+    return errors + _runtime_option_problems(data)
 
 
 def _runtime_option_problems(data: dict[str, Any]) -> list[str]:
-    """Providers and their options, session config, OpenVINO and TensorRT tables."""
+    """Provider options (finite scalars, for a listed provider), session config and OpenVINO properties: none
+    may name a file or folder."""
     errors: list[str] = []
-    if isinstance(data.get("providers"), list) and not all(isinstance(p, str) for p in data["providers"]):
-        errors.append("'providers' must be a list of strings")
     if isinstance(data.get("provider_options"), dict):
         for provider, options in data["provider_options"].items():
             if not isinstance(options, dict):
-                errors.append(f"'provider_options.{provider}' must be a table")
                 continue
             if not isinstance(data.get("providers"), str) and provider not in (data.get("providers") or []):
                 errors.append(f"'provider_options.{provider}' names a provider not in 'providers'")
@@ -256,67 +248,9 @@ def _runtime_option_problems(data: dict[str, Any]) -> list[str]:
             if not isinstance(v, str):
                 errors.append(f"'session_config.{k}' must be a string (ONNX Runtime session config values are strings)")
             errors += _session_config_problems(k, v)
-    _check_table(data.get("openvino"), _OPENVINO, "openvino", errors)
     if isinstance(data.get("openvino"), dict) and isinstance(data["openvino"].get("config"), dict):
         for k, v in data["openvino"]["config"].items():
             if not isinstance(v, str):
                 errors.append(f"'openvino.config.{k}' must be a string")
             errors += _option_problems("openvino.config", k, v)
-    _check_table(data.get("nncf"), _NNCF, "nncf", errors)
-    if isinstance(data.get("nncf"), dict):
-        mode, group = data["nncf"].get("mode"), data["nncf"].get("group_size")
-        if isinstance(mode, str) and mode not in NNCF_INT4_MODES:
-            errors.append(f"nncf.mode '{mode}' is not one of {', '.join(NNCF_INT4_MODES)}")
-        if _is(group, int) and group not in NNCF_GROUP_SIZES:
-            errors.append(f"nncf.group_size {group} is not one of {', '.join(map(str, NNCF_GROUP_SIZES))}")
-        ratio = data["nncf"].get("ratio")
-        if _is(ratio, (int, float)) and not 0.0 < ratio <= 1.0:
-            errors.append(f"nncf.ratio {ratio} is outside (0, 1]")
-        light = data["nncf"].get("light_group_size")
-        if _is(light, int) and light not in (-1, *NNCF_GROUP_SIZES):
-            errors.append(f"nncf.light_group_size {light} is not -1 (per channel) or one of "
-                          f"{', '.join(map(str, NNCF_GROUP_SIZES))}")
-    heavy_ratio = data.get("heavy_ratio")
-    if _is(heavy_ratio, (int, float)) and not 0.0 < heavy_ratio < 1.0:
-        errors.append(f"heavy_ratio {heavy_ratio} is outside (0, 1)")
-    _check_table(data.get("tensorrt"), _TENSORRT, "tensorrt", errors)
-    if isinstance(data.get("tensorrt"), dict):
-        for k in ("workspace_mb", "builder_optimization_level"):
-            v = data["tensorrt"].get(k)
-            if _is(v, int) and not 0 <= v <= (1 << 24 if k == "workspace_mb" else 5):
-                errors.append(f"'tensorrt.{k}' = {v} is out of range")
-    return errors
-
-
-def _shape_problems(shapes: Any) -> list[str]:
-    errors: list[str] = []
-    if isinstance(shapes, dict):
-        for axis, rng in shapes.items():
-            if axis not in SHAPE_AXES:
-                errors.append(f"unknown key 'shapes.{axis}'")
-            elif not (
-                isinstance(rng, list) and len(rng) == 3 and all(_is(v, int) and 0 < v <= 1 << 20 for v in rng)
-                and rng[0] <= rng[1] <= rng[2]
-            ):
-                errors.append(f"'shapes.{axis}' must be [min, opt, max] integers from 1 to 1048576, in order")
-    return errors
-
-
-def _parity_problems(parity: Any) -> list[str]:
-    errors: list[str] = []
-    if isinstance(parity, dict):
-        for group, values in parity.items():
-            if group not in PARITY_KEYS:
-                errors.append(f"unknown key 'parity.{group}'")
-                continue
-            if not isinstance(values, dict):
-                errors.append(f"'parity.{group}' must be a table")
-                continue
-            for k, v in values.items():
-                if k not in PARITY_KEYS[group]:
-                    errors.append(f"unknown key 'parity.{group}.{k}'")
-                elif not _is(v, (int, float)) or not math.isfinite(v):
-                    errors.append(f"'parity.{group}.{k}' must be a finite number")
-                elif (problem := METRICS[k].limit_problem(v)) is not None:
-                    errors.append(f"'parity.{group}.{k}' = {problem}")
     return errors

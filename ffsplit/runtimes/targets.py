@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,15 @@ from ffsplit.errors import UsageError
 from ffsplit.precisions import HALF_FLOATS
 from ffsplit.runtimes.specs import RUNTIME_SPECS
 from ffsplit.runtimes.target_schema import (
+    FIELD_CHECKS,
     GPU_PROVIDERS,
     GRAPH_FIELDS,
     NAME,
     NNCF_DEFAULTS,
     VNNI_FLAGS,
-    target_problems,
+    rule_problems,
 )
+from ffsplit.schema import bound, record_check
 
 
 def gpu_present() -> str | None:
@@ -46,32 +48,44 @@ def gpu_present() -> str | None:
     return None
 
 
+def _key(name: str, **kw: Any) -> Any:
+    """A Target field with the bounds the target schema gives its key."""
+    return bound(FIELD_CHECKS[name], **kw)
+
+
+# Target fields a target file does not hold: its name is the file's, its source the file's path
+FROM_PATH = frozenset({"name", "source"})
+
+
 @dataclass(frozen=True)
 class Target:
-    name: str
-    runtime: str
-    heavy_precision: str
-    light_precision: str
-    providers: tuple[str, ...] = ()
-    provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    graph_optimization: str = "all"
-    int8_compute: str = "weight-only"
-    int4_compute: str = "matmulnbits"
-    other_matmuls: str = "fp32"
-    matmulnbits_accuracy_level: int = 0
-    int8_weight_range: str = "full"
-    fusions: str = "none"
-    split: str = "both"
-    heavy_ratio: float | None = None  # the export's default --heavy-ratio (None: the plan's)
-    opset: int | None = None  # None: the exporter's default
-    session_config: dict[str, str] = field(default_factory=dict)
-    openvino: dict[str, Any] = field(default_factory=dict)
-    nncf: dict[str, Any] = field(default_factory=dict)  # int4 weight compression settings (int4_compute nncf)
-    tensorrt: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-    shapes: dict[str, list[int]] = field(default_factory=dict)
-    parity: dict[str, dict[str, float]] = field(default_factory=dict)
-    source: str = ""
+    """A target: the runtime and its options, the branches' precisions and how integers are computed, the shape
+    ranges and the parity tolerances. Each field carries the bounds of its key in a target file."""
+
+    name: str = _key("name")
+    runtime: str = _key("runtime")
+    heavy_precision: str = _key("heavy_precision")
+    light_precision: str = _key("light_precision")
+    providers: tuple[str, ...] = _key("providers", default=())
+    provider_options: dict[str, dict[str, Any]] = _key("provider_options", default_factory=dict)
+    graph_optimization: str = _key("graph_optimization", default="all")
+    int8_compute: str = _key("int8_compute", default="weight-only")
+    int4_compute: str = _key("int4_compute", default="matmulnbits")
+    other_matmuls: str = _key("other_matmuls", default="fp32")
+    matmulnbits_accuracy_level: int = _key("matmulnbits_accuracy_level", default=0)
+    int8_weight_range: str = _key("int8_weight_range", default="full")
+    fusions: str = _key("fusions", default="none")
+    split: str = _key("split", default="both")
+    heavy_ratio: float | None = _key("heavy_ratio", default=None)  # the export's default --heavy-ratio
+    opset: int | None = _key("opset", default=None)  # None: the exporter's default
+    session_config: dict[str, str] = _key("session_config", default_factory=dict)
+    openvino: dict[str, Any] = _key("openvino", default_factory=dict)
+    nncf: dict[str, Any] = _key("nncf", default_factory=dict)  # int4 weight compression (int4_compute nncf)
+    tensorrt: dict[str, Any] = _key("tensorrt", default_factory=dict)
+    description: str = _key("description", default="")
+    shapes: dict[str, list[int]] = _key("shapes", default_factory=dict)
+    parity: dict[str, dict[str, float]] = _key("parity", default_factory=dict)
+    source: str = _key("source", default="")
 
     @property
     def on_gpu(self) -> bool:
@@ -167,6 +181,14 @@ class Target:
             if reason:
                 return reason
         return RUNTIME_SPECS[self.runtime].unavailable_reason(self)
+
+
+def target_problems(data: dict[str, Any]) -> list[str]:
+    """Every problem of a target file's table, at once: each key against its field's bounds (a key that is no
+    field is unknown), then the rules keys obey together."""
+    errors: list[str] = []
+    record_check(Target, strict=True, leave_out=FROM_PATH)(data, "", errors)
+    return errors + rule_problems(data)
 
 
 def _builtin_dir() -> Path:

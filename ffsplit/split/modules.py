@@ -7,10 +7,13 @@ and the tag pass reads them from there.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ffsplit.split.compress import Quantized
 
 
 class LowRankLinear(nn.Module):
@@ -124,7 +127,7 @@ class GridLinear(nn.Linear):
         self.register_buffer("smooth", None if smooth is None else smooth.float().contiguous())
 
     @classmethod
-    def from_quantized(cls, qw: Any, bias: torch.Tensor | None = None) -> GridLinear:
+    def from_quantized(cls, qw: Quantized, bias: torch.Tensor | None = None) -> GridLinear:
         return cls(qw.q, qw.scale, qw.zero_point, qw.smooth, bias, bits=qw.bits, block=qw.block)
 
     def dequantised(self) -> torch.Tensor:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, SPLIT_WEIGHTS, remove_tree, write_manifest
 from ffsplit.errors import CheckFailed
-from ffsplit.exporter.export import EXPORT_ADVICE
 from ffsplit.manifest import (
     Attempt,
     Build,
@@ -169,6 +168,8 @@ def run_export(plan: ExportPlan, stage: Path, *, log: Callable[[str], None] | No
 def _finish(plan: ExportPlan, stage: Path, manifest: Manifest, attempts: list[Attempt]) -> ExportResult:
     """The manifest written into ``stage`` when parity passed; CheckFailed (with the manifest so far) when every
     exporter failed or parity did not pass, and nothing is written."""
+    from ffsplit.exporter.export import EXPORT_ADVICE
+
     report = manifest.parity
     if report is None:
         manifest = manifest.replace(exporter=Exporter(name=None, attempts=tuple(attempts)))

@@ -83,7 +83,7 @@ def record(
     model: torch.nn.Module, loaded: LoadedModel, folder: Path, *, texts: list[str], max_length: int,
     max_positions: int | None,
     progress: bool, desc: str,
-) -> Any:
+) -> RecordedOutputs:
     """``model``'s outputs on the parity batches of the evaluation ``texts``, recorded under ``folder``
     (``RecordedOutputs``): what parity later compares the runtime with, after the model is freed."""
     from ffsplit.exporter.export import graph_input_names
