@@ -51,7 +51,11 @@ demo: install
 
 test: install-test
 	# Two workers, one file per worker: export tracing is single-threaded Python, so 2 cores halve the wall time.
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile
+	# Bytecode is cached even where the environment says PYTHONDONTWRITEBYTECODE: otherwise every process the
+	# tests start (each CLI run) compiles torch's and transformers' modules from source again (a tiny
+	# decoder's export in a new process, measured twice each: 24.6 s and 32.5 s without the cache, 18.6 s
+	# and 18.7 s with it).
+	PYTHONDONTWRITEBYTECODE= HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: install-test
 	$(VENV)/bin/ruff check ffsplit tests benchmarks

@@ -146,3 +146,23 @@ def test_two_exports_of_the_same_source_are_byte_identical(tiny_bert_dir: Path, 
     a, b = (json.loads((out / "manifest.json").read_text()) for out in outs)
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"run", "source"}
     assert {k for k in a["source"] if a["source"][k] != b["source"][k]} == {"path", "spec"}
+
+
+def test_every_file_name_of_an_output_folder_is_written_once() -> None:
+    """artifact/layout.py names each file ffsplit writes into an output folder; no other module spells one out
+    (the Triton model code runs inside Triton, without ffsplit; Triton's repository layout names its own)."""
+    import ast
+
+    import ffsplit
+    from ffsplit.artifact import RESERVED_FILES
+
+    root = Path(ffsplit.__file__).parent
+    allowed = {root / "artifact" / "layout.py", root / "serve" / "backend" / "onnx_model.py",
+               root / "runtimes" / "specs.py"}
+    found = [
+        f"{path.relative_to(root)}:{node.lineno} {node.value!r}"
+        for path in sorted(root.rglob("*.py")) if path not in allowed
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value in RESERVED_FILES
+    ]
+    assert found == []

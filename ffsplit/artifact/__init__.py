@@ -21,9 +21,15 @@ from ffsplit.artifact.fs import (
 )
 from ffsplit.artifact.layout import (
     EMBEDDED_KEY,
+    ENGINE_FILE,
+    GOLDEN_FILE,
+    IR_FILE,
+    LAYERS_FILE,
     MANIFEST,
     MANIFEST_MAX_BYTES,
     MODEL_FILE,
+    OPTIMIZED_GRAPH,
+    RESERVED_FILES,
     RUNTIME_DIR,
     SPLIT_WEIGHTS,
     not_deployed,
@@ -55,6 +61,7 @@ from ffsplit.artifact.verify import (
 )
 
 __all__ = [
+    "ENGINE_FILE", "GOLDEN_FILE", "IR_FILE", "LAYERS_FILE", "OPTIMIZED_GRAPH", "RESERVED_FILES",
     "EMBEDDED_KEY", "MANIFEST", "MANIFEST_MAX_BYTES", "MODEL_FILE", "RUNTIME_DIR", "SPLIT_WEIGHTS",
     "Artifact", "check_embedded_manifest", "check_external_data", "check_output_file",
     "finish_interrupted_runs", "holds_folder", "link_or_copy", "list_files", "make_parents",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ffsplit.artifact.layout import MODEL_FILE, SPLIT_WEIGHTS
+from ffsplit.artifact.layout import MANIFEST, MODEL_FILE, SPLIT_WEIGHTS
 from ffsplit.artifact.verify import read_manifest, verify_artifact
 from ffsplit.errors import UsageError
 from ffsplit.manifest import Manifest
@@ -126,18 +126,18 @@ class Artifact:
         manifest = read_manifest(folder)
         if verify:
             verify_artifact(folder, manifest)
-        target = Target.from_json(manifest.target, where=str(folder / "manifest.json"))
+        target = Target.from_json(manifest.target, where=str(folder / MANIFEST))
         built = manifest.built.runtime_target
         if built is not None:  # `ffsplit build --target` built this graph for another target with the same graph
-            runtime_target = Target.from_json(built, where=f"{folder / 'manifest.json'} (build)")
+            runtime_target = Target.from_json(built, where=f"{folder / MANIFEST} (build)")
             if runtime_target.graph_differences(target) or manifest.built.target != runtime_target.name:
-                raise UsageError(f"{folder / 'manifest.json'} is damaged (its build target does not run this "
+                raise UsageError(f"{folder / MANIFEST} is damaged (its build target does not run this "
                                  "graph): re-run ffsplit build")
             target = runtime_target
         unknown = {k for limits in manifest.limits.values() for k in limits} - set(TASK_METRICS[manifest.task])
         if unknown:
             raise UsageError(
-                f"{folder / 'manifest.json'} is damaged (limits on {', '.join(sorted(unknown))}, which "
+                f"{folder / MANIFEST} is damaged (limits on {', '.join(sorted(unknown))}, which "
                 f"{manifest.task} does not measure): re-run ffsplit export"
             )
         return cls(folder, manifest, target)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ffsplit.artifact.layout import MODEL_FILE
 from ffsplit.jsonio import dumps
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def size_line(out: Path, m: Manifest) -> str:
     def size(paths: list[Path]) -> float:
         return sum(q.stat().st_size for q in paths if q.is_file()) / 1e6
 
-    graph = size([out / name for name in m.files if name == "model.onnx" or name.startswith("model.onnx.")])
+    graph = size([out / name for name in m.files if name == MODEL_FILE or name.startswith(f"{MODEL_FILE}.")])
     source = Path(m.source.path)
     weights = size([*source.glob("*.safetensors")]) if source.is_dir() else 0.0
     total = size([out / name for name in m.files])

@@ -306,7 +306,7 @@ def _export_torchscript(wrapper: nn.Module, args: tuple[torch.Tensor, ...], name
     (``/model/encoder/layer.0/intermediate/heavy/fc_in/MatMul``), which the tag pass reads
     when there is no metadata."""
     with tempfile.TemporaryDirectory(prefix="ffsplit-ts-") as tmp, quiet_exporter(), torch.no_grad():
-        path = Path(tmp) / "model.onnx"
+        path = Path(tmp) / "captured.onnx"
         torch.onnx.export(
             wrapper, args, str(path), dynamo=False, input_names=names, output_names=outputs,
             dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=18,

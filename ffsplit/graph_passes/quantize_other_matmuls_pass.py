@@ -59,7 +59,7 @@ class QuantizeOtherMatMulsPass(FunctionalPass):
         logging.getLogger().setLevel(logging.ERROR)  # it advises pre-processing on every call
         try:
             with tempfile.TemporaryDirectory(prefix="ffsplit-quant-") as tmp:
-                out = Path(tmp) / "model.onnx"
+                out = Path(tmp) / "quantized.onnx"
                 quantize_dynamic(
                     ir.to_proto(model), out, op_types_to_quantize=["MatMul"], per_channel=True,
                     reduce_range=self.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(self._tagged),

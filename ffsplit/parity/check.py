@@ -11,10 +11,10 @@ value, its limit and whether it passed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +26,12 @@ from ffsplit.parity.metrics import Outputs, metrics_for
 from ffsplit.split.calibration import encode_batches, model_inputs, positions_from_mask
 from ffsplit.tasks import TaskSpec
 
+if TYPE_CHECKING:
+    from ffsplit.runtimes.base import Runner
+
 __all__ = [
-    "COMPARISONS", "DEFAULT_LIMITS", "METRICS", "TASK_METRICS", "ParityReport", "RecordedOutputs", "compare_three",
+    "COMPARISONS", "DEFAULT_LIMITS", "METRICS", "TASK_METRICS", "ParityReport", "RecordedOutputs", "RunnerOutputs",
+    "TorchOutputs", "compare", "compare_three",
     "evaluate", "generation_prompts", "parity_batches",
     "format_table", "limits_for", "run_torch", "torch_output",
 ]
@@ -162,14 +166,66 @@ class TorchOutputs:
         return greedy_torch(self.model, ids, mask, new_tokens)
 
 
+class RunnerOutputs:
+    """A runtime read the way a comparison reads a torch model: each batch's task output (the runner's feed
+    built from the batch) and greedy tokens through its own prefill + decode loop. ``on_outputs`` sees every
+    output of the graph, for checks of its other outputs."""
+
+    def __init__(self, runner: Runner, task: TaskSpec,
+                 on_outputs: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None) -> None:
+        self.runner, self.task, self.on_outputs = runner, task, on_outputs
+
+    def output(self, i: int, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        np_batch = {k: v.numpy() for k, v in batch.items()}
+        out = self.runner.infer(self.runner.feed_from(np_batch))
+        if self.on_outputs is not None:
+            self.on_outputs(np_batch, out)
+        return out.pop(self.task.output)
+
+    def tokens(self, ids: np.ndarray, mask: np.ndarray, new_tokens: int) -> np.ndarray:
+        from ffsplit.parity.generation import greedy_runtime
+
+        return greedy_runtime(self.runner, ids, mask, new_tokens)
+
+
+Source = RecordedOutputs | TorchOutputs | RunnerOutputs
+
+
 def torch_side(model: torch.nn.Module | RecordedOutputs | TorchOutputs, task: TaskSpec,
                graph_inputs: set[str]) -> RecordedOutputs | TorchOutputs:
     """``model`` as a comparison reads it: recorded outputs as they are, a torch model through TorchOutputs."""
     return model if isinstance(model, RecordedOutputs | TorchOutputs) else TorchOutputs(model, task, graph_inputs)
 
 
+def compare(
+    sources: Mapping[str, Source], pairs: Mapping[str, tuple[str, str]], batches: Iterable[dict[str, torch.Tensor]],
+    task: TaskSpec, *, progress: bool = False, desc: str = "comparing",
+) -> dict[str, dict[str, float]]:
+    """The one comparator: every source on each batch, each pair (reference, compared) scored by the task's
+    metrics; the results per pair. Pairs are scored in the order given, holding at most two outputs at once."""
+    accs = {name: metrics_for(task.name) for name in pairs}
+    for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)):
+        outputs = {name: _reader(source, i, batch) for name, source in sources.items()}
+        _compare_batch(accs, pairs, outputs, {k: v.numpy() for k, v in batch.items()})
+        del outputs
+    return {name: acc.result() for name, acc in accs.items()}
+
+
+def _reader(source: Source, i: int, batch: dict[str, torch.Tensor]) -> Callable[[], np.ndarray]:
+    """How a comparison takes batch ``i``'s output of ``source``: a recording is read from disk as often as
+    needed; a torch model runs once and keeps its output for the batch; a runtime runs now and hands its
+    output over once (so it is freed as soon as its last comparison is done)."""
+    if isinstance(source, RecordedOutputs):
+        return partial(source.output, i)
+    if isinstance(source, TorchOutputs):
+        value = source.output(i, batch)
+        return lambda: value
+    held = [source.output(i, batch)]
+    return held.pop
+
+
 def compare_three(
-    original: torch.nn.Module | RecordedOutputs, split: torch.nn.Module | RecordedOutputs, runner,  # noqa: ANN001
+    original: torch.nn.Module | RecordedOutputs, split: torch.nn.Module | RecordedOutputs, runner: Runner,
     tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
     *, batch_size: int, max_length: int, max_positions: int | None = None, generate_tokens: int = 32,
     progress: bool = False, on_runtime: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
@@ -182,51 +238,38 @@ def compare_three(
     model (the runtime through its own prefill + decode loop). ``original`` and
     ``split`` are torch models, or their ``RecordedOutputs`` on these batches.
     """
-    accs = {name: metrics_for(task.name) for name in COMPARISONS}
     batches = parity_batches(tokenizer, texts, task, batch_size=batch_size, max_length=max_length,
                              max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
-    sides = {"original": torch_side(original, task, graph_inputs), "split": torch_side(split, task, graph_inputs)}
+    sides: dict[str, Source] = {
+        "original": torch_side(original, task, graph_inputs), "split": torch_side(split, task, graph_inputs),
+        "runtime": RunnerOutputs(runner, task, on_runtime),
+    }
     for side in sides.values():
         if isinstance(side, RecordedOutputs) and side.count != len(batches):
             raise AssertionError(f"recorded {side.count} batches, parity runs {len(batches)}")
-
-    def output(side: RecordedOutputs | TorchOutputs, i: int, batch: dict[str, torch.Tensor]) -> Callable[[], np.ndarray]:
-        if isinstance(side, RecordedOutputs):
-            return partial(side.output, i)  # read from disk when needed, as often as needed
-        value = side.output(i, batch)  # computed once
-        return lambda: value
-
-    for i, batch in enumerate(tqdm(batches, desc="checking parity", unit="batch", disable=not progress, leave=False)):
-        np_batch = {k: v.numpy() for k, v in batch.items()}
-        runtime = runner.infer(runner.feed_from(np_batch))
-        if on_runtime is not None:  # every output of the graph, for checks of its other outputs
-            on_runtime(np_batch, runtime)
-        _compare_batch(accs, {"original": output(sides["original"], i, batch), "split": output(sides["split"], i, batch),
-                              "runtime": lambda runtime=runtime: runtime.pop(task.output)}, np_batch)
-        del runtime
-    results = {name: acc.result() for name, acc in accs.items()}
+    # the runtime's output first (it is handed over once), then the pair of torch models
+    pairs = {name: COMPARISONS[name][:2] for name in ("shipped", "fidelity", "compression")}
+    assert sorted(pairs) == sorted(COMPARISONS)
+    results = compare(sides, pairs, batches, task, progress=progress, desc="checking parity")
     if task.past:
-        from ffsplit.parity.generation import agreement, greedy_runtime
+        from ffsplit.parity.generation import agreement
 
         ids, mask = generation_prompts(tokenizer, texts)
         generated = {name: side.tokens(ids, mask, generate_tokens) for name, side in sides.items()}
-        generated["runtime"] = greedy_runtime(runner, ids, mask, generate_tokens)
         for name, (ref, other, _) in COMPARISONS.items():
             results[name]["generation_agreement"] = agreement(generated[ref], generated[other])
     return results
 
 
-def _compare_batch(accs: dict[str, Any], outputs: dict[str, Callable[[], np.ndarray]], batch: dict[str, np.ndarray]) -> None:
-    """Every comparison on one batch, holding at most two models' outputs at once: at the longest batch a
+def _compare_batch(accs: dict[str, Any], pairs: Mapping[str, tuple[str, str]],
+                   outputs: dict[str, Callable[[], np.ndarray]], batch: dict[str, np.ndarray]) -> None:
+    """Every pair on one batch, in order, holding at most two sources' outputs at once: at the longest batch a
     decoder's logits are 0.5 GB each (2 x 2,048 positions x 32,000), and a recorded output is read again
     rather than kept."""
     held: dict[str, np.ndarray] = {}
-    order = ["shipped", "fidelity", "compression"]  # the runtime's output first (it is read once), then the pair
-    assert sorted(order) == sorted(COMPARISONS)
-    for name in order:
-        ref, other, _ = COMPARISONS[name]
+    for name, (ref, other) in pairs.items():
         for needed in (ref, other):
             if needed not in held:
                 for gone in [k for k in held if k not in (ref, other)]:
@@ -235,20 +278,19 @@ def _compare_batch(accs: dict[str, Any], outputs: dict[str, Callable[[], np.ndar
         accs[name].update(held[ref], held[other], batch)
 
 
+REFERENCE = "original torch"  # runtime_accuracy's reference, under a name no runner has
+
+
 def runtime_accuracy(
-    original: torch.nn.Module, runners: Mapping[str, Any], tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
+    original: torch.nn.Module, runners: Mapping[str, Runner], tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
     *, batch_size: int, max_length: int,
 ) -> dict[str, dict[str, float]]:
     """Each runner's task metrics against the original torch model on ``texts`` in padded batches: what
     each one costs, measured on the same inputs (``bench``: a lossy baseline next to ffsplit)."""
-    accs = {name: metrics_for(task.name) for name in runners}
     reference = TorchOutputs(original, task, set(next(iter(runners.values())).input_signature()))
-    for i, batch in enumerate(encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)):
-        np_batch = {k: v.numpy() for k, v in batch.items()}
-        ref = reference.output(i, batch)
-        for name, runner in runners.items():
-            accs[name].update(ref, runner.infer(runner.feed_from(np_batch))[task.output], np_batch)
-    return {name: acc.result() for name, acc in accs.items()}
+    sources: dict[str, Source] = {REFERENCE: reference, **{n: RunnerOutputs(r, task) for n, r in runners.items()}}
+    batches = encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    return compare(sources, {name: (REFERENCE, name) for name in runners}, batches, task)
 
 
 def evaluate(

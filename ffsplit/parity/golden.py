@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ffsplit.artifact import holds_folder
+from ffsplit.artifact import GOLDEN_FILE, holds_folder
 from ffsplit.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from ffsplit.runtimes.base import Runner
     from ffsplit.tasks import TaskSpec
 
-GOLDEN_FILE = "golden.npz"
 GOLDEN_TEXTS = 4
 _MAX_GOLDEN_BYTES = 256 << 20
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from ffsplit.artifact import OPTIMIZED_GRAPH
 from ffsplit.resources import runtime_writes
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
@@ -26,7 +27,6 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-OPTIMIZED_GRAPH = "optimized.onnx"
 
 
 # Worker threads that busy-wait after a run (ONNX Runtime's default) steal the cores from the next

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from ffsplit.artifact import LAYERS_FILE
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, register_runtime
 from ffsplit.runtimes.openvino_ir import BEAM_INPUT, ir_path
-from ffsplit.runtimes.records import LAYERS_FILE, records_from_layers
+from ffsplit.runtimes.records import records_from_layers
 from ffsplit.runtimes.targets import Target
 from ffsplit.signature import is_past
 

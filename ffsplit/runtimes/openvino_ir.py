@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ffsplit.artifact import RUNTIME_DIR
+from ffsplit.artifact import IR_FILE, RUNTIME_DIR
 from ffsplit.resources import runtime_writes
 from ffsplit.signature import is_past, present_for
 
 if TYPE_CHECKING:
     from ffsplit.runtimes.targets import Target
 
-IR_FILE = "model.xml"
 # a stateful IR's input choosing, per sequence of the batch, whose cache it continues (optimum-intel's name)
 BEAM_INPUT = "beam_idx"
 

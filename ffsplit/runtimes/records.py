@@ -13,7 +13,6 @@ from typing import Any
 from ffsplit.artifact import parse_json, read_utf8
 from ffsplit.errors import UsageError
 
-LAYERS_FILE = "layers.json"
 # OpenVINO CPU layer types that multiply by a weight matrix.
 OPENVINO_MATMULS = frozenset({"FullyConnected", "MatMul", "Gemm", "FullyConnectedCompressed"})
 _OPENVINO_PRECISIONS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4"}

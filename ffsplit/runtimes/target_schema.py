@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+from ffsplit.artifact.layout import RESERVED_FILES
 from ffsplit.limits import METRICS, PARITY_KEYS
 from ffsplit.precisions import HEAVY_PRECISIONS, INT4_COMPUTE, INT8_COMPUTE, PRECISIONS
 from ffsplit.runtimes.specs import RUNTIMES
@@ -105,9 +106,6 @@ SESSION_CONFIG_KEYS = frozenset({
 # Entries naming a file ONNX Runtime writes beside the graph it saves: a plain file name is accepted.
 SESSION_CONFIG_FILE_KEYS = frozenset({"session.optimized_model_external_initializers_file_name"})
 
-
-RESERVED_FILES = frozenset({"model.onnx", "model.onnx.data", "manifest.json", "split.safetensors", "optimized.onnx",
-                            "optimized.onnx.data"})
 
 
 # Provider options and OpenVINO properties that name files or folders (caches, dumps, plug-in

@@ -29,16 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from ffsplit.artifact import RUNTIME_DIR, sha256_file
+from ffsplit.artifact import ENGINE_FILE, LAYERS_FILE, RUNTIME_DIR, sha256_file
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
-from ffsplit.runtimes.records import LAYERS_FILE, records_from_inspector
+from ffsplit.runtimes.records import records_from_inspector
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
 from ffsplit.runtimes.targets import Target
 from ffsplit.signature import has_past, is_past
 
-ENGINE_FILE = "model.plan"
 ENGINE_INFO = "engine.json"
 TIMING_CACHE = "timing.cache"
 def profiles(target: Target, inputs: Mapping[str, list[Any]]) -> list[dict[str, Range]]:

@@ -182,7 +182,7 @@ def python_model(
         (stage / "1").mkdir()
         _write_model_code(stage / "1", "onnx_model.py")
         for src in [Path(model_path), *Path(model_path).parent.glob(Path(model_path).name + ".data")]:
-            shutil.copy2(src, stage / "1" / ("model.onnx" + src.name[len(Path(model_path).name):]))
+            shutil.copy2(src, stage / "1" / (MODEL_FILE + src.name[len(Path(model_path).name):]))
         (stage / "config.pbtxt").write_text(to_pbtxt(cfg), encoding="utf-8")
     return model_dir
 
