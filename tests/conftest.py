@@ -152,7 +152,7 @@ def assert_exact_export(model_type: str, task: str, family_root: Path, tmp_path:
 
     out = tmp_path / "out"
     api.export(str(save_family_model(model_type, family_root)), out, light="none", task=task,
-               calib_size=16, eval_size=24, max_length=32, progress=False)
+               calib_size=16, eval_size=16, max_length=32, progress=False)
     return assert_exact_artifact(out, model_type, task)
 
 

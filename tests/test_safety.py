@@ -742,7 +742,7 @@ def _mutate_graph(data: st.DataObject, art: Path) -> None:
 
 # Files other than the manifest, changed and re-signed (every hash recomputed): the readers must refuse or
 # fail the check in one line, never crash, never write outside, never pass a raw control character on.
-@settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_artifact_file_mutations_never_crash_or_escape(data: st.DataObject, tiny_none_artifact: Path,
                                                        tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -178,7 +178,10 @@ def _finish(plan: ExportPlan, stage: Path, manifest: Manifest, attempts: list[At
             + "; ".join(f"{a.exporter}: {a.failed}" for a in attempts) + f". What you can do: {EXPORT_ADVICE}",
             details=manifest.to_json(),
         )
-    if not report.passed:
+    if not report.passed:  # every attempt, the last one's missed fidelity included
+        manifest = manifest.replace(exporter=Exporter(name=manifest.exporter.name if manifest.exporter else None,
+                                                      opset=manifest.exporter.opset if manifest.exporter else None,
+                                                      attempts=tuple(attempts)))
         raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()), details=manifest.to_json())
     return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
 
