@@ -1,8 +1,10 @@
 """The one runner interface every runtime implements, and the factory that picks one for a target.
 
-Runners follow Polygraphy's shape: ``activate`` builds or loads (a session,
-a compiled model, an engine), ``infer`` runs one feed, ``deactivate`` frees
-it, and a runner is a context manager. Inputs are checked against the
+Runners follow Polygraphy's shape: each runtime's build step is a function
+of its own (``onnxruntime.build_session``, ``openvino.compile_model``,
+``tensorrt.build_engine``: what it builds, and the files the guard reads);
+``activate`` takes what it built, ``infer`` runs one feed, ``deactivate``
+frees it, and a runner is a context manager. Inputs are checked against the
 model's signature (names, ranks, dtypes) before they reach the runtime, so a
 wrong feed is one clear error, not a runtime's stack trace. ``layer_records``
 gives the separation guard the graph the runtime really executes.

@@ -78,6 +78,27 @@ def provider_options(
     return out
 
 
+def build_session(
+    model_path: Path, target: Target, *, optimized_model_path: Path | None = None, cache_dir: Path | None = None,
+    timing: bool = False,
+) -> ort.InferenceSession:
+    """The build step (Polygraphy's ``SessionFromOnnx``): a session for ``target``, its optimised graph saved at
+    ``optimized_model_path`` for the guard, TensorRT provider caches in ``cache_dir``."""
+    opts = session_options(target, optimized_model_path=optimized_model_path, timing=timing)
+    if optimized_model_path is not None and (model_path.parent / f"{model_path.name}.data").exists():
+        # a model with external data keeps its weights beside the optimised graph too, where the guard
+        # reads them lazily (inline, a graph past 2 GB cannot be written, nor read without loading them all)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                      OPTIMIZED_GRAPH + ".data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    dims = {name: shape for name, (_t, shape) in onnx_inputs(model_path).items()}
+    providers = provider_options(target, dims, cache_dir)
+    if optimized_model_path is None:
+        return ort.InferenceSession(str(model_path), opts, providers=providers)
+    with runtime_writes(optimized_model_path.parent):
+        return ort.InferenceSession(str(model_path), opts, providers=providers)
+
+
 @register_runtime("onnxruntime")
 class OrtRunner(Runner):
     """Runs one ONNX model in ONNX Runtime; the optimised graph the session runs is saved for the guard."""
@@ -101,20 +122,8 @@ class OrtRunner(Runner):
         return self.optimized_model_path.name if self.optimized_model_path else "session graph"
 
     def _activate(self) -> None:
-        opts = session_options(self.target, optimized_model_path=self.optimized_model_path, timing=self.timing)
-        if self.optimized_model_path is not None and (self.model_path.parent / f"{self.model_path.name}.data").exists():
-            # a model with external data keeps its weights beside the optimised graph too, where the guard
-            # reads them lazily (inline, a graph past 2 GB cannot be written, nor read without loading them all)
-            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                          OPTIMIZED_GRAPH + ".data")
-            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        dims = {name: shape for name, (_t, shape) in onnx_inputs(self.model_path).items()}
-        providers = provider_options(self.target, dims, self.runtime_dir)
-        if self.optimized_model_path is None:
-            self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
-            return
-        with runtime_writes(self.optimized_model_path.parent):
-            self.session = ort.InferenceSession(str(self.model_path), opts, providers=providers)
+        self.session = build_session(self.model_path, self.target, optimized_model_path=self.optimized_model_path,
+                                     cache_dir=self.runtime_dir, timing=self.timing)
 
     def _deactivate(self) -> None:
         self.session = None

@@ -52,6 +52,23 @@ def runtime_layers(compiled: Any) -> list[dict[str, str]]:
     return rows
 
 
+def compile_model(model_file: Path, target: Target, *, runtime_dir: Path | None = None) -> tuple[Any, bool]:
+    """The build step: ``model_file`` (the target's IR, or an ONNX file) compiled for the target's device with
+    the target's config alone, its executed layers saved in ``runtime_dir`` for the guard; the compiled model
+    and whether it keeps a KV cache of its own (a stateful IR)."""
+    import openvino as ov
+
+    if not model_file.is_file():
+        raise UsageError(f"there is no {model_file.name} for target {target.name} ({model_file}): re-run ffsplit export")
+    core = ov.Core()
+    model = core.read_model(str(model_file))
+    # a target without INFERENCE_PRECISION_HINT runs at OpenVINO's default
+    compiled = core.compile_model(model, target.openvino.get("device", "CPU"), dict(target.openvino.get("config", {})))
+    if runtime_dir is not None:
+        (runtime_dir / LAYERS_FILE).write_text(dumps(runtime_layers(compiled), indent=1), encoding="utf-8")
+    return compiled, bool(model.get_variables())
+
+
 @register_runtime("openvino")
 class OpenVinoRunner(Runner):
     """Runs one ONNX model with OpenVINO on the target's device."""
@@ -74,22 +91,9 @@ class OpenVinoRunner(Runner):
         return ir_path(self.model_path, self.target) if self.target.ir_compression else self.model_path
 
     def _activate(self) -> None:
-        import openvino as ov
-
-        if not self.model_file.is_file():
-            raise UsageError(
-                f"'{self.model_path.parent}' has no OpenVINO IR for target {self.target.name} ({self.model_file}): "
-                "re-run ffsplit export"
-            )
-        core = ov.Core()
-        model = core.read_model(str(self.model_file))
-        self.stateful, self.cached = bool(model.get_variables()), 0
-        # the target's config alone: a target without INFERENCE_PRECISION_HINT runs at OpenVINO's default
-        config = dict(self.target.openvino.get("config", {}))
-        self.compiled = core.compile_model(model, self.target.openvino.get("device", "CPU"), config)
+        self.compiled, self.stateful = compile_model(self.model_file, self.target, runtime_dir=self.runtime_dir)
+        self.cached = 0
         self.request = self.compiled.create_infer_request()
-        if self.runtime_dir is not None:
-            (self.runtime_dir / LAYERS_FILE).write_text(dumps(runtime_layers(self.compiled), indent=1), encoding="utf-8")
 
     def _deactivate(self) -> None:
         self.compiled = self.request = None
