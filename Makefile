@@ -43,7 +43,7 @@ demo: install
 	# int8 is slower than fp32 there), ONNX Runtime with onnxscript's fusions, the light FFN branch
 	# dynamic int8 and 10% heavy hitters fp32.
 	# --force replaces only an earlier ffsplit output, never anything else.
-	@set -e; set -- $$($(PY) -c "from ffsplit.runtimes.targets import cpu_has_vnni; \
+	@set -e; set -- $$($(PY) -c "from ffsplit.targets import cpu_has_vnni; \
 	print('openvino-int8 0.05' if cpu_has_vnni() else 'cpu-int8 0.1')"); \
 	echo "make demo: target $$1, heavy ratio $$2: the fastest point measured on this kind of CPU that keeps retrieval@10 at 0.96 with VNNI (0.962), 0.957 without (README, Measured results)"; \
 	$(VENV)/bin/ffsplit export minilm --out out/minilm-$$1 --target $$1 --heavy-ratio $$2 --force; \

@@ -191,7 +191,7 @@ def peer_target(settings: dict):  # noqa: ANN201
     run under (its folder in the runtime folder beside ``ov_original``)."""
     import dataclasses
 
-    from ffsplit.runtimes.targets import load_target
+    from ffsplit.targets import load_target
 
     base = load_target("openvino-int4")
     name = f"nncf-{settings['mode']}-r{settings['ratio']}" + ("-awq" if settings.get("awq") else "")
@@ -228,7 +228,7 @@ def peer_int4(model_dir: Path, out: Path) -> Path:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from ffsplit.runtimes.targets import load_target
+    from ffsplit.targets import load_target
 
     fp32 = _fp32_export(model_dir, out, target=load_target("cpu-int4"))  # at cpu-int4's opset, as ffsplit's is
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
@@ -345,7 +345,7 @@ def _openvino_phase(model_dir: Path, work: Path, ort_peers: dict, ort_paths: dic
     onnxruntime-genai's where installed) beside them: the fastest int4 peer, whichever runtime, in one run."""
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.openvino_ir import ir_path
-    from ffsplit.runtimes.targets import load_target
+    from ffsplit.targets import load_target
 
     ours = work / "ffsplit-openvino-int4"
     opened = _opened_target(work, "openvino-int4", "down")
@@ -374,7 +374,7 @@ def speed(model_dir: Path, work: Path, *, rounds: int, prompt: int, new_tokens: 
     with ``openvino``, OpenVINO's int4 in a phase of its own (its CPU threads, running beside ONNX Runtime's
     sessions, slowed them by a quarter)."""
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.runtimes.targets import load_target
+    from ffsplit.targets import load_target
 
     work.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -421,8 +421,8 @@ def accuracy(model_dir: Path, work: Path, *, texts: int, max_length: int) -> lis
     from ffsplit.parity.check import runtime_accuracy
     from ffsplit.runtimes.base import make_runner
     from ffsplit.runtimes.openvino_ir import ir_path
-    from ffsplit.runtimes.targets import load_target
     from ffsplit.split.calibration import calibration_texts, eval_texts
+    from ffsplit.targets import load_target
 
     work.mkdir(parents=True, exist_ok=True)
     calib = calibration_texts(limit=128)
@@ -484,7 +484,7 @@ def generation_memory(path: Path, target: str, name: str | None, *, prompt: int,
     import ffsplit.parity.generation  # noqa: F401 - the loop's module (it imports torch) in the baseline too
     from ffsplit import resources
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.runtimes.targets import load_target
+    from ffsplit.targets import load_target
 
     spec = load_target(target)
     spec = dataclasses.replace(spec, name=name) if name else spec

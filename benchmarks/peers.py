@@ -235,7 +235,7 @@ def _runner(cfg: dict[str, Any]) -> Any:
     Runtime points run with their target's session config, peers with the plain cpu target's.
     """
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.runtimes.targets import Target, load_target
+    from ffsplit.targets import Target, load_target
 
     if cfg["runtime"] == "openvino":
         target = load_target("openvino")

@@ -29,9 +29,9 @@ from ffsplit.artifact import (
 )
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.manifest import Build, Manifest, ParityReport
-from ffsplit.runtimes.targets import Target, list_targets, require_supported
 from ffsplit.stages.reload import load_source, rebuild, split_in_place
 from ffsplit.stages.run import ExportResult, run_export, utc_now
+from ffsplit.targets import Target, list_targets, require_supported
 
 if TYPE_CHECKING:
     from ffsplit.pooling import Pooling
@@ -333,7 +333,7 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
 def _build_target(exported: Target, target: str | None) -> Target:
     """What ``build`` builds for: the export's target, or ``target`` when it runs the same graph (and, for an NNCF
     IR, has the same name); UsageError otherwise, or when it cannot run on this machine."""
-    from ffsplit.runtimes.targets import load_target
+    from ffsplit.targets import load_target
 
     tgt = exported if target is None else load_target(target)
     differ = exported.graph_differences(tgt)

@@ -33,8 +33,8 @@ class Model:
 
         from ffsplit.artifact import Artifact
         from ffsplit.runtimes.base import make_runner
-        from ffsplit.runtimes.targets import require_supported
         from ffsplit.signature import onnx_signature
+        from ffsplit.targets import require_supported
         from ffsplit.tasks import TASKS
 
         self.artifact = Artifact.open(folder, verify=verify).require_built("ffsplit.load")

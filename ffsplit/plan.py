@@ -18,7 +18,7 @@ from ffsplit import bounds
 from ffsplit.errors import UsageError
 from ffsplit.limits import COMPRESSION_METRICS, METRICS
 from ffsplit.precisions import HALF_FLOATS, INTEGERS
-from ffsplit.runtimes.targets import Target, load_target, require_supported
+from ffsplit.targets import Target, load_target, require_supported
 
 if TYPE_CHECKING:
     from ffsplit.pooling import Pooling

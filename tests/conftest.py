@@ -316,7 +316,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``gpu`` tests skip on machines without an NVIDIA GPU (run them with ``pytest -m gpu`` where there is one)."""
-    from ffsplit.runtimes.targets import gpu_present
+    from ffsplit.targets import gpu_present
 
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if not gpu_tests:

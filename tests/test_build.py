@@ -14,7 +14,7 @@ import pytest
 from ffsplit import api
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.manifest import Separation
-from ffsplit.runtimes.targets import gpu_present, load_target
+from ffsplit.targets import gpu_present, load_target
 from tests.conftest import FAST, forge_manifest, run_cli
 
 LENIENT = ("--limit", "cosine_mean=0.5", "--limit", "cosine_min=0.3", "--limit", "retrieval_at10=0.2")

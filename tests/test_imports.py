@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ffsplit.split", "ffsplit.exporter", "ffsplit.graph_passes", "ffsplit.runtimes", "ffsplit.parity", "ffsplit.bench"),
     # the output folder and what an artifact records: its manifest, source model, pooling and target
     ("ffsplit.artifact", "ffsplit.manifest", "ffsplit.loading", "ffsplit.residency", "ffsplit.pooling",
-     "ffsplit.runtimes.targets", "ffsplit.runtimes.target_schema", "ffsplit.runtimes.specs"),
+     "ffsplit.targets", "ffsplit.runtimes.specs"),
     ("ffsplit.errors", "ffsplit.bounds", "ffsplit.jsonio", "ffsplit.schema", "ffsplit.resources", "ffsplit.precisions", "ffsplit.limits", "ffsplit.tasks", "ffsplit.signature",
      "ffsplit.version"),
 )
@@ -109,4 +109,4 @@ def test_the_checker_sees_an_upward_and_a_circular_import(tmp_path: Path) -> Non
     assert imports("ffsplit.pkg.a", known["ffsplit.pkg.a"], known) == {"ffsplit.pkg.b": 2}
     assert imports("ffsplit.pkg.b", known["ffsplit.pkg.b"], known) == {"ffsplit.pkg.a": 1}
     assert layer_of("ffsplit.artifact") > layer_of("ffsplit.api")  # lower layers have higher numbers
-    assert layer_of("ffsplit.runtimes.targets") > layer_of("ffsplit.runtimes.base")
+    assert layer_of("ffsplit.targets") > layer_of("ffsplit.runtimes.base")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ffsplit import api
 from ffsplit.artifact import check_external_data, output_lock, staged_output, write_manifest_json
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.targets import load_target
+from ffsplit.targets import load_target
 
 
 def _copy(art: Path, tmp: Path) -> Path:

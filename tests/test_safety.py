@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from ffsplit import api
 from ffsplit.artifact import MANIFEST, output_lock, resolve_out, staged_output, write_manifest_json
 from ffsplit.errors import FFSplitError, UsageError
-from ffsplit.runtimes.targets import load_target
+from ffsplit.targets import load_target
 
 FAST_ARGS = ["--calib-size", "8", "--eval-size", "16", "--max-length", "16"]
 

@@ -18,7 +18,7 @@ from ffsplit.errors import UsageError
 from ffsplit.manifest import Manifest
 
 if TYPE_CHECKING:
-    from ffsplit.runtimes.targets import Target
+    from ffsplit.targets import Target
 
 
 T = TypeVar("T")
@@ -120,7 +120,7 @@ class Artifact:
         against the copy embedded in model.onnx.
         """
         from ffsplit.limits import TASK_METRICS
-        from ffsplit.runtimes.targets import Target
+        from ffsplit.targets import Target
 
         folder = Path(folder)
         manifest = read_manifest(folder)

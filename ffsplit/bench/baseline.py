@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ffsplit.loading import LoadedModel
-    from ffsplit.runtimes.targets import Target
+    from ffsplit.targets import Target
 
 
 def lossy_baseline(target: Target) -> str | None:

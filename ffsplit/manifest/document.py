@@ -61,7 +61,7 @@ class Manifest(Record):
     source: Source = nested(Source)
     task: str = bound(text(choices=tuple(TASKS)))
     adapter: str = bound(text(200))
-    target: Mapping[str, Any] = bound(table({"name": text(200)}))  # the full target schema is runtimes.targets'
+    target: Mapping[str, Any] = bound(table({"name": text(200)}))  # the full target schema is ffsplit.targets'
     recipe: Recipe = nested(Recipe)
     calibration: Calibration = nested(Calibration)
     evaluation: Evaluation = nested(Evaluation)

@@ -341,7 +341,7 @@ class Build(Record):
     status: str = bound(text(choices=("built", "deferred")))
     target: str = bound(text(100, NAME))
     reason: str | None = bound(optional(text()), default=None)  # why a deferred build could not run where it was made
-    # a target of the same graph that `ffsplit build` used (its full schema is runtimes.targets')
+    # a target of the same graph that `ffsplit build` used (its full schema is ffsplit.targets')
     runtime_target: Mapping[str, Any] | None = bound(optional(table({"name": text(100, NAME)})), default=None)
     checked_on: str | None = bound(optional(text(200)), default=None)  # the CPU stand-in parity ran on
     golden: Mapping[str, Any] | None = bound(optional(_FREE), default=None)  # `ffsplit build`'s replay

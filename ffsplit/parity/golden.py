@@ -107,7 +107,7 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
     from ffsplit import bounds
     from ffsplit.artifact import Artifact
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.runtimes.targets import require_supported
+    from ffsplit.targets import require_supported
 
     if tolerance is not None:  # the Python API takes the CLI's bounds: an infinite tolerance checks nothing
         bounds.require_float("tolerance", tolerance, 0.0, 1e6)

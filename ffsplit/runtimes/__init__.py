@@ -1,5 +1,2 @@
-"""Hardware targets (TOML files) and one module per runtime."""
-
-from ffsplit.runtimes.targets import Target, list_targets, load_target
-
-__all__ = ["Target", "list_targets", "load_target"]
+"""One module per runtime (a runner and its build step), the runtime table (``specs``), and what the runners
+share: shapes and the layer lists the guard reads."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from ffsplit.graph_passes import LayerRecord
-    from ffsplit.runtimes.targets import Target
+    from ffsplit.targets import Target
 
 # ONNX type strings -> numpy dtypes for inputs we know how to cast.
 INPUT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,

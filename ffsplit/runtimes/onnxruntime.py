@@ -19,7 +19,7 @@ from ffsplit.artifact import OPTIMIZED_GRAPH
 from ffsplit.resources import runtime_writes
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
-from ffsplit.runtimes.targets import Target
+from ffsplit.targets import Target
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

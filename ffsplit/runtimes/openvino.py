@@ -32,8 +32,8 @@ from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, register_runtime
 from ffsplit.runtimes.openvino_ir import BEAM_INPUT, ir_path
 from ffsplit.runtimes.records import records_from_layers
-from ffsplit.runtimes.targets import Target
 from ffsplit.signature import is_past
+from ffsplit.targets import Target
 
 
 def runtime_layers(compiled: Any) -> list[dict[str, str]]:

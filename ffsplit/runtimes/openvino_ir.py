@@ -33,7 +33,7 @@ from ffsplit.resources import runtime_writes
 from ffsplit.signature import is_past, present_for
 
 if TYPE_CHECKING:
-    from ffsplit.runtimes.targets import Target
+    from ffsplit.targets import Target
 
 # a stateful IR's input choosing, per sequence of the batch, whose cache it continues (optimum-intel's name)
 BEAM_INPUT = "beam_idx"

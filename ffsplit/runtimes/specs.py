@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 
 class Target(Protocol):
-    """What of a ``runtimes.targets.Target`` the availability checks read (that module reads this one)."""
+    """What of a ``targets.Target`` the availability checks read (that module reads this one)."""
 
     providers: Sequence[str]
     openvino: Mapping[str, Any]

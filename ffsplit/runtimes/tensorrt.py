@@ -35,8 +35,8 @@ from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.records import records_from_inspector
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
-from ffsplit.runtimes.targets import Target
 from ffsplit.signature import has_past, is_past
+from ffsplit.targets import Target
 
 ENGINE_INFO = "engine.json"
 TIMING_CACHE = "timing.cache"

@@ -17,11 +17,11 @@ if TYPE_CHECKING:
 
     from ffsplit.loading import LoadedModel
     from ffsplit.manifest import Budget, LayerPlan
-    from ffsplit.runtimes.targets import Target
     from ffsplit.split.apply import Storage
     from ffsplit.split.compress import LightRecipe
     from ffsplit.split.ffn_adapter import FFNAdapter
     from ffsplit.split.profile import LayerProfile
+    from ffsplit.targets import Target
 
 
 @dataclass

@@ -13,8 +13,8 @@ import torch
 
 from ffsplit.artifact import Artifact
 from ffsplit.bench.baseline import baseline_onnx, lossy_baseline
-from ffsplit.runtimes.targets import load_target
 from ffsplit.stages.reload import load_source
+from ffsplit.targets import load_target
 
 
 def test_lossy_baseline_names_the_peer_of_each_target() -> None:

@@ -14,7 +14,7 @@ from ffsplit.parity.metrics import (
     mean_pool,
     retrieval_agreement,
 )
-from ffsplit.runtimes.targets import load_target
+from ffsplit.targets import load_target
 from ffsplit.tasks import TASKS
 
 MASK = np.array([[1] * 6, [1] * 3 + [0] * 3, [1] * 5 + [0], [1] * 2 + [0] * 4])

@@ -9,7 +9,7 @@ import pytest
 
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.onnxruntime import OrtRunner
-from ffsplit.runtimes.targets import load_target
+from ffsplit.targets import load_target
 
 
 def test_runner_interface_and_validation(tiny_none_artifact: Path) -> None:

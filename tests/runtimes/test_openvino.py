@@ -12,7 +12,7 @@ from ffsplit import api
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.base import make_runner
 from ffsplit.runtimes.openvino import OpenVinoRunner
-from ffsplit.runtimes.targets import load_target
+from ffsplit.targets import load_target
 
 LENIENT = {"cosine_mean": 0.5, "cosine_min": 0.3, "retrieval_at10": 0.2}
 

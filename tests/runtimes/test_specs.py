@@ -10,7 +10,7 @@ from pathlib import Path
 import ffsplit.runtimes
 from ffsplit.runtimes.base import _RUNNERS
 from ffsplit.runtimes.specs import RUNTIME_SPECS
-from ffsplit.runtimes.targets import list_targets, load_target
+from ffsplit.targets import list_targets, load_target
 
 
 def _registered_names() -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.targets import (
+from ffsplit.targets import (
     GRAPH_FIELDS,
     Target,
     cpu_has_vnni,
@@ -280,8 +280,8 @@ def test_a_ceiling_has_a_floor_and_a_floor_is_a_fraction(tmp_path: Path, line: s
 def test_every_target_key_has_one_field_with_its_bounds() -> None:
     """The target schema and Target share one definition: each field declares its key's bounds, and the schema
     bounds no key Target lacks (a key added to one alone fails here, or at import)."""
-    from ffsplit.runtimes.target_schema import FIELD_CHECKS
     from ffsplit.schema import record_check
+    from ffsplit.targets.schema import FIELD_CHECKS
 
     assert set(FIELD_CHECKS) == {f.name for f in dataclasses.fields(Target)}
     assert all(f.metadata["check"] is FIELD_CHECKS[f.name] for f in dataclasses.fields(Target))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ffsplit.runtimes.targets import load_target
 from ffsplit.runtimes.tensorrt import (
     ENGINE_FILE,
     ENGINE_INFO,
@@ -15,6 +14,7 @@ from ffsplit.runtimes.tensorrt import (
     layer_precisions,
     profiles,
 )
+from ffsplit.targets import load_target
 from tests.runtimes.test_shapes import ENCODER, KV
 
 

@@ -72,8 +72,8 @@ def test_tensorrt_artifact_without_engine_is_refused(tiny_none_artifact: Path, t
 @pytest.mark.skipif(not triton_installed(), reason="nvidia-pytriton is not installed (make test installs it)")
 def test_real_server_answers_concurrent_requests_like_onnxruntime(tiny_none_artifact: Path) -> None:
     from ffsplit.runtimes.base import make_runner
-    from ffsplit.runtimes.targets import load_target
     from ffsplit.serve.server import start_server, triton_home
+    from ffsplit.targets import load_target
 
     sys.path.insert(0, str(triton_home()))
     import tritonclient.http as httpclient

@@ -1,11 +1,11 @@
-"""The target registry: TOML files shipped in ``runtimes/targets`` or given by path.
+"""The target registry: TOML files shipped in ``targets/shipped`` or given by path.
 
 A target names the runtime (ONNX Runtime with its execution providers,
 OpenVINO, or native TensorRT), the runtime's options, the precision of each
 branch (the defaults for ``--heavy`` and ``--light``), how int8 and int4
 weights are computed in the graph, the shape ranges (min / opt / max, with the
 decode range of KV-cache models apart) and the parity tolerances. Loading
-checks every key against the schema (``runtimes.target_schema``) and lists every
+checks every key against the schema (``targets.schema``) and lists every
 problem at once.
 """
 
@@ -23,7 +23,8 @@ import tomllib
 from ffsplit.errors import UsageError
 from ffsplit.precisions import HALF_FLOATS
 from ffsplit.runtimes.specs import RUNTIME_SPECS
-from ffsplit.runtimes.target_schema import (
+from ffsplit.schema import bound, record_check
+from ffsplit.targets.schema import (
     FIELD_CHECKS,
     GPU_PROVIDERS,
     GRAPH_FIELDS,
@@ -32,7 +33,6 @@ from ffsplit.runtimes.target_schema import (
     VNNI_FLAGS,
     rule_problems,
 )
-from ffsplit.schema import bound, record_check
 
 
 def gpu_present() -> str | None:
@@ -192,7 +192,7 @@ def target_problems(data: dict[str, Any]) -> list[str]:
 
 
 def _builtin_dir() -> Path:
-    return Path(str(resources.files("ffsplit.runtimes") / "targets"))
+    return Path(str(resources.files("ffsplit.targets") / "shipped"))
 
 
 def require_supported(target: Target) -> None:

@@ -1,6 +1,6 @@
 """The schema of a target file: the values each key may take (``FIELD_CHECKS``, the bounds ``Target`` declares
 its fields with, in the shared ``ffsplit.schema`` mechanism) and the rules keys obey together
-(``rule_problems``); ``runtimes.targets`` reads the files, lists every problem at once and builds the Target."""
+(``rule_problems``); ``targets.target`` reads the files, lists every problem at once and builds the Target."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def _parity(v: Any, where: str, errors: list[str]) -> None:
                     errors.append(f"{where}.{group}.{k} = {problem}")
 
 
-# The bounds of each target key (``runtimes.targets.Target`` declares its fields with them).
+# The bounds of each target key (``targets.Target`` declares its fields with them).
 FIELD_CHECKS: dict[str, Check] = {
     "name": text(100, NAME), "source": text(), "description": text(),
     "runtime": text(choices=RUNTIMES), "providers": items(text(200), max_len=16),
