@@ -18,7 +18,6 @@ from ffsplit.schema import (
     boolean,
     integer,
     items,
-    kind_of,
     mapping,
     number,
     one_of,
@@ -160,37 +159,28 @@ _TENSORRT_FIELDS = {
 _TENSORRT = table(_TENSORRT_FIELDS, optional_keys=frozenset(_TENSORRT_FIELDS), strict=True)
 
 
-def _shapes(v: Any, where: str, errors: list[str]) -> None:
-    if not isinstance(v, dict):
-        errors.append(f"{where} must be a table, not {kind_of(v)}")
-        return
-    for axis, rng in v.items():
-        if axis not in SHAPE_AXES:
-            errors.append(f"unknown key '{where}.{axis}'")
-        elif not (
-            isinstance(rng, list) and len(rng) == 3 and all(_is(x, int) and 0 < x <= 1 << 20 for x in rng)
-            and rng[0] <= rng[1] <= rng[2]
-        ):
-            errors.append(f"{where}.{axis} must be [min, opt, max] integers from 1 to 1048576, in order")
+def _shape_range(v: Any, where: str, errors: list[str]) -> None:
+    if not (isinstance(v, list) and len(v) == 3 and all(_is(x, int) and 0 < x <= 1 << 20 for x in v)
+            and v[0] <= v[1] <= v[2]):
+        errors.append(f"{where} must be [min, opt, max] integers from 1 to 1048576, in order")
 
 
-def _parity(v: Any, where: str, errors: list[str]) -> None:
-    if not isinstance(v, dict):
-        errors.append(f"{where} must be a table, not {kind_of(v)}")
-        return
-    for group, values in v.items():
-        if group not in PARITY_KEYS:
-            errors.append(f"unknown key '{where}.{group}'")
-        elif not isinstance(values, dict):
-            errors.append(f"{where}.{group} must be a table, not {kind_of(values)}")
-        else:
-            for k, limit in values.items():
-                if k not in PARITY_KEYS[group]:
-                    errors.append(f"unknown key '{where}.{group}.{k}'")
-                elif not _is(limit, (int, float)) or not math.isfinite(limit):
-                    errors.append(f"{where}.{group}.{k} must be a finite number")
-                elif (problem := METRICS[k].limit_problem(limit)) is not None:
-                    errors.append(f"{where}.{group}.{k} = {problem}")
+_SHAPES = table(dict.fromkeys(SHAPE_AXES, _shape_range), optional_keys=frozenset(SHAPE_AXES), strict=True)
+
+
+def _limit(v: Any, where: str, errors: list[str]) -> None:
+    """A parity limit: a finite number in its metric's range (the metric is the key, last in ``where``)."""
+    if not _is(v, (int, float)) or not math.isfinite(v):
+        errors.append(f"{where} must be a finite number")
+    elif (problem := METRICS[where.rsplit(".", 1)[-1]].limit_problem(v)) is not None:
+        errors.append(f"{where} = {problem}")
+
+
+_PARITY = table(
+    {group: table(dict.fromkeys(keys, _limit), optional_keys=frozenset(keys), strict=True)
+     for group, keys in PARITY_KEYS.items()},
+    optional_keys=frozenset(PARITY_KEYS), strict=True,
+)
 
 
 # The bounds of each target key (``targets.Target`` declares its fields with them).
@@ -205,7 +195,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "int8_weight_range": text(choices=INT8_WEIGHT_RANGES), "fusions": text(choices=FUSIONS),
     "split": text(choices=SPLIT_FORMS), "heavy_ratio": optional(number(0.0, 1.0, open_lo=True, open_hi=True)),
     "opset": optional(one_of(*OPSETS)), "session_config": mapping(anything, max_len=200), "openvino": _OPENVINO,
-    "nncf": _NNCF, "tensorrt": _TENSORRT, "shapes": _shapes, "parity": _parity,
+    "nncf": _NNCF, "tensorrt": _TENSORRT, "shapes": _SHAPES, "parity": _PARITY,
 }
 
 
