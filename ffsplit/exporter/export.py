@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import onnx
 import onnx_ir as ir
@@ -23,12 +23,10 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
+from ffsplit.pooling import Pooling
 from ffsplit.signature import INPUT_ORDER, SENTENCE_OUTPUT, past_names
 from ffsplit.split.calibration import positions_from_mask
 from ffsplit.tasks import TASKS, TaskSpec
-
-if TYPE_CHECKING:
-    from ffsplit.pooling import Pooling
 
 # Module path prefix the wrapper adds in front of the model's own paths.
 WRAPPER_PREFIX = "model."
