@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ffsplit.cli.output import (
     accuracy_table,
@@ -23,6 +23,9 @@ from ffsplit.cli.output import (
 )
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.jsonio import dumps
+
+if TYPE_CHECKING:
+    from ffsplit.stages.run import ExportResult
 
 
 def _limits(items: list[str]) -> dict[str, float]:
@@ -61,11 +64,10 @@ def outputs_writable(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from ffsplit import api
     from ffsplit.parity.check import format_table
 
     try:
-        res = _export(a, api)
+        res = _export(a)
     except CheckFailed as exc:  # --json still says what was measured, and why nothing was written
         write_json(a.json, {**(exc.details or {}), "passed": False, "error": str(exc)})
         raise
@@ -98,7 +100,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _export(a: argparse.Namespace, api: Any) -> Any:
+def _export(a: argparse.Namespace) -> ExportResult:
+    from ffsplit import api
+
     return api.export(
         a.model, a.out, target=a.target, heavy_ratio=a.heavy_ratio, light=a.light, heavy=a.heavy, budget=a.budget, calib=a.calib, eval=a.eval,
         calib_size=a.calib_size, eval_size=a.eval_size, max_length=a.max_length, min_cosine=a.min_cosine,
