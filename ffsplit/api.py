@@ -371,6 +371,7 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> Inspection:
     broken folder is allowed)."""
     import onnx_ir as ir
 
+    from ffsplit.artifact import LAYERS_FILE, OPTIMIZED_GRAPH
     from ffsplit.graph_passes.precision import branch_summary, records_summary
     from ffsplit.runtimes.records import records_from_file
 
@@ -379,7 +380,7 @@ def inspect_artifact(folder: str | Path, *, graphs: bool = True) -> Inspection:
     if graphs:
         present, _links = list_files(art.folder)  # regular files only: never follow a link out of the folder
         paths = [present[MODEL_FILE]] if MODEL_FILE in present else []
-        for suffix in ("/optimized.onnx", "/layers.json"):
+        for suffix in (f"/{OPTIMIZED_GRAPH}", f"/{LAYERS_FILE}"):
             paths += [p for rel, p in sorted(present.items()) if rel.startswith(f"{RUNTIME_DIR}/") and rel.endswith(suffix)]
         for path in paths:
             try:

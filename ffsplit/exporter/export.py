@@ -319,11 +319,11 @@ class CaptureStrategy:
     name: ClassVar[str]
     kv_cache: ClassVar[bool]  # whether it can capture a KV-cache graph (causal-lm-with-past)
 
-    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Any, opset: int | None) -> ir.Model:
+    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
         raise NotImplementedError
 
     @staticmethod
-    def _wrapped(model: nn.Module, tokenizer: Any, spec: TaskSpec, pooling: Any) -> tuple[TaskWrapper, list[str], list[str]]:
+    def _wrapped(model: nn.Module, tokenizer: Any, spec: TaskSpec, pooling: Pooling | None) -> tuple[TaskWrapper, list[str], list[str]]:
         """The task wrapper, its input names and its output names."""
         names = input_names_for(tokenizer, model, spec)
         outputs = [spec.output] + ([SENTENCE_OUTPUT] if pooling is not None else [])
@@ -336,7 +336,7 @@ class DynamoCapture(CaptureStrategy):
     name = "dynamo"
     kv_cache = True
 
-    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Any, opset: int | None) -> ir.Model:
+    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
         if spec.past:
             return _export_with_past(model, tokenizer, opset)
         wrapper, names, outputs = self._wrapped(model, tokenizer, spec, pooling)
@@ -351,7 +351,7 @@ class TorchScriptCapture(CaptureStrategy):
     name = "torchscript"
     kv_cache = False
 
-    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Any, opset: int | None) -> ir.Model:
+    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
         from ffsplit.residency import materialised
 
         wrapper, names, outputs = self._wrapped(model, tokenizer, spec, pooling)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ffsplit.errors import UsageError
 from ffsplit.manifest.records import (
+    SHA256,
     Budget,
     Build,
     Calibration,
@@ -47,7 +48,6 @@ POST_EXPORT_KEYS = frozenset({"exporter", "separation", "parity", "run", "files"
 # Where the source was on the exporting machine: in manifest.json (check finds the source there), not in
 # the copy inside model.onnx, which is the same on every machine that exports the same source.
 LOCAL_SOURCE_KEYS = ("path", "spec")
-_HEX64_TEXT = text(64)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Manifest(Record):
     parity: ParityReport | None = nested(ParityReport, default=None, required=True)
     build: Build | None = nested(Build, default=None, required=True)
     run: Run | None = nested(Run, default=None, required=True)
-    files: Mapping[str, str] = bound(mapping(_HEX64_TEXT, max_len=100_000), default_factory=dict, required=True)
+    files: Mapping[str, str] = bound(mapping(SHA256, max_len=100_000), default_factory=dict, required=True)
     packed: Packed | None = nested(Packed, default=None)  # a slim copy made by `ffsplit pack`
 
     @classmethod

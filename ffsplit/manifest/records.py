@@ -32,7 +32,7 @@ from ffsplit.schema import (
 from ffsplit.tasks import TASKS
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+SHA256 = text(64, re.compile(r"[0-9a-f]{64}"))  # a file's or a corpus's hash
 _MODULE = re.compile(r"[A-Za-z0-9_.]{1,512}")
 BIG = 1 << 40  # parameter and byte counts
 _PRECISION = text(choices=PRECISIONS)
@@ -52,7 +52,7 @@ class Source(Record):
     path: str = bound(text())  # where it was on the exporting machine
     model_type: str = bound(text(200))
     architecture: str = bound(text(200))
-    sha256: str = bound(text(64, _HEX64))
+    sha256: str = bound(SHA256)
     max_positions: int | None = bound(optional(integer(1, 1 << 24)), default=None, required=True)  # None: unknown
 
 
@@ -82,7 +82,7 @@ class Calibration(Record):
     max_length: int = bound(integer(2, 1 << 20))
     source: str = bound(text(), default="")
     tokens: int = bound(_COUNT, default=0)
-    sha256: str | None = bound(optional(text(64, _HEX64)), default=None)
+    sha256: str | None = bound(optional(SHA256), default=None)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Evaluation(Record):
 
     texts: int = bound(integer(1, 100_000))
     source: str = bound(text(), default="")  # a file path, or "bundled: ..."
-    sha256: str | None = bound(optional(text(64, _HEX64)), default=None)
+    sha256: str | None = bound(optional(SHA256), default=None)
 
     @property
     def bundled(self) -> bool:

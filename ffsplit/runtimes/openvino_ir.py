@@ -103,7 +103,6 @@ def compress_int4(model: Any, target: Target, feeds: list[dict[str, np.ndarray]]
     first, in a pass of its own.
     """
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     settings = target.nncf
     ignored = heavy_nodes(model)
@@ -119,9 +118,17 @@ def compress_int4(model: Any, target: Target, feeds: list[dict[str, np.ndarray]]
         dataset=nncf.Dataset(feeds) if data_aware and feeds else None,
         awq=settings["awq"] or None, scale_estimation=settings["scale_estimation"] or None,
         subset_size=len(feeds) if data_aware and feeds else 128,
-        advanced_parameters=AdvancedCompressionParameters(
-            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16),
+        advanced_parameters=_group_fallback(),
     )
+
+
+def _group_fallback() -> Any:
+    """NNCF's advanced compression settings: a multiply whose width is not a whole number of groups gets the
+    largest smaller group that fits (down to 16)."""
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    return AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                                         min_adjusted_group_size=16)
 
 
 def _compress_light(model: Any, target: Target, light: set[str]) -> Any:
@@ -129,7 +136,6 @@ def _compress_light(model: Any, target: Target, light: set[str]) -> Any:
     (``light_group_size``; -1: one scale per output channel), data-free: the heavy hitters, kept int8, carry
     what a coarser grid would lose. Every other multiply is left to the main pass."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     others = [op.get_friendly_name() for op in model.get_ordered_ops()
               if op.get_type_name() in ("MatMul", "Gather") and op.get_friendly_name() not in light]
@@ -137,8 +143,7 @@ def _compress_light(model: Any, target: Target, light: set[str]) -> Any:
     return nncf.compress_weights(
         model, mode=nncf.CompressWeightsMode(target.nncf["mode"]), group_size=target.light_group_size,
         ratio=1.0, all_layers=True, ignored_scope=nncf.IgnoredScope(names=others, validate=False),
-        advanced_parameters=AdvancedCompressionParameters(
-            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=16),
+        advanced_parameters=_group_fallback(),
     )
 
 
