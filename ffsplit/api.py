@@ -89,7 +89,7 @@ def check(
     """
     from ffsplit import resources
     from ffsplit.plan import applied_limits, check_overrides
-    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.base import runner_for
     from ffsplit.stages import verify
 
     resources.bound_heap()
@@ -116,7 +116,7 @@ def check(
         verify.free_model(loaded)
         if log:
             log("building the runtime session and checking branch separation ...")
-        with make_runner(art.model_path, art.target, runtime_dir=Path(tmp) / "runtime") as runner:
+        with runner_for(art, runtime_dir=Path(tmp) / "runtime") as runner:
             separation = verify.guard(runner, m.layers)
             if log:
                 log("running parity ...")
@@ -212,7 +212,7 @@ def bench(
     """Time the original and the split ONNX side by side in the artifact's runtime."""
     from ffsplit.bench.baseline import baseline_onnx
     from ffsplit.bench.harness import make_feed, summarise, time_interleaved
-    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.base import make_runner, runner_for
     from ffsplit.split.calibration import evaluation_texts
 
     bounds.require_int("--runs", runs, 1, bounds.MAX_RUNS)
@@ -231,7 +231,7 @@ def bench(
     texts = [t.text for t in evaluation_texts(64)]
     rows = []
     with make_runner(baseline, art.target, timing=True) as orig, \
-            make_runner(art.model_path, art.target, timing=True) as split:
+            runner_for(art, timing=True) as split:
         names = list(split.input_signature())
         for b in batches:
             for s in sequences:
@@ -257,7 +257,7 @@ def bench_accuracy(
     """
     from ffsplit.bench.baseline import baseline_onnx, lossy_baseline
     from ffsplit.parity.check import runtime_accuracy
-    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.base import make_runner, runner_for
 
     art = Artifact.open(folder)
     lossy = lossy_baseline(art.target)
@@ -271,7 +271,7 @@ def bench_accuracy(
     baseline = baseline_onnx(art, loaded, log)
     if log:
         log(f"measuring both models' accuracy against the original on {len(texts)} evaluation texts ...")
-    with make_runner(baseline, art.target) as orig, make_runner(art.model_path, art.target) as split:
+    with make_runner(baseline, art.target) as orig, runner_for(art) as split:
         metrics = runtime_accuracy(loaded.model, {"original": orig, "ffsplit": split}, loaded.tokenizer, texts,
                                    loaded.task, batch_size=16, max_length=m.max_length)
     return {"baseline": lossy, "texts": len(texts), **metrics}

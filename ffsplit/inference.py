@@ -32,7 +32,7 @@ class Model:
         from transformers import AutoTokenizer
 
         from ffsplit.artifact import Artifact
-        from ffsplit.runtimes.base import make_runner
+        from ffsplit.runtimes.base import runner_for
         from ffsplit.signature import onnx_signature
         from ffsplit.targets import require_supported
         from ffsplit.tasks import TASKS
@@ -51,7 +51,7 @@ class Model:
         max_positions = self.artifact.manifest.source.max_positions
         self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.pooled \
             else Pooling(max_seq_length=max_positions)
-        self.runner = make_runner(self.artifact.model_path, self.artifact.target).activate()
+        self.runner = runner_for(self.artifact).activate()
         self.outputs = set(onnx_signature(self.artifact.model_path)[1])
         self.generation_times: list[Any] = []  # GenerationTimes per batch of the last generate()
 

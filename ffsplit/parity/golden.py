@@ -106,14 +106,14 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
     shape changed."""
     from ffsplit import bounds
     from ffsplit.artifact import Artifact
-    from ffsplit.runtimes.base import make_runner
+    from ffsplit.runtimes.base import runner_for
     from ffsplit.targets import require_supported
 
     if tolerance is not None:  # the Python API takes the CLI's bounds: an infinite tolerance checks nothing
         bounds.require_float("tolerance", tolerance, 0.0, 1e6)
     art = Artifact.open(folder).require_built("check --golden")
     require_supported(art.target)
-    with make_runner(art.model_path, art.target) as runner:
+    with runner_for(art) as runner:
         return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
 
 

@@ -1,10 +1,13 @@
 """The one runner interface every runtime implements, and the factory that picks one for a target.
 
-Runners follow Polygraphy's shape: each runtime's build step is a function
-of its own (``onnxruntime.build_session``, ``openvino.compile_model``,
-``tensorrt.build_engine``: what it builds, and the files the guard reads);
-``activate`` takes what it built, ``infer`` runs one feed, ``deactivate``
-frees it, and a runner is a context manager. Inputs are checked against the
+Runners follow Polygraphy's shape: a runner is composed with a loader, a
+frozen record of what to build from that builds it when called
+(``onnxruntime.SessionFromOnnx``, ``openvino.CompiledFromFile``,
+``tensorrt.EngineFromOnnx``: what the runtime runs, and the files the guard
+reads). ``activate`` calls the loader and takes what it built, ``infer`` runs
+one feed, ``deactivate`` frees it, and a runner is a context manager.
+``make_runner`` composes the two for a target; ``runner_for`` for an opened
+artifact. Inputs are checked against the
 model's signature (names, ranks, dtypes) before they reach the runtime, so a
 wrong feed is one clear error, not a runtime's stack trace. ``layer_records``
 gives the separation guard the graph the runtime really executes.
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -27,8 +31,11 @@ from ffsplit.signature import ELEMENT_TYPES, is_past, onnx_signature
 if TYPE_CHECKING:
     from typing import Self
 
+    from ffsplit.artifact import Artifact
     from ffsplit.graph_passes import LayerRecord
     from ffsplit.targets import Target
+
+Built = TypeVar("Built")
 
 # ONNX type strings -> numpy dtypes for inputs we know how to cast.
 INPUT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
@@ -54,19 +61,39 @@ def empty_past(inputs: dict[str, tuple[str, list[Any]]], rows: int) -> dict[str,
     return out
 
 
-class Runner:
-    """Runs one ONNX model for a target. Subclasses implement the ``_``-prefixed methods."""
+@dataclass(frozen=True)
+class Loader(Generic[Built]):
+    """What a runtime builds for a runner, and from what: called, it builds it (a session, a compiled model, an
+    engine), saving in ``runtime_dir`` what the guard reads. Subclasses implement ``__call__``."""
 
-    def __init__(
-        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
-    ) -> None:
-        self.model_path = Path(model_path)
-        self.target = target
-        # timed side by side with other runners in one process: no busy-waiting worker threads
-        self.timing = timing
-        # where the runtime keeps what it built (optimised graph, engine, layer list), if anywhere
-        self.runtime_dir = runtime_dir
+    model_path: Path
+    target: Target
+    # where the runtime keeps what it built (optimised graph, engine, layer list), if anywhere
+    runtime_dir: Path | None = None
+    # timed side by side with other runners in one process: no busy-waiting worker threads
+    timing: bool = False
+
+    def __call__(self) -> Built:
+        raise NotImplementedError
+
+
+class Runner(Generic[Built]):
+    """Runs what its loader builds for a target. Subclasses name their ``loader_class`` and implement the
+    ``_``-prefixed methods."""
+
+    loader_class: ClassVar[type[Loader[Any]]]
+
+    def __init__(self, loader: Loader[Built]) -> None:
+        self.loader = loader
         self.active = False
+
+    @property
+    def model_path(self) -> Path:
+        return self.loader.model_path
+
+    @property
+    def target(self) -> Target:
+        return self.loader.target
 
     @property
     def name(self) -> str:
@@ -78,10 +105,10 @@ class Runner:
         reason = self.target.unavailable_reason()
         if reason:
             raise UsageError(f"target '{self.target.name}' cannot run here: {reason}")
-        if self.runtime_dir is not None:
-            self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        if self.loader.runtime_dir is not None:
+            self.loader.runtime_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._activate()
+            self._activate(self.loader())
         except (UsageError, OSError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a truncated or foreign file: the runtime's own error, on one line
@@ -158,7 +185,7 @@ class Runner:
         return "runtime graph"
 
     # -- what each runtime provides
-    def _activate(self) -> None:
+    def _activate(self, built: Built) -> None:
         raise NotImplementedError
 
     def _deactivate(self) -> None:
@@ -179,13 +206,14 @@ class Runner:
 
 # a runtime's runner module (RUNTIME_SPECS) is imported on first use, so an optional runtime's package
 # (openvino, tensorrt) is only needed by the targets that use it
-_RUNNERS: dict[str, type[Runner]] = {}
+_RUNNERS: dict[str, type[Runner[Any]]] = {}
+R = TypeVar("R", bound="type[Runner[Any]]")
 
 
-def register_runtime(name: str) -> Callable[[type[Runner]], type[Runner]]:
+def register_runtime(name: str) -> Callable[[R], R]:
     """Class decorator: the runner for targets whose ``runtime`` is ``name``."""
 
-    def add(cls: type[Runner]) -> type[Runner]:
+    def add(cls: R) -> R:
         if name in _RUNNERS and _RUNNERS[name] is not cls:
             raise ValueError(f"runtime {name!r} registered twice")
         _RUNNERS[name] = cls
@@ -194,7 +222,7 @@ def register_runtime(name: str) -> Callable[[type[Runner]], type[Runner]]:
     return add
 
 
-def runner_class(runtime: str) -> type[Runner]:
+def runner_class(runtime: str) -> type[Runner[Any]]:
     from ffsplit.loading import no_telemetry
 
     no_telemetry()  # before the runtime's library loads
@@ -207,6 +235,15 @@ def runner_class(runtime: str) -> type[Runner]:
 
 def make_runner(
     model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
-) -> Runner:
-    """The runner for ``target``'s runtime (not yet activated); ``timing`` for side-by-side benchmarks."""
-    return runner_class(target.runtime)(model_path, target, runtime_dir=runtime_dir, timing=timing)
+) -> Runner[Any]:
+    """The runner for ``target``'s runtime, composed with its loader (not yet activated); ``timing`` for
+    side-by-side benchmarks."""
+    cls = runner_class(target.runtime)
+    return cls(cls.loader_class(model_path, target, runtime_dir=runtime_dir, timing=timing))
+
+
+def runner_for(artifact: Artifact, *, runtime_dir: Path | None = None, timing: bool = False) -> Runner[Any]:
+    """The runner of an opened artifact's split graph on the target it was built for (not yet activated).
+
+    This is what an ``Artifact.runner()`` would be: the artifact sits below the runtimes in the layers."""
+    return make_runner(artifact.model_path, artifact.target, runtime_dir=runtime_dir, timing=timing)

@@ -9,17 +9,21 @@ ranges (one profile; KV-cache graphs use the prefill range).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ffsplit.artifact import OPTIMIZED_GRAPH
 from ffsplit.resources import runtime_writes
-from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
+from ffsplit.runtimes.base import Loader, Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
 from ffsplit.targets import Target
+
+if TYPE_CHECKING:
+    from ffsplit.graph_passes import LayerRecord
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -78,39 +82,41 @@ def provider_options(
     return out
 
 
-def build_session(
-    model_path: Path, target: Target, *, optimized_model_path: Path | None = None, cache_dir: Path | None = None,
-    timing: bool = False,
-) -> ort.InferenceSession:
-    """The build step (Polygraphy's ``SessionFromOnnx``): a session for ``target``, its optimised graph saved at
-    ``optimized_model_path`` for the guard, TensorRT provider caches in ``cache_dir``."""
-    opts = session_options(target, optimized_model_path=optimized_model_path, timing=timing)
-    if optimized_model_path is not None and (model_path.parent / f"{model_path.name}.data").exists():
-        # a model with external data keeps its weights beside the optimised graph too, where the guard
-        # reads them lazily (inline, a graph past 2 GB cannot be written, nor read without loading them all)
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                      OPTIMIZED_GRAPH + ".data")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    dims = {name: shape for name, (_t, shape) in onnx_inputs(model_path).items()}
-    providers = provider_options(target, dims, cache_dir)
-    if optimized_model_path is None:
-        return ort.InferenceSession(str(model_path), opts, providers=providers)
-    with runtime_writes(optimized_model_path.parent):
-        return ort.InferenceSession(str(model_path), opts, providers=providers)
+@dataclass(frozen=True)
+class SessionFromOnnx(Loader[ort.InferenceSession]):
+    """The build step (Polygraphy's ``SessionFromOnnx``): a session for the target, its optimised graph saved in
+    ``runtime_dir`` for the guard beside the TensorRT provider's caches."""
+
+    @property
+    def optimized_model_path(self) -> Path | None:
+        return None if self.runtime_dir is None else self.runtime_dir / OPTIMIZED_GRAPH
+
+    def __call__(self) -> ort.InferenceSession:
+        model_path, target, optimized = self.model_path, self.target, self.optimized_model_path
+        opts = session_options(target, optimized_model_path=optimized, timing=self.timing)
+        if optimized is not None and (model_path.parent / f"{model_path.name}.data").exists():
+            # a model with external data keeps its weights beside the optimised graph too, where the guard
+            # reads them lazily (inline, a graph past 2 GB cannot be written, nor read without loading them all)
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                          OPTIMIZED_GRAPH + ".data")
+            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        dims = {name: shape for name, (_t, shape) in onnx_inputs(model_path).items()}
+        providers = provider_options(target, dims, self.runtime_dir)
+        if optimized is None:
+            return ort.InferenceSession(str(model_path), opts, providers=providers)
+        with runtime_writes(optimized.parent):
+            return ort.InferenceSession(str(model_path), opts, providers=providers)
 
 
 @register_runtime("onnxruntime")
-class OrtRunner(Runner):
+class OrtRunner(Runner[ort.InferenceSession]):
     """Runs one ONNX model in ONNX Runtime; the optimised graph the session runs is saved for the guard."""
 
-    def __init__(
-        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None,
-        optimized_model_path: Path | None = None, timing: bool = False,
-    ) -> None:
-        super().__init__(model_path, target, runtime_dir=runtime_dir, timing=timing)
-        if optimized_model_path is None and runtime_dir is not None:
-            optimized_model_path = runtime_dir / OPTIMIZED_GRAPH
-        self.optimized_model_path = optimized_model_path
+    loader_class = SessionFromOnnx
+    loader: SessionFromOnnx
+
+    def __init__(self, loader: SessionFromOnnx) -> None:
+        super().__init__(loader)
         self.session: ort.InferenceSession | None = None
 
     @property
@@ -119,11 +125,11 @@ class OrtRunner(Runner):
 
     @property
     def runtime_graph(self) -> str:
-        return self.optimized_model_path.name if self.optimized_model_path else "session graph"
+        optimized = self.loader.optimized_model_path
+        return optimized.name if optimized else "session graph"
 
-    def _activate(self) -> None:
-        self.session = build_session(self.model_path, self.target, optimized_model_path=self.optimized_model_path,
-                                     cache_dir=self.runtime_dir, timing=self.timing)
+    def _activate(self, built: ort.InferenceSession) -> None:
+        self.session = built
 
     def _deactivate(self) -> None:
         self.session = None
@@ -137,11 +143,12 @@ class OrtRunner(Runner):
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed), strict=True))
 
-    def _layer_records(self) -> list[Any]:
+    def _layer_records(self) -> list[LayerRecord]:
         import onnx_ir as ir
 
         from ffsplit.graph_passes import records_from_onnx
 
-        if self.optimized_model_path is None or not self.optimized_model_path.is_file():
+        optimized = self.loader.optimized_model_path
+        if optimized is None or not optimized.is_file():
             raise RuntimeError("the guard needs the session's optimised graph: give the runner a runtime_dir")
-        return records_from_onnx(ir.load(self.optimized_model_path))
+        return records_from_onnx(ir.load(optimized))

@@ -21,19 +21,22 @@ loop every runtime shares runs unchanged, without copying the cache.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ffsplit.artifact import LAYERS_FILE
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
-from ffsplit.runtimes.base import Runner, register_runtime
+from ffsplit.runtimes.base import Loader, Runner, register_runtime
 from ffsplit.runtimes.openvino_ir import BEAM_INPUT, ir_path
 from ffsplit.runtimes.records import records_from_layers
 from ffsplit.signature import is_past
-from ffsplit.targets import Target
+
+if TYPE_CHECKING:
+    from ffsplit.graph_passes import LayerRecord
 
 
 def runtime_layers(compiled: Any) -> list[dict[str, str]]:
@@ -52,32 +55,52 @@ def runtime_layers(compiled: Any) -> list[dict[str, str]]:
     return rows
 
 
-def compile_model(model_file: Path, target: Target, *, runtime_dir: Path | None = None) -> tuple[Any, bool]:
-    """The build step: ``model_file`` (the target's IR, or an ONNX file) compiled for the target's device with
-    the target's config alone, its executed layers saved in ``runtime_dir`` for the guard; the compiled model
-    and whether it keeps a KV cache of its own (a stateful IR)."""
-    import openvino as ov
+@dataclass(frozen=True)
+class Compiled:
+    """What OpenVINO built: the compiled model, and whether it keeps a KV cache of its own (a stateful IR)."""
 
-    if not model_file.is_file():
-        raise UsageError(f"there is no {model_file.name} for target {target.name} ({model_file}): re-run ffsplit export")
-    core = ov.Core()
-    model = core.read_model(str(model_file))
-    # a target without INFERENCE_PRECISION_HINT runs at OpenVINO's default
-    compiled = core.compile_model(model, target.openvino.get("device", "CPU"), dict(target.openvino.get("config", {})))
-    if runtime_dir is not None:
-        (runtime_dir / LAYERS_FILE).write_text(dumps(runtime_layers(compiled), indent=1), encoding="utf-8")
-    return compiled, bool(model.get_variables())
+    model: Any  # openvino.CompiledModel
+    stateful: bool
+
+
+@dataclass(frozen=True)
+class CompiledFromFile(Loader[Compiled]):
+    """The build step: the target's IR beside the ONNX file (NNCF targets), or the ONNX file, compiled for the
+    target's device with the target's config alone, its executed layers saved in ``runtime_dir`` for the
+    guard."""
+
+    @property
+    def model_file(self) -> Path:
+        """What OpenVINO compiles."""
+        return ir_path(self.model_path, self.target) if self.target.ir_compression else self.model_path
+
+    def __call__(self) -> Compiled:
+        import openvino as ov
+
+        model_file, target = self.model_file, self.target
+        if not model_file.is_file():
+            raise UsageError(
+                f"there is no {model_file.name} for target {target.name} ({model_file}): re-run ffsplit export")
+        core = ov.Core()
+        model = core.read_model(str(model_file))
+        # a target without INFERENCE_PRECISION_HINT runs at OpenVINO's default
+        config = dict(target.openvino.get("config", {}))
+        compiled = core.compile_model(model, target.openvino.get("device", "CPU"), config)
+        if self.runtime_dir is not None:
+            (self.runtime_dir / LAYERS_FILE).write_text(dumps(runtime_layers(compiled), indent=1), encoding="utf-8")
+        return Compiled(compiled, bool(model.get_variables()))
 
 
 @register_runtime("openvino")
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(Runner[Compiled]):
     """Runs one ONNX model with OpenVINO on the target's device."""
 
-    def __init__(
-        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
-    ) -> None:
-        super().__init__(model_path, target, runtime_dir=runtime_dir, timing=timing)
-        self.compiled: Any = None
+    loader_class = CompiledFromFile
+    loader: CompiledFromFile
+
+    def __init__(self, loader: CompiledFromFile) -> None:
+        super().__init__(loader)
+        self.compiled: Any = None  # openvino.CompiledModel
         self.stateful = False
         self.cached = 0  # tokens in a stateful request's cache
 
@@ -85,13 +108,8 @@ class OpenVinoRunner(Runner):
     def runtime_graph(self) -> str:
         return LAYERS_FILE
 
-    @property
-    def model_file(self) -> Path:
-        """What OpenVINO compiles: the target's IR beside the ONNX file (NNCF targets), or the ONNX file."""
-        return ir_path(self.model_path, self.target) if self.target.ir_compression else self.model_path
-
-    def _activate(self) -> None:
-        self.compiled, self.stateful = compile_model(self.model_file, self.target, runtime_dir=self.runtime_dir)
+    def _activate(self, built: Compiled) -> None:
+        self.compiled, self.stateful = built.model, built.stateful
         self.cached = 0
         self.request = self.compiled.create_infer_request()
 
@@ -118,6 +136,6 @@ class OpenVinoRunner(Runner):
         results = self.request.infer(feed)
         return {port.get_any_name(): np.array(results[port]) for port in self.compiled.outputs}
 
-    def _layer_records(self) -> list[Any]:
+    def _layer_records(self) -> list[LayerRecord]:
         return records_from_layers(runtime_layers(self.compiled))
 

@@ -15,8 +15,9 @@ mismatch means rebuild, never reuse.
 The guard reads the engine inspector's layer list (``layers.json``): each
 layer names the ONNX nodes it was built from and its precision.
 
-Everything here but ``build_engine`` and ``TrtRunner`` is pure logic,
-unit-tested without a GPU; those two need one (tests marked ``gpu``).
+Everything here but ``build_engine`` (what ``EngineFromOnnx`` calls) and
+``TrtRunner`` is pure logic, unit-tested without a GPU; those two need one
+(tests marked ``gpu``).
 """
 
 from __future__ import annotations
@@ -24,19 +25,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ffsplit.artifact import ENGINE_FILE, LAYERS_FILE, RUNTIME_DIR, sha256_file
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
-from ffsplit.runtimes.base import Runner, onnx_inputs, register_runtime
+from ffsplit.runtimes.base import Loader, Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.records import records_from_inspector
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
 from ffsplit.signature import has_past, is_past
 from ffsplit.targets import Target
+
+if TYPE_CHECKING:
+    from ffsplit.graph_passes import LayerRecord
 
 ENGINE_INFO = "engine.json"
 TIMING_CACHE = "timing.cache"
@@ -168,29 +173,40 @@ def _profile(profile_cls: Any, ranges: dict[str, Range]) -> Any:  # pragma: no c
     return profile
 
 
+@dataclass(frozen=True)
+class EngineFromOnnx(Loader[Path]):
+    """The build step: the engine file for the target, built (or reused when its key matches) in
+    ``runtime_dir``, by default the artifact's ``runtime/<target>/``."""
+
+    @property
+    def folder(self) -> Path:
+        return self.runtime_dir or self.model_path.parent / RUNTIME_DIR / self.target.name
+
+    def __call__(self) -> Path:  # pragma: no cover - needs a GPU
+        return build_engine(self.model_path, self.target, self.folder)
+
+
 @register_runtime("tensorrt")
-class TrtRunner(Runner):  # pragma: no cover - needs a GPU
+class TrtRunner(Runner[Path]):  # pragma: no cover - needs a GPU
     """Runs an artifact's TensorRT engine (built or rebuilt on activate) through Polygraphy's runner."""
 
-    def __init__(
-        self, model_path: Path, target: Target, *, runtime_dir: Path | None = None, timing: bool = False
-    ) -> None:
-        super().__init__(model_path, target, runtime_dir=runtime_dir, timing=timing)
-        self._runner: Any = None
+    loader_class = EngineFromOnnx
+    loader: EngineFromOnnx
+
+    def __init__(self, loader: EngineFromOnnx) -> None:
+        super().__init__(loader)
+        self._runner: Any = None  # polygraphy's TrtRunner
 
     @property
     def runtime_graph(self) -> str:
         return LAYERS_FILE
 
-    def _activate(self) -> None:
+    def _activate(self, built: Path) -> None:
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes
         from polygraphy.backend.trt import TrtRunner as PolyTrtRunner
 
-        folder = self.runtime_dir or self.model_path.parent / RUNTIME_DIR / self.target.name
-        plan = build_engine(self.model_path, self.target, folder)
-        self._folder = folder
-        self._runner = PolyTrtRunner(EngineFromBytes(BytesFromPath(str(plan))))
+        self._runner = PolyTrtRunner(EngineFromBytes(BytesFromPath(str(built))))
         self._runner.activate()
 
     def _deactivate(self) -> None:
@@ -214,5 +230,5 @@ class TrtRunner(Runner):  # pragma: no cover - needs a GPU
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self._runner.infer(feed).items()}
 
-    def _layer_records(self) -> list[Any]:
-        return records_from_inspector((self._folder / LAYERS_FILE).read_text(encoding="utf-8"))
+    def _layer_records(self) -> list[LayerRecord]:
+        return records_from_inspector((self.loader.folder / LAYERS_FILE).read_text(encoding="utf-8"))

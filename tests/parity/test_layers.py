@@ -13,7 +13,7 @@ from ffsplit.artifact import Artifact
 from ffsplit.exporter.export import WRAPPER_PREFIX
 from ffsplit.parity.check import torch_output
 from ffsplit.parity.layers import compare_layers, find_probes, first_failure
-from ffsplit.runtimes.onnxruntime import OrtRunner
+from ffsplit.runtimes.onnxruntime import OrtRunner, SessionFromOnnx
 from ffsplit.split.calibration import encode_batches, evaluation_texts
 from ffsplit.stages.reload import rebuild
 
@@ -30,7 +30,7 @@ def _inputs(art_dir: Path) -> tuple:  # noqa: ANN001
 def _compare(art, loaded, split, batch, modules, model: ir.Model):  # noqa: ANN001, ANN202
     inputs = {v.name for v in model.graph.inputs}
     return compare_layers(
-        split, model, lambda path: OrtRunner(path, art.target).activate(), batch,
+        split, model, lambda path: OrtRunner(SessionFromOnnx(path, art.target)).activate(), batch,
         lambda mod, b: torch_output(mod, b, loaded.task, inputs),
         split_modules=modules, prefix=WRAPPER_PREFIX, tolerance=1e-4,
     )

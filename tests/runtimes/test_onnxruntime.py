@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from ffsplit.errors import UsageError
-from ffsplit.runtimes.onnxruntime import OrtRunner
+from ffsplit.runtimes.onnxruntime import OrtRunner, SessionFromOnnx
 from ffsplit.targets import load_target
 
 
 def test_runner_interface_and_validation(tiny_none_artifact: Path) -> None:
-    runner = OrtRunner(tiny_none_artifact / "model.onnx", load_target("cpu"))
+    runner = OrtRunner(SessionFromOnnx(tiny_none_artifact / "model.onnx", load_target("cpu")))
     with runner as r:
         assert set(r.input_signature()) == {"input_ids", "attention_mask", "token_type_ids"}
         ids = np.array([[101, 2023, 102]], dtype=np.int32)  # int32 is cast, same kind

@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 
 import ffsplit.runtimes
-from ffsplit.runtimes.base import _RUNNERS
+from ffsplit.runtimes.base import _RUNNERS, Loader
 from ffsplit.runtimes.specs import RUNTIME_SPECS
 from ffsplit.targets import list_targets, load_target
 
@@ -29,6 +29,10 @@ def test_each_runtime_is_one_record_and_one_runner_module() -> None:
     for name, spec in RUNTIME_SPECS.items():
         importlib.import_module(spec.runner_module)  # no runtime library is imported at module level
         assert name in _RUNNERS
+        # composed with a loader of its own, which builds (``__call__``) what the runner runs
+        loader = _RUNNERS[name].loader_class
+        assert issubclass(loader, Loader) and loader.__call__ is not Loader.__call__, name
+        assert loader.__dataclass_params__.frozen, name  # type: ignore[attr-defined]
     assert {t.runtime for t in list_targets()} == set(RUNTIME_SPECS)  # every runtime ships a target
 
 
