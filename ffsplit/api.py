@@ -34,6 +34,8 @@ from ffsplit.stages.run import ExportResult, run_export, utc_now
 from ffsplit.targets import Target, list_targets, require_supported
 
 if TYPE_CHECKING:
+    from ffsplit.bench.harness import Timing
+    from ffsplit.parity.layers import ProbeResult
     from ffsplit.pooling import Pooling
 
 __all__ = [
@@ -159,7 +161,7 @@ def _check_texts(m: Manifest, eval_file: str | Path | None, eval_size: int | Non
 def debug(
     folder: str | Path, *, batch: int = 8, tolerance: float | None = None, source: str | Path | None = None,
     log: Callable[[str], None] | None = None,
-) -> list[Any]:
+) -> list[ProbeResult]:
     """Compare every module inside every SplitFFN between split torch and the runtime, in graph order.
 
     The tolerance (default: the target's fidelity ``max_abs``) scales with the
@@ -208,7 +210,7 @@ def bench(
     min_seconds: float = 2.0,
     source: str | Path | None = None,
     log: Callable[[str], None] | None = None,
-) -> list[Any]:
+) -> list[Timing]:
     """Time the original and the split ONNX side by side in the artifact's runtime."""
     from ffsplit.bench.baseline import baseline_onnx
     from ffsplit.bench.harness import make_feed, summarise, time_interleaved
@@ -295,7 +297,7 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
         bounds.require_float("--tolerance", tolerance, 0.0, 1e6)
     art = Artifact.open(folder)
     exported = Target.from_json(art.manifest.target)  # the graph's target (art.target: what a build ran)
-    tgt = _build_target(exported, target)
+    tgt = exported.built_as(target)
     m = art.manifest
     mine = f"{RUNTIME_DIR}/{tgt.name}/"
     # the IR NNCF made at export is the graph the target runs; everything else there is rebuilt
@@ -317,33 +319,17 @@ def build(folder: str | Path, *, target: str | None = None, tolerance: float | N
             if log:
                 log("replaying the golden outputs ...")
             golden = replay_golden(stage, runner, m, tolerance=tolerance)
-        if not golden["passed"]:
+        if not golden.passed:
             raise CheckFailed(
-                f"{tgt.name} moved the golden {golden['output']} by {golden['max_abs']:.3g} (tolerance "
-                f"{golden['tolerance']:.3g}), nothing changed: check the target's options, or `ffsplit check` "
+                f"{tgt.name} moved the golden {golden.output} by {golden.max_abs:.3g} (tolerance "
+                f"{golden.tolerance:.3g}), nothing changed: check the target's options, or `ffsplit check` "
                 "the artifact on this machine to see its parity",
-                details={"separation": separation.to_json(), "golden": golden},
+                details={"separation": separation.to_json(), "golden": golden.to_json()},
             )
         same = tgt.name == exported.name and tgt.to_json() == exported.to_json()
         record = Build(status="built", target=tgt.name, golden=golden, created=utc_now(),
                        runtime_target=None if same else tgt.to_json())
         return write_manifest(stage, m.replace(build=record, separation=separation))
-
-
-def _build_target(exported: Target, target: str | None) -> Target:
-    """What ``build`` builds for: the export's target, or ``target`` when it runs the same graph (and, for an NNCF
-    IR, has the same name); UsageError otherwise, or when it cannot run on this machine."""
-    from ffsplit.targets import load_target
-
-    tgt = exported if target is None else load_target(target)
-    differ = exported.graph_differences(tgt)
-    if differ:
-        raise UsageError(f"target '{tgt.name}' needs another graph than the one exported for '{exported.name}' "
-                         f"({'; '.join(differ)}): re-run ffsplit export --target {target}")
-    if tgt.ir_compression and tgt.name != exported.name:
-        raise UsageError(f"the NNCF IR of this artifact belongs to '{exported.name}': build it under that name")
-    require_supported(tgt)
-    return tgt
 
 
 def pack(folder: str | Path, out: str | Path, *, force: bool = False) -> Manifest:

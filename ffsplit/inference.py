@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ffsplit.errors import UsageError
 from ffsplit.pooling import Pooling, read_pooling
 from ffsplit.signature import SENTENCE_OUTPUT
+
+if TYPE_CHECKING:
+    from ffsplit.parity.generation import GenerationTimes
 
 
 class Model:
@@ -53,7 +56,7 @@ class Model:
             else Pooling(max_seq_length=max_positions)
         self.runner = runner_for(self.artifact).activate()
         self.outputs = set(onnx_signature(self.artifact.model_path)[1])
-        self.generation_times: list[Any] = []  # GenerationTimes per batch of the last generate()
+        self.generation_times: list[GenerationTimes] = []  # per batch of the last generate()
 
     def close(self) -> None:
         if self.runner.active:

@@ -9,9 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from ffsplit.tasks import TASKS
+
+
+class HasParity(Protocol):
+    """What ``limits_for`` reads of a target (``targets.Target``, a layer above): its parity tables."""
+
+    @property
+    def parity(self) -> Mapping[str, Mapping[str, float]]: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ PARITY_KEYS["fidelity"] += tuple(m for m in COMPRESSION_METRICS if m not in PARI
 
 
 def limits_for(
-    target: Any, task: str, *, exact: bool, overrides: Mapping[str, float | None] | None = None
+    target: HasParity, task: str, *, exact: bool, overrides: Mapping[str, float | None] | None = None
 ) -> dict[str, dict[str, float]]:
     """Per comparison, metric -> limit, for the metrics ``task`` has.
 

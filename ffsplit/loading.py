@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from ffsplit.errors import UsageError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from ffsplit.manifest import Source
     from ffsplit.tasks import TaskSpec
 
@@ -110,14 +112,14 @@ def model_files(path: Path) -> list[Path]:
 class LoadedModel:
     """A transformer model for one task, with its tokenizer and where it came from."""
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     path: Path
     spec: str
     task: TaskSpec
 
 
-def _load_tokenizer(spec: str, path: Path, padding_side: str, trust_remote_code: bool) -> Any:
+def _load_tokenizer(spec: str, path: Path, padding_side: str, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     """The model folder's tokenizer, padding on ``padding_side`` (a decoder's eos pads when it has no pad token);
     UsageError when the folder has none, or one that cannot be real."""
     import transformers
@@ -189,7 +191,7 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, spec=spec, task=task_spec)
 
 
-def usable_positions(model: Any, *, past: bool = False) -> int | None:
+def usable_positions(model: PreTrainedModel, *, past: bool = False) -> int | None:
     """The longest sequence (past included) a loaded model computes as trained, or None if unbounded.
 
     ``max_position_embeddings`` is not it for every family: RoBERTa's descendants

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 HALF = (torch.bfloat16, torch.float16)
 _WIDEN = "_ffsplit_widen"  # the attribute that marks a parameter computed in fp32
-_hooks: list[Any] = []
+_hooks: list[RemovableHandle] = []
 
 
 def hold_as_stored(model: nn.Module) -> bool:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ffsplit.manifest import ParityReport
+    from ffsplit.manifest import GoldenReplay, ParityReport
 
 
 def assert_parity(folder: str | Path, limits: Mapping[str, float] | None = None, *,
@@ -31,11 +31,10 @@ def assert_parity(folder: str | Path, limits: Mapping[str, float] | None = None,
     return report
 
 
-def assert_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[str, Any]:
+def assert_golden(folder: str | Path, *, tolerance: float | None = None) -> GoldenReplay:
     """``ffsplit check --golden``: the outputs saved at export, reproduced by the target's runtime."""
     from ffsplit.parity.golden import check_golden
 
     result = check_golden(folder, tolerance=tolerance)
-    assert result["passed"], (f"{folder}: golden {result['output']} moved by {result['max_abs']:.3g} "
-                              f"> {result['tolerance']:.3g}")
+    assert result.passed, f"{folder}: {result.failure()}"
     return result

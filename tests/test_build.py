@@ -3,6 +3,7 @@ guards and replays the golden outputs where the target runs, and changes nothing
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from ffsplit import api
 from ffsplit.errors import CheckFailed, UsageError
-from ffsplit.manifest import Separation
+from ffsplit.manifest import GoldenReplay, Separation
 from ffsplit.targets import gpu_present, load_target
 from tests.conftest import FAST, forge_manifest, run_cli
 
@@ -108,8 +109,8 @@ def test_a_failed_build_changes_nothing(deferred: Path, tmp_path: Path, monkeypa
 
     real = golden.replay_golden
 
-    def moved(folder: Path, runner: object, manifest: dict, *, tolerance: float | None = None) -> dict:
-        return {**real(folder, runner, manifest, tolerance=tolerance), "max_abs": 1.0, "passed": False}
+    def moved(folder: Path, runner: object, manifest: object, *, tolerance: float | None = None) -> GoldenReplay:
+        return dataclasses.replace(real(folder, runner, manifest, tolerance=tolerance), max_abs=1.0, passed=False)
 
     monkeypatch.setattr(golden, "replay_golden", moved)
     with pytest.raises(CheckFailed, match="moved the golden last_hidden_state by 1"):

@@ -16,11 +16,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ffsplit.manifest import Manifest
 from ffsplit.split.calibration import positions_from_mask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -39,7 +43,9 @@ class Timing:
         return asdict(self)
 
 
-def make_feed(tokenizer, texts: list[str], input_names: list[str], *, batch: int, sequence: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+def make_feed(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], input_names: list[str], *, batch: int, sequence: int
+) -> dict[str, np.ndarray]:
     """Real token ids, every row padded or cut to exactly ``sequence`` tokens."""
     rows = [texts[i % len(texts)] for i in range(batch)]
     # Repeat text so rows are real tokens up to the full length, not mostly padding.

@@ -16,7 +16,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ffsplit.cli import commands
 from ffsplit.cli.commands import outputs_writable
@@ -32,7 +32,7 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _on_unraisable(hook: Any) -> None:
+def _on_unraisable(hook: sys.UnraisableHookArgs) -> None:
     """A Ctrl-C or SIGTERM whose KeyboardInterrupt was raised inside a finaliser (``__del__``, run by the
     garbage collector) is swallowed there, and the export went on: deliver it again a moment later, from
     another thread (delivered at once, it would land in this hook and be swallowed too; swallowed again, it

@@ -141,12 +141,10 @@ def _check_golden(a: argparse.Namespace) -> int:
     if a.tolerance is not None:
         bounds.require_float("--tolerance", a.tolerance, 0.0, 1e6)
     result = check_golden(a.dir, tolerance=a.tolerance)
-    print(f"golden {result['output']} on {result['target']}: max abs {result['max_abs']:.3g} "
-          f"(tolerance {result['tolerance']:.3g}, {result['rows']} texts): {'pass' if result['passed'] else 'FAIL'}")
-    write_json(a.json, result)
-    if not result["passed"]:
-        print(f"ffsplit: check failed: golden {result['output']} moved by {result['max_abs']:.3g} > "
-              f"{result['tolerance']:.3g}", file=sys.stderr)
+    print(result.summary())
+    write_json(a.json, result.to_json())
+    if not result.passed:
+        print(f"ffsplit: check failed: {result.failure()}", file=sys.stderr)
         return 1
     return 0
 
@@ -205,10 +203,10 @@ def cmd_build(a: argparse.Namespace) -> int:
     except CheckFailed as exc:
         write_json(a.json, {**(exc.details or {}), "passed": False, "error": str(exc)})
         raise
-    b, g = m.built, m.built.golden or {}
+    b = m.built
     print(f"branch separation in what {b.target} runs: pass ({m.separation.graph if m.separation else 'not run'})")
-    print(f"golden {g['output']} on {b.target}: max abs {g['max_abs']:.3g} (tolerance {g['tolerance']:.3g}, "
-          f"{g['rows']} texts): pass")
+    if b.golden is not None:
+        print(b.golden.summary())
     print(f"built {b.target} in {Path(a.dir).resolve()}")
     write_json(a.json, {**m.to_json(), "passed": True})
     return 0

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from ffsplit.manifest import Budget, LayerPlan, Manifest
+    from ffsplit.parity.layers import ProbeResult
 
 
 def log(msg: str) -> None:
@@ -111,7 +112,7 @@ def weight_range_line(tgt: Mapping[str, Any], layers: Sequence[LayerPlan]) -> st
     return "int8 weights: within +-64, safe on CPUs without VNNI (on one with VNNI, int8_weight_range = \"full\" is more accurate)"
 
 
-def print_layers(results: list[Any]) -> bool:
+def print_layers(results: list[ProbeResult]) -> bool:
     """Print the per-module table and the first divergence; True when one crossed its tolerance."""
     from ffsplit.parity.layers import first_failure
 

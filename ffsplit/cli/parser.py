@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from ffsplit import __version__
 from ffsplit.cli.output import printable
 from ffsplit.tasks import TASKS
+
+if TYPE_CHECKING:
+    # what ``add_subparsers`` returns, to which each verb's parser is added (typeshed's name for it)
+    from argparse import _SubParsersAction as Subparsers
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_export(sub: Any) -> None:
+def _add_export(sub: Subparsers) -> None:
     e = sub.add_parser("export", help="profile, split, export to ONNX, build for a target and check parity")
     e.add_argument("model", help="a local Hugging Face model folder, or an alias: minilm")
     e.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
@@ -95,12 +99,12 @@ def _add_export(sub: Any) -> None:
     e.add_argument("--json", help="also write the manifest to this file")
 
 
-def _add_artifact_verbs(sub: Any) -> None:
+def _add_artifact_verbs(sub: Subparsers) -> None:
     _add_checks(sub)
     _add_deployment(sub)
 
 
-def _add_checks(sub: Any) -> None:
+def _add_checks(sub: Subparsers) -> None:
     """The verbs that re-run or measure an output folder: check, debug, bench, inspect."""
     c = sub.add_parser("check", help="re-run the separation guard and three-way parity of an output folder")
     c.add_argument("dir")
@@ -145,7 +149,7 @@ def _add_checks(sub: Any) -> None:
                    "(without FILE: print it)")
 
 
-def _add_deployment(sub: Any) -> None:
+def _add_deployment(sub: Subparsers) -> None:
     """The verbs that build, copy or serve an output folder: build, pack, triton, serve."""
     bd = sub.add_parser("build", help="build an output folder's runtime on this machine (e.g. the GPU one), guard it "
                         "and replay its golden outputs")

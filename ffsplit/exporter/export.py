@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx
 import onnx_ir as ir
@@ -23,10 +23,16 @@ import torch
 from torch import nn
 
 from ffsplit.errors import UsageError
+from ffsplit.exporter.wrappers import PastWrapper, TaskWrapper, kv_shape
 from ffsplit.pooling import Pooling
 from ffsplit.signature import INPUT_ORDER, SENTENCE_OUTPUT, past_names
 from ffsplit.split.calibration import positions_from_mask
 from ffsplit.tasks import TASKS, TaskSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ffsplit.residency import Placeholders
 
 # Module path prefix the wrapper adds in front of the model's own paths.
 WRAPPER_PREFIX = "model."
@@ -37,95 +43,6 @@ EXTERNAL_DATA_THRESHOLD = 128_000_000
 SAVE_IN_FLIGHT_BYTES = 64 << 20
 
 
-
-
-def pooled(hidden: torch.Tensor, mask: torch.Tensor, modes: tuple[str, ...], normalize: bool) -> torch.Tensor:
-    """sentence-transformers' Pooling (then Normalize) in torch, so the graph carries the embedding users want."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    parts = []
-    for mode in modes:
-        if mode == "cls":
-            parts.append(hidden[:, 0])
-        elif mode == "max":
-            parts.append(torch.where(m > 0, hidden, torch.full_like(hidden, -1e9)).amax(1))
-        elif mode in ("mean", "mean_sqrt_len_tokens"):
-            count = m.sum(1).clamp(min=1e-9)
-            parts.append((hidden * m).sum(1) / (count if mode == "mean" else count.sqrt()))
-        elif mode == "lasttoken":
-            last = (mask.sum(1) - 1).clamp(min=0)
-            parts.append(hidden[torch.arange(hidden.shape[0]), last])
-        else:
-            raise UsageError(f"pooling '{mode}' cannot be put in the graph")
-    out = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-    return torch.nn.functional.normalize(out, dim=-1) if normalize else out
-
-
-class TaskWrapper(nn.Module):
-    """Model -> the task's output (and, given ``pooling``, the pooled ``sentence_embedding`` after it),
-    taking exactly ``names`` as positional tensor inputs.
-
-    The forward signature is set per instance so torch.export binds each input by name.
-    """
-
-    def __init__(self, model: nn.Module, task: TaskSpec, names: list[str], pooling: Pooling | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.output = task.output
-        self.names = list(names)
-
-        def forward(*args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-            kwargs = dict(zip(self.names, args, strict=True))
-            if task.decoder:
-                kwargs["use_cache"] = False  # this graph has no KV cache outputs
-            out = getattr(self.model(**kwargs), self.output)
-            if pooling is None:
-                return out
-            return out, pooled(out, kwargs["attention_mask"], pooling.modes, pooling.normalize)
-
-        forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in self.names]
-        )
-        self.forward = forward  # type: ignore[method-assign]
-
-
-class PastWrapper(nn.Module):
-    """Causal LM with a KV cache as flat tensors, for one graph that serves prefill and decode.
-
-    Inputs: input_ids, attention_mask (past + new tokens), position_ids, then
-    ``past_key_values.<i>.key`` / ``.value`` of shape (batch, kv_heads, past, head_dim),
-    empty (past 0) for the prefill. Outputs: logits, then ``present.<i>.key`` / ``.value``
-    holding past + new positions.
-    """
-
-    def __init__(self, model: nn.Module, layers: int) -> None:
-        super().__init__()
-        self.model = model
-        self.layers = layers
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(
-            ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.layers)], config=self.model.config
-        )
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=cache, use_cache=True,
-        )
-        flat: list[torch.Tensor] = []
-        for layer in out.past_key_values.layers:
-            flat += [layer.keys, layer.values]
-        return (out.logits, *flat)
-
-
-def kv_shape(model: nn.Module) -> tuple[int, int, int]:
-    """(layers, kv_heads, head_dim) of a causal LM's cache, read off one tiny forward."""
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([[1, 2]]), use_cache=True)
-    layers = out.past_key_values.layers
-    return len(layers), int(layers[0].keys.shape[1]), int(layers[0].keys.shape[3])
 
 
 def _dims(model: nn.Module, past: bool) -> tuple[torch.export.Dim, torch.export.Dim, torch.export.Dim]:
@@ -146,7 +63,7 @@ def _dims(model: nn.Module, past: bool) -> tuple[torch.export.Dim, torch.export.
     )
 
 
-def _export_with_past(model: nn.Module, tokenizer, opset: int | None) -> ir.Model:  # noqa: ANN001
+def _export_with_past(model: nn.Module, tokenizer: PreTrainedTokenizerBase, opset: int | None) -> ir.Model:
     layers, heads, dim = kv_shape(model)
     past_in, present_out = past_names(layers)
     # Traced with past 4 and 3 new tokens (no axis of size 0 or 1, which torch.export
@@ -187,7 +104,7 @@ def _capture(wrapper: nn.Module, args: tuple[torch.Tensor, ...], *, opset: int |
     return program.model
 
 
-def bind_weights(model: ir.Model, values: Any) -> int:
+def bind_weights(model: ir.Model, values: Placeholders) -> int:
     """Give each initializer named in ``values`` (``residency.Placeholders``: parameter path -> its fp32
     torch tensor, computed on demand) its real value, lazily; the number bound. A weight left pointing at
     a placeholder (named in a way ``values`` does not know) is a bug, caught here rather than shipped."""
@@ -208,7 +125,7 @@ def bind_weights(model: ir.Model, values: Any) -> int:
     return bound
 
 
-def input_names_for(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  # noqa: ANN001
+def input_names_for(tokenizer: PreTrainedTokenizerBase, model: nn.Module, task: TaskSpec) -> list[str]:
     produced = set(tokenizer.model_input_names) | ({"position_ids"} if task.position_ids else set())
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in INPUT_ORDER if n in produced and n in accepted]
@@ -217,7 +134,7 @@ def input_names_for(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  
     return names
 
 
-def graph_input_names(tokenizer, model: nn.Module, task: TaskSpec) -> list[str]:  # noqa: ANN001
+def graph_input_names(tokenizer: PreTrainedTokenizerBase, model: nn.Module, task: TaskSpec) -> list[str]:
     """The token inputs the exported graph will take (a KV-cache graph's cache inputs aside), known before
     the export: torch is run on exactly these when its outputs are recorded for parity."""
     if task.past:
@@ -287,7 +204,7 @@ def quiet_exporter() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
-def sample_inputs(tokenizer, names: list[str]) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def sample_inputs(tokenizer: PreTrainedTokenizerBase, names: list[str]) -> dict[str, torch.Tensor]:
     # Two rows of different length so the padded one exercises the mask; no
     # axis of size 0 or 1, which torch.export would specialise.
     enc = dict(tokenizer(
@@ -319,11 +236,11 @@ class CaptureStrategy:
     name: ClassVar[str]
     kv_cache: ClassVar[bool]  # whether it can capture a KV-cache graph (causal-lm-with-past)
 
-    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
+    def capture(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
         raise NotImplementedError
 
     @staticmethod
-    def _wrapped(model: nn.Module, tokenizer: Any, spec: TaskSpec, pooling: Pooling | None) -> tuple[TaskWrapper, list[str], list[str]]:
+    def _wrapped(model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, pooling: Pooling | None) -> tuple[TaskWrapper, list[str], list[str]]:
         """The task wrapper, its input names and its output names."""
         names = input_names_for(tokenizer, model, spec)
         outputs = [spec.output] + ([SENTENCE_OUTPUT] if pooling is not None else [])
@@ -336,7 +253,7 @@ class DynamoCapture(CaptureStrategy):
     name = "dynamo"
     kv_cache = True
 
-    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
+    def capture(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
         if spec.past:
             return _export_with_past(model, tokenizer, opset)
         wrapper, names, outputs = self._wrapped(model, tokenizer, spec, pooling)
@@ -351,7 +268,7 @@ class TorchScriptCapture(CaptureStrategy):
     name = "torchscript"
     kv_cache = False
 
-    def capture(self, model: nn.Module, tokenizer: Any, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
+    def capture(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, *, pooling: Pooling | None, opset: int | None) -> ir.Model:
         from ffsplit.residency import materialised
 
         wrapper, names, outputs = self._wrapped(model, tokenizer, spec, pooling)
@@ -365,7 +282,7 @@ EXPORTERS = tuple(STRATEGIES)
 
 
 def export_program(
-    model: nn.Module, tokenizer, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo",  # noqa: ANN001
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: TaskSpec | str = "feature-extraction", *, exporter: str = "dynamo",
     pooling: Pooling | None = None, opset: int | None = None,
 ) -> ir.Model:
     """Export ``model`` for ``task`` with the capture strategy named ``exporter``; returns the in-memory ONNX IR

@@ -12,12 +12,11 @@ failure) when given the precisions the target asked for.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassError, PassResult
 
-from ffsplit.graph_passes.precision import MATMUL_OPS, realized_precision
+from ffsplit.graph_passes.precision import MATMUL_OPS, LayerRecord, realized_precision
 from ffsplit.graph_passes.tag_branches_pass import node_tags
 from ffsplit.manifest import LayerPlan
 
@@ -43,20 +42,6 @@ def expected_matmuls(plans: Sequence[LayerPlan]) -> dict[int, dict[str, int]]:
     """
     return {p.layer: {"heavy": p.projections, "light": 2 * p.projections if p.lowrank else p.projections}
             for p in plans}
-
-
-@dataclass(frozen=True)
-class LayerRecord:
-    """One matrix multiply of a runtime's executed graph: what the guard reads.
-
-    ``tags`` holds every (layer, branch) the runtime's node was built from;
-    more than one means the runtime merged them into one kernel.
-    """
-
-    name: str
-    op_type: str
-    tags: tuple[tuple[int, str], ...]
-    precision: str
 
 
 def records_from_onnx(model: ir.Model) -> list[LayerRecord]:

@@ -157,6 +157,20 @@ def realized_precision(node: ir.Node) -> str:
     return "unknown"
 
 
+@dataclass(frozen=True)
+class LayerRecord:
+    """One matrix multiply of a runtime's executed graph: what the guard reads.
+
+    ``tags`` holds every (layer, branch) the runtime's node was built from;
+    more than one means the runtime merged them into one kernel.
+    """
+
+    name: str
+    op_type: str
+    tags: tuple[tuple[int, str], ...]
+    precision: str
+
+
 def branch_summary(model: ir.Model) -> dict[int, dict[str, dict[str, Any]]]:
     """Per layer and branch: how many nodes of each op type, and the precisions its multiplies realise."""
     from ffsplit.graph_passes.tag_branches_pass import node_tags
@@ -177,7 +191,7 @@ def branch_summary(model: ir.Model) -> dict[int, dict[str, dict[str, Any]]]:
     return {k: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], 3))) for k, v in sorted(out.items())}
 
 
-def records_summary(records: list[Any]) -> dict[int, dict[str, dict[str, Any]]]:
+def records_summary(records: list[LayerRecord]) -> dict[int, dict[str, dict[str, Any]]]:
     """Like ``branch_summary``, from a runtime's layer records (its multiplies only)."""
     out: dict[int, dict[str, dict[str, Any]]] = {}
     for rec in records:

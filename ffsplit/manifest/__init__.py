@@ -20,6 +20,7 @@ from ffsplit.manifest.records import (
     Comparison,
     Evaluation,
     Exporter,
+    GoldenReplay,
     GraphPass,
     LayerPlan,
     Limits,
@@ -36,7 +37,7 @@ from ffsplit.manifest.records import (
 
 __all__ = [
     "FORMAT", "LOCAL_SOURCE_KEYS", "POST_EXPORT_KEYS", "Attempt", "Budget", "BudgetLayer", "Build", "Calibration",
-    "Checks", "Comparison", "Evaluation", "Exporter", "GraphPass", "LayerPlan", "Limits", "Manifest", "Memory",
+    "Checks", "Comparison", "Evaluation", "Exporter", "GoldenReplay", "GraphPass", "LayerPlan", "Limits", "Manifest", "Memory",
     "Packed", "ParityReport", "Params", "PooledCheck", "Recipe", "Run", "Separation", "Source", "embedded_view",
     "layer_totals", "manifest_problems",
 ]

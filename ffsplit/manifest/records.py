@@ -334,6 +334,26 @@ class Packed(Record):
 
 
 @dataclass(frozen=True)
+class GoldenReplay(Record):
+    """The golden inputs saved at export, run again on a target (``check --golden``, ``ffsplit build``): how far
+    the runtime moved the golden output."""
+
+    output: str = bound(text(200))
+    target: str = bound(text(100, NAME))
+    max_abs: float = bound(number(0.0))
+    tolerance: float = bound(number(0.0))
+    rows: int = bound(integer(1, BIG))
+    passed: bool = bound(boolean)
+
+    def summary(self) -> str:
+        return (f"golden {self.output} on {self.target}: max abs {self.max_abs:.3g} (tolerance {self.tolerance:.3g}, "
+                f"{self.rows} texts): {'pass' if self.passed else 'FAIL'}")
+
+    def failure(self) -> str:
+        return f"golden {self.output} moved by {self.max_abs:.3g} > {self.tolerance:.3g}"
+
+
+@dataclass(frozen=True)
 class Build(Record):
     """Whether the artifact's runtime was built and guarded (at export, or later by ``ffsplit build``), and for
     which target."""
@@ -344,7 +364,7 @@ class Build(Record):
     # a target of the same graph that `ffsplit build` used (its full schema is ffsplit.targets')
     runtime_target: Mapping[str, Any] | None = bound(optional(table({"name": text(100, NAME)})), default=None)
     checked_on: str | None = bound(optional(text(200)), default=None)  # the CPU stand-in parity ran on
-    golden: Mapping[str, Any] | None = bound(optional(_FREE), default=None)  # `ffsplit build`'s replay
+    golden: GoldenReplay | None = nested(GoldenReplay, default=None)  # `ffsplit build`'s replay
     created: str | None = bound(optional(text(64)), default=None)
 
     @property
@@ -354,6 +374,6 @@ class Build(Record):
 
 __all__ = [
     "BIG", "NAME", "Attempt", "Budget", "BudgetLayer", "Build", "Calibration", "Checks", "Comparison", "Evaluation",
-    "Exporter", "GraphPass", "LayerPlan", "Limits", "Memory", "Packed", "ParityReport", "Params", "PooledCheck",
+    "Exporter", "GoldenReplay", "GraphPass", "LayerPlan", "Limits", "Memory", "Packed", "ParityReport", "Params", "PooledCheck",
     "Recipe", "Run", "Separation", "Source",
 ]

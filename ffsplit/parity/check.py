@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from ffsplit.split.calibration import encode_batches, model_inputs, positions_fr
 from ffsplit.tasks import TaskSpec
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ffsplit.parity.metrics import Scores
     from ffsplit.runtimes.base import Runner
 
 __all__ = [
@@ -50,7 +53,7 @@ def torch_output(
     return getattr(out, task.output).float().numpy()
 
 
-def run_torch(model: torch.nn.Module, tokenizer, texts: list[str], task: TaskSpec, *, batch_size: int, max_length: int) -> Outputs:  # noqa: ANN001
+def run_torch(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], task: TaskSpec, *, batch_size: int, max_length: int) -> Outputs:
     """Keep every output (for scripts and tests on small data)."""
     outs, batches = [], []
     for batch in encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
@@ -74,7 +77,7 @@ def edge_length(max_positions: int, logits_width: int | None = None) -> int:
     return longest
 
 
-def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None,  # noqa: ANN001
+def edge_batches(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, max_positions: int | None,
                  logits_width: int | None = None) -> list[dict[str, torch.Tensor]]:
     """Inputs at the ends of the range: sequence length 1, and the longest length the model allows
     (``edge_length``: bounded, and bounded by the logits' width for a language model)."""
@@ -98,7 +101,7 @@ def edge_batches(tokenizer, texts: list[str], *, max_positions: int | None,  # n
 
 
 def parity_batches(
-    tokenizer, texts: list[str], task: TaskSpec, *, batch_size: int, max_length: int,  # noqa: ANN001
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], task: TaskSpec, *, batch_size: int, max_length: int,
     max_positions: int | None,
 ) -> list[dict[str, torch.Tensor]]:
     """What parity runs every model on: the texts in padded batches, then a sequence-1 batch and one at the
@@ -108,7 +111,7 @@ def parity_batches(
     return batches + edge_batches(tokenizer, texts, max_positions=max_positions, logits_width=width)
 
 
-def generation_prompts(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def generation_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The prompts a KV-cache check generates from: (input_ids, attention_mask)."""
     prompts = next(encode_batches(tokenizer, texts[:4], batch_size=4, max_length=16))
     return prompts["input_ids"].numpy(), prompts["attention_mask"].numpy()
@@ -226,7 +229,7 @@ def _reader(source: Source, i: int, batch: dict[str, torch.Tensor]) -> Callable[
 
 def compare_three(
     original: torch.nn.Module | RecordedOutputs, split: torch.nn.Module | RecordedOutputs, runner: Runner,
-    tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], task: TaskSpec,
     *, batch_size: int, max_length: int, max_positions: int | None = None, generate_tokens: int = 32,
     progress: bool = False, on_runtime: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -263,7 +266,7 @@ def compare_three(
     return results
 
 
-def _compare_batch(accs: dict[str, Any], pairs: Mapping[str, tuple[str, str]],
+def _compare_batch(accs: dict[str, Scores], pairs: Mapping[str, tuple[str, str]],
                    outputs: dict[str, Callable[[], np.ndarray]], batch: dict[str, np.ndarray]) -> None:
     """Every pair on one batch, in order, holding at most two sources' outputs at once: at the longest batch a
     decoder's logits are 0.5 GB each (2 x 2,048 positions x 32,000), and a recorded output is read again
@@ -282,7 +285,7 @@ REFERENCE = "original torch"  # runtime_accuracy's reference, under a name no ru
 
 
 def runtime_accuracy(
-    original: torch.nn.Module, runners: Mapping[str, Runner], tokenizer, texts: list[str], task: TaskSpec,  # noqa: ANN001
+    original: torch.nn.Module, runners: Mapping[str, Runner], tokenizer: PreTrainedTokenizerBase, texts: list[str], task: TaskSpec,
     *, batch_size: int, max_length: int,
 ) -> dict[str, dict[str, float]]:
     """Each runner's task metrics against the original torch model on ``texts`` in padded batches: what

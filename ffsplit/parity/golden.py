@@ -10,12 +10,13 @@ last position's logits, which is what generation reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ffsplit.artifact import GOLDEN_FILE, holds_folder
 from ffsplit.errors import CheckFailed, UsageError
+from ffsplit.manifest import GoldenReplay
 
 if TYPE_CHECKING:
     from ffsplit.manifest import Manifest
@@ -100,8 +101,8 @@ def _check_feed(feed: dict[str, np.ndarray], folder: Path, manifest: Manifest) -
 
 
 @holds_folder
-def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[str, Any]:
-    """Re-run the golden inputs on the artifact's target: the JSON-ready result, ``passed`` false when the
+def check_golden(folder: str | Path, *, tolerance: float | None = None) -> GoldenReplay:
+    """Re-run the golden inputs on the artifact's target: ``passed`` false when the
     output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its
     shape changed."""
     from ffsplit import bounds
@@ -117,7 +118,7 @@ def check_golden(folder: str | Path, *, tolerance: float | None = None) -> dict[
         return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
 
 
-def replay_golden(folder: Path, runner: Runner, manifest: Manifest, *, tolerance: float | None = None) -> dict[str, Any]:
+def replay_golden(folder: Path, runner: Runner, manifest: Manifest, *, tolerance: float | None = None) -> GoldenReplay:
     """Run the golden inputs of the artifact in ``folder`` through an active ``runner`` and compare (see
     ``check_golden``). The feed is rebuilt by the runner from the token inputs, so a runtime with its own
     prefill form (TensorRT's one masked past slot) replays what another runtime recorded."""
@@ -135,5 +136,5 @@ def replay_golden(folder: Path, runner: Runner, manifest: Manifest, *, tolerance
     if not want.size:  # an empty comparison proves nothing: it fails
         raise CheckFailed(f"{GOLDEN_FILE} holds no golden rows, so nothing was compared: re-run ffsplit export")
     max_abs = float(np.abs(got.astype(np.float64) - want).max())
-    return {"passed": max_abs <= tol, "output": name, "max_abs": max_abs, "tolerance": tol,
-            "rows": int(want.shape[0]), "target": runner.target.name}
+    return GoldenReplay(output=name, target=runner.target.name, max_abs=max_abs, tolerance=tol,
+                        rows=int(want.shape[0]), passed=max_abs <= tol)

@@ -165,11 +165,11 @@ def _capture(model: torch.nn.Module, paths: list[str]) -> tuple[Any, list[Any]]:
 
 
 def compare_layers(
-    split: torch.nn.Module, model: ir.Model, runner_for: Callable[[Path], Runner], batch: dict[str, torch.Tensor],
-    run_torch: Any,
+    split: torch.nn.Module, model: ir.Model, runner_at: Callable[[Path], Runner], batch: dict[str, torch.Tensor],
+    run_torch: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
     *, split_modules: Mapping[str, int], prefix: str, tolerance: float,
 ) -> list[ProbeResult]:
-    """Compare every probe on one batch; ``runner_for(path)`` gives an activated runner for an ONNX file."""
+    """Compare every probe on one batch; ``runner_at(path)`` gives an activated runner for an ONNX file."""
     from ffsplit.exporter import save_model
 
     probes = find_probes(model, split_modules, prefix)
@@ -178,7 +178,7 @@ def compare_layers(
     with tempfile.TemporaryDirectory(prefix="ffsplit-debug-") as tmp:
         path = Path(tmp) / "probed.onnx"
         save_model(probed_model(model, probes), path)
-        runner = runner_for(path)
+        runner = runner_at(path)
         try:
             outs = runner.infer(runner.feed_from({k: v.numpy() for k, v in batch.items()}))
         finally:

@@ -179,7 +179,11 @@ SCORES: dict[str, type[HiddenStateMetrics | ClassificationMetrics | CausalLMMetr
 }
 
 
-def metrics_for(task: str) -> HiddenStateMetrics | ClassificationMetrics | CausalLMMetrics:
+# what ``metrics_for`` gives: one accumulator of a task's metrics
+Scores = HiddenStateMetrics | ClassificationMetrics | CausalLMMetrics
+
+
+def metrics_for(task: str) -> Scores:
     """A fresh accumulator of ``task``'s metrics."""
     return SCORES[TASKS[task].scores]()
 

@@ -36,10 +36,12 @@ from ffsplit.runtimes.records import records_from_layers
 from ffsplit.signature import is_past
 
 if TYPE_CHECKING:
+    import openvino as ov
+
     from ffsplit.graph_passes import LayerRecord
 
 
-def runtime_layers(compiled: Any) -> list[dict[str, str]]:
+def runtime_layers(compiled: ov.CompiledModel) -> list[dict[str, str]]:
     """Every layer of a compiled model's runtime graph: name, type, precision and original ONNX nodes."""
     rows = []
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -59,7 +61,7 @@ def runtime_layers(compiled: Any) -> list[dict[str, str]]:
 class Compiled:
     """What OpenVINO built: the compiled model, and whether it keeps a KV cache of its own (a stateful IR)."""
 
-    model: Any  # openvino.CompiledModel
+    model: ov.CompiledModel
     stateful: bool
 
 
@@ -100,7 +102,7 @@ class OpenVinoRunner(Runner[Compiled]):
 
     def __init__(self, loader: CompiledFromFile) -> None:
         super().__init__(loader)
-        self.compiled: Any = None  # openvino.CompiledModel
+        self.compiled: ov.CompiledModel | None = None
         self.stateful = False
         self.cached = 0  # tokens in a stateful request's cache
 

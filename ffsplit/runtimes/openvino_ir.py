@@ -33,6 +33,9 @@ from ffsplit.resources import runtime_writes
 from ffsplit.signature import is_past, present_for
 
 if TYPE_CHECKING:
+    import openvino as ov
+    from transformers import PreTrainedTokenizerBase
+
     from ffsplit.targets import Target
 
 # a stateful IR's input choosing, per sequence of the batch, whose cache it continues (optimum-intel's name)
@@ -44,7 +47,7 @@ def ir_path(onnx_path: Path, target: Target) -> Path:
     return Path(onnx_path).parent / RUNTIME_DIR / target.name / IR_FILE
 
 
-def weight_storage(target: Target, model: Any) -> str | None:
+def weight_storage(target: Target, model: ov.Model) -> str | None:
     """"bf16" / "fp16" when NNCF compresses model.onnx's weights into an int4 IR for ``target`` and the torch
     ``model`` holds every float weight matrix in that type: the graph then stores those weights so, exactly
     (``StoreWeightsHalfPass``), and NNCF reads the stored size rather than the fp32 graph's twice that. None
@@ -54,7 +57,7 @@ def weight_storage(target: Target, model: Any) -> str | None:
     return half_storage(model) if target.ir_compression == "int4" else None
 
 
-def branch_nodes(model: Any, branch: str) -> list[str]:
+def branch_nodes(model: ov.Model, branch: str) -> list[str]:
     """Friendly names of one branch's MatMuls (``heavy`` or ``light``) in a converted model, from their tags."""
     from ffsplit.graph_passes.tag_branches_pass import tags_in
 
@@ -68,12 +71,12 @@ def branch_nodes(model: Any, branch: str) -> list[str]:
     return out
 
 
-def heavy_nodes(model: Any) -> list[str]:
+def heavy_nodes(model: ov.Model) -> list[str]:
     """Friendly names of the heavy-branch MatMuls of a converted model, from their tags."""
     return branch_nodes(model, "heavy")
 
 
-def quantize_int8(model: Any, target: Target, feeds: list[dict[str, np.ndarray]], *, keep_heavy: bool = True) -> Any:
+def quantize_int8(model: ov.Model, target: Target, feeds: list[dict[str, np.ndarray]], *, keep_heavy: bool = True) -> ov.Model:
     """NNCF static int8 of ``model`` calibrated on ``feeds`` (one tokenised text each).
 
     With ``keep_heavy`` the heavy-branch MatMuls are in NNCF's ignored scope (fp32); without it NNCF
@@ -93,7 +96,7 @@ def quantize_int8(model: Any, target: Target, feeds: list[dict[str, np.ndarray]]
     )
 
 
-def compress_int4(model: Any, target: Target, feeds: list[dict[str, np.ndarray]] | None) -> Any:
+def compress_int4(model: ov.Model, target: Target, feeds: list[dict[str, np.ndarray]] | None) -> ov.Model:
     """NNCF int4 weight compression of every multiply but the heavy branch's, as ``target.nncf`` says.
 
     ``feeds`` calibrate AWQ and scale estimation (None when the target asks for neither). A multiply
@@ -131,7 +134,7 @@ def _group_fallback() -> Any:
                                          min_adjusted_group_size=16)
 
 
-def _compress_light(model: Any, target: Target, light: set[str]) -> Any:
+def _compress_light(model: ov.Model, target: Target, light: set[str]) -> ov.Model:
     """The light branch's multiplies alone compressed in the target's int4 mode with their own group size
     (``light_group_size``; -1: one scale per output channel), data-free: the heavy hitters, kept int8, carry
     what a coarser grid would lose. Every other multiply is left to the main pass."""
@@ -147,7 +150,7 @@ def _compress_light(model: Any, target: Target, light: set[str]) -> Any:
     )
 
 
-def stateful(model: Any) -> Any:
+def stateful(model: ov.Model) -> ov.Model:
     """``model`` with its KV cache turned into OpenVINO variables (a new model), or ``model`` itself when it
     has none.
 
@@ -198,7 +201,7 @@ def stateful(model: Any) -> Any:
 
 
 def build_ir(
-    onnx_path: Path, target: Target, tokenizer: Any, texts: list[str], max_length: int, *, keep_heavy: bool = True
+    onnx_path: Path, target: Target, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, *, keep_heavy: bool = True
 ) -> Path:
     """The target's OpenVINO IR for ``onnx_path`` (static int8 or int4 weights, per the target), stateful
     when the graph has a KV cache; its path (``ir_path``)."""

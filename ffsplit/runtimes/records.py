@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.artifact import parse_json, read_utf8
 from ffsplit.errors import UsageError
+
+if TYPE_CHECKING:
+    from ffsplit.graph_passes import LayerRecord
 
 # OpenVINO CPU layer types that multiply by a weight matrix.
 OPENVINO_MATMULS = frozenset({"FullyConnected", "MatMul", "Gemm", "FullyConnectedCompressed"})
@@ -31,7 +34,7 @@ def inspector_precision(datatype: str) -> str:
     return next((name for word, name in _DATATYPES if word in text), "unknown")
 
 
-def records_from_layers(rows: list[dict[str, str]]) -> list[Any]:
+def records_from_layers(rows: list[dict[str, str]]) -> list[LayerRecord]:
     """The guard's records from an OpenVINO runtime layer list."""
     from ffsplit.graph_passes import LayerRecord
     from ffsplit.graph_passes.tag_branches_pass import tags_in
@@ -47,7 +50,7 @@ def records_from_layers(rows: list[dict[str, str]]) -> list[Any]:
     return out
 
 
-def records_from_inspector(info: str | Mapping[str, Any]) -> list[Any]:
+def records_from_inspector(info: str | Mapping[str, Any]) -> list[LayerRecord]:
     """The guard's records from the engine inspector's JSON (``LayerInformationFormat.JSON``, detailed).
 
     A layer's name joins the ONNX nodes TensorRT fused into it (``a + b``);
@@ -71,7 +74,7 @@ def records_from_inspector(info: str | Mapping[str, Any]) -> list[Any]:
     return out
 
 
-def records_from_file(path: Path) -> list[Any]:
+def records_from_file(path: Path) -> list[LayerRecord]:
     """Guard records from a runtime's saved layer list: OpenVINO's rows or TensorRT's inspector JSON."""
     if path.stat().st_size > 256 << 20:
         raise UsageError(f"{path} is larger than any layer list ffsplit writes")

@@ -19,9 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ffsplit.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 # Modules spread over many topics; a fixed list keeps the corpus stable.
 STDLIB_MODULES: tuple[str, ...] = (
@@ -203,7 +208,9 @@ def corpus_digest(texts: list[str]) -> str:
     return h.hexdigest()
 
 
-def encode_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: int):  # noqa: ANN001, ANN201
+def encode_batches(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], *, batch_size: int, max_length: int
+) -> Iterator[dict[str, torch.Tensor]]:
     """Yield padded batches (dict of int64 tensors) in the order of ``texts``, with position_ids.
 
     Positions count real tokens only (``cumsum(mask) - 1``), so a left-padded
@@ -216,7 +223,9 @@ def encode_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: 
         yield batch
 
 
-def calibration_feeds(tokenizer, texts: list[str], *, max_length: int, names: set[str]) -> list[dict]:  # noqa: ANN001
+def calibration_feeds(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], *, max_length: int, names: set[str]
+) -> list[dict[str, np.ndarray]]:
     """One graph feed (numpy int64) per text, at its own length: what a static quantiser calibrates on."""
     feeds = []
     for batch in encode_batches(tokenizer, texts, batch_size=1, max_length=max_length):
@@ -224,7 +233,11 @@ def calibration_feeds(tokenizer, texts: list[str], *, max_length: int, names: se
     return feeds
 
 
-def positions_from_mask(mask):  # noqa: ANN001, ANN201
+# torch or numpy: the one position rule serves both
+ArrayT = TypeVar("ArrayT", "torch.Tensor", "np.ndarray")
+
+
+def positions_from_mask(mask: ArrayT) -> ArrayT:
     """Position ids counting real tokens only, ``cumsum(mask) - 1`` floored at 0 (torch or numpy).
 
     The one rule torch references, exported graphs, the runtime's generation loop
@@ -233,7 +246,9 @@ def positions_from_mask(mask):  # noqa: ANN001, ANN201
     return (mask.cumsum(-1) - 1).clip(min=0)
 
 
-def model_inputs(model, batch: dict, *, position_ids: bool) -> dict:  # noqa: ANN001
+def model_inputs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, position_ids: bool
+) -> dict[str, torch.Tensor]:
     """The entries of ``batch`` that ``model.forward`` takes (position_ids only when the task uses them)."""
     accepted = set(inspect.signature(model.forward).parameters)
     return {k: v for k, v in batch.items() if k in accepted and (k != "position_ids" or position_ids)}

@@ -10,12 +10,16 @@ activation-aware low-rank compressor whitens with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from ffsplit.split.calibration import encode_batches, model_inputs
 from ffsplit.split.ffn_adapter import FFNAdapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -80,7 +84,7 @@ class _Sums:
 def profile_model(
     model: torch.nn.Module,
     adapter: type[FFNAdapter],
-    tokenizer,  # noqa: ANN001
+    tokenizer: PreTrainedTokenizerBase,
     texts: list[str],
     *,
     batch_size: int = 16,
@@ -122,7 +126,7 @@ def profile_model(
 
 @torch.no_grad()
 def input_absmax(
-    model: torch.nn.Module, modules: list[str], tokenizer, texts: list[str], *,  # noqa: ANN001
+    model: torch.nn.Module, modules: list[str], tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
     batch_size: int = 16, max_length: int = 128, position_ids: bool = False,
 ) -> dict[str, float]:
     """The largest |input| each module sees over the calibration tokens (padding excluded).

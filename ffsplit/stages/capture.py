@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ffsplit.errors import UsageError
 from ffsplit.plan import ExportPlan
@@ -18,6 +18,7 @@ from ffsplit.plan import ExportPlan
 if TYPE_CHECKING:
     import onnx_ir as ir
     import torch
+    from transformers import PreTrainedTokenizerBase
 
     from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.manifest import LayerPlan, Manifest
@@ -37,7 +38,7 @@ class Captured:
         return "" if self.error is None else f"export: {describe_failure(self.error)}"
 
 
-def capture(plan: ExportPlan, model: torch.nn.Module, tokenizer: Any, exporter: str) -> Captured:
+def capture(plan: ExportPlan, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, exporter: str) -> Captured:
     from ffsplit.exporter import export_program
 
     try:

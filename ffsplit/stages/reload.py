@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ffsplit.artifact import SPLIT_WEIGHTS, Artifact
 from ffsplit.errors import CheckFailed, UsageError
@@ -97,7 +97,7 @@ def _contradicted_totals(params: Params, layers: list[LayerPlan], before: int, a
             if getattr(params, key) != value]
 
 
-def read_split_weights(path: Path) -> dict[str, Any]:
+def read_split_weights(path: Path) -> dict[str, torch.Tensor]:
     """The SplitFFN weights in split.safetensors, refused in one line if the file is damaged."""
     from safetensors import safe_open
 
@@ -110,7 +110,7 @@ def read_split_weights(path: Path) -> dict[str, Any]:
     return _held_grids(state)
 
 
-def _held_grids(state: dict[str, Any]) -> dict[str, Any]:
+def _held_grids(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Artifacts written before the split held its grids stored each quantised weight dequantised (``<path>.weight``, fp32) with its grid
     beside it (``quant.<path>.weight.q`` / ``.scale`` / ``.zero_point`` / ``.smooth``); the split now holds
     the grid itself (``GridLinear``: ``<path>.weight`` the codes, ``<path>.scale`` ...)."""

@@ -7,7 +7,7 @@ held twice (parity compares with the original's outputs, recorded before the spl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ffsplit.plan import ExportPlan
 from ffsplit.precisions import HALF_FLOATS
@@ -15,6 +15,7 @@ from ffsplit.precisions import HALF_FLOATS
 if TYPE_CHECKING:
     import torch
 
+    from ffsplit.graph_passes.precision import WeightGrid
     from ffsplit.loading import LoadedModel
     from ffsplit.manifest import Budget, LayerPlan
     from ffsplit.split.apply import Storage
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 class Split:
     model: torch.nn.Module  # the loaded source model itself, split in place
     plans: list[LayerPlan]  # per layer, as the manifest records them
-    grids: dict[str, Any]  # weight path -> WeightGrid, for the graph's integer storage
+    grids: dict[str, WeightGrid]  # weight path -> its grid, for the graph's integer storage
     act_absmax: dict[str, float] | None  # static activation ranges (QDQ targets)
-    state: dict[str, Any]  # what split.safetensors holds
+    state: dict[str, torch.Tensor]  # what split.safetensors holds
     budget: Budget | None
 
 

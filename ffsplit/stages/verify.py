@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ffsplit import bounds
 from ffsplit.errors import UsageError
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
+    from transformers import PreTrainedTokenizerBase
 
     from ffsplit.loading import LoadedModel
     from ffsplit.manifest import LayerPlan, Separation
@@ -43,7 +44,7 @@ def guard(runner: Runner, plans: Sequence[LayerPlan]) -> Separation:
 
 def parity(
     original: torch.nn.Module | RecordedOutputs, split: torch.nn.Module | RecordedOutputs, runner: Runner,
-    tokenizer: Any, task: TaskSpec, *,
+    tokenizer: PreTrainedTokenizerBase, task: TaskSpec, *,
     limits: dict[str, dict[str, float]], texts: list[str], max_length: int, batch_size: int = PARITY_BATCH,
     max_positions: int | None = None, progress: bool = False, pooling: Pooling | None = None,
     pooled_limit: float = 1e-4,

@@ -101,6 +101,20 @@ class Target:
                 "in the graph" if t.floats_in_graph else "by the TensorRT builder" for t in (self, other)))
         return out
 
+    def built_as(self, target: str | None) -> Target:
+        """What ``ffsplit build`` builds this (the export's) target's graph for: itself, or ``target`` (a name or
+        TOML file) when it runs the same graph (and, for an NNCF IR, has the same name); UsageError otherwise,
+        or when it cannot run on this machine."""
+        tgt = self if target is None else load_target(target)
+        differ = self.graph_differences(tgt)
+        if differ:
+            raise UsageError(f"target '{tgt.name}' needs another graph than the one exported for '{self.name}' "
+                             f"({'; '.join(differ)}): re-run ffsplit export --target {target}")
+        if tgt.ir_compression and tgt.name != self.name:
+            raise UsageError(f"the NNCF IR of this artifact belongs to '{self.name}': build it under that name")
+        require_supported(tgt)
+        return tgt
+
     @property
     def light_group_size(self) -> int | None:
         """NNCF's int4 group along the light branch's input (-1: one scale per output channel); None when NNCF

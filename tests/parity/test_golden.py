@@ -24,7 +24,7 @@ def test_export_writes_golden_outputs_and_check_reproduces_them(tiny_none_artifa
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "g.json").read_text())
     assert result["passed"] and result["max_abs"] == 0.0 and result["tolerance"] == 1e-4
-    assert assert_golden(tiny_none_artifact)["passed"]
+    assert assert_golden(tiny_none_artifact).passed
 
 
 def test_a_moved_output_fails_golden(tiny_none_artifact: Path, tmp_path: Path) -> None:
