@@ -19,9 +19,12 @@ import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ffsplit.errors import FFSplitError
+
+if TYPE_CHECKING:
+    import torch
 
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
@@ -112,7 +115,7 @@ def _mapped_weight_files() -> list[tuple[int, int]]:
     return ranges
 
 
-def forget_file_pages(tensors: Iterable[Any]) -> int:
+def forget_file_pages(tensors: Iterable[torch.Tensor]) -> int:
     """Drop from the resident set the pages of ``tensors`` that lie in a mapped checkpoint file; the bytes
     dropped.
 

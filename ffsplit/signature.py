@@ -45,6 +45,11 @@ ELEMENT_TYPES = {
 }
 
 
+# one axis of a graph input's shape: a static size, a symbolic name (``batch``, ``past_sequence + sequence``),
+# or unknown
+Dim = int | str | None
+
+
 def onnx_signature(model_path: object) -> tuple[dict[str, tuple[int, list[int | str]]], dict[str, tuple[int, list[int | str]]]]:
     """(inputs, outputs) of an ONNX file as name -> (element type, dims with symbolic names as strings),
     read without its weights; initializers listed as inputs are left out."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from ffsplit.errors import UsageError
 from ffsplit.runtimes.specs import RUNTIME_SPECS
-from ffsplit.signature import ELEMENT_TYPES, is_past, onnx_signature
+from ffsplit.signature import ELEMENT_TYPES, Dim, is_past, onnx_signature
 
 if TYPE_CHECKING:
     from typing import Self
@@ -42,13 +42,13 @@ INPUT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(fl
                 "tensor(float16)": np.float16}
 
 
-def onnx_inputs(model_path: Path) -> dict[str, tuple[str, list[Any]]]:
+def onnx_inputs(model_path: Path) -> dict[str, tuple[str, list[Dim]]]:
     """name -> (type string, dims with symbolic names) of an ONNX file's inputs, without loading its weights."""
     inputs, _ = onnx_signature(model_path)
     return {name: (ELEMENT_TYPES.get(t, ("tensor(?)", ""))[0], dims) for name, (t, dims) in inputs.items()}
 
 
-def empty_past(inputs: dict[str, tuple[str, list[Any]]], rows: int) -> dict[str, np.ndarray]:
+def empty_past(inputs: dict[str, tuple[str, list[Dim]]], rows: int) -> dict[str, np.ndarray]:
     """An empty KV cache (past length 0: the prefill) of ``rows`` rows for each past input of a graph whose
     inputs are ``inputs`` (name -> (type, dims)); its head count and width must be static."""
     out = {}
@@ -134,7 +134,7 @@ class Runner(Generic[Built]):
     ) -> None:
         self.deactivate()
 
-    def input_shapes(self) -> dict[str, tuple[str, list[int | str | None]]]:
+    def input_shapes(self) -> dict[str, tuple[str, list[Dim]]]:
         """name -> (ONNX type string, shape with symbolic dims as strings or None)."""
         assert self.active, "activate() the runner first"
         return self._input_shapes()
@@ -191,7 +191,7 @@ class Runner(Generic[Built]):
     def _deactivate(self) -> None:
         raise NotImplementedError
 
-    def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
+    def _input_shapes(self) -> dict[str, tuple[str, list[Dim]]]:
         """By default the ONNX file's own signature (read once); a runtime with its own view overrides this."""
         if getattr(self, "_onnx_inputs", None) is None:
             self._onnx_inputs = onnx_inputs(self.model_path)

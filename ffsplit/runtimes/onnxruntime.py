@@ -20,6 +20,7 @@ from ffsplit.artifact import OPTIMIZED_GRAPH
 from ffsplit.resources import runtime_writes
 from ffsplit.runtimes.base import Loader, Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.shapes import input_ranges, phases, trt_shape_string
+from ffsplit.signature import Dim
 from ffsplit.targets import Target
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def session_options(
 
 
 def provider_options(
-    target: Target, inputs: dict[str, list[Any]], cache_dir: Path | None
+    target: Target, inputs: dict[str, list[Dim]], cache_dir: Path | None
 ) -> list[tuple[str, dict[str, Any]]]:
     """(provider, options) for each of the target's providers, in order."""
     out = []
@@ -134,7 +135,7 @@ class OrtRunner(Runner[ort.InferenceSession]):
     def _deactivate(self) -> None:
         self.session = None
 
-    def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
+    def _input_shapes(self) -> dict[str, tuple[str, list[Dim]]]:
         assert self.session is not None
         return {i.name: (i.type, list(i.shape)) for i in self.session.get_inputs()}
 

@@ -33,7 +33,7 @@ from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Loader, Runner, register_runtime
 from ffsplit.runtimes.openvino_ir import BEAM_INPUT, ir_path
 from ffsplit.runtimes.records import records_from_layers
-from ffsplit.signature import is_past
+from ffsplit.signature import Dim, is_past
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -118,7 +118,7 @@ class OpenVinoRunner(Runner[Compiled]):
     def _deactivate(self) -> None:
         self.compiled = self.request = None
 
-    def _input_shapes(self) -> dict[str, tuple[str, list[Any]]]:
+    def _input_shapes(self) -> dict[str, tuple[str, list[Dim]]]:
         """The ONNX file's inputs; a stateful IR's without the cache it keeps itself."""
         shapes = super()._input_shapes()
         return {k: v for k, v in shapes.items() if not is_past(k)} if self.stateful else shapes

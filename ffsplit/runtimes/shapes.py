@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from ffsplit.errors import UsageError
-from ffsplit.signature import has_past
+from ffsplit.signature import Dim, has_past
 
 DEFAULT_SHAPES = {"batch": [1, 8, 32], "sequence": [1, 128, 512], "past": [1, 128, 512]}
 _TERM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -38,7 +37,7 @@ def axis_ranges(shapes: Mapping[str, list[int]], phase: str) -> dict[str, tuple[
     raise ValueError(f"unknown phase {phase!r}")
 
 
-def _dim(dim: Any, axes: Mapping[str, tuple[int, int, int]], which: int, name: str) -> int:
+def _dim(dim: Dim, axes: Mapping[str, tuple[int, int, int]], which: int, name: str) -> int:
     if isinstance(dim, int):
         return dim
     if not isinstance(dim, str) or not dim:
@@ -53,7 +52,7 @@ def _dim(dim: Any, axes: Mapping[str, tuple[int, int, int]], which: int, name: s
     return total
 
 
-def input_ranges(inputs: Mapping[str, list[Any]], shapes: Mapping[str, list[int]], phase: str) -> dict[str, Range]:
+def input_ranges(inputs: Mapping[str, list[Dim]], shapes: Mapping[str, list[int]], phase: str) -> dict[str, Range]:
     """input name -> (min shape, opt shape, max shape) for ``phase``."""
     axes = axis_ranges(shapes, phase)
     out: dict[str, Range] = {}
@@ -63,7 +62,7 @@ def input_ranges(inputs: Mapping[str, list[Any]], shapes: Mapping[str, list[int]
     return out
 
 
-def phases(inputs: Mapping[str, list[Any]]) -> tuple[str, ...]:
+def phases(inputs: Mapping[str, list[Dim]]) -> tuple[str, ...]:
     """The phases a graph needs a profile for: KV-cache graphs get prefill and decode apart."""
     return ("prefill", "decode") if has_past(inputs) else ("encoder",)
 

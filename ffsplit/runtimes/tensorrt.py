@@ -37,7 +37,7 @@ from ffsplit.jsonio import dumps
 from ffsplit.runtimes.base import Loader, Runner, onnx_inputs, register_runtime
 from ffsplit.runtimes.records import records_from_inspector
 from ffsplit.runtimes.shapes import Range, input_ranges, phases
-from ffsplit.signature import has_past, is_past
+from ffsplit.signature import Dim, has_past, is_past
 from ffsplit.targets import Target
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 ENGINE_INFO = "engine.json"
 TIMING_CACHE = "timing.cache"
-def profiles(target: Target, inputs: Mapping[str, list[Any]]) -> list[dict[str, Range]]:
+def profiles(target: Target, inputs: Mapping[str, list[Dim]]) -> list[dict[str, Range]]:
     """One optimisation profile per phase: input -> (min, opt, max) shapes."""
     out = []
     for phase in phases(inputs):
@@ -109,7 +109,7 @@ def engine_is_current(folder: Path, key: str) -> bool:
         return False
 
 
-def _onnx_inputs(model_path: Path) -> dict[str, list[Any]]:
+def _onnx_inputs(model_path: Path) -> dict[str, list[Dim]]:
     return {name: dims for name, (_t, dims) in onnx_inputs(model_path).items()}
 
 
