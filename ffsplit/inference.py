@@ -35,6 +35,7 @@ class Model:
         from transformers import AutoTokenizer
 
         from ffsplit.artifact import Artifact
+        from ffsplit.loading import set_padding
         from ffsplit.runtimes.base import runner_for
         from ffsplit.signature import onnx_signature
         from ffsplit.targets import require_supported
@@ -45,12 +46,10 @@ class Model:
         self.folder = self.artifact.folder
         self.task = TASKS[self.artifact.manifest.task]
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
         except Exception as exc:
             raise UsageError(f"cannot load the tokenizer saved in {self.folder} ({type(exc).__name__}): re-export") from None
-        self.tokenizer.padding_side = self.task.padding_side
-        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = set_padding(tokenizer, self.task.padding_side, str(self.folder))
         max_positions = self.artifact.manifest.source.max_positions
         self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.pooled \
             else Pooling(max_seq_length=max_positions)

@@ -138,6 +138,12 @@ def _load_tokenizer(spec: str, path: Path, padding_side: str, trust_remote_code:
         raise UsageError(f"cannot load the tokenizer of '{spec}' ({type(exc).__name__}): add tokenizer files to the folder") from None
     if len(tokenizer) < 100:
         raise UsageError(f"the tokenizer of '{spec}' has only {len(tokenizer)} tokens: add its real tokenizer files")
+    return set_padding(tokenizer, padding_side, spec)
+
+
+def set_padding(tokenizer: PreTrainedTokenizerBase, padding_side: str, spec: str) -> PreTrainedTokenizerBase:
+    """``tokenizer`` padding on ``padding_side`` (the task's: decoders pad on the left), a decoder's eos padding
+    when it has no pad token; the one set-up an export and a loaded artifact share."""
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         # Decoder tokenizers often have no pad token; padded positions are masked out anyway.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from ffsplit import __version__
 from ffsplit.cli.output import printable
+from ffsplit.limits import COMPRESSION_METRICS, METRICS
+from ffsplit.plan import DEFAULT_HEAVY_RATIO, DEFAULT_LIGHT, ExportOptions
 from ffsplit.tasks import TASKS
 
 if TYPE_CHECKING:
@@ -57,16 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _export_defaults() -> dict[str, object]:
+    """``ExportOptions``' defaults: the one place they are set (the CLI's help quotes them)."""
+    return {f.name: f.default for f in dataclasses.fields(ExportOptions) if f.default is not dataclasses.MISSING}
+
+
+def _limit_help() -> str:
+    floors = [m for m in COMPRESSION_METRICS if not METRICS[m].ceiling]
+    ceilings = [m for m in COMPRESSION_METRICS if METRICS[m].ceiling]
+    return (f"limit on what compression may cost, repeatable: {', '.join(floors)} (floors), "
+            f"{', '.join(ceilings)} (ceiling{'s' if len(ceilings) > 1 else ''})")
+
+
 def _add_export(sub: Subparsers) -> None:
+    d = _export_defaults()
     e = sub.add_parser("export", help="profile, split, export to ONNX, build for a target and check parity")
     e.add_argument("model", help="a local Hugging Face model folder, or an alias: minilm")
     e.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    e.add_argument("--target", default="cpu", help="shipped target name or a .toml path (default: cpu)")
-    e.add_argument("--heavy-ratio", type=float, default=None, help="fraction of FFN neurons kept heavy, in (0, 1) (default: the target's heavy_ratio, else 0.1)")
+    e.add_argument("--target", default=d["target"], help=f"shipped target name or a .toml path (default: {d['target']})")
+    e.add_argument("--heavy-ratio", type=float, default=None, help="fraction of FFN neurons kept heavy, in (0, 1) "
+                   f"(default: the target's heavy_ratio, else {DEFAULT_HEAVY_RATIO})")
     e.add_argument(
         "--light", default=None,
         help="light-branch recipe: none | lowrank:R | prune:P | int8 | int4[:B][:sym|asym] | structure+quantiser, "
-        "e.g. lowrank:128+int8 (default lowrank:256)",
+        f"e.g. lowrank:128+int8 (default {DEFAULT_LIGHT})",
     )
     e.add_argument("--heavy", default=None, help="heavy-branch precision: fp32 | fp16 | bf16 | int8 (default: the target's)")
     e.add_argument(
@@ -76,22 +93,20 @@ def _add_export(sub: Subparsers) -> None:
     e.add_argument("--calib", help="calibration text file, one text per line (default: bundled text)")
     e.add_argument("--eval", help="evaluation text file for the parity check, one text per line, at least 11 "
                    "(default: bundled text disjoint from calibration)")
-    e.add_argument("--calib-size", type=int, default=256, help="calibration texts used (default 256)")
-    e.add_argument("--eval-size", type=int, default=256, help="evaluation texts for the parity check (default 256)")
-    e.add_argument("--max-length", type=int, default=128, help="token limit for calibration and evaluation (default 128)")
+    e.add_argument("--calib-size", type=int, default=d["calib_size"], help=f"calibration texts used (default {d['calib_size']})")
+    e.add_argument("--eval-size", type=int, default=d["eval_size"],
+                   help=f"evaluation texts for the parity check (default {d['eval_size']})")
+    e.add_argument("--max-length", type=int, default=d["max_length"],
+                   help=f"token limit for calibration and evaluation (default {d['max_length']})")
     e.add_argument("--min-cosine", type=float, help="lowest mean embedding cosine accepted vs the original (lossy recipes)")
     e.add_argument("--min-retrieval", type=float, help="lowest retrieval agreement@10 accepted vs the original (lossy recipes)")
+    e.add_argument("--limit", action="append", default=[], metavar="METRIC=VALUE", help=_limit_help())
     e.add_argument(
-        "--limit", action="append", default=[], metavar="METRIC=VALUE",
-        help="limit on what compression may cost, repeatable: cosine_mean, cosine_min, retrieval_at10, "
-        "label_agreement, top1_agreement, top5_agreement (floors), perplexity_ratio (ceiling)",
-    )
-    e.add_argument(
-        "--task", default="auto",
+        "--task", default=d["task"],
         help=" | ".join(["auto (from the model's architectures)", *TASKS]),
     )
     e.add_argument(
-        "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],  # exporter.export.EXPORTERS (a test holds them equal)
+        "--exporter", default=d["exporter"], choices=["auto", "dynamo", "torchscript"],  # exporter.export.EXPORTERS (a test holds them equal)
         help="auto: dynamo, falling back to TorchScript only if dynamo fails or misses fidelity",
     )
     e.add_argument("--force", action="store_true", help="replace the output folder if it exists")
