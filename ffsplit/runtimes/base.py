@@ -73,6 +73,11 @@ class Loader(Generic[Built]):
     # timed side by side with other runners in one process: no busy-waiting worker threads
     timing: bool = False
 
+    def __post_init__(self) -> None:  # a caller's string paths, as Path
+        object.__setattr__(self, "model_path", Path(self.model_path))
+        if self.runtime_dir is not None:
+            object.__setattr__(self, "runtime_dir", Path(self.runtime_dir))
+
     def __call__(self) -> Built:
         raise NotImplementedError
 

@@ -49,3 +49,16 @@ def test_cpu_target_passes_session_config(tiny_none_artifact: Path) -> None:
 
     so = session_options(load_target("cpu"))
     assert so.get_session_config_entry("session.qdq_matmulnbits_accuracy_level") == "0"
+
+
+def test_a_runner_is_composed_with_its_loader(tiny_none_artifact: Path, tmp_path: Path) -> None:
+    """make_runner composes the target's runner with its loader; the loader alone builds (here: the session and
+    the optimised graph the guard reads), and takes the paths a caller gives as strings."""
+    from ffsplit.runtimes.base import make_runner
+
+    runner = make_runner(str(tiny_none_artifact / "model.onnx"), load_target("cpu"), runtime_dir=str(tmp_path))  # type: ignore[arg-type]
+    assert isinstance(runner, OrtRunner) and isinstance(runner.loader, SessionFromOnnx)
+    assert runner.model_path == tiny_none_artifact / "model.onnx" and runner.loader.runtime_dir == tmp_path
+    assert not (tmp_path / "optimized.onnx").exists()  # nothing is built until activate
+    session = runner.loader()
+    assert (tmp_path / "optimized.onnx").is_file() and {i.name for i in session.get_inputs()} >= {"input_ids"}
