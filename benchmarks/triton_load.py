@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
 
-    from ffsplit.artifact import Artifact
+    from ffsplit.artifact.opened import Artifact
     from ffsplit.bench.baseline import baseline_onnx
     from ffsplit.bench.harness import machine_info, make_feed
     from ffsplit.serve.triton import start_server, triton_home
@@ -87,7 +87,7 @@ def main() -> None:
     sys.path.insert(0, str(triton_home()))
     art = Artifact.open(a.artifact)
     loaded = load_source(art)
-    original = baseline_onnx(art, loaded)
+    original = baseline_onnx(art.manifest, art.target, loaded)
     texts = [t.text for t in evaluation_texts(256)]
     names = ["input_ids", "attention_mask", "token_type_ids"]
     feeds = [make_feed(loaded.tokenizer, [texts[i % len(texts)]], names, batch=1, sequence=128) for i in range(a.requests)]

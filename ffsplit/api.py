@@ -17,18 +17,18 @@ from ffsplit import bounds
 from ffsplit.artifact import (
     MODEL_FILE,
     RUNTIME_DIR,
-    Artifact,
     check_external_data,
     holds_folder,
     link_or_copy,
     list_files,
     not_deployed,
-    pack_artifact,
     staged_output,
     write_manifest,
 )
+from ffsplit.artifact.opened import Artifact
+from ffsplit.artifact.pack import pack_artifact
 from ffsplit.errors import CheckFailed, UsageError
-from ffsplit.manifest import Build, Manifest, ParityReport
+from ffsplit.manifest import Build, GoldenReplay, Manifest, ParityReport
 from ffsplit.stages.reload import load_source, rebuild, split_in_place
 from ffsplit.stages.run import ExportResult, run_export, utc_now
 from ffsplit.targets import Target, list_targets, require_supported
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from ffsplit.pooling import Pooling
 
 __all__ = [
-    "Artifact", "ExportResult", "Inspection", "LoadedArtifact", "bench", "build", "check", "debug", "export", "inspect_artifact",
-    "open_artifact", "pack", "targets",
+    "Artifact", "ExportResult", "Inspection", "LoadedArtifact", "bench", "build", "check", "check_golden", "debug",
+    "export", "inspect_artifact", "open_artifact", "pack", "targets",
 ]
 
 # the names ffsplit.api has always had for an opened output folder
@@ -91,7 +91,6 @@ def check(
     """
     from ffsplit import resources
     from ffsplit.plan import applied_limits, check_overrides
-    from ffsplit.runtimes.base import runner_for
     from ffsplit.stages import verify
 
     resources.bound_heap()
@@ -118,7 +117,7 @@ def check(
         verify.free_model(loaded)
         if log:
             log("building the runtime session and checking branch separation ...")
-        with runner_for(art, runtime_dir=Path(tmp) / "runtime") as runner:
+        with art.runner(runtime_dir=Path(tmp) / "runtime") as runner:
             separation = verify.guard(runner, m.layers)
             if log:
                 log("running parity ...")
@@ -129,6 +128,21 @@ def check(
             )
     report.separation = separation
     return report
+
+
+@holds_folder
+def check_golden(folder: str | Path, *, tolerance: float | None = None) -> GoldenReplay:
+    """``check --golden``: re-run the golden inputs saved at export on the artifact's target, ``passed`` false
+    when the output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed
+    when its shape changed. Needs neither torch nor the source model."""
+    from ffsplit.parity.golden import replay_golden
+
+    if tolerance is not None:  # the Python API takes the CLI's bounds: an infinite tolerance checks nothing
+        bounds.require_float("tolerance", tolerance, 0.0, 1e6)
+    art = Artifact.open(folder).require_built("check --golden")
+    require_supported(art.target)
+    with art.runner() as runner:
+        return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
 
 
 def _graph_pooling(art: Artifact) -> Pooling | None:
@@ -214,7 +228,7 @@ def bench(
     """Time the original and the split ONNX side by side in the artifact's runtime."""
     from ffsplit.bench.baseline import baseline_onnx
     from ffsplit.bench.harness import make_feed, summarise, time_interleaved
-    from ffsplit.runtimes.base import make_runner, runner_for
+    from ffsplit.runtimes.base import make_runner
     from ffsplit.split.calibration import evaluation_texts
 
     bounds.require_int("--runs", runs, 1, bounds.MAX_RUNS)
@@ -229,11 +243,11 @@ def bench(
         for s in sequences:
             bounds.require_shape(b, s, max_pos)
     loaded = load_source(art, source)
-    baseline = baseline_onnx(art, loaded, log)
+    baseline = baseline_onnx(art.manifest, art.target, loaded, log)
     texts = [t.text for t in evaluation_texts(64)]
     rows = []
     with make_runner(baseline, art.target, timing=True) as orig, \
-            runner_for(art, timing=True) as split:
+            art.runner(timing=True) as split:
         names = list(split.input_signature())
         for b in batches:
             for s in sequences:
@@ -259,7 +273,7 @@ def bench_accuracy(
     """
     from ffsplit.bench.baseline import baseline_onnx, lossy_baseline
     from ffsplit.parity.check import runtime_accuracy
-    from ffsplit.runtimes.base import make_runner, runner_for
+    from ffsplit.runtimes.base import make_runner
 
     art = Artifact.open(folder)
     lossy = lossy_baseline(art.target)
@@ -270,10 +284,10 @@ def bench_accuracy(
     m = art.manifest
     texts = _check_texts(m, None, None)
     loaded = load_source(art, source)
-    baseline = baseline_onnx(art, loaded, log)
+    baseline = baseline_onnx(art.manifest, art.target, loaded, log)
     if log:
         log(f"measuring both models' accuracy against the original on {len(texts)} evaluation texts ...")
-    with make_runner(baseline, art.target) as orig, runner_for(art) as split:
+    with make_runner(baseline, art.target) as orig, art.runner() as split:
         metrics = runtime_accuracy(loaded.model, {"original": orig, "ffsplit": split}, loaded.tokenizer, texts,
                                    loaded.task, batch_size=16, max_length=m.max_length)
     return {"baseline": lossy, "texts": len(texts), **metrics}

@@ -34,9 +34,8 @@ class Model:
     def __init__(self, folder: str | Path, *, verify: bool = True) -> None:
         from transformers import AutoTokenizer
 
-        from ffsplit.artifact import Artifact
+        from ffsplit.artifact.opened import Artifact
         from ffsplit.loading import set_padding
-        from ffsplit.runtimes.base import runner_for
         from ffsplit.signature import onnx_signature
         from ffsplit.targets import require_supported
         from ffsplit.tasks import TASKS
@@ -53,7 +52,7 @@ class Model:
         max_positions = self.artifact.manifest.source.max_positions
         self.pooling = read_pooling(self.folder, default_length=max_positions) if self.task.pooled \
             else Pooling(max_seq_length=max_positions)
-        self.runner = runner_for(self.artifact).activate()
+        self.runner = self.artifact.runner().activate()
         self.outputs = set(onnx_signature(self.artifact.model_path)[1])
         self.generation_times: list[GenerationTimes] = []  # per batch of the last generate()
 

@@ -33,7 +33,7 @@ def assert_parity(folder: str | Path, limits: Mapping[str, float] | None = None,
 
 def assert_golden(folder: str | Path, *, tolerance: float | None = None) -> GoldenReplay:
     """``ffsplit check --golden``: the outputs saved at export, reproduced by the target's runtime."""
-    from ffsplit.parity.golden import check_golden
+    from ffsplit.api import check_golden
 
     result = check_golden(folder, tolerance=tolerance)
     assert result.passed, f"{folder}: {result.failure()}"

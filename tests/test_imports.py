@@ -15,6 +15,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ffsplit.__main__", "ffsplit.cli"),
     ("ffsplit", "ffsplit.api", "ffsplit.testing", "ffsplit.inference", "ffsplit.serve"),
     ("ffsplit.stages", "ffsplit.plan"),
+    # an output folder opened to be run (``Artifact.runner()``), and ``pack``, which opens one
+    ("ffsplit.artifact.opened", "ffsplit.artifact.pack"),
     ("ffsplit.split", "ffsplit.exporter", "ffsplit.graph_passes", "ffsplit.runtimes", "ffsplit.parity", "ffsplit.bench"),
     # the output folder and what an artifact records: its manifest, source model, pooling and target
     ("ffsplit.artifact", "ffsplit.manifest", "ffsplit.loading", "ffsplit.residency", "ffsplit.pooling",

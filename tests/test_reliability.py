@@ -367,7 +367,7 @@ def test_an_artifact_replaced_while_it_is_read_is_refused(verb: str, tiny_none_a
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import ffsplit.api
     import ffsplit.runtimes.base
-    from ffsplit.artifact import Artifact
+    from ffsplit.artifact.opened import Artifact
 
     art = _copy(tiny_none_artifact, tmp_path)
     if verb == "check":
@@ -388,7 +388,7 @@ def test_an_artifact_replaced_while_it_is_read_is_refused(verb: str, tiny_none_a
 def test_pack_refuses_a_file_changed_while_it_is_copied(tiny_none_artifact: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Changed in place, not renamed: the copy's hash must still be the verified one."""
-    from ffsplit.artifact import Artifact
+    from ffsplit.artifact.opened import Artifact
 
     art = _copy(tiny_none_artifact, tmp_path)
     original = Artifact.require_unpacked

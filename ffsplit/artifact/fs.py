@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ffsplit.artifact.layout import MANIFEST, MANIFEST_MAX_BYTES
 from ffsplit.artifact.reading import list_files, parse_json
@@ -324,3 +326,58 @@ def link_or_copy(src: Path, dst: Path, *, copy: bool) -> None:
         except OSError:  # another file system, or links not allowed: a copy is the same file
             pass
     shutil.copyfile(src, dst, follow_symlinks=False)
+
+
+T = TypeVar("T")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def unreplaced(folder: str | Path) -> Iterator[None]:
+    """Refuse (UsageError) when ``folder`` is replaced while the body reads it.
+
+    ``export --force`` renames a new folder into place: a verb that verified
+    the old folder's hashes would go on to read the new one's files, and its
+    verdict would be about neither artifact. The folder is held open
+    throughout, so its inode cannot be reused, and its identity compared when
+    the body ends, however it ends (an error then is most likely the swap).
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # not a folder (the verb's own checks say so), or a system that cannot open folders
+        yield
+        return
+    try:
+        held = _identity(os.fstat(fd))
+        try:
+            yield
+        except Exception:
+            _refuse_if_replaced(Path(folder), held)
+            raise
+        _refuse_if_replaced(Path(folder), held)
+    finally:
+        os.close(fd)
+
+
+def _refuse_if_replaced(folder: Path, held: tuple[int, int]) -> None:
+    try:
+        same = _identity(os.stat(folder)) == held
+    except OSError:
+        same = False
+    if not same:
+        raise UsageError(f"'{folder}' was replaced while it was being read (an export --force into it?): the "
+                         "result would mix two artifacts; run the command again") from None
+
+
+def holds_folder(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn(folder, ...)`` run under ``unreplaced(folder)``."""
+
+    @functools.wraps(fn)
+    def wrapper(folder: str | Path, *args: Any, **kwargs: Any) -> T:
+        with unreplaced(folder):
+            return fn(folder, *args, **kwargs)
+
+    return wrapper

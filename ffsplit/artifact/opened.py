@@ -1,16 +1,14 @@
-"""``Artifact``: an output folder opened for use (manifest and target checked), and what a verb requires of it
-(built, unpacked); holding a folder against being replaced while a verb reads it; the versions an export
-records."""
+"""``Artifact``: an output folder opened for use (manifest and target checked), what a verb requires of it
+(built, unpacked), and the runner of its graph on its target.
+
+It sits above the runtimes in the layers (ARCHITECTURE.md): an opened folder is one that is about to run.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ffsplit.artifact.layout import MANIFEST, MODEL_FILE, SPLIT_WEIGHTS
 from ffsplit.artifact.verify import read_manifest, verify_artifact
@@ -18,85 +16,8 @@ from ffsplit.errors import UsageError
 from ffsplit.manifest import Manifest
 
 if TYPE_CHECKING:
+    from ffsplit.runtimes.base import Runner
     from ffsplit.targets import Target
-
-
-T = TypeVar("T")
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-@contextlib.contextmanager
-def unreplaced(folder: str | Path) -> Iterator[None]:
-    """Refuse (UsageError) when ``folder`` is replaced while the body reads it.
-
-    ``export --force`` renames a new folder into place: a verb that verified
-    the old folder's hashes would go on to read the new one's files, and its
-    verdict would be about neither artifact. The folder is held open
-    throughout, so its inode cannot be reused, and its identity compared when
-    the body ends, however it ends (an error then is most likely the swap).
-    """
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # not a folder (the verb's own checks say so), or a system that cannot open folders
-        yield
-        return
-    try:
-        held = _identity(os.fstat(fd))
-        try:
-            yield
-        except Exception:
-            _refuse_if_replaced(Path(folder), held)
-            raise
-        _refuse_if_replaced(Path(folder), held)
-    finally:
-        os.close(fd)
-
-
-def _refuse_if_replaced(folder: Path, held: tuple[int, int]) -> None:
-    try:
-        same = _identity(os.stat(folder)) == held
-    except OSError:
-        same = False
-    if not same:
-        raise UsageError(f"'{folder}' was replaced while it was being read (an export --force into it?): the "
-                         "result would mix two artifacts; run the command again") from None
-
-
-def holds_folder(fn: Callable[..., T]) -> Callable[..., T]:
-    """``fn(folder, ...)`` run under ``unreplaced(folder)``."""
-
-    @functools.wraps(fn)
-    def wrapper(folder: str | Path, *args: Any, **kwargs: Any) -> T:
-        with unreplaced(folder):
-            return fn(folder, *args, **kwargs)
-
-    return wrapper
-
-
-def versions() -> dict[str, str]:
-    """The versions an artifact records (and the bench baseline cache is keyed on)."""
-    import platform
-
-    import onnx
-    import onnx_ir
-    import onnxruntime
-    import torch
-    import transformers
-
-    from ffsplit.version import __version__
-
-    return {
-        "ffsplit": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnx_ir": onnx_ir.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 @dataclass
@@ -166,3 +87,10 @@ class Artifact:
                 "run `ffsplit check DIR --golden` here, or point at the folder `ffsplit export` wrote"
             )
         return self
+
+    def runner(self, *, runtime_dir: Path | None = None, timing: bool = False) -> Runner[Any]:
+        """The runner of the split graph on the artifact's target (not yet activated): ``with art.runner() as r``.
+        ``runtime_dir``: where the runtime keeps what it builds; ``timing`` for side-by-side benchmarks."""
+        from ffsplit.runtimes.base import make_runner
+
+        return make_runner(self.model_path, self.target, runtime_dir=runtime_dir, timing=timing)

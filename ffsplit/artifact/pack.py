@@ -1,13 +1,14 @@
-"""``ffsplit pack``: a slim copy of an artifact with only what its target runs."""
+"""``ffsplit pack``: a slim copy of an artifact with only what its target runs (a verb on an opened artifact, so
+above the runtimes with ``opened``)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from ffsplit.artifact.fs import staged_output
+from ffsplit.artifact.fs import holds_folder, staged_output
 from ffsplit.artifact.layout import not_deployed
-from ffsplit.artifact.opened import Artifact, holds_folder
+from ffsplit.artifact.opened import Artifact
 from ffsplit.artifact.reading import list_files
 from ffsplit.artifact.verify import write_manifest
 from ffsplit.errors import UsageError

@@ -134,7 +134,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 def _check_golden(a: argparse.Namespace) -> int:
     from ffsplit import bounds
-    from ffsplit.parity.golden import check_golden
+    from ffsplit.api import check_golden
 
     if a.limit or a.per_layer or a.source or a.eval_size or a.eval:
         raise UsageError("--golden runs only the saved inputs: drop --limit, --per-layer, --source, --eval and --eval-size")
@@ -183,7 +183,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         manifest = api.inspect_artifact(a.dir, graphs=False).manifest
         command = "ffsplit bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [a.dir])
-        from ffsplit.artifact import versions, write_text_atomic
+        from ffsplit.artifact import write_text_atomic
+        from ffsplit.version import versions
 
         write_text_atomic(Path(a.report), report_markdown(manifest, rows, versions(), command, accuracy=accuracy))
         print(f"wrote {a.report}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ffsplit.artifact import GOLDEN_FILE, holds_folder
+from ffsplit.artifact import GOLDEN_FILE
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.manifest import GoldenReplay
 
@@ -100,27 +100,9 @@ def _check_feed(feed: dict[str, np.ndarray], folder: Path, manifest: Manifest) -
                          "re-run ffsplit export")
 
 
-@holds_folder
-def check_golden(folder: str | Path, *, tolerance: float | None = None) -> GoldenReplay:
-    """Re-run the golden inputs on the artifact's target: ``passed`` false when the
-    output moved beyond ``tolerance`` (default: the artifact's fidelity ``max_abs``); CheckFailed when its
-    shape changed."""
-    from ffsplit import bounds
-    from ffsplit.artifact import Artifact
-    from ffsplit.runtimes.base import runner_for
-    from ffsplit.targets import require_supported
-
-    if tolerance is not None:  # the Python API takes the CLI's bounds: an infinite tolerance checks nothing
-        bounds.require_float("tolerance", tolerance, 0.0, 1e6)
-    art = Artifact.open(folder).require_built("check --golden")
-    require_supported(art.target)
-    with runner_for(art) as runner:
-        return replay_golden(art.folder, runner, art.manifest, tolerance=tolerance)
-
-
 def replay_golden(folder: Path, runner: Runner, manifest: Manifest, *, tolerance: float | None = None) -> GoldenReplay:
     """Run the golden inputs of the artifact in ``folder`` through an active ``runner`` and compare (see
-    ``check_golden``). The feed is rebuilt by the runner from the token inputs, so a runtime with its own
+    ``api.check_golden``). The feed is rebuilt by the runner from the token inputs, so a runtime with its own
     prefill form (TensorRT's one masked past slot) replays what another runtime recorded."""
     from ffsplit.signature import is_past
     from ffsplit.tasks import TASKS

@@ -6,8 +6,8 @@ frozen record of what to build from that builds it when called
 ``tensorrt.EngineFromOnnx``: what the runtime runs, and the files the guard
 reads). ``activate`` calls the loader and takes what it built, ``infer`` runs
 one feed, ``deactivate`` frees it, and a runner is a context manager.
-``make_runner`` composes the two for a target; ``runner_for`` for an opened
-artifact. Inputs are checked against the
+``make_runner`` composes the two for a target (``Artifact.runner()`` for an
+opened artifact's). Inputs are checked against the
 model's signature (names, ranks, dtypes) before they reach the runtime, so a
 wrong feed is one clear error, not a runtime's stack trace. ``layer_records``
 gives the separation guard the graph the runtime really executes.
@@ -31,7 +31,6 @@ from ffsplit.signature import ELEMENT_TYPES, Dim, is_past, onnx_signature
 if TYPE_CHECKING:
     from typing import Self
 
-    from ffsplit.artifact import Artifact
     from ffsplit.graph_passes import LayerRecord
     from ffsplit.targets import Target
 
@@ -246,9 +245,3 @@ def make_runner(
     cls = runner_class(target.runtime)
     return cls(cls.loader_class(model_path, target, runtime_dir=runtime_dir, timing=timing))
 
-
-def runner_for(artifact: Artifact, *, runtime_dir: Path | None = None, timing: bool = False) -> Runner[Any]:
-    """The runner of an opened artifact's split graph on the target it was built for (not yet activated).
-
-    This is what an ``Artifact.runner()`` would be: the artifact sits below the runtimes in the layers."""
-    return make_runner(artifact.model_path, artifact.target, runtime_dir=runtime_dir, timing=timing)

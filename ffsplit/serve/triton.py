@@ -59,7 +59,7 @@ def _model_dir(repo: Path, name: str, artifact: Path) -> Path:
 @holds_folder
 def write_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Triton model repository serving ``artifact`` with Triton's own backend for its target."""
-    from ffsplit.artifact import Artifact
+    from ffsplit.artifact.opened import Artifact
 
     art = Artifact.open(artifact).require_built("triton")
     model_dir = _model_dir(repo, name or _model_name(art.manifest), art.folder)
@@ -112,7 +112,8 @@ def text_repository(artifact: Path, repo: Path, *, name: str | None = None) -> P
     """A Python-backend model that takes text (``text``, one string per row) and returns what ``ffsplit.load``
     gives: ``sentence_embedding`` (feature-extraction: the source's pooling and normalisation, or mean
     pooling) or ``logits`` (text-classification). The slim artifact (``pack``) sits in its version folder."""
-    from ffsplit.artifact import Artifact, pack_artifact
+    from ffsplit.artifact.opened import Artifact
+    from ffsplit.artifact.pack import pack_artifact
     from ffsplit.pooling import read_pooling
     from ffsplit.signature import SENTENCE_OUTPUT
 
@@ -157,7 +158,7 @@ def text_served(artifact: Path) -> bool:
 
 def python_repository(artifact: Path, repo: Path, *, name: str | None = None) -> Path:
     """A Python-backend model running ``artifact`` with ONNX Runtime (what the pytriton server can run)."""
-    from ffsplit.artifact import Artifact
+    from ffsplit.artifact.opened import Artifact
 
     art = Artifact.open(artifact).require_built("serve")
     if art.target.runtime != "onnxruntime" or art.target.on_gpu:

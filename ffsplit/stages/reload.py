@@ -7,7 +7,8 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ffsplit.artifact import SPLIT_WEIGHTS, Artifact
+from ffsplit.artifact import SPLIT_WEIGHTS
+from ffsplit.artifact.opened import Artifact
 from ffsplit.errors import CheckFailed, UsageError
 from ffsplit.manifest import LayerPlan, Params, layer_totals
 

@@ -276,9 +276,9 @@ def _manifest(
     profiles: list[LayerProfile], done: Split, total_before: int,
 ) -> Manifest:
     """The manifest of one export before its graph exists (exporter, separation and parity come later)."""
-    from ffsplit.artifact import versions
     from ffsplit.split.calibration import corpus_digest
     from ffsplit.split.modules import count_params
+    from ffsplit.version import versions
 
     o, budget = plan.options, done.budget is not None
     per_layer = "per layer (budget)"

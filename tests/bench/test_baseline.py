@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ffsplit.artifact import Artifact
+from ffsplit.artifact.opened import Artifact
 from ffsplit.bench.baseline import baseline_onnx, lossy_baseline
 from ffsplit.stages.reload import load_source
 from ffsplit.targets import load_target
@@ -42,7 +42,7 @@ def test_the_baseline_is_the_original_exported_once(tiny_none_artifact: Path, tm
     art = Artifact.open(tiny_none_artifact)
     loaded = load_source(art)
     said: list[str] = []
-    path = baseline_onnx(art, loaded, said.append)
+    path = baseline_onnx(art.manifest, art.target, loaded, said.append)
     assert path.is_file() and path.parent.parent == tmp_path / "baseline" and len(said) == 1
     out, ref = _original_outputs(path, loaded)
     np.testing.assert_allclose(out, ref, atol=1e-4)
@@ -51,7 +51,7 @@ def test_the_baseline_is_the_original_exported_once(tiny_none_artifact: Path, tm
         raise AssertionError("the cached baseline was exported again")
 
     monkeypatch.setattr("ffsplit.exporter.export_program", no_export)
-    assert baseline_onnx(art, loaded, said.append) == path and len(said) == 1
+    assert baseline_onnx(art.manifest, art.target, loaded, said.append) == path and len(said) == 1
     # nothing but the one cached folder: no temporary folder left behind
     assert [p.name for p in (tmp_path / "baseline").iterdir()] == [path.parent.name]
 
@@ -62,8 +62,8 @@ def test_a_target_at_another_opset_gets_a_baseline_of_its_own(tiny_none_artifact
     monkeypatch.setenv("FFSPLIT_CACHE", str(tmp_path))
     art = Artifact.open(tiny_none_artifact)
     loaded = load_source(art)
-    default = baseline_onnx(art, loaded)
-    at23 = baseline_onnx(dataclasses.replace(art, target=dataclasses.replace(art.target, opset=23)), loaded)
+    default = baseline_onnx(art.manifest, art.target, loaded)
+    at23 = baseline_onnx(art.manifest, dataclasses.replace(art.target, opset=23), loaded)
     assert at23 != default
 
     def opset(path: Path) -> int:

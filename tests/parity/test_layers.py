@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from ffsplit.artifact import Artifact
+from ffsplit.artifact.opened import Artifact
 from ffsplit.exporter.export import WRAPPER_PREFIX
 from ffsplit.parity.check import torch_output
 from ffsplit.parity.layers import compare_layers, find_probes, first_failure

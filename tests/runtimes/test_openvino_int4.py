@@ -188,7 +188,8 @@ def test_a_packed_ir_artifact_keeps_what_runs(ov_int4_artifact: Path, tmp_path: 
     """pack drops what the IR makes redundant (model.onnx's external weights, when it has any) and the
     slim folder still generates; triton refuses it rather than serve model.onnx, which is not what ran."""
     import ffsplit
-    from ffsplit.artifact import not_deployed, pack_artifact
+    from ffsplit.artifact import not_deployed
+    from ffsplit.artifact.pack import pack_artifact
     from ffsplit.serve.triton import write_repository
 
     assert not_deployed("model.onnx.data", runs_ir=True) and not not_deployed("model.onnx.data")
