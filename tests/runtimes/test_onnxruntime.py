@@ -62,3 +62,16 @@ def test_a_runner_is_composed_with_its_loader(tiny_none_artifact: Path, tmp_path
     assert not (tmp_path / "optimized.onnx").exists()  # nothing is built until activate
     session = runner.loader()
     assert (tmp_path / "optimized.onnx").is_file() and {i.name for i in session.get_inputs()} >= {"input_ids"}
+
+
+def test_an_opened_artifact_gives_its_runner(tiny_none_artifact: Path) -> None:
+    from ffsplit.artifact.opened import Artifact
+
+    art = Artifact.open(tiny_none_artifact)
+    runner = art.runner(timing=True)
+    assert isinstance(runner, OrtRunner) and not runner.active
+    assert (runner.model_path, runner.target, runner.loader.timing) == (art.model_path, art.target, True)
+    with runner as r:
+        assert "last_hidden_state" in r.infer(r.feed_from({"input_ids": np.array([[101, 102]]),
+                                                            "attention_mask": np.array([[1, 1]]),
+                                                            "token_type_ids": np.array([[0, 0]])}))
