@@ -2,7 +2,8 @@
 complete, so a failure or an interrupt leaves the previous folder (or nothing), never a mix. ``--force``
 replaces only a folder that is itself a complete ffsplit output. Clean-up runs with SIGINT / SIGTERM held, so
 a second signal cannot cut it short, and the next run over the same ``--out`` finishes what a killed run
-(SIGKILL, a power cut) left. One writer per folder (a lock naming its pid)."""
+(SIGKILL, a power cut) left. One writer per folder (a lock naming its pid); a verb that reads a folder holds
+it against being replaced underneath (``unreplaced``, ``holds_folder``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 from ffsplit.artifact.layout import MANIFEST, MANIFEST_MAX_BYTES
 from ffsplit.artifact.reading import list_files, parse_json
 from ffsplit.errors import UsageError
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -326,9 +329,6 @@ def link_or_copy(src: Path, dst: Path, *, copy: bool) -> None:
         except OSError:  # another file system, or links not allowed: a copy is the same file
             pass
     shutil.copyfile(src, dst, follow_symlinks=False)
-
-
-T = TypeVar("T")
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
