@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ffsplit.errors import UsageError
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from ffsplit.manifest import Source
@@ -197,7 +198,7 @@ def load_model(spec: str, *, task: str = "feature-extraction", trust_remote_code
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, spec=spec, task=task_spec)
 
 
-def usable_positions(model: PreTrainedModel, *, past: bool = False) -> int | None:
+def usable_positions(model: torch.nn.Module, *, past: bool = False) -> int | None:
     """The longest sequence (past included) a loaded model computes as trained, or None if unbounded.
 
     ``max_position_embeddings`` is not it for every family: RoBERTa's descendants

@@ -50,7 +50,7 @@ ELEMENT_TYPES = {
 Dim = int | str | None
 
 
-def onnx_signature(model_path: object) -> tuple[dict[str, tuple[int, list[int | str]]], dict[str, tuple[int, list[int | str]]]]:
+def onnx_signature(model_path: object) -> tuple[dict[str, tuple[int, list[Dim]]], dict[str, tuple[int, list[Dim]]]]:
     """(inputs, outputs) of an ONNX file as name -> (element type, dims with symbolic names as strings),
     read without its weights; initializers listed as inputs are left out."""
     import onnx
@@ -58,7 +58,7 @@ def onnx_signature(model_path: object) -> tuple[dict[str, tuple[int, list[int | 
     proto = onnx.load(str(model_path), load_external_data=False)
     init = {i.name for i in proto.graph.initializer}
 
-    def tensors(values: object) -> dict[str, tuple[int, list[int | str]]]:
+    def tensors(values: object) -> dict[str, tuple[int, list[Dim]]]:
         return {
             v.name: (v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
             for v in values if v.name not in init  # type: ignore[attr-defined]

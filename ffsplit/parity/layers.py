@@ -166,7 +166,7 @@ def _capture(model: torch.nn.Module, paths: list[str]) -> tuple[Any, list[Any]]:
 
 def compare_layers(
     split: torch.nn.Module, model: ir.Model, runner_at: Callable[[Path], Runner], batch: dict[str, torch.Tensor],
-    run_torch: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    run_torch: Callable[[torch.nn.Module, dict[str, torch.Tensor]], object],
     *, split_modules: Mapping[str, int], prefix: str, tolerance: float,
 ) -> list[ProbeResult]:
     """Compare every probe on one batch; ``runner_at(path)`` gives an activated runner for an ONNX file."""

@@ -135,6 +135,7 @@ class OpenVinoRunner(Runner[Compiled]):
                 )
             self.cached = feed["attention_mask"].shape[-1]
             feed = {**feed, BEAM_INPUT: np.arange(feed["input_ids"].shape[0], dtype=np.int32)}
+        assert self.compiled is not None
         results = self.request.infer(feed)
         return {port.get_any_name(): np.array(results[port]) for port in self.compiled.outputs}
 

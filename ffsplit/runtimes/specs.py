@@ -18,8 +18,11 @@ from typing import Any, Protocol
 class Target(Protocol):
     """What of a ``targets.Target`` the availability checks read (that module reads this one)."""
 
-    providers: Sequence[str]
-    openvino: Mapping[str, Any]
+    @property
+    def providers(self) -> Sequence[str]: ...
+
+    @property
+    def openvino(self) -> Mapping[str, Any]: ...
 
 
 def _onnxruntime_lacks(target: Target) -> str | None:

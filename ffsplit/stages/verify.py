@@ -104,7 +104,7 @@ def free_model(loaded: LoadedModel, log: Callable[[str], None] | None = None) ->
     from ffsplit import resources
 
     resources.drop_weights(loaded.model)
-    loaded.model = None
+    loaded.model = None  # type: ignore[assignment]  # a freed LoadedModel is not run again
     resources.release_memory()
     if log:
         log(f"torch model freed: {resources.current_bytes() / 1e6:,.0f} MB resident")
