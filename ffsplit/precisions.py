@@ -14,3 +14,7 @@ INT8_COMPUTE = (*INT8_GRAPH_FORMS, "nncf")
 # OpenVINO IR (the graph keeps the light branch in fp32 for NNCF to compress).
 INT4_GRAPH_FORMS = ("matmulnbits",)
 INT4_COMPUTE = (*INT4_GRAPH_FORMS, "nncf")
+# How a split FFN is laid out in the graph. "both": each branch its own up- and down-projection; "down": one
+# up-projection over all neurons, heavy first, and only the down-projection split (one multiply and one
+# activation fewer per layer)
+SPLIT_FORMS = ("both", "down")

@@ -27,6 +27,9 @@ from typing import Any, TypeVar
 Check = Callable[[Any, str, list[str]], None]
 T = TypeVar("T")
 
+# a name ffsplit writes into a path or shows (a target, a file it writes): letters, digits, . _ + -
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
 
 def kind_of(value: Any) -> str:
     return type(value).__name__ if value is not None else "null"

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ffsplit.manifest import Manifest
 from ffsplit.split.calibration import positions_from_mask
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from ffsplit.manifest import Manifest
 
 
 @dataclass

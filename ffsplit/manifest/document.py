@@ -55,7 +55,7 @@ class Manifest(Record):
     """A schema-checked manifest of format ``FORMAT``: what one export did, section by section.
 
     Build one from JSON with ``Manifest.from_json``, which refuses anything that departs from the schema; the
-    export builds one from its sections and adds what it learns later with ``dataclasses.replace``.
+    export builds one from its sections and adds what it learns later with ``Manifest.replace``.
     """
 
     source: Source = nested(Source)

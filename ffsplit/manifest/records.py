@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ffsplit.limits import METRICS
-from ffsplit.precisions import PRECISIONS
+from ffsplit.precisions import PRECISIONS, SPLIT_FORMS
 from ffsplit.schema import (
+    NAME,
     Record,
     anything,
     boolean,
@@ -31,17 +32,17 @@ from ffsplit.schema import (
 )
 from ffsplit.tasks import TASKS
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 SHA256 = text(64, re.compile(r"[0-9a-f]{64}"))  # a file's or a corpus's hash
 _MODULE = re.compile(r"[A-Za-z0-9_.]{1,512}")
 BIG = 1 << 40  # parameter and byte counts
 _PRECISION = text(choices=PRECISIONS)
 _COUNT = integer(0, BIG)
 _FRACTION = number(0.0, 1.0)
-_LIMITS = mapping(number(0.0, 1e6), max_len=32, key=re.compile(r"[a-z0-9_]{1,40}"))
+_METRIC_NAME = re.compile(r"[a-z0-9_]{1,40}")  # a metric a comparison reports
+_LIMITS = mapping(number(0.0, 1e6), max_len=32, key=_METRIC_NAME)
 _SECONDS = mapping(number(0.0), max_len=100)
-_FREE = mapping(anything, max_len=100_000)
-_METRIC = re.compile("|".join(METRICS))  # a metric parity measures  # a section no verb reads: checked for kind only
+_FREE = mapping(anything, max_len=100_000)  # a section no verb reads: checked for kind only
+_METRIC = re.compile("|".join(METRICS))  # a metric a limit may be on
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class LayerPlan(Record):
     light_out_error: float | None = bound(optional(number(0.0)), default=None)
     # budget mode: relative FFN output error on calibration inputs
     calib_error: float | None = bound(optional(number(0.0)), default=None)
-    split: str = bound(text(choices=("both", "down")), default="both")  # "down": one shared up-projection
+    split: str = bound(text(choices=SPLIT_FORMS), default="both")  # "down": one shared up-projection
 
     @property
     def lowrank(self) -> bool:
@@ -250,7 +251,7 @@ class Comparison(Record):
 
     what: str = bound(text(200))
     output: str = bound(text(200))
-    metrics: Mapping[str, float] = bound(mapping(number(), max_len=32, key=re.compile(r"[a-z0-9_]{1,40}")))
+    metrics: Mapping[str, float] = bound(mapping(number(), max_len=32, key=_METRIC_NAME))
     limits: Mapping[str, float] = bound(mapping(number(), max_len=32, key=_METRIC))
     passed: bool = bound(boolean)
 

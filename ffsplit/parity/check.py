@@ -191,7 +191,8 @@ class RunnerOutputs:
         return greedy_runtime(self.runner, ids, mask, new_tokens)
 
 
-Source = RecordedOutputs | TorchOutputs | RunnerOutputs
+# what a comparison reads outputs from (not the manifest's Source, the model an artifact came from)
+OutputSource = RecordedOutputs | TorchOutputs | RunnerOutputs
 
 
 def torch_side(model: torch.nn.Module | RecordedOutputs | TorchOutputs, task: TaskSpec,
@@ -201,7 +202,7 @@ def torch_side(model: torch.nn.Module | RecordedOutputs | TorchOutputs, task: Ta
 
 
 def compare(
-    sources: Mapping[str, Source], pairs: Mapping[str, tuple[str, str]], batches: Iterable[dict[str, torch.Tensor]],
+    sources: Mapping[str, OutputSource], pairs: Mapping[str, tuple[str, str]], batches: Iterable[dict[str, torch.Tensor]],
     task: TaskSpec, *, progress: bool = False, desc: str = "comparing",
 ) -> dict[str, dict[str, float]]:
     """The one comparator: every source on each batch, each pair (reference, compared) scored by the task's
@@ -214,7 +215,7 @@ def compare(
     return {name: acc.result() for name, acc in accs.items()}
 
 
-def _reader(source: Source, i: int, batch: dict[str, torch.Tensor]) -> Callable[[], np.ndarray]:
+def _reader(source: OutputSource, i: int, batch: dict[str, torch.Tensor]) -> Callable[[], np.ndarray]:
     """How a comparison takes batch ``i``'s output of ``source``: a recording is read from disk as often as
     needed; a torch model runs once and keeps its output for the batch; a runtime runs now and hands its
     output over once (so it is freed as soon as its last comparison is done)."""
@@ -245,7 +246,7 @@ def compare_three(
                              max_positions=max_positions)
     # torch gets exactly what the graph gets (a KV-cache graph takes no token_type_ids, say).
     graph_inputs = set(runner.input_signature())
-    sides: dict[str, Source] = {
+    sides: dict[str, OutputSource] = {
         "original": torch_side(original, task, graph_inputs), "split": torch_side(split, task, graph_inputs),
         "runtime": RunnerOutputs(runner, task, on_runtime),
     }
@@ -291,7 +292,7 @@ def runtime_accuracy(
     """Each runner's task metrics against the original torch model on ``texts`` in padded batches: what
     each one costs, measured on the same inputs (``bench``: a lossy baseline next to ffsplit)."""
     reference = TorchOutputs(original, task, set(next(iter(runners.values())).input_signature()))
-    sources: dict[str, Source] = {REFERENCE: reference, **{n: RunnerOutputs(r, task) for n, r in runners.items()}}
+    sources: dict[str, OutputSource] = {REFERENCE: reference, **{n: RunnerOutputs(r, task) for n, r in runners.items()}}
     batches = encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)
     return compare(sources, {name: (REFERENCE, name) for name in runners}, batches, task)
 

@@ -34,6 +34,7 @@ from ffsplit.signature import is_past, present_for
 
 if TYPE_CHECKING:
     import openvino as ov
+    import torch
     from transformers import PreTrainedTokenizerBase
 
     from ffsplit.targets import Target
@@ -47,7 +48,7 @@ def ir_path(onnx_path: Path, target: Target) -> Path:
     return Path(onnx_path).parent / RUNTIME_DIR / target.name / IR_FILE
 
 
-def weight_storage(target: Target, model: ov.Model) -> str | None:
+def weight_storage(target: Target, model: torch.nn.Module) -> str | None:
     """"bf16" / "fp16" when NNCF compresses model.onnx's weights into an int4 IR for ``target`` and the torch
     ``model`` holds every float weight matrix in that type: the graph then stores those weights so, exactly
     (``StoreWeightsHalfPass``), and NNCF reads the stored size rather than the fp32 graph's twice that. None

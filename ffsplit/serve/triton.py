@@ -19,15 +19,18 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ffsplit.artifact import MODEL_FILE, RUNTIME_DIR, holds_folder, staged_output
 from ffsplit.errors import UsageError
 from ffsplit.jsonio import dumps
-from ffsplit.manifest import Manifest
 from ffsplit.runtimes.specs import RUNTIME_SPECS
 from ffsplit.serve.config import Signature, Tensor, model_config, signature, to_pbtxt
 from ffsplit.signature import onnx_signature
 from ffsplit.tasks import TASKS
+
+if TYPE_CHECKING:
+    from ffsplit.manifest import Manifest
 
 # What ffsplit accepts as a Triton model name: one plain path component inside the repository.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

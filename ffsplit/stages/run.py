@@ -9,7 +9,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,9 +179,8 @@ def _finish(plan: ExportPlan, stage: Path, manifest: Manifest, attempts: list[At
             details=manifest.to_json(),
         )
     if not report.passed:  # every attempt, the last one's missed fidelity included
-        manifest = manifest.replace(exporter=Exporter(name=manifest.exporter.name if manifest.exporter else None,
-                                                      opset=manifest.exporter.opset if manifest.exporter else None,
-                                                      attempts=tuple(attempts)))
+        assert manifest.exporter is not None  # recorded with the graph parity ran on
+        manifest = manifest.replace(exporter=replace(manifest.exporter, attempts=tuple(attempts)))
         raise CheckFailed("parity failed, nothing written: " + "; ".join(report.failures()), details=manifest.to_json())
     return ExportResult(out=plan.out, manifest=write_manifest(stage, manifest), report=report)
 

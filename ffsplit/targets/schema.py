@@ -10,9 +10,10 @@ from typing import Any
 
 from ffsplit.artifact.layout import RESERVED_FILES
 from ffsplit.limits import METRICS, PARITY_KEYS
-from ffsplit.precisions import HEAVY_PRECISIONS, INT4_COMPUTE, INT8_COMPUTE, PRECISIONS
+from ffsplit.precisions import HEAVY_PRECISIONS, INT4_COMPUTE, INT8_COMPUTE, PRECISIONS, SPLIT_FORMS
 from ffsplit.runtimes.specs import RUNTIMES
 from ffsplit.schema import (
+    NAME,
     Check,
     anything,
     boolean,
@@ -41,11 +42,6 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 FUSIONS = ("none", "ort")
-
-
-# "both": each branch its own up- and down-projection; "down": one up-projection over all neurons, heavy
-# first, and only the down-projection split (one multiply and one activation fewer per layer)
-SPLIT_FORMS = ("both", "down")
 
 
 SHAPE_AXES = ("batch", "sequence", "past")
@@ -82,9 +78,6 @@ def _is(value: Any, typ: type | tuple[type, ...]) -> bool:
     if isinstance(value, bool) and typ in (int, float, (int, float)):  # TOML true is not a number
         return False
     return isinstance(value, typ)
-
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 # ONNX Runtime session config entries a target may set: ones that tune computation and name no file.

@@ -23,12 +23,11 @@ import tomllib
 from ffsplit.errors import UsageError
 from ffsplit.precisions import HALF_FLOATS
 from ffsplit.runtimes.specs import RUNTIME_SPECS
-from ffsplit.schema import bound, record_check
+from ffsplit.schema import NAME, bound, record_check
 from ffsplit.targets.schema import (
     FIELD_CHECKS,
     GPU_PROVIDERS,
     GRAPH_FIELDS,
-    NAME,
     NNCF_DEFAULTS,
     VNNI_FLAGS,
     rule_problems,
@@ -182,10 +181,18 @@ class Target:
         if errors:
             text = "; ".join(errors[:3]).replace("\r", "\\r").replace("\n", "\\n")
             raise UsageError(f"{where} has a damaged target ({text}): re-run ffsplit export")
-        known = {f for f in cls.__dataclass_fields__ if f not in ("source", "description")}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        return cls.from_table({k: v for k, v in data.items() if k not in ("source", "description")})
+
+    @classmethod
+    def from_table(cls, data: dict[str, Any], **fixed: Any) -> Target:
+        """A target from a table ``target_problems`` accepted (a file's, or a manifest's): each key its field, a
+        missing key its field's default, ``fixed`` on top; ``auto`` weight range and NNCF's defaults resolved."""
+        kwargs = {**{k: v for k, v in data.items() if k in cls.__dataclass_fields__}, **fixed}
         kwargs["providers"] = tuple(kwargs.get("providers", ()))
-        kwargs["int8_weight_range"] = weight_range(kwargs.get("int8_weight_range", "full"))
+        if "int8_weight_range" in kwargs:
+            kwargs["int8_weight_range"] = weight_range(kwargs["int8_weight_range"])
+        if kwargs.get("int4_compute") == "nncf":
+            kwargs["nncf"] = {**NNCF_DEFAULTS, **kwargs.get("nncf", {})}
         return cls(**kwargs)
 
     def unavailable_reason(self) -> str | None:
@@ -310,33 +317,7 @@ def load_target(spec: str) -> Target:
     if errors:
         # values and keys come from the file: keep the message on one line
         raise UsageError(f"target file '{path}' is invalid: " + "; ".join(errors).replace("\r", "\\r").replace("\n", "\\n"))
-    return Target(
-        name=name,
-        runtime=data["runtime"],
-        providers=tuple(data.get("providers", ())),
-        provider_options=data.get("provider_options", {}),
-        heavy_precision=data["heavy_precision"],
-        light_precision=data["light_precision"],
-        graph_optimization=data.get("graph_optimization", "all"),
-        int8_compute=data.get("int8_compute", "weight-only"),
-        int4_compute=data.get("int4_compute", "matmulnbits"),
-        other_matmuls=data.get("other_matmuls", "fp32"),
-        matmulnbits_accuracy_level=data.get("matmulnbits_accuracy_level", 0),
-        int8_weight_range=weight_range(data.get("int8_weight_range", "full")),
-        fusions=data.get("fusions", "none"),
-        split=data.get("split", "both"),
-        heavy_ratio=data.get("heavy_ratio"),
-        opset=data.get("opset"),
-        session_config=data.get("session_config", {}),
-        openvino=data.get("openvino", {}),
-        nncf={**NNCF_DEFAULTS, **data.get("nncf", {})}
-        if data.get("int4_compute") == "nncf" else {},
-        tensorrt=data.get("tensorrt", {}),
-        description=data.get("description", ""),
-        shapes=data.get("shapes", {}),
-        parity=data.get("parity", {}),
-        source=str(path),
-    )
+    return Target.from_table(data, name=name, source=str(path))
 
 
 def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
